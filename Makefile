@@ -1,0 +1,37 @@
+# mnist_spark: `make run` sets up .venv and runs the main job on local Spark;
+# `make test` sets up .venv and runs the whole test suite.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+# Executors use the venv's interpreter, and Spark reads this project's conf/.
+export PYSPARK_PYTHON := $(abspath $(BIN)/python)
+export SPARK_CONF_DIR := $(abspath conf)
+
+.PHONY: install run ingest test test-fast bench clean
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: ingest
+
+ingest: install
+	$(BIN)/spark-submit jobs/ingest.py $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/ingest.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,247 @@
+"""IDX files become a Spark DataFrame of images; the Parquet form of a dataset.
+
+The DataFrame has the columns of :data:`dataset_schema`:
+
+* ``split``: ``train`` or ``test``;
+* ``index``: position of the item in its file;
+* ``label``: the class, an int;
+* ``image``: Spark's image struct (:mod:`mnist_spark.images`), ``origin``
+  like ``idx:train-images-idx3-ubyte.gz#12``.
+
+The driver validates every file first (header, exact size, labels in range,
+image and label counts equal) and then plans slices of each file. Each Spark
+task reads its own slice straight from storage, so the pixels never pass
+through the driver and a bad file fails before any task runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from mnist_spark import idx, storage
+from mnist_spark.images import image_struct_array, image_struct_type, mode_for_channels
+
+logger = logging.getLogger(__name__)
+
+#: Parquet folder of an ingested dataset inside its output.
+PARQUET_NAME = "data.parquet"
+#: Rows per Arrow batch a reading task yields.
+BATCH_ROWS = 8192
+
+
+def dataset_schema():
+    """The Spark schema of an image dataset: split, index, label, image."""
+    from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
+
+    return StructType(
+        [
+            StructField("split", StringType(), False),
+            StructField("index", LongType(), False),
+            StructField("label", IntegerType(), False),
+            StructField("image", image_struct_type(), True),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """What the driver learned about one split while validating it."""
+
+    split: str
+    images: str
+    labels: str
+    count: int
+    image_shape: tuple
+    label_counts: tuple
+
+    @property
+    def image_bytes(self) -> int:
+        return int(np.prod(self.image_shape))
+
+
+@dataclass(frozen=True)
+class ReadTask:
+    """One Spark task's share of a split: items ``[start, stop)``."""
+
+    split: str
+    images: str
+    labels: str
+    start: int
+    stop: int
+
+
+def validate_split(split: str, images: str, labels: str, num_classes: int, limit=None) -> SplitInfo:
+    """Check one split's pair of files on the driver, before any task runs.
+
+    Streams the whole image file once (exact size, no trailing bytes) and
+    reads the labels (small) to check their range.
+
+    Raises
+    ------
+    ValueError
+        For any defect of either file or of the pair (see :mod:`mnist_spark.idx`).
+    """
+    image_name, label_name = os.path.basename(images), os.path.basename(labels)
+    with storage.open_input(images) as raw:
+        image_header, _ = idx.inspect(raw, name=image_name)
+    with storage.open_input(labels) as raw:
+        label_header, label_array = idx.read_records(raw, 0, None, name=label_name)
+    idx.check_pair(image_header, label_header)
+    if image_header.dtype != np.uint8:
+        raise ValueError(
+            f"{image_name}: images must be uint8 to become Spark image structs, "
+            f"found {image_header.dtype.name}; convert the file to uint8 first"
+        )
+    item_shape = image_header.item_shape
+    if len(item_shape) not in (2, 3):
+        raise ValueError(
+            f"{image_name}: expected images of height x width (x channels), "
+            f"found items of shape {item_shape}"
+        )
+    if len(item_shape) == 3:
+        mode_for_channels(item_shape[2], image_name)
+    idx.check_labels(label_array, num_classes, label_name)
+    count = image_header.count if limit is None else min(limit, image_header.count)
+    counts = np.bincount(label_array[:count], minlength=num_classes)
+    return SplitInfo(split, images, labels, count, tuple(item_shape), tuple(int(c) for c in counts))
+
+
+def _shape_text(shape) -> str:
+    return "x".join(str(s) for s in shape) or "scalar"
+
+
+def plan_tasks(infos: list[SplitInfo], partitions: int) -> list[ReadTask]:
+    """Cut the splits into about ``partitions`` slices in all, in proportion to size.
+
+    Every split gets at least one slice.
+    """
+    total = sum(info.count for info in infos) or 1
+    tasks = []
+    for info in infos:
+        pieces = max(1, min(info.count, round(partitions * info.count / total))) if info.count else 1
+        bounds = np.linspace(0, info.count, pieces + 1).astype(int)
+        tasks += [
+            ReadTask(info.split, info.images, info.labels, int(a), int(b))
+            for a, b in zip(bounds[:-1], bounds[1:])
+        ]
+    return tasks
+
+
+def _read_task_batches(task: ReadTask):
+    """Arrow record batches of one task's slice; runs in an executor."""
+    import pyarrow as pa
+
+    image_name = os.path.basename(task.images)
+    with storage.open_input(task.images) as raw:
+        _, images = idx.read_records(raw, task.start, task.stop, name=image_name)
+    with storage.open_input(task.labels) as raw:
+        _, labels = idx.read_records(raw, task.start, task.stop, name=os.path.basename(task.labels))
+    if images.ndim == 4 and images.shape[3] in (3, 4):
+        images = images[..., [2, 1, 0, 3][: images.shape[3]]]  # RGB(A) -> Spark's BGR(A)
+    for offset in range(0, len(images), BATCH_ROWS):
+        stop = min(offset + BATCH_ROWS, len(images))
+        index = np.arange(task.start + offset, task.start + stop, dtype=np.int64)
+        origins = [f"idx:{image_name}#{i}" for i in index]
+        yield pa.RecordBatch.from_arrays(
+            [
+                pa.array([task.split] * (stop - offset), pa.string()),
+                pa.array(index),
+                pa.array(labels[offset:stop].astype(np.int32)),
+                image_struct_array(images[offset:stop], origins),
+            ],
+            names=["split", "index", "label", "image"],
+        )
+
+
+def idx_dataframe(spark, files, *, splits=("train", "test"), partitions=None, limit=None,
+                  num_classes=None):
+    """A DataFrame of the IDX dataset ``files``, read in parallel by the executors.
+
+    Parameters
+    ----------
+    spark : SparkSession
+    files : mnist_spark.datasets.DatasetFiles
+        The located files (see :func:`mnist_spark.datasets.locate`).
+    splits : sequence of str
+        Which splits to read.
+    partitions : int, optional
+        Slices in all. Default: the cluster's task slots.
+    limit : int, optional
+        Read only the first ``limit`` items of each split.
+    num_classes : int, optional
+        Labels must lie in ``[0, num_classes)``. Default: the dataset's.
+
+    Returns
+    -------
+    (DataFrame, list of SplitInfo)
+        The lazy DataFrame (:func:`dataset_schema`) and what validation found.
+
+    Raises
+    ------
+    ValueError
+        For a bad file, an unknown split or a bad size, before any task runs.
+
+    Examples
+    --------
+    >>> from mnist_spark import datasets
+    >>> df, infos = idx_dataframe(spark, datasets.locate(), limit=100)  # doctest: +SKIP
+    >>> df.count()  # doctest: +SKIP
+    200
+    """
+    from mnist_spark.session import task_slots
+
+    if limit is not None and limit <= 0:
+        raise ValueError(f"limit must be above 0, found {limit}")
+    if partitions is not None and partitions <= 0:
+        raise ValueError(f"partitions must be above 0, found {partitions}")
+    num_classes = num_classes or files.dataset.num_classes
+    started = time.perf_counter()
+    infos = [
+        validate_split(split, files.images(split), files.labels(split), num_classes, limit)
+        for split in splits
+    ]
+    logger.info(
+        "validated %s (%s) in %.2f s",
+        ", ".join(f"{i.split}: {i.count} images of {_shape_text(i.image_shape)}" for i in infos),
+        files.directory,
+        time.perf_counter() - started,
+    )
+    tasks = plan_tasks(infos, partitions or task_slots(spark))
+    rdd = spark.sparkContext.parallelize(range(len(tasks)), len(tasks))
+    plan = spark.createDataFrame(rdd.map(lambda i: (i,)), "task int")
+
+    def read(batches):
+        for batch in batches:
+            for number in batch.column(0).to_pylist():
+                yield from _read_task_batches(tasks[number])
+
+    return plan.mapInArrow(read, dataset_schema()), infos
+
+
+def write_dataset(df, location: str) -> None:
+    """Write an image DataFrame as Parquet partitioned by split."""
+    df.write.partitionBy("split").parquet(storage.to_uri(location))
+
+
+def read_dataset(spark, location: str):
+    """Read a dataset written by :func:`write_dataset` (or the ingest job's output folder).
+
+    Returns the columns in :func:`dataset_schema` order.
+    """
+    path = storage.to_uri(location)
+    if storage.exists(storage.join(path, PARQUET_NAME)):
+        path = storage.join(path, PARQUET_NAME)
+    if not storage.exists(path):
+        raise ValueError(f"no dataset at {location}: expected a Parquet folder written by jobs/ingest.py")
+    return spark.read.parquet(path).select("split", "index", "label", "image")
+
+
+def rate(count: int, seconds: float) -> float:
+    """Items per second, safe for a zero duration."""
+    return count / seconds if seconds > 0 else math.inf

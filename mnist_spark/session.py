@@ -1,0 +1,228 @@
+"""The one place that builds the SparkSession.
+
+Every job and test gets its session from :func:`get_spark`, so they all share
+the same behaviour:
+
+* Under ``spark-submit`` it keeps what spark-submit set (master, ``--conf``,
+  properties file). Run as plain ``python`` it uses ``local[*]``.
+* The executors' Python is the driver's interpreter, unless the user chose one
+  (``PYSPARK_PYTHON`` or ``spark.pyspark.python``). Without this a virtualenv
+  breaks: workers start the system ``python3`` and fail with
+  ``No module named 'pandas'``.
+* Arrow and Python worker reuse are on.
+* ``conf/spark-defaults.conf`` supplies defaults for every key the user did not
+  set, and ``conf/log4j2.properties`` keeps Spark's own logging quiet so a run
+  prints our progress lines.
+* TensorFlow in an executor uses ``spark.task.cpus`` threads
+  (:func:`configure_tensorflow_threads`), so two tasks on two cores do not fight.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Mapping
+
+logger = logging.getLogger(__name__)
+
+#: Settings the project relies on; a user's explicit setting still wins.
+REQUIRED_CONF = {
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
+    "spark.python.worker.reuse": "true",
+}
+
+#: Environment variables that bound the threads of TensorFlow and its BLAS.
+TF_THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
+
+
+class JavaNotFoundError(RuntimeError):
+    """Spark needs a Java runtime and none was found."""
+
+
+def conf_dir() -> Path | None:
+    """The folder holding ``spark-defaults.conf`` and ``log4j2.properties``.
+
+    ``$MNIST_SPARK_CONF_DIR`` if set, else the ``conf/`` folder of the source
+    checkout. ``None`` when neither exists (an installed wheel without the
+    checkout), in which case Spark's own defaults apply.
+    """
+    env = os.environ.get("MNIST_SPARK_CONF_DIR")
+    candidate = Path(env) if env else Path(__file__).resolve().parents[1] / "conf"
+    return candidate if (candidate / "spark-defaults.conf").is_file() else None
+
+
+def read_spark_defaults(path: str | os.PathLike) -> dict[str, str]:
+    """Parse a ``spark-defaults.conf`` file: ``key value`` lines, ``#`` comments.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "spark-defaults.conf"
+    >>> _ = p.write_text("# comment\\nspark.ui.enabled  false\\n")
+    >>> read_spark_defaults(p)
+    {'spark.ui.enabled': 'false'}
+    """
+    settings = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 1)
+        if len(parts) != 2:
+            raise ValueError(
+                f"{path}:{number}: expected 'key value', found {line!r}; "
+                "give each setting a value or comment the line out"
+            )
+        settings[parts[0]] = parts[1].strip()
+    return settings
+
+
+def check_java() -> str:
+    """Return the ``java`` executable Spark will use, or raise one clear error.
+
+    Raises
+    ------
+    JavaNotFoundError
+        When neither ``$JAVA_HOME/bin/java`` nor ``java`` on ``PATH`` exists.
+    """
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home:
+        java = Path(java_home) / "bin" / "java"
+        if java.is_file():
+            return str(java)
+        raise JavaNotFoundError(
+            f"JAVA_HOME is {java_home} but {java} does not exist; point JAVA_HOME at a "
+            "Java 17 installation or unset it"
+        )
+    java = shutil.which("java")
+    if java is None:
+        raise JavaNotFoundError(
+            "Spark needs Java 17 and `java` is not on PATH; install it "
+            "(Debian/Ubuntu: sudo apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
+        )
+    return java
+
+
+def under_spark_submit() -> bool:
+    """True when this Python process was started by ``spark-submit``."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def get_spark(
+    app_name: str = "mnist_spark",
+    *,
+    master: str | None = None,
+    conf: Mapping[str, str] | None = None,
+):
+    """Build (or return the running) SparkSession, configured for this project.
+
+    Parameters
+    ----------
+    app_name : str
+        Name shown in the Spark UI.
+    master : str, optional
+        Master URL. Default: what ``spark-submit`` set, else ``local[*]``.
+    conf : mapping, optional
+        Settings that override both ``conf/spark-defaults.conf`` and
+        :data:`REQUIRED_CONF` (but not what spark-submit was told).
+
+    Returns
+    -------
+    pyspark.sql.SparkSession
+
+    Raises
+    ------
+    JavaNotFoundError
+        When Java is missing: one line with the fix instead of a py4j traceback.
+
+    Examples
+    --------
+    >>> spark = get_spark("example", master="local[2]")  # doctest: +SKIP
+    """
+    from pyspark import SparkConf, SparkContext
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    if not under_spark_submit():
+        check_java()
+    folder = conf_dir()
+    quiet_by_conf = bool(os.environ.get("SPARK_CONF_DIR")) or not under_spark_submit()
+    if folder is not None:
+        # Read by the JVM that pyspark launches: quiet log4j2 and the defaults.
+        os.environ.setdefault("SPARK_CONF_DIR", str(folder))
+
+    # Start (or attach to spark-submit's) JVM first, so SparkConf sees what
+    # spark-submit set and our defaults only fill the gaps.
+    SparkContext._ensure_initialized()
+    existing = SparkConf()
+    settings = dict(read_spark_defaults(folder / "spark-defaults.conf")) if folder else {}
+    settings.update(REQUIRED_CONF)
+    settings.update(conf or {})
+    if master:
+        settings["spark.master"] = master
+    elif not existing.contains("spark.master"):
+        settings["spark.master"] = "local[*]"
+    user_python = os.environ.get("PYSPARK_PYTHON") or existing.get("spark.pyspark.python", None)
+    if not user_python:
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+        settings["spark.pyspark.python"] = sys.executable
+    task_cpus = existing.get("spark.task.cpus", settings.get("spark.task.cpus", "1"))
+    for var in TF_THREAD_VARS:
+        settings.setdefault(f"spark.executorEnv.{var}", task_cpus)
+
+    builder = SparkSession.builder.appName(app_name)
+    for key, value in settings.items():
+        if key in (conf or {}) or key == "spark.master" or not existing.contains(key):
+            builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    if not quiet_by_conf:
+        # spark-submit started the JVM with Spark's INFO-level defaults.
+        spark.sparkContext.setLogLevel("WARN")
+    logger.info(
+        "Spark %s session on %s (%d task slots, python %s)",
+        spark.version,
+        spark.sparkContext.master,
+        spark.sparkContext.defaultParallelism,
+        os.environ.get("PYSPARK_PYTHON", user_python),
+    )
+    return spark
+
+
+def task_slots(spark) -> int:
+    """How many tasks the cluster runs at once: cores divided by ``spark.task.cpus``."""
+    cpus = int(spark.conf.get("spark.task.cpus", "1"))
+    return max(1, spark.sparkContext.defaultParallelism // cpus)
+
+
+def configure_tensorflow_threads(threads: int | None = None) -> int:
+    """Bound TensorFlow's thread pools in this process; call before building a model.
+
+    In a Spark task the default is the task's ``spark.task.cpus``; elsewhere
+    the ``TF_NUM_INTRAOP_THREADS`` variable, else every core. Returns the
+    number used. Safe to call more than once in a reused Python worker.
+    """
+    if threads is None:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        if context is not None:
+            threads = context.cpus()
+        else:
+            threads = int(os.environ.get("TF_NUM_INTRAOP_THREADS", "0")) or os.cpu_count() or 1
+    for var in TF_THREAD_VARS:
+        os.environ[var] = str(threads)
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        # TensorFlow was initialised earlier in this worker; its pools are fixed.
+        pass
+    return threads

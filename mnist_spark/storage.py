@@ -1,0 +1,194 @@
+"""Where files live: local paths and URIs through ``pyarrow.fs``, and atomic outputs.
+
+Every path a job reads or writes goes through :func:`resolve`, so a plain path,
+``file://``, ``hdfs://`` and ``s3://`` work the same from the driver and from
+executors.
+
+Every job output is written with :class:`AtomicOutput`: into a temporary
+sibling folder, moved into position only when complete, and marked with a
+``_SUCCESS`` file. An existing output is refused unless ``overwrite=True``.
+A job that fails leaves nothing where a finished output is expected.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import posixpath
+import uuid
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SUCCESS_MARKER = "_SUCCESS"
+
+
+def _is_uri(location: str) -> bool:
+    head, sep, _ = location.partition("://")
+    return bool(sep) and head.isidentifier() and len(head) > 1
+
+
+def resolve(location: str | os.PathLike):
+    """Return ``(filesystem, path)`` for a local path or a URI.
+
+    Local paths become absolute, so the result means the same in an executor
+    whose working folder differs.
+
+    Examples
+    --------
+    >>> fs, path = resolve("/tmp/x")
+    >>> type(fs).__name__, path
+    ('LocalFileSystem', '/tmp/x')
+    """
+    from pyarrow import fs as pafs
+
+    location = os.fspath(location)
+    if _is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), str(Path(location).expanduser().absolute())
+
+
+def to_uri(location: str | os.PathLike) -> str:
+    """A location Spark and executors can both use: URIs unchanged, local paths absolute."""
+    location = os.fspath(location)
+    return location if _is_uri(location) else str(Path(location).expanduser().absolute())
+
+
+def join(location: str, *parts: str) -> str:
+    """Join path parts onto a local path or a URI."""
+    location = os.fspath(location)
+    if _is_uri(location):
+        return posixpath.join(location, *parts)
+    return os.path.join(location, *parts)
+
+
+def exists(location: str | os.PathLike) -> bool:
+    """True when a file or folder exists at ``location``."""
+    from pyarrow import fs as pafs
+
+    filesystem, path = resolve(location)
+    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def open_input(location: str | os.PathLike):
+    """Open a file for reading (a seekable binary stream)."""
+    filesystem, path = resolve(location)
+    return filesystem.open_input_file(path)
+
+
+def write_bytes(location: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a file, creating parent folders."""
+    filesystem, path = resolve(location)
+    filesystem.create_dir(posixpath.dirname(path), recursive=True)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(data)
+
+
+def default_output(job: str, root: str = "runs") -> str:
+    """The default run folder of a job: ``runs/<job>-<timestamp>``."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join(root, f"{job}-{stamp}")
+
+
+class AtomicOutput:
+    """An output folder that appears complete or not at all.
+
+    Use as a context manager. Write into :attr:`staging`; on a clean exit the
+    staging folder gets a ``_SUCCESS`` marker and is moved to the final
+    location. On an exception it is deleted and the final location is
+    untouched.
+
+    Parameters
+    ----------
+    location : str or PathLike
+        The final folder (local path or URI).
+    overwrite : bool
+        Replace an existing output. Without it an existing output is refused
+        before any work starts.
+
+    Raises
+    ------
+    FileExistsError
+        When the output exists and ``overwrite`` is false.
+    PermissionError
+        When the parent folder cannot be written.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> out = os.path.join(tempfile.mkdtemp(), "run")
+    >>> with AtomicOutput(out) as staging:
+    ...     write_bytes(join(staging, "metrics.json"), b"{}")
+    >>> sorted(os.listdir(out))
+    ['_SUCCESS', 'metrics.json']
+    """
+
+    def __init__(self, location: str | os.PathLike, *, overwrite: bool = False):
+        self.location = to_uri(location)
+        self.overwrite = overwrite
+        self.filesystem, self.path = resolve(self.location)
+        self.check()
+        token = uuid.uuid4().hex[:8]
+        self.staging_path = f"{self.path.rstrip('/')}.tmp-{token}"
+        self.staging = f"{self.location.rstrip('/')}.tmp-{token}"
+
+    def check(self) -> None:
+        """Refuse an existing output or an unwritable parent, before any work."""
+        from pyarrow import fs as pafs
+
+        info = self.filesystem.get_file_info(self.path)
+        if info.type != pafs.FileType.NotFound and not self.overwrite:
+            raise FileExistsError(
+                f"output {self.location} already exists; choose another --output or pass "
+                "--overwrite to replace it"
+            )
+        parent = posixpath.dirname(self.path.rstrip("/"))
+        if isinstance(self.filesystem, pafs.LocalFileSystem):
+            existing = Path(parent)
+            while not existing.exists():
+                existing = existing.parent
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise PermissionError(
+                    f"output {self.location} cannot be written: {existing} is not writable; "
+                    "choose another --output or fix the folder's permissions"
+                )
+
+    def __enter__(self) -> str:
+        self.filesystem.create_dir(self.staging_path, recursive=True)
+        return self.staging
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._delete(self.staging_path)
+            return
+        with self.filesystem.open_output_stream(posixpath.join(self.staging_path, SUCCESS_MARKER)):
+            pass
+        self.commit()
+
+    def commit(self) -> None:
+        """Move the staging folder into position, replacing an old output if allowed."""
+        from pyarrow import fs as pafs
+
+        previous = None
+        if self.filesystem.get_file_info(self.path).type != pafs.FileType.NotFound:
+            if not self.overwrite:
+                self._delete(self.staging_path)
+                raise FileExistsError(
+                    f"output {self.location} appeared while this job ran; nothing was replaced"
+                )
+            previous = f"{self.path.rstrip('/')}.old-{uuid.uuid4().hex[:8]}"
+            self.filesystem.move(self.path, previous)
+        self.filesystem.move(self.staging_path, self.path)
+        if previous is not None:
+            self._delete(previous)
+        logger.info("output complete: %s", self.location)
+
+    def _delete(self, path: str) -> None:
+        from pyarrow import fs as pafs
+
+        info = self.filesystem.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            self.filesystem.delete_dir(path)
+        elif info.type == pafs.FileType.File:
+            self.filesystem.delete_file(path)

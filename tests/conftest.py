@@ -1,0 +1,72 @@
+"""Shared fixtures: one local[2] SparkSession, tiny synthetic IDX datasets, the real MNIST."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnist_spark import datasets, idx
+
+PROJECT = Path(__file__).resolve().parents[1]
+MNIST_DIR = PROJECT / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One real local[2] SparkSession for the whole test run."""
+    from mnist_spark.session import get_spark
+
+    session = get_spark(
+        "mnist_spark-tests",
+        master="local[2]",
+        conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"},
+    )
+    yield session
+    session.stop()
+
+
+def load_job(name: str):
+    """Import ``jobs/<name>.py`` as a module, so tests call its ``run`` and ``main``."""
+    spec = importlib.util.spec_from_file_location(f"jobs_{name}", PROJECT / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_idx_dataset(folder: Path, train: int, test: int, *, shape=(28, 28), num_classes=10,
+                      seed=0, gz=True) -> Path:
+    """Write a synthetic dataset in MNIST's four-file layout; return the folder.
+
+    Pixels are random; labels cycle through the classes so every class occurs.
+    """
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    for split, count in (("train", train), ("t10k", test)):
+        images = rng.integers(0, 256, size=(count, *shape), dtype=np.uint8)
+        labels = (np.arange(count) % num_classes).astype(np.uint8)
+        rng.shuffle(labels)
+        idx.write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", images)
+        idx.write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", labels)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_idx(tmp_path_factory) -> Path:
+    """30 train / 5 test synthetic 28x28 images."""
+    return write_idx_dataset(tmp_path_factory.mktemp("tiny") / "idx", 30, 5, seed=1)
+
+
+@pytest.fixture(scope="session")
+def small_idx(tmp_path_factory) -> Path:
+    """600 train / 100 test synthetic 28x28 images."""
+    return write_idx_dataset(tmp_path_factory.mktemp("small") / "idx", 600, 100, seed=2)
+
+
+@pytest.fixture(scope="session")
+def mnist_files():
+    """The bundled real MNIST files."""
+    return datasets.locate(MNIST_DIR, download=False)
