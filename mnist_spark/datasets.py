@@ -431,11 +431,11 @@ def _identify(
         )
     result = dataset
     if bad:
-        for path, expected, found in bad:
-            logger.warning(
-                "%s: MD5 %s does not match %s's published checksum %s; treating it as another "
-                "dataset in the %s layout", path, found, dataset.title, expected, dataset.title,
-            )
+        logger.warning(
+            "%s: %d of the files (%s) do not match %s's published checksums; treating the "
+            "folder as another dataset in the %s layout", folder, len(bad),
+            ", ".join(Path(path).name for path, _, _ in bad), dataset.title, dataset.title,
+        )
         result = _derived(dataset, folder, splits)
     elif not same:
         result = _derived(dataset, folder, splits)

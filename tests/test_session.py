@@ -1,0 +1,102 @@
+"""The SparkSession builder: defaults, the driver's Python in executors, spark-submit, Java."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import PROJECT
+from mnist_spark import session
+
+
+def test_read_spark_defaults(tmp_path):
+    conf = tmp_path / "spark-defaults.conf"
+    conf.write_text("# comment\n\nspark.a   1\nspark.b\tx y\n")
+    assert session.read_spark_defaults(conf) == {"spark.a": "1", "spark.b": "x y"}
+    conf.write_text("spark.a 1\nspark.broken\n")
+    with pytest.raises(ValueError, match=r"spark-defaults.conf:2: expected 'key value'"):
+        session.read_spark_defaults(conf)
+
+
+def test_session_settings(spark):
+    conf = spark.sparkContext.getConf()
+    assert spark.conf.get("spark.sql.execution.arrow.pyspark.enabled") == "true"
+    assert conf.get("spark.python.worker.reuse") == "true"
+    assert conf.get("spark.pyspark.python") == sys.executable
+    # From conf/spark-defaults.conf:
+    assert conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") == "10000"
+    # TensorFlow threads in executors follow spark.task.cpus.
+    assert conf.get("spark.executorEnv.TF_NUM_INTRAOP_THREADS") == conf.get("spark.task.cpus", "1")
+    assert session.task_slots(spark) == 2
+
+
+def test_executors_run_the_drivers_python(spark):
+    def probe(_):
+        import sys as worker_sys
+
+        import pandas  # noqa: F401  (fails under the system python)
+
+        yield worker_sys.executable, os.environ.get("TF_NUM_INTRAOP_THREADS")
+
+    found = set(spark.sparkContext.parallelize(range(2), 2).mapPartitions(probe).collect())
+    assert found == {(sys.executable, "1")}
+
+
+def test_missing_java_is_one_clear_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("JAVA_HOME", "PYSPARK_GATEWAY_PORT")}
+    env["PATH"] = str(tmp_path)  # no java here
+    result = subprocess.run(
+        [sys.executable, str(PROJECT / "jobs" / "ingest.py"), "--output", str(tmp_path / "out")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ingest: error: Spark needs Java 17")
+    assert "apt-get install openjdk-17-jre-headless" in last
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_java_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path))
+    with pytest.raises(session.JavaNotFoundError, match="JAVA_HOME"):
+        session.check_java()
+
+
+@pytest.mark.slow
+def test_spark_submit_settings_win_and_logs_stay_quiet(tmp_path):
+    """Under spark-submit the session keeps spark-submit's master and --conf, fills the rest."""
+    script = tmp_path / "probe.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys
+        from mnist_spark.session import get_spark
+        spark = get_spark("probe")
+        conf = spark.sparkContext.getConf()
+        print("MASTER", spark.sparkContext.master)
+        print("SHUFFLE", conf.get("spark.sql.shuffle.partitions"))
+        print("ARROW", spark.conf.get("spark.sql.execution.arrow.pyspark.enabled"))
+        print("BATCH", conf.get("spark.sql.execution.arrow.maxRecordsPerBatch"))
+        print("PYTHON", spark.sparkContext.parallelize([0], 1).map(lambda _: sys.executable).first())
+        spark.stop()
+    """))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "SPARK_CONF_DIR")}
+    env["PYSPARK_PYTHON"] = sys.executable
+    env["SPARK_CONF_DIR"] = str(PROJECT / "conf")
+    submit = Path(sys.executable).parent / "spark-submit"
+    result = subprocess.run(
+        [str(submit), "--master", "local[1]", "--conf", "spark.sql.shuffle.partitions=3", str(script)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    assert lines["MASTER"] == "local[1]"
+    assert lines["SHUFFLE"] == "3"
+    assert lines["ARROW"] == "true"
+    assert lines["BATCH"] == "10000"
+    assert lines["PYTHON"] == sys.executable
+    assert " INFO " not in result.stderr
