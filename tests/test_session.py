@@ -27,7 +27,8 @@ def test_session_settings(spark):
     conf = spark.sparkContext.getConf()
     assert spark.conf.get("spark.sql.execution.arrow.pyspark.enabled") == "true"
     assert conf.get("spark.python.worker.reuse") == "true"
-    assert conf.get("spark.pyspark.python") == sys.executable
+    # The driver's interpreter, set by get_spark unless the user (or the Makefile) chose it.
+    assert conf.get("spark.pyspark.python", os.environ.get("PYSPARK_PYTHON")) == sys.executable
     # From conf/spark-defaults.conf:
     assert conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") == "10000"
     # TensorFlow threads in executors follow spark.task.cpus.
