@@ -38,3 +38,212 @@ def read_metrics(folder: str) -> dict:
     """Read a run folder's ``metrics.json``."""
     with storage.open_input(storage.join(folder, "metrics.json")) as stream:
         return json.loads(stream.read())
+
+
+# --------------------------------------------------------------------------- pictures of image sets
+#
+# Figures of an image set for people to look at: a contact sheet of sample
+# images with their labels, a grid of images beside their augmented variants,
+# and an index.html that links them with the counts per split and label.
+# Drawn with matplotlib's Agg canvas: no display, and no pyplot state shared
+# with the caller. They need only a small sample on the driver.
+
+
+def _figure(rows: int, columns: int, cell: float = 1.1):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(columns * cell, rows * cell * 1.2 + 0.4), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(rows, columns, squeeze=False)
+
+
+def _show(axis, pixels, title: str, fontsize: float = 8) -> None:
+    """Draw one image given in Spark's channel order: gray as dark ink on white, colour as RGB."""
+    import numpy as np
+
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[..., 0]
+    if pixels.ndim == 2:
+        axis.imshow(pixels, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        axis.imshow(pixels[..., [2, 1, 0, 3][: pixels.shape[2]]], interpolation="nearest")
+    axis.set_title(title, fontsize=fontsize)
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def _save_png(figure, location: str) -> str:
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    storage.write_bytes(location, buffer.getvalue())
+    return location
+
+
+def contact_sheet(images, titles, location: str, *, columns: int = 6, title: str | None = None) -> str:
+    """Write a grid of images with a title each (e.g. their labels) as a PNG file.
+
+    Like ``plt.subplots(4, 6)`` with ``imshow(cmap="gray_r")`` per cell.
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        uint8 ``(height, width)`` or ``(height, width, channels)`` in Spark's
+        channel order (gray, BGR, BGRA).
+    titles : sequence of str
+        One per image, e.g. ``"7"`` or ``"train #12: 7"``.
+    location : str
+        The PNG file to write (local path or URI).
+    columns : int
+        Images per row.
+    title : str, optional
+        Above the grid.
+
+    Returns
+    -------
+    str
+        ``location``.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> out = os.path.join(tempfile.mkdtemp(), "sheet.png")
+    >>> contact_sheet([np.zeros((28, 28), np.uint8)] * 3, ["0", "1", "2"], out) == out
+    True
+    """
+    images, titles = list(images), [str(t) for t in titles]
+    if not images:
+        raise ValueError("contact_sheet: no images given; pass at least one")
+    if len(titles) != len(images):
+        raise ValueError(f"contact_sheet: {len(images)} images but {len(titles)} titles; give one title per image")
+    if columns < 1:
+        raise ValueError(f"contact_sheet: columns must be 1 or more, found {columns}")
+    columns = min(columns, len(images))
+    rows = -(-len(images) // columns)
+    figure, axes = _figure(rows, columns)
+    for position, axis in enumerate(axes.flat):
+        if position < len(images):
+            _show(axis, images[position], titles[position])
+        else:
+            axis.axis("off")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return _save_png(figure, location)
+
+
+def variant_grid(originals, variants, descriptions, location: str, *, title: str | None = None) -> str:
+    """Write a grid with one image per row: the original, then its augmented variants.
+
+    Parameters
+    ----------
+    originals : sequence of numpy.ndarray
+        The images (as for :func:`contact_sheet`).
+    variants : sequence of sequences of numpy.ndarray
+        For each original, its variants (the same number for each).
+    descriptions : sequence of sequences of str
+        For each original, a title for it and then one per variant (e.g. the
+        ``augmentation`` text).
+    location : str
+        The PNG file to write.
+
+    Returns
+    -------
+    str
+        ``location``.
+    """
+    originals, variants = list(originals), [list(v) for v in variants]
+    if not originals:
+        raise ValueError("variant_grid: no images given; pass at least one")
+    if len(variants) != len(originals) or len({len(v) for v in variants}) != 1:
+        raise ValueError("variant_grid: give the same number of variants for every original")
+    columns = 1 + len(variants[0])
+    figure, axes = _figure(len(originals), columns, cell=1.4)
+    for row, (original, copies) in enumerate(zip(originals, variants)):
+        texts = [str(t) for t in descriptions[row]]
+        _show(axes[row, 0], original, texts[0], fontsize=7)
+        for column, pixels in enumerate(copies, start=1):
+            # One transform per line keeps long descriptions inside the cell.
+            _show(axes[row, column], pixels, texts[column].replace(";", "\n") or "(unchanged)", fontsize=5)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return _save_png(figure, location)
+
+
+def write_set_index(folder: str, *, title: str, counts: dict, figures=(), links=()) -> str:
+    """Write ``index.html`` for an image set: counts per split and label, figures and links.
+
+    Every link is relative, so the page works wherever the set is copied.
+
+    Parameters
+    ----------
+    folder : str
+        The set's folder (local path or URI).
+    title : str
+        Heading of the page.
+    counts : dict
+        ``{split: {label: [originals, variants]}}`` as from
+        :func:`mnist_spark.images.manifest_counts`.
+    figures : sequence of (str, str)
+        ``(file name in the folder, caption)`` of each picture to show.
+    links : sequence of (str, str)
+        ``(relative path, text)`` of other things to link (folders, manifest).
+
+    Returns
+    -------
+    str
+        The location of ``index.html``.
+    """
+    from html import escape
+
+    labels = sorted({label for per_label in counts.values() for label in per_label})
+    with_variants = any(v for per_label in counts.values() for _, v in per_label.values())
+    head = "".join(f"<th>{label}</th>" for label in labels)
+    rows = []
+    for split in sorted(counts):
+        cells = []
+        for label in labels:
+            originals, variants = counts[split].get(label, [0, 0])
+            cells.append(f"<td>{originals}" + (f" + {variants}" if with_variants else "") + "</td>")
+        total_o = sum(o for o, _ in counts[split].values())
+        total_v = sum(v for _, v in counts[split].values())
+        total = f"{total_o}" + (f" + {total_v}" if with_variants else "")
+        rows.append(f"<tr><th>{escape(split)}</th>{''.join(cells)}<td><b>{total}</b></td></tr>")
+    note = ("<p>Cells give originals + augmented variants.</p>" if with_variants else "")
+    pictures = "".join(
+        f'<figure><a href="{escape(name)}"><img src="{escape(name)}" alt="{escape(caption)}"></a>'
+        f"<figcaption>{escape(caption)}</figcaption></figure>" for name, caption in figures
+    )
+    others = "".join(f'<li><a href="{escape(path)}">{escape(text)}</a></li>' for path, text in links)
+    page = f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 72em; }}
+table {{ border-collapse: collapse; }}
+th, td {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }}
+img {{ max-width: 100%; }}
+</style>
+</head>
+<body>
+<h1>{escape(title)}</h1>
+<h2>Images per split and label</h2>
+<table>
+<tr><th>split</th>{head}<th>total</th></tr>
+{chr(10).join(rows)}
+</table>
+{note}
+{pictures}
+<ul>{others}</ul>
+</body>
+</html>
+"""
+    location = storage.join(folder, "index.html")
+    storage.write_bytes(location, page.encode("utf-8"))
+    return location

@@ -1,0 +1,244 @@
+"""Export an IDX dataset (MNIST by default) as a PNG image set, optionally augmented.
+
+Reads the four IDX files into a Spark DataFrame and writes one PNG file per
+image, in the folder-per-class layout ``keras.utils.image_dataset_from_directory``
+reads::
+
+    <output>/<split>/<label>/<index>.png              the originals
+    <output>/<split>/<label>/<index>_<variant>.png    --augment N variants each
+    <output>/manifest.parquet/                        path, split, index, label, variant, augmentation
+    <output>/contact_sheet.png, augmentations.png     pictures of the set
+    <output>/index.html, metrics.json, _SUCCESS
+
+Spark's executors write the files, each task its own images, through
+``pyarrow.fs`` (local paths, ``file://``, ``hdfs://``, ``s3://``). The set is
+written to a temporary folder and moved into place when complete; an
+existing set is refused without ``--overwrite``. Augmentation is reproducible:
+the same ``--seed`` gives the same images.
+
+Run it with::
+
+    spark-submit jobs/export_png.py --output runs/mnist-png
+    spark-submit jobs/export_png.py --splits train --augment 4 --rotate 0.9,25,25 --output runs/aug
+    python jobs/export_png.py --limit 100 --output file:///tmp/mnist-sample
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+
+from mnist_spark import augment, cli, datasets, images, ingest, report, storage
+
+logger = logging.getLogger("export_png")
+
+#: Images in the contact sheet, and originals in the augmentation grid.
+SHEET_COLUMNS = 6
+GRID_ROWS = 6
+GRID_VARIANTS = 5
+
+
+def _numbers(flag: str, names: tuple, build):
+    """argparse type: comma-separated numbers for one transform, checked by ``build``."""
+
+    def parse(text: str):
+        parts = [p.strip() for p in text.split(",")]
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {','.join(names)} as numbers, found {text!r}") from None
+        if len(values) != len(names):
+            raise argparse.ArgumentTypeError(
+                f"expected {len(names)} numbers {','.join(names)}, found {len(values)} in {text!r}")
+        try:
+            build(augment.AugmentParams(), *values)
+        except (ValueError, TypeError) as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return tuple(values)
+
+    parse.__name__ = flag
+    return parse
+
+
+def _compress_level(text: str) -> int:
+    value = cli.non_negative_int(text)
+    if value > 9:
+        raise argparse.ArgumentTypeError(f"expected a zlib level from 0 to 9, found {value}")
+    return value
+
+
+def _arg_parser():
+    parser = cli.job_parser(__doc__, "export_png")
+    parser.add_argument("--splits", default="train,test", help="comma-separated splits to export")
+    parser.add_argument("--limit", type=cli.positive_int, default=None,
+                        help="export only the first N images of each split")
+    parser.add_argument("--partitions", type=cli.positive_int, default=None,
+                        help="write tasks in all; default: the cluster's task slots")
+    parser.add_argument("--num-classes", type=cli.positive_int, default=None,
+                        help="labels must lie in [0, N); default: the dataset's (10 for MNIST)")
+    parser.add_argument("--compress-level", type=_compress_level, default=images.PNG_COMPRESS_LEVEL,
+                        help="zlib level of the PNG files, 0 (none) to 9 (smallest)")
+    parser.add_argument("--sample", type=cli.non_negative_int, default=24,
+                        help="images in the contact sheet; 0 leaves out the pictures")
+    group = parser.add_argument_group(
+        "augmentation", "--augment N adds N variants of every image; each transform is applied "
+        "with its probability P (0 turns it off)")
+    group.add_argument("--augment", type=cli.non_negative_int, default=0,
+                       help="augmented variants per image")
+    defaults = augment.AugmentParams.mnist()
+    group.add_argument("--rotate", metavar="P,LEFT,RIGHT",
+                       type=_numbers("rotate", ("P", "LEFT", "RIGHT"), augment.AugmentParams.rotate),
+                       default=(defaults.rotate_probability, defaults.max_left_rotation,
+                                defaults.max_right_rotation),
+                       help="rotate by up to LEFT degrees counter-clockwise or RIGHT clockwise")
+    group.add_argument("--shear", metavar="P,MAX",
+                       type=_numbers("shear", ("P", "MAX"), augment.AugmentParams.shear),
+                       default=(defaults.shear_probability, defaults.max_shear),
+                       help="shear horizontally by up to MAX degrees either way")
+    group.add_argument("--zoom", metavar="P,MIN,MAX",
+                       type=_numbers("zoom", ("P", "MIN", "MAX"), augment.AugmentParams.zoom),
+                       default=(defaults.zoom_probability, defaults.min_zoom, defaults.max_zoom),
+                       help="zoom by a factor from MIN to MAX")
+    group.add_argument("--shift", metavar="P,MAX",
+                       type=_numbers("shift", ("P", "MAX"), augment.AugmentParams.shift),
+                       default=(defaults.shift_probability, defaults.max_shift),
+                       help="shift by up to MAX of the width and height, each way")
+    group.add_argument("--elastic", metavar="P,ALPHA,SIGMA",
+                       type=_numbers("elastic", ("P", "ALPHA", "SIGMA"), augment.AugmentParams.elastic),
+                       default=(defaults.elastic_probability, defaults.elastic_alpha,
+                                defaults.elastic_sigma),
+                       help="elastic distortion of ALPHA pixels smoothed over SIGMA pixels")
+    return parser
+
+
+def params_from_args(args) -> augment.AugmentParams:
+    """The AugmentParams the flags describe."""
+    return (augment.AugmentParams().rotate(*args.rotate).shear(*args.shear).zoom(*args.zoom)
+            .shift(*args.shift).elastic(*args.elastic))
+
+
+def _pictures(spark, df, staging: str, *, sample: int, variants: int, params, seed: int) -> list:
+    """Contact sheet and augmentation grid from the first ``sample`` images; returns (file, caption)."""
+    import numpy as np
+
+    rows = sorted(df.limit(sample).collect(), key=lambda r: (r.split, r["index"]))
+    if not rows:
+        return []
+    pixels = [images.struct_to_array(r.image) for r in rows]
+    figures = []
+    report.contact_sheet(pixels, [f"{r.label}  (#{r['index']})" for r in rows],
+                         storage.join(staging, "contact_sheet.png"), columns=SHEET_COLUMNS,
+                         title=f"{rows[0].split}: the first {len(rows)} images, label (#index)")
+    figures.append(("contact_sheet.png", f"The first {len(rows)} images with their labels"))
+    if variants:
+        shown = min(variants, GRID_VARIANTS)
+        chosen = rows[:GRID_ROWS]
+        originals = np.stack([pixels[i] for i in range(len(chosen))])
+        copies, texts = [[] for _ in chosen], [[f"{r.label}  (#{r['index']})"] for r in chosen]
+        for variant in range(1, shown + 1):
+            # The same function and seed as the Spark step: these are the files in the set.
+            out, done = augment.augment_batch(
+                originals, [(r.split, r["index"], variant) for r in chosen], params, seed=seed)
+            for position, transform in enumerate(done):
+                copies[position].append(out[position])
+                texts[position].append(transform.describe())
+        report.variant_grid(list(originals), copies, texts, storage.join(staging, "augmentations.png"),
+                            title=f"Originals and variants 1-{shown} (seed {seed})")
+        figures.append(("augmentations.png", f"Originals beside their variants 1-{shown}"))
+    return figures
+
+
+def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, splits=("train", "test"),
+        limit=None, partitions=None, num_classes=None, augment_variants=0, params=None,
+        compress_level=images.PNG_COMPRESS_LEVEL, sample=24):
+    """Export the dataset as a PNG set into ``output``; return the metrics written to ``metrics.json``.
+
+    Parameters
+    ----------
+    augment_variants : int
+        Augmented variants per image (``--augment``).
+    params : mnist_spark.augment.AugmentParams, optional
+        The transforms; default :meth:`AugmentParams.mnist`.
+    compress_level : int
+        zlib level of the PNG files.
+    sample : int
+        Images in the contact sheet; 0 writes no pictures.
+
+    The other parameters are those of ``jobs/ingest.py``.
+    """
+    started = time.perf_counter()
+    splits = tuple(splits)
+    if not splits:
+        raise ValueError("no splits to export; give --splits train,test or a part of it")
+    if params is None:
+        params = augment.AugmentParams.mnist()
+    output = output or storage.default_output("export_png")
+    target = storage.AtomicOutput(output, overwrite=overwrite)
+    files = datasets.locate(data_dir)
+    df, infos = ingest.idx_dataframe(
+        spark, files, splits=splits, partitions=partitions, limit=limit, num_classes=num_classes
+    )
+    classes = num_classes or files.dataset.num_classes
+    full = augment.add_variants(df, augment_variants, params, seed) if augment_variants else df
+    expected = sum(info.count for info in infos) * (1 + augment_variants)
+    with target as staging:
+        write_started = time.perf_counter()
+        images.write_png_set(full, staging, compress_level=compress_level,
+                             label_width=len(str(max(classes - 1, 0))))
+        write_seconds = time.perf_counter() - write_started
+        counts = images.manifest_counts(spark, staging)
+        written = sum(o + v for per_label in counts.values() for o, v in per_label.values())
+        if written != expected:
+            raise RuntimeError(f"the manifest lists {written} files, expected {expected}; the set is "
+                               "incomplete and was not moved into place")
+        logger.info("wrote %d PNGs in %.1f s (%.0f img/s) to %s", written, write_seconds,
+                    ingest.rate(written, write_seconds), output)
+        figures = []
+        if sample:
+            figures = _pictures(spark, df, staging, sample=sample, variants=augment_variants,
+                                params=params, seed=seed)
+        links = [(f"{split}/", f"{split}/: one folder per label") for split in splits]
+        links += [(f"{images.MANIFEST_NAME}/", "manifest (Parquet): path, split, index, label, "
+                   "variant, augmentation, bytes"), ("metrics.json", "metrics.json")]
+        report.write_set_index(staging, title=f"PNG set of {files.dataset.title}", counts=counts,
+                               figures=figures, links=links)
+        metrics = {
+            "job": "export_png",
+            "dataset": files.dataset.name,
+            "source": {"directory": files.directory, "found_by": files.source},
+            "rows": {info.split: info.count for info in infos},
+            "files": written,
+            "counts": {split: {str(label): pair for label, pair in per_label.items()}
+                       for split, per_label in counts.items()},
+            "image_shape": {info.split: list(info.image_shape) for info in infos},
+            "seconds": round(time.perf_counter() - started, 3),
+            "write_seconds": round(write_seconds, 3),
+            "images_per_second": round(ingest.rate(written, write_seconds), 1),
+            "params": {"data_dir": data_dir, "output": output, "overwrite": overwrite, "seed": seed,
+                       "splits": list(splits), "limit": limit, "partitions": partitions,
+                       "num_classes": num_classes, "augment": augment_variants,
+                       "augmentation": dataclasses.asdict(params) if augment_variants else None,
+                       "compress_level": compress_level, "sample": sample},
+            "environment": report.environment(),
+        }
+        report.write_metrics(staging, metrics)
+    logger.info("export done in %.1f s: %s", metrics["seconds"], output)
+    return metrics
+
+
+def main(argv=None) -> int:
+    args = _arg_parser().parse_args(argv)
+    return cli.run_job("export_png", lambda spark: run(
+        spark, data_dir=args.data_dir, output=args.output, overwrite=args.overwrite, seed=args.seed,
+        splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()), limit=args.limit,
+        partitions=args.partitions, num_classes=args.num_classes, augment_variants=args.augment,
+        params=params_from_args(args), compress_level=args.compress_level, sample=args.sample,
+    ))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
