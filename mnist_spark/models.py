@@ -1,0 +1,156 @@
+"""Keras 3 architectures by name.
+
+Every model takes ``(height, width, channels)`` images with raw pixel values
+0-255 (a ``Rescaling`` layer divides by 255 inside the model), ends in a
+softmax over the classes, and is compiled with Adam and sparse categorical
+cross-entropy. So a saved model scores raw pixels from Spark's image struct
+with no preprocessing outside it.
+
+========== ======================================================= ==========
+name       layers                                                  from
+========== ======================================================= ==========
+mlp        784 - 784 - 10                                          tutorial baseline
+simple_cnn conv 32 5x5, pool, dropout 0.2, dense 128                tutorial
+larger_cnn conv 30 5x5, pool, 15 3x3, pool, dropout, 128, 50        tutorial
+convnet    conv 64 3x3, pool, 128 3x3, pool, dense 128              keras-io
+bn_cnn     conv 32 5x5, BN, pool; 2x conv 64 3x3 + BN, pool;        default
+           dropout, dense 128 + BN, dropout
+========== ======================================================= ==========
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "bn_cnn"
+
+
+def _mlp(keras, inputs, num_classes):
+    pixels = int(inputs.shape[1] * inputs.shape[2] * inputs.shape[3])
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Dense(pixels, activation="relu", kernel_initializer="he_normal")(x)
+    return keras.layers.Dense(num_classes, activation="softmax")(x)
+
+
+def _simple_cnn(keras, inputs, num_classes):
+    x = keras.layers.Conv2D(32, 5, activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Dropout(0.2)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(128, activation="relu")(x)
+    return keras.layers.Dense(num_classes, activation="softmax")(x)
+
+
+def _larger_cnn(keras, inputs, num_classes):
+    x = keras.layers.Conv2D(30, 5, activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(15, 3, activation="relu")(x)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Dropout(0.2)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(128, activation="relu")(x)
+    x = keras.layers.Dense(50, activation="relu")(x)
+    return keras.layers.Dense(num_classes, activation="softmax")(x)
+
+
+def _convnet(keras, inputs, num_classes):
+    x = keras.layers.Conv2D(64, 3, activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(128, 3, activation="relu")(x)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(128, activation="relu")(x)
+    return keras.layers.Dense(num_classes, activation="softmax")(x)
+
+
+def _conv_bn(keras, x, filters, size):
+    x = keras.layers.Conv2D(filters, size, use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)
+    return keras.layers.Activation("relu")(x)
+
+
+def _bn_cnn(keras, inputs, num_classes):
+    x = _conv_bn(keras, inputs, 32, 5)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = _conv_bn(keras, x, 64, 3)
+    x = _conv_bn(keras, x, 64, 3)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dropout(0.3)(x)
+    x = keras.layers.Dense(128, use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Activation("relu")(x)
+    x = keras.layers.Dropout(0.3)(x)
+    return keras.layers.Dense(num_classes, activation="softmax")(x)
+
+
+ARCHITECTURES = {
+    "mlp": _mlp,
+    "simple_cnn": _simple_cnn,
+    "larger_cnn": _larger_cnn,
+    "convnet": _convnet,
+    "bn_cnn": _bn_cnn,
+}
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it is a known architecture, else raise a ValueError listing them."""
+    if name not in ARCHITECTURES:
+        raise ValueError(
+            f"{name!r} is not a known model; choose one of: {', '.join(ARCHITECTURES)}"
+        )
+    return name
+
+
+def build_model(name: str = DEFAULT_MODEL, *, input_shape=(28, 28, 1), num_classes: int = 10,
+                learning_rate: float = 1e-3, seed: int | None = None):
+    """Build and compile a model by name.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`ARCHITECTURES`.
+    input_shape : tuple
+        ``(height, width, channels)`` of the images.
+    num_classes : int
+        Width of the softmax.
+    learning_rate : float
+        Adam's initial learning rate.
+    seed : int, optional
+        Seeds Python, numpy and TensorFlow first, so the initial weights are
+        reproducible.
+
+    Returns
+    -------
+    keras.Model
+
+    Examples
+    --------
+    >>> model = build_model("simple_cnn", seed=0)  # doctest: +SKIP
+    >>> model.output_shape  # doctest: +SKIP
+    (None, 10)
+    """
+    import keras
+
+    check_model_name(name)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    scaled = keras.layers.Rescaling(1.0 / 255, name="scale")(inputs)
+    outputs = ARCHITECTURES[name](keras, scaled, num_classes)
+    model = keras.Model(inputs, outputs, name=name)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def summary_text(model) -> str:
+    """``model.summary()`` as text."""
+    lines = []
+    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+    return "\n".join(lines)

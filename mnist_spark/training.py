@@ -1,0 +1,540 @@
+"""Data-parallel Keras training per partition, with synchronous averaging.
+
+How a run goes:
+
+1. :func:`make_shards` splits the training DataFrame into N shards (image
+   ``index % N``), decodes each to numpy once and caches it in Spark, so later
+   rounds reuse it. The pixels never pass through the driver.
+2. Each round the driver broadcasts the current state: the model's weights and
+   the optimizer's variables (Adam's step, moments and velocities). Every
+   partition trains a replica on its own shard for the round (one local epoch,
+   or ``steps_per_round`` steps) and returns its weights, optimizer variables,
+   sample count and metrics.
+3. The driver averages the replicas (:func:`average_replicas`), weighted by
+   sample count, optimizer state included, so averaging does not reset Adam.
+
+Every random choice in a task derives from ``(seed, partition, round)``, and a
+cached replica is fully reset from the broadcast state at the start of each
+task. So a task that fails and is retried by Spark redoes exactly the same
+work, and the same seed and partitioning give the same model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from mnist_spark import models
+
+logger = logging.getLogger(__name__)
+
+#: Set to ``"PARTITION:ROUND"`` to make that task fail on its first attempt (fault tests).
+ENV_INJECT_FAILURE = "MNIST_SPARK_INJECT_FAILURE"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what a training run computes.
+
+    Parameters
+    ----------
+    model : str
+        Architecture name (:data:`mnist_spark.models.ARCHITECTURES`).
+    epochs : int
+        Passes over the training data.
+    batch_size : int
+        Per-replica batch size.
+    partitions : int
+        Number of replicas and shards.
+    seed : int
+        Source of every random choice.
+    steps_per_round : int, optional
+        Steps each replica takes between averagings; default one local epoch.
+    learning_rate : float
+        Adam's learning rate in the first epoch.
+    lr_decay : float
+        Multiplies the learning rate once per epoch.
+    barrier : bool
+        Schedule all replicas of a round together (``rdd.barrier()``).
+    input_shape, num_classes
+        Shape of one image and number of classes.
+    augment : dict, optional
+        On-the-fly augmentation parameters (:mod:`mnist_spark.augment`).
+    inject_failure : tuple, optional
+        ``(partition, round)`` whose first attempt raises: for fault tests.
+    """
+
+    model: str = models.DEFAULT_MODEL
+    epochs: int = 8
+    batch_size: int = 128
+    partitions: int = 2
+    seed: int = 0
+    steps_per_round: int | None = None
+    learning_rate: float = 1e-3
+    lr_decay: float = 0.75
+    barrier: bool = False
+    input_shape: tuple = (28, 28, 1)
+    num_classes: int = 10
+    augment: dict | None = None
+    inject_failure: tuple | None = None
+
+    def __post_init__(self):
+        models.check_model_name(self.model)
+        for name in ("epochs", "batch_size", "partitions"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be above 0, found {getattr(self, name)}")
+        if self.steps_per_round is not None and self.steps_per_round <= 0:
+            raise ValueError(f"steps_per_round must be above 0, found {self.steps_per_round}")
+        if self.learning_rate <= 0 or not 0 < self.lr_decay <= 1:
+            raise ValueError(
+                f"learning_rate must be above 0 and lr_decay in (0, 1], found "
+                f"{self.learning_rate} and {self.lr_decay}"
+            )
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        values = dict(values)
+        for key in ("input_shape", "inject_failure"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+@dataclass
+class TrainState:
+    """The averaged model after ``round`` rounds: what a checkpoint holds."""
+
+    round: int
+    weights: list
+    optimizer: list
+    history: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How the epochs map onto rounds, given the smallest shard."""
+
+    steps_per_epoch: int
+    steps_per_round: int
+    rounds: int
+
+    def epoch_of(self, round_: int) -> float:
+        """Epochs completed at the start of ``round_``."""
+        return round_ * self.steps_per_round / self.steps_per_epoch
+
+
+def plan_schedule(config: TrainConfig, shard_sizes) -> Schedule:
+    """Rounds needed for ``config.epochs`` epochs over shards of ``shard_sizes``."""
+    smallest = min(shard_sizes)
+    steps_per_epoch = max(1, math.ceil(smallest / config.batch_size))
+    per_round = config.steps_per_round or steps_per_epoch
+    rounds = max(1, math.ceil(config.epochs * steps_per_epoch / per_round))
+    return Schedule(steps_per_epoch, per_round, rounds)
+
+
+def task_seed(seed: int, partition: int, round_: int) -> int:
+    """A 31-bit seed derived from ``(seed, partition, round)``."""
+    return int(np.random.SeedSequence([seed, partition, round_]).generate_state(1)[0] >> 1)
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def make_shards(df, partitions: int):
+    """Split an image DataFrame into ``partitions`` cached numpy shards.
+
+    Rows go to shard ``index % partitions`` and are ordered by index inside
+    it, so the shards do not depend on how ``df`` happens to be partitioned.
+
+    Parameters
+    ----------
+    df : DataFrame
+        Columns ``index``, ``label`` and ``image`` (Spark's image struct).
+    partitions : int
+
+    Returns
+    -------
+    (RDD, list of int)
+        An RDD with one ``(images uint8 (n,h,w,c), labels int32)`` element per
+        partition, cached; and the shard sizes.
+
+    Raises
+    ------
+    ValueError
+        When the DataFrame lacks the columns, or a shard would be empty.
+    """
+    import pyarrow as pa
+    from pyspark.sql.types import BinaryType, IntegerType, StructField, StructType
+
+    missing = {"index", "label", "image"} - set(df.columns)
+    if missing:
+        raise ValueError(
+            f"training data needs columns index, label and image; missing {sorted(missing)} "
+            f"(found {df.columns})"
+        )
+    groups_schema = StructType([
+        StructField("shard", IntegerType(), False),
+        StructField("index", BinaryType(), False),
+        StructField("label", BinaryType(), False),
+        StructField("shape", BinaryType(), False),
+        StructField("pixels", BinaryType(), False),
+    ])
+
+    def group(batches):
+        from mnist_spark.images import struct_array_to_numpy
+
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            images = struct_array_to_numpy(batch.column("image"), "training image")
+            index = batch.column("index").to_numpy().astype(np.int64)
+            labels = batch.column("label").to_numpy().astype(np.int32)
+            shard_of = index % partitions
+            rows = []
+            for shard in np.unique(shard_of):
+                keep = shard_of == shard
+                rows.append((int(shard), index[keep].tobytes(), labels[keep].tobytes(),
+                             np.asarray(images.shape[1:], np.int32).tobytes(), images[keep].tobytes()))
+            yield pa.RecordBatch.from_pylist(
+                [dict(zip(groups_schema.names, row)) for row in rows],
+                schema=pa.schema([("shard", pa.int32()), ("index", pa.binary()), ("label", pa.binary()),
+                                  ("shape", pa.binary()), ("pixels", pa.binary())]),
+            )
+
+    def assemble(groups):
+        groups = [g for _, g in groups]
+        if not groups:
+            return
+        index = np.concatenate([np.frombuffer(g["index"], np.int64) for g in groups])
+        labels = np.concatenate([np.frombuffer(g["label"], np.int32) for g in groups])
+        shapes = {bytes(g["shape"]) for g in groups}
+        if len(shapes) != 1:
+            raise ValueError("training images must share one size")
+        shape = tuple(np.frombuffer(shapes.pop(), np.int32))
+        images = np.concatenate([np.frombuffer(g["pixels"], np.uint8).reshape(-1, *shape) for g in groups])
+        order = np.argsort(index, kind="stable")
+        yield images[order], labels[order]
+
+    data = df.select("index", "label", "image")
+    grouped = data.mapInArrow(group, groups_schema).rdd.map(lambda row: (row["shard"], row))
+    shards = grouped.partitionBy(partitions, lambda shard: shard).mapPartitions(assemble)
+    shards = shards.setName(f"training shards x{partitions}").cache()
+    sizes = shards.map(lambda shard: len(shard[1])).collect()
+    if len(sizes) != partitions or min(sizes, default=0) == 0:
+        shards.unpersist()
+        raise ValueError(
+            f"{partitions} partitions need at least {partitions} training images, one per shard; "
+            f"found shards of sizes {sizes}; use fewer --partitions"
+        )
+    return shards, sizes
+
+
+# --------------------------------------------------------------------------- replicas
+
+
+_REPLICAS: dict = {}
+
+
+def _replica(config: TrainConfig):
+    """This Python worker's model for ``config``, built once and reused across rounds."""
+    key = (config.model, tuple(config.input_shape), config.num_classes)
+    model = _REPLICAS.get(key)
+    if model is None:
+        from mnist_spark.session import configure_tensorflow_threads
+
+        configure_tensorflow_threads()
+        model = models.build_model(config.model, input_shape=config.input_shape,
+                                   num_classes=config.num_classes, seed=0)
+        model.optimizer.build(model.trainable_variables)
+        _REPLICAS[key] = model
+    return model
+
+
+def optimizer_variables(model) -> list:
+    """The optimizer's state as numpy arrays (step, learning rate, moments, velocities)."""
+    return [np.array(v.numpy()) for v in model.optimizer.variables]
+
+
+def load_state(model, weights, optimizer, *, learning_rate=None, seed=None) -> None:
+    """Set a model's weights and optimizer state; reseed all its random generators.
+
+    Resetting the seed generators (dropout masks, augmentation layers) makes a
+    reused replica behave exactly like a fresh one.
+    """
+    import keras
+
+    model.set_weights(weights)
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    for variable, value in zip(model.optimizer.variables, optimizer):
+        variable.assign(value)
+    if learning_rate is not None:
+        model.optimizer.learning_rate = learning_rate
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+        for number, layer in enumerate(model._flatten_layers()):
+            for generator in getattr(layer, "_seed_generators", []):
+                generator.state.assign(np.array([seed + number, 0], dtype=generator.state.dtype))
+
+
+def _order(config: TrainConfig, schedule: Schedule, partition: int, round_: int, size: int) -> np.ndarray:
+    """Sample positions this replica trains on in ``round_``: shuffled once per local epoch."""
+    first = round_ * schedule.steps_per_round * config.batch_size
+    count = min(schedule.steps_per_round * config.batch_size,
+                schedule.rounds * schedule.steps_per_round * config.batch_size - first)
+    if config.steps_per_round is None:
+        epoch = round_
+        return np.random.default_rng([config.seed, partition, epoch]).permutation(size)
+    positions = np.arange(first, first + count)
+    out = np.empty(count, np.int64)
+    for epoch in np.unique(positions // size):
+        hit = positions // size == epoch
+        permutation = np.random.default_rng([config.seed, partition, int(epoch)]).permutation(size)
+        out[hit] = permutation[positions[hit] % size]
+    return out
+
+
+def train_replica(partition: int, shard, state_payload: bytes, round_: int, config: TrainConfig,
+                  schedule: Schedule, attempt: int = 0) -> dict:
+    """One replica's work for one round: runs inside a Spark task.
+
+    Returns the replica's weights, optimizer state, sample count and metrics.
+    """
+    if config.inject_failure == (partition, round_) and attempt == 0:
+        raise RuntimeError(f"injected failure in partition {partition}, round {round_} (attempt 0)")
+    started = time.perf_counter()
+    images, labels = shard
+    weights, optimizer = pickle.loads(state_payload)
+    model = _replica(config)
+    epoch = int(schedule.epoch_of(round_))
+    load_state(model, weights, optimizer,
+               learning_rate=config.learning_rate * config.lr_decay ** epoch,
+               seed=task_seed(config.seed, partition, round_))
+    order = _order(config, schedule, partition, round_, len(labels))
+    x, y = images[order], labels[order]
+    if config.augment:
+        from mnist_spark import augment
+
+        x = augment.augment_batch(x, seed=task_seed(config.seed, partition, round_), **config.augment)
+    history = model.fit(x.astype(np.float32), y, batch_size=config.batch_size, epochs=1,
+                        shuffle=False, verbose=0)
+    return {
+        "partition": partition,
+        "count": int(len(y)),
+        "loss": float(history.history["loss"][-1]),
+        "accuracy": float(history.history["accuracy"][-1]),
+        "seconds": time.perf_counter() - started,
+        "weights": [np.array(w) for w in model.get_weights()],
+        "optimizer": optimizer_variables(model),
+        "pid": os.getpid(),
+    }
+
+
+def average_replicas(results: list[dict]) -> tuple[list, list]:
+    """Average replicas' weights and optimizer state, weighted by sample count.
+
+    Integer state (the optimizer's step) is rounded back to its integer type.
+
+    Examples
+    --------
+    >>> a = {"count": 1, "weights": [np.zeros(2)], "optimizer": [np.array(2)]}
+    >>> b = {"count": 3, "weights": [np.ones(2)], "optimizer": [np.array(4)]}
+    >>> w, o = average_replicas([a, b])
+    >>> w[0].tolist(), int(o[0])
+    ([0.75, 0.75], 4)
+    """
+    if not results:
+        raise ValueError("no replica results to average")
+    counts = np.array([r["count"] for r in results], dtype=np.float64)
+    shares = counts / counts.sum()
+
+    def mean(arrays):
+        dtype = arrays[0].dtype
+        value = sum(share * a.astype(np.float64) for share, a in zip(shares, arrays))
+        if np.issubdtype(dtype, np.integer):
+            value = np.rint(value)
+        return np.asarray(value).astype(dtype)
+
+    weights = [mean([r["weights"][i] for r in results]) for i in range(len(results[0]["weights"]))]
+    optimizer = [mean([r["optimizer"][i] for r in results]) for i in range(len(results[0]["optimizer"]))]
+    return weights, optimizer
+
+
+# --------------------------------------------------------------------------- the driver's loop
+
+
+def initial_state(config: TrainConfig):
+    """The driver's model with seeded initial weights, and its state at round 0."""
+    model = models.build_model(config.model, input_shape=config.input_shape,
+                               num_classes=config.num_classes, learning_rate=config.learning_rate,
+                               seed=config.seed)
+    model.optimizer.build(model.trainable_variables)
+    return model, TrainState(0, model.get_weights(), optimizer_variables(model), [])
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def train(spark, train_df, config: TrainConfig, *, validation=None, state: TrainState | None = None,
+          on_round=None):
+    """Train ``config.model`` data-parallel over ``config.partitions`` replicas.
+
+    Parameters
+    ----------
+    spark : SparkSession
+    train_df : DataFrame
+        Columns ``index``, ``label``, ``image``.
+    config : TrainConfig
+    validation : (images, labels), optional
+        A small numpy validation set the driver scores after each round.
+    state : TrainState, optional
+        Resume from this state (a checkpoint) instead of fresh weights.
+    on_round : callable, optional
+        ``on_round(state, schedule)`` after each round, e.g. to checkpoint.
+
+    Returns
+    -------
+    (keras.Model, TrainState)
+        The driver's model holding the averaged weights, and the final state.
+    """
+    from pyspark import BarrierTaskContext, TaskContext
+
+    model, fresh = initial_state(config)
+    state = state or fresh
+    load_state(model, state.weights, state.optimizer)
+    sc = spark.sparkContext
+    if config.barrier:
+        from mnist_spark.session import task_slots
+
+        if config.partitions > task_slots(spark):
+            raise ValueError(
+                f"barrier mode runs all {config.partitions} replicas at once but the cluster has "
+                f"{task_slots(spark)} task slots; use --partitions {task_slots(spark)} or drop --barrier"
+            )
+    started = time.perf_counter()
+    shards, sizes = make_shards(train_df, config.partitions)
+    schedule = plan_schedule(config, sizes)
+    logger.info(
+        "training %s on %d images in %d partitions (%s): %d rounds of %d steps, batch %d",
+        config.model, sum(sizes), config.partitions, ", ".join(map(str, sizes)),
+        schedule.rounds, schedule.steps_per_round, config.batch_size,
+    )
+    loop_started = time.perf_counter()
+    first_round = state.round
+    try:
+        for round_ in range(state.round, schedule.rounds):
+            round_started = time.perf_counter()
+            payload = sc.broadcast(pickle.dumps((state.weights, state.optimizer), protocol=5))
+
+            def run_round(partition, iterator, payload=payload, round_=round_):
+                context = BarrierTaskContext.get() if config.barrier else TaskContext.get()
+                for shard in iterator:
+                    yield train_replica(partition, shard, payload.value, round_, config, schedule,
+                                        attempt=context.attemptNumber() if context else 0)
+
+            if config.barrier:
+                rdd = shards.barrier().mapPartitionsWithIndex(run_round)
+            else:
+                rdd = shards.mapPartitionsWithIndex(run_round)
+            sc.setJobDescription(f"training round {round_ + 1}/{schedule.rounds}")
+            results = sorted(rdd.collect(), key=lambda r: r["partition"])
+            payload.destroy()
+            weights, optimizer = average_replicas(results)
+            seconds = time.perf_counter() - round_started
+            images = sum(r["count"] for r in results)
+            record = {
+                "round": round_ + 1,
+                "epoch": round(schedule.epoch_of(round_ + 1), 4),
+                "loss": float(np.average([r["loss"] for r in results], weights=[r["count"] for r in results])),
+                "accuracy": float(np.average([r["accuracy"] for r in results],
+                                             weights=[r["count"] for r in results])),
+                "images": images,
+                "seconds": round(seconds, 3),
+                "images_per_second": round(images / seconds, 1),
+            }
+            load_state(model, weights, optimizer)
+            if validation is not None:
+                val_loss, val_accuracy = model.evaluate(validation[0].astype(np.float32), validation[1],
+                                                        batch_size=512, verbose=0)
+                record.update(val_loss=float(val_loss), val_accuracy=float(val_accuracy))
+            state = TrainState(round_ + 1, weights, optimizer, state.history + [record])
+            elapsed = time.perf_counter() - loop_started
+            done = round_ + 1 - first_round
+            eta = elapsed / done * (schedule.rounds - round_ - 1)
+            logger.info(
+                "round %d/%d (epoch %.2f/%d): loss %.4f, accuracy %.4f%s | %.0f img/s | "
+                "elapsed %s, ETA %s",
+                round_ + 1, schedule.rounds, record["epoch"], config.epochs, record["loss"],
+                record["accuracy"],
+                f", val accuracy {record['val_accuracy']:.4f}" if validation is not None else "",
+                record["images_per_second"], _format_seconds(elapsed), _format_seconds(eta),
+            )
+            if on_round is not None:
+                on_round(state, schedule)
+    finally:
+        shards.unpersist()
+    logger.info("trained %d rounds in %.1f s (%.1f s preparing shards)",
+                schedule.rounds - first_round, time.perf_counter() - started, loop_started - started)
+    return model, state
+
+
+def save_checkpoint(folder: str, state: TrainState, config: TrainConfig) -> str:
+    """Save the averaged state after a round; returns the checkpoint's path.
+
+    Written to a temporary file and renamed, so a crash mid-save leaves the
+    previous checkpoint intact.
+    """
+    import json
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"round-{state.round:04d}.npz")
+    arrays = {f"w{i}": w for i, w in enumerate(state.weights)}
+    arrays.update({f"o{i}": o for i, o in enumerate(state.optimizer)})
+    meta = {"round": state.round, "history": state.history, "config": config.to_dict(),
+            "weights": len(state.weights), "optimizer": len(state.optimizer)}
+    temporary = path + ".tmp.npz"
+    np.savez(temporary, meta=np.array(json.dumps(meta)), **arrays)
+    os.replace(temporary, path)
+    for old in sorted(p for p in os.listdir(folder) if p.startswith("round-") and p.endswith(".npz"))[:-2]:
+        os.remove(os.path.join(folder, old))
+    return path
+
+
+def load_checkpoint(folder: str) -> tuple[TrainState, TrainConfig]:
+    """The latest checkpoint in ``folder``.
+
+    Raises
+    ------
+    ValueError
+        When the folder holds no checkpoint.
+    """
+    import json
+
+    names = sorted(p for p in os.listdir(folder) if p.startswith("round-") and p.endswith(".npz")
+                   and not p.endswith(".tmp.npz")) if os.path.isdir(folder) else []
+    if not names:
+        raise ValueError(
+            f"no checkpoint in {folder}: a run saves one every --checkpoint-every rounds; start "
+            "a new run instead of --resume"
+        )
+    with np.load(os.path.join(folder, names[-1]), allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        weights = [data[f"w{i}"] for i in range(meta["weights"])]
+        optimizer = [data[f"o{i}"] for i in range(meta["optimizer"])]
+    return TrainState(meta["round"], weights, optimizer, meta["history"]), TrainConfig.from_dict(meta["config"])
+
+
+def with_partitions(config: TrainConfig, partitions: int) -> TrainConfig:
+    """``config`` with another partition count."""
+    return replace(config, partitions=partitions)
