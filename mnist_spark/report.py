@@ -247,3 +247,127 @@ img {{ max-width: 100%; }}
     location = storage.join(folder, "index.html")
     storage.write_bytes(location, page.encode("utf-8"))
     return location
+
+
+# --------------------------------------------------------------------------- pictures of a run
+#
+# Figures of a training or evaluation run and the report.html that ties them
+# to the headline metrics of metrics.json.
+
+PAGE_STYLE = """
+body { font-family: sans-serif; margin: 2em; max-width: 72em; }
+table { border-collapse: collapse; margin-bottom: 1em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }
+img { max-width: 100%; }
+figure { display: inline-block; margin: 0.5em; vertical-align: top; }
+pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; }
+"""
+
+
+def html_page(title: str, body: str) -> str:
+    """A complete, self-contained HTML page."""
+    from html import escape
+
+    return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f"<title>{escape(title)}</title>\n<style>{PAGE_STYLE}</style>\n</head>\n<body>\n"
+            f"<h1>{escape(title)}</h1>\n{body}\n</body>\n</html>\n")
+
+
+def _line_figure(width: float = 6.0, height: float = 3.2, columns: int = 1):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(1, columns, squeeze=False)[0]
+
+
+def learning_curves(history: list, location: str) -> str:
+    """Loss and accuracy per round (train, and validation where present) as a PNG."""
+    figure, (loss_axis, accuracy_axis) = _line_figure(9, 3.4, columns=2)
+    epochs = [h["epoch"] for h in history]
+    loss_axis.plot(epochs, [h["loss"] for h in history], marker="o", label="train")
+    accuracy_axis.plot(epochs, [h["accuracy"] for h in history], marker="o", label="train")
+    if history and "val_accuracy" in history[0]:
+        loss_axis.plot(epochs, [h["val_loss"] for h in history], marker="s", label="validation")
+        accuracy_axis.plot(epochs, [h["val_accuracy"] for h in history], marker="s", label="validation")
+    for axis, name in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(name)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    return _save_png(figure, location)
+
+
+def confusion_matrix_figure(confusion, location: str, *, labels=None) -> str:
+    """A confusion matrix (rows: expected, columns: predicted) with counts in the cells."""
+    import numpy as np
+
+    confusion = np.asarray(confusion)
+    labels = labels if labels is not None else list(range(len(confusion)))
+    figure, (axis,) = _line_figure(5.6, 5.0)
+    axis.imshow(confusion, cmap="Blues")
+    threshold = confusion.max() / 2 if confusion.size else 0
+    for (row, column), value in np.ndenumerate(confusion):
+        axis.text(column, row, str(value), ha="center", va="center", fontsize=7,
+                  color="white" if value > threshold else "black")
+    axis.set_xticks(range(len(labels)), labels)
+    axis.set_yticks(range(len(labels)), labels)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("expected")
+    figure.tight_layout()
+    return _save_png(figure, location)
+
+
+def probability_bars(images, probabilities, titles, location: str) -> str:
+    """Each image beside a bar chart of its predicted class probabilities."""
+    count = len(images)
+    if count == 0:
+        raise ValueError("probability_bars: no images given; pass at least one")
+    figure, _ = _line_figure(6.0, 1.6 * count)
+    figure.clear()
+    axes = figure.subplots(count, 2, squeeze=False, gridspec_kw={"width_ratios": [1, 3]})
+    for row, (pixels, probs, title) in enumerate(zip(images, probabilities, titles)):
+        _show(axes[row, 0], pixels, title)
+        axes[row, 1].bar(range(len(probs)), probs, color="#4c72b0")
+        axes[row, 1].set_xticks(range(len(probs)))
+        axes[row, 1].set_ylim(0, 1)
+    figure.tight_layout()
+    return _save_png(figure, location)
+
+
+def metrics_table(rows) -> str:
+    """An HTML table of ``(name, value)`` rows."""
+    from html import escape
+
+    cells = "".join(f"<tr><th>{escape(str(k))}</th><td class=\"metric\" data-key=\"{escape(str(k))}\">"
+                    f"{escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<table>{cells}</table>"
+
+
+def write_run_report(folder: str, *, title: str, headline, figures=(), sections=()) -> str:
+    """Write ``report.html`` for a run: headline metrics, figures and extra sections.
+
+    Parameters
+    ----------
+    folder : str
+        The run folder (local path or URI).
+    headline : sequence of (str, object)
+        The key numbers, shown first (each as in ``metrics.json``).
+    figures : sequence of (str, str)
+        ``(file name in the folder, caption)``.
+    sections : sequence of (str, str)
+        ``(heading, html)`` appended after the figures.
+    """
+    from html import escape
+
+    pictures = "".join(
+        f'<figure><img src="{escape(name)}" alt="{escape(caption)}">'
+        f"<figcaption>{escape(caption)}</figcaption></figure>" for name, caption in figures
+    )
+    extra = "".join(f"<h2>{escape(heading)}</h2>\n{html}\n" for heading, html in sections)
+    body = f"<h2>Results</h2>\n{metrics_table(headline)}\n{pictures}\n{extra}"
+    location = storage.join(folder, "report.html")
+    storage.write_bytes(location, html_page(title, body).encode("utf-8"))
+    return location

@@ -106,6 +106,12 @@ class AtomicOutput:
     overwrite : bool
         Replace an existing output. Without it an existing output is refused
         before any work starts.
+    resumable : bool
+        Stage in ``<location>.partial`` and keep it when the job fails, so a
+        later run can resume from what it holds (checkpoints). A new run
+        refuses to start over a partial one unless ``overwrite`` or ``resume``.
+    resume : bool
+        Continue in an existing ``<location>.partial``.
 
     Raises
     ------
@@ -124,14 +130,34 @@ class AtomicOutput:
     ['_SUCCESS', 'metrics.json']
     """
 
-    def __init__(self, location: str | os.PathLike, *, overwrite: bool = False):
+    def __init__(self, location: str | os.PathLike, *, overwrite: bool = False,
+                 resumable: bool = False, resume: bool = False):
         self.location = to_uri(location)
         self.overwrite = overwrite
+        self.resumable = resumable or resume
         self.filesystem, self.path = resolve(self.location)
         self.check()
-        token = uuid.uuid4().hex[:8]
-        self.staging_path = f"{self.path.rstrip('/')}.tmp-{token}"
-        self.staging = f"{self.location.rstrip('/')}.tmp-{token}"
+        suffix = ".partial" if self.resumable else f".tmp-{uuid.uuid4().hex[:8]}"
+        self.staging_path = f"{self.path.rstrip('/')}{suffix}"
+        self.staging = f"{self.location.rstrip('/')}{suffix}"
+        if self.resumable:
+            self._check_partial(resume)
+
+    def _check_partial(self, resume: bool) -> None:
+        from pyarrow import fs as pafs
+
+        found = self.filesystem.get_file_info(self.staging_path).type != pafs.FileType.NotFound
+        if resume and not found:
+            raise ValueError(
+                f"nothing to resume: {self.staging} does not exist; start a new run without --resume"
+            )
+        if found and not resume:
+            if not self.overwrite:
+                raise FileExistsError(
+                    f"an unfinished run is in {self.staging}; continue it with --resume "
+                    f"{self.location}, or pass --overwrite to start again"
+                )
+            self._delete(self.staging_path)
 
     def check(self) -> None:
         """Refuse an existing output or an unwritable parent, before any work."""
@@ -160,7 +186,11 @@ class AtomicOutput:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
-            self._delete(self.staging_path)
+            if self.resumable:
+                logger.warning("run stopped; its checkpoints stay in %s (continue with --resume %s)",
+                               self.staging, self.location)
+            else:
+                self._delete(self.staging_path)
             return
         with self.filesystem.open_output_stream(posixpath.join(self.staging_path, SUCCESS_MARKER)):
             pass

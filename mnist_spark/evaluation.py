@@ -1,0 +1,203 @@
+"""Distributed inference and the metrics of a trained classifier.
+
+Inference follows the ``pyspark.ml.functions.predict_batch_udf`` pattern: the
+saved model reaches executors once as a broadcast, each Python worker loads it
+once and keeps it (worker reuse is on), and it runs over Arrow batches of
+explicit size. Metrics are aggregated by Spark; only the confusion matrix and
+the few misclassified examples come back to the driver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+_MODELS: dict = {}
+
+
+def model_bytes(model) -> bytes:
+    """A Keras model as the bytes of a ``.keras`` file."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.keras")
+        model.save(path)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def load_model_bytes(payload: bytes):
+    """Load a model from ``.keras`` bytes, once per Python worker (cached by content hash).
+
+    Loading uses Keras' safe mode: no Python code in the file is executed.
+    """
+    key = hashlib.sha256(payload).hexdigest()
+    model = _MODELS.get(key)
+    if model is None:
+        import keras
+
+        from mnist_spark.session import configure_tensorflow_threads
+
+        configure_tensorflow_threads()
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "model.keras")
+            with open(path, "wb") as f:
+                f.write(payload)
+            model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        _MODELS.clear()  # one model per worker at a time bounds memory
+        _MODELS[key] = model
+    return model
+
+
+def load_model(path: str):
+    """Load a saved ``.keras`` model in safe mode, with a clear error for a bad file."""
+    import keras
+
+    if not os.path.isfile(path):
+        raise ValueError(f"model file {path} does not exist; give the model.keras of a training run")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as error:  # Keras raises several types for a damaged file
+        raise ValueError(
+            f"model file {path} could not be loaded ({type(error).__name__}: {error}); it is not a "
+            "complete .keras file: train again or copy it again"
+        ) from None
+
+
+def predict(df, model, *, batch_size: int = 512, input_col: str = "image",
+            output_col: str = "probabilities"):
+    """Add the model's class probabilities (``array<float>``) to an image DataFrame.
+
+    Parameters
+    ----------
+    df : DataFrame
+        With an image-struct column ``input_col``.
+    model : keras.Model or bytes
+        The model, or the bytes of its ``.keras`` file.
+    batch_size : int
+        Images per ``predict_on_batch`` call.
+
+    Returns
+    -------
+    DataFrame
+        ``df`` with ``output_col`` added; also ``prediction`` (int), the argmax.
+    """
+    import pyarrow as pa
+    from pyspark.sql.types import ArrayType, FloatType, IntegerType, StructField, StructType
+
+    if input_col not in df.columns:
+        raise ValueError(f"no column {input_col!r} to predict from; found {df.columns}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be above 0, found {batch_size}")
+    payload = model if isinstance(model, bytes) else model_bytes(model)
+    broadcast = df.sparkSession.sparkContext.broadcast(payload)
+    schema = StructType(df.schema.fields + [
+        StructField(output_col, ArrayType(FloatType(), False), False),
+        StructField("prediction", IntegerType(), False),
+    ])
+
+    def infer(batches):
+        from mnist_spark.images import struct_array_to_numpy
+
+        net = load_model_bytes(broadcast.value)
+        for batch in batches:
+            for start in range(0, batch.num_rows, batch_size):
+                part = batch.slice(start, batch_size)
+                images = struct_array_to_numpy(part.column(input_col), input_col)
+                probabilities = np.asarray(net.predict_on_batch(images.astype(np.float32)), np.float32)
+                classes = probabilities.shape[1]
+                flat = pa.array(probabilities.reshape(-1))
+                offsets = pa.array(np.arange(0, (len(images) + 1) * classes, classes, dtype=np.int32))
+                yield pa.RecordBatch.from_arrays(
+                    part.columns + [pa.ListArray.from_arrays(offsets, flat),
+                                    pa.array(probabilities.argmax(axis=1).astype(np.int32))],
+                    schema=pa.schema(list(part.schema) + [
+                        pa.field(output_col, pa.list_(pa.field("element", pa.float32(), False)), False),
+                        pa.field("prediction", pa.int32(), False)]),
+                )
+
+    return df.mapInArrow(infer, schema)
+
+
+def evaluate(df, model, *, num_classes: int = 10, batch_size: int = 512, misclassified_limit: int = 100):
+    """Score a model on a labelled image DataFrame, inference in the executors.
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``loss`` (mean cross-entropy), ``count``,
+        ``confusion_matrix`` (rows: expected, columns: predicted),
+        ``per_class`` (precision, recall, f1, support) and ``misclassified``
+        (up to ``misclassified_limit`` of: split, index, expected, predicted,
+        probabilities), plus ``seconds`` and ``images_per_second``.
+    """
+    from pyspark.sql import functions as F
+
+    started = time.perf_counter()
+    scored = predict(df, model, batch_size=batch_size)
+    scored = scored.withColumn(
+        "nll", -F.log(F.greatest(F.element_at("probabilities", F.col("label") + 1), F.lit(1e-7)))
+    ).select("split", "index", "label", "prediction", "probabilities", "nll").cache()
+    try:
+        cells = scored.groupBy("label", "prediction").agg(F.count("*").alias("n"),
+                                                          F.sum("nll").alias("nll")).collect()
+        wrong = (scored.where("label != prediction").orderBy("split", "index")
+                 .limit(misclassified_limit).collect())
+    finally:
+        scored.unpersist()
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    total_nll = 0.0
+    for cell in cells:
+        if not (0 <= cell["label"] < num_classes):
+            raise ValueError(f"label {cell['label']} is outside the {num_classes} classes")
+        confusion[cell["label"], cell["prediction"]] = cell["n"]
+        total_nll += cell["nll"]
+    count = int(confusion.sum())
+    if count == 0:
+        raise ValueError("no rows to evaluate")
+    seconds = time.perf_counter() - started
+    metrics = {
+        "count": count,
+        "accuracy": float(np.trace(confusion) / count),
+        "loss": float(total_nll / count),
+        "confusion_matrix": confusion.tolist(),
+        "per_class": per_class_scores(confusion),
+        "misclassified": [
+            {"split": r["split"], "index": int(r["index"]), "expected": int(r["label"]),
+             "predicted": int(r["prediction"]),
+             "probabilities": [round(float(p), 5) for p in r["probabilities"]]}
+            for r in wrong
+        ],
+        "seconds": round(seconds, 3),
+        "images_per_second": round(count / seconds, 1),
+    }
+    logger.info("evaluated %d images in %.1f s (%.0f img/s): accuracy %.4f, loss %.4f",
+                count, seconds, count / seconds, metrics["accuracy"], metrics["loss"])
+    return metrics
+
+
+def per_class_scores(confusion: np.ndarray) -> list[dict]:
+    """Precision, recall, F1 and support per class from a confusion matrix.
+
+    Examples
+    --------
+    >>> per_class_scores(np.array([[3, 1], [0, 2]]))[0]
+    {'class': 0, 'precision': 1.0, 'recall': 0.75, 'f1': 0.857143, 'support': 4}
+    """
+    scores = []
+    for k in range(len(confusion)):
+        true_positive = confusion[k, k]
+        predicted = confusion[:, k].sum()
+        support = confusion[k, :].sum()
+        precision = true_positive / predicted if predicted else 0.0
+        recall = true_positive / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        scores.append({"class": k, "precision": round(float(precision), 6),
+                       "recall": round(float(recall), 6), "f1": round(float(f1), 6),
+                       "support": int(support)})
+    return scores
