@@ -98,7 +98,10 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=mod
     checkpoints = os.path.join(target.staging, "checkpoints")
     state = None
     if resume:
-        state, config = training.load_checkpoint(checkpoints)
+        state, config, saved = training.load_checkpoint(checkpoints)
+        data_dir, limit, validation_size, checkpoint_every = (
+            saved.get("data_dir"), saved.get("limit"), saved.get("validation_size", 0),
+            saved.get("checkpoint_every", 1))
         logger.info("resuming %s from round %d with its saved settings", output, state.round)
     else:
         config = training.TrainConfig(
@@ -120,7 +123,9 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=mod
     with target as staging:
         def on_round(state, schedule):
             if checkpoint_every and (state.round % checkpoint_every == 0 or state.round == schedule.rounds):
-                training.save_checkpoint(checkpoints, state, config)
+                training.save_checkpoint(checkpoints, state, config, extra={
+                    "data_dir": data_dir, "limit": limit, "validation_size": validation_size,
+                    "checkpoint_every": checkpoint_every})
 
         trained, state = training.train(spark, train_df, config, validation=validation, state=state,
                                         on_round=on_round)

@@ -489,11 +489,12 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
     return model, state
 
 
-def save_checkpoint(folder: str, state: TrainState, config: TrainConfig) -> str:
+def save_checkpoint(folder: str, state: TrainState, config: TrainConfig, extra: dict | None = None) -> str:
     """Save the averaged state after a round; returns the checkpoint's path.
 
-    Written to a temporary file and renamed, so a crash mid-save leaves the
-    previous checkpoint intact.
+    ``extra`` holds whatever else a resumed run needs (the job's data
+    settings), as JSON. Written to a temporary file and renamed, so a crash
+    mid-save leaves the previous checkpoint intact.
     """
     import json
 
@@ -502,7 +503,7 @@ def save_checkpoint(folder: str, state: TrainState, config: TrainConfig) -> str:
     arrays = {f"w{i}": w for i, w in enumerate(state.weights)}
     arrays.update({f"o{i}": o for i, o in enumerate(state.optimizer)})
     meta = {"round": state.round, "history": state.history, "config": config.to_dict(),
-            "weights": len(state.weights), "optimizer": len(state.optimizer)}
+            "weights": len(state.weights), "optimizer": len(state.optimizer), "extra": extra or {}}
     temporary = path + ".tmp.npz"
     np.savez(temporary, meta=np.array(json.dumps(meta)), **arrays)
     os.replace(temporary, path)
@@ -511,8 +512,8 @@ def save_checkpoint(folder: str, state: TrainState, config: TrainConfig) -> str:
     return path
 
 
-def load_checkpoint(folder: str) -> tuple[TrainState, TrainConfig]:
-    """The latest checkpoint in ``folder``.
+def load_checkpoint(folder: str) -> tuple[TrainState, TrainConfig, dict]:
+    """The latest checkpoint in ``folder``: state, config and the ``extra`` saved with it.
 
     Raises
     ------
@@ -532,7 +533,8 @@ def load_checkpoint(folder: str) -> tuple[TrainState, TrainConfig]:
         meta = json.loads(str(data["meta"]))
         weights = [data[f"w{i}"] for i in range(meta["weights"])]
         optimizer = [data[f"o{i}"] for i in range(meta["optimizer"])]
-    return TrainState(meta["round"], weights, optimizer, meta["history"]), TrainConfig.from_dict(meta["config"])
+    state = TrainState(meta["round"], weights, optimizer, meta["history"])
+    return state, TrainConfig.from_dict(meta["config"]), meta.get("extra", {})
 
 
 def with_partitions(config: TrainConfig, partitions: int) -> TrainConfig:

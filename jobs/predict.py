@@ -1,0 +1,109 @@
+"""Score images with a saved model, in the executors.
+
+Input is a PNG set written by ``jobs/export_png.py`` (labels from the paths),
+any folder of images (read recursively with Spark's image source; no labels),
+or the IDX files (``--data-dir``). Each Python worker loads the model once.
+The run folder gets ``predictions.parquet`` (origin, split, index, label,
+prediction, probabilities) and ``metrics.json`` (counts, and accuracy and a
+confusion matrix where labels are known).
+
+Run it with::
+
+    spark-submit jobs/predict.py --model runs/cnn/model.keras --images runs/pngs --output runs/scored
+    spark-submit jobs/predict.py --model runs/cnn --splits test --output runs/scored-idx
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+from mnist_spark import cli, datasets, evaluation, images, ingest, report, storage
+
+logger = logging.getLogger("predict")
+
+
+def _arg_parser():
+    parser = cli.job_parser(__doc__, "predict")
+    parser.add_argument("--model", required=True,
+                        help="a model.keras file, or a train_cnn run folder holding one")
+    parser.add_argument("--images", default=None,
+                        help="a PNG set or any folder of images; default: the IDX files of --data-dir")
+    parser.add_argument("--splits", default="test", help="splits to score (IDX files or a PNG set)")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=512, help="images per batch")
+    return parser
+
+
+def _images_frame(spark, location: str, splits):
+    """A PNG set in our layout, else any folder of images with unknown labels."""
+    from pyspark.sql import functions as F
+
+    if storage.exists(storage.join(location, images.MANIFEST_NAME)):
+        df, _ = images.read_png_set(spark, location, splits=splits)
+        return df
+    if not storage.exists(location):
+        raise ValueError(f"--images {location} does not exist; give a folder of PNG or JPEG files")
+    df = (spark.read.format("image").option("recursiveFileLookup", "true")
+          .option("dropInvalid", "true").load(storage.to_uri(location)))
+    return df.select(F.lit("unlabelled").alias("split"), F.monotonically_increasing_id().alias("index"),
+                     F.lit(-1).alias("label"), "image")
+
+
+def run(spark, *, model, data_dir=None, images_dir=None, output=None, overwrite=False, seed=0,
+        splits=("test",), batch_size=512):
+    """Score the images and write the run folder; return the metrics. ``seed`` is recorded only."""
+    from pyspark.sql import functions as F
+
+    started = time.perf_counter()
+    path = os.path.join(model, "model.keras") if os.path.isdir(model) else model
+    net = evaluation.load_model(path)
+    output = output or storage.default_output("predict")
+    target = storage.AtomicOutput(output, overwrite=overwrite)
+    if images_dir:
+        df = _images_frame(spark, images_dir, splits)
+    else:
+        df, _ = ingest.idx_dataframe(spark, datasets.locate(data_dir), splits=splits)
+    expected = tuple(net.input_shape[1:])
+    first = df.select("image.height", "image.width", "image.nChannels").first()
+    if first is None:
+        raise ValueError(f"no images to score in {images_dir or data_dir}")
+    if tuple(first) != expected:
+        raise ValueError(
+            f"the model takes images of {'x'.join(map(str, expected))} but the input holds "
+            f"{'x'.join(map(str, first))}; score images of the size the model was trained on"
+        )
+    scored = evaluation.predict(df, net, batch_size=batch_size)
+    scored = scored.select(F.col("image.origin").alias("origin"), "split", "index", "label",
+                           "prediction", "probabilities")
+    with target as staging:
+        scored.write.parquet(storage.join(staging, "predictions.parquet"))
+        written = spark.read.parquet(storage.join(staging, "predictions.parquet"))
+        labelled = written.where("label >= 0")
+        count, known = written.count(), labelled.count()
+        metrics = {"job": "predict", "model": path, "count": count, "labelled": known,
+                   "seconds": round(time.perf_counter() - started, 2),
+                   "params": {"data_dir": data_dir, "images": images_dir, "splits": list(splits),
+                              "batch_size": batch_size, "seed": seed, "output": output},
+                   "environment": report.environment()}
+        if known:
+            correct = labelled.where("label = prediction").count()
+            metrics["accuracy"] = correct / known
+        report.write_metrics(staging, metrics)
+    logger.info("scored %d images in %.1f s%s; %s", count, metrics["seconds"],
+                f", accuracy {metrics['accuracy']:.4f}" if known else "", output)
+    return metrics
+
+
+def main(argv=None) -> int:
+    args = _arg_parser().parse_args(argv)
+    return cli.run_job("predict", lambda spark: run(
+        spark, model=args.model, data_dir=args.data_dir, images_dir=args.images, output=args.output,
+        overwrite=args.overwrite, seed=args.seed,
+        splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()), batch_size=args.batch_size,
+    ))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Data-parallel training: averaging, parity, determinism, retries, resume, the run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import PROJECT, load_job
+from mnist_spark import datasets, evaluation, idx, ingest, models, training
+
+train_job = load_job("train_cnn")
+
+CONFIG = training.TrainConfig(model="simple_cnn", epochs=2, batch_size=32, partitions=2, seed=7)
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def train_df(spark, small_idx):
+    df, _ = ingest.idx_dataframe(spark, datasets.locate(small_idx), splits=("train",), limit=256)
+    return df.cache()
+
+
+# --------------------------------------------------------------------------- averaging
+
+
+def test_average_of_identical_replicas_is_the_replica():
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)]
+    optimizer = [np.array(17, np.int64), np.float32(0.001), rng.normal(size=(3, 4)).astype(np.float32)]
+    replica = {"count": 5, "weights": weights, "optimizer": optimizer}
+    avg_w, avg_o = training.average_replicas([replica, dict(replica, count=9), dict(replica, count=1)])
+    for got, want in zip(avg_w + avg_o, weights + optimizer):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        assert got.dtype == np.asarray(want).dtype
+
+
+def test_average_is_weighted_by_count():
+    a = {"count": 100, "weights": [np.zeros(3, np.float32)], "optimizer": [np.array(10, np.int64)]}
+    b = {"count": 300, "weights": [np.full(3, 4.0, np.float32)], "optimizer": [np.array(20, np.int64)]}
+    weights, optimizer = training.average_replicas([a, b])
+    np.testing.assert_allclose(weights[0], [3.0, 3.0, 3.0])
+    assert optimizer[0] == 18 and optimizer[0].dtype == np.int64
+
+
+def test_schedule_and_config_validation():
+    schedule = training.plan_schedule(replace(CONFIG, epochs=3, steps_per_round=5), [100, 96])
+    assert (schedule.steps_per_epoch, schedule.steps_per_round, schedule.rounds) == (3, 5, 2)
+    with pytest.raises(ValueError, match="'nope' is not a known model; choose one of: mlp"):
+        replace(CONFIG, model="nope")
+    with pytest.raises(ValueError, match="epochs must be above 0, found 0"):
+        replace(CONFIG, epochs=0)
+
+
+# --------------------------------------------------------------------------- Spark runs
+
+
+def _plain_keras(images, labels, config):
+    """What one replica does, written as a plain single-process Keras loop."""
+    model, state = training.initial_state(config)
+    schedule = training.plan_schedule(config, [len(labels)])
+    for round_ in range(schedule.rounds):
+        training.load_state(model, model.get_weights(), training.optimizer_variables(model),
+                            learning_rate=config.learning_rate * config.lr_decay ** round_,
+                            seed=training.task_seed(config.seed, 0, round_))
+        order = np.random.default_rng([config.seed, 0, round_]).permutation(len(labels))
+        model.fit(images[order].astype(np.float32), labels[order], batch_size=config.batch_size,
+                  epochs=1, shuffle=False, verbose=0)
+    return model.get_weights()
+
+
+def test_one_partition_matches_plain_keras(spark, train_df, small_idx):
+    config = replace(CONFIG, partitions=1)
+    _, state = training.train(spark, train_df, config)
+    images = idx.read_idx(small_idx / "train-images-idx3-ubyte.gz")[:256, ..., None]
+    labels = idx.read_idx(small_idx / "train-labels-idx1-ubyte.gz")[:256].astype(np.int32)
+    plain = _plain_keras(images, labels, config)
+    for got, want in zip(state.weights, plain):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert state.history[-1]["images"] == 256
+
+
+def test_same_seed_and_partitioning_give_the_same_model(spark, train_df):
+    _, first = training.train(spark, train_df, CONFIG)
+    _, again = training.train(spark, train_df.repartition(5), CONFIG)  # input partitioning differs
+    _, other = training.train(spark, train_df, replace(CONFIG, seed=8))
+    assert _same(first.weights, again.weights) and _same(first.optimizer, again.optimizer)
+    assert not _same(first.weights, other.weights)
+    assert [h["round"] for h in first.history] == [1, 2]
+    assert first.optimizer[0] == 2 * 4  # Adam's step: 2 rounds of 128 images / 32 per batch
+
+
+def test_barrier_mode_gives_the_same_model(spark, train_df):
+    _, plain = training.train(spark, train_df, CONFIG)
+    _, barrier = training.train(spark, train_df, replace(CONFIG, barrier=True))
+    assert _same(plain.weights, barrier.weights)
+    with pytest.raises(ValueError, match="barrier mode runs all 3 replicas at once"):
+        training.train(spark, train_df, replace(CONFIG, barrier=True, partitions=3))
+
+
+def test_too_many_partitions_is_a_clear_error(spark, small_idx):
+    df, _ = ingest.idx_dataframe(spark, datasets.locate(small_idx), splits=("test",), limit=3)
+    with pytest.raises(ValueError, match="4 partitions need at least 4 training images"):
+        training.train(spark, df, replace(CONFIG, partitions=4))
+
+
+def test_resume_reaches_the_same_model(spark, train_df, tmp_path):
+    config = replace(CONFIG, epochs=3)
+    _, whole = training.train(spark, train_df, config)
+
+    class Stop(Exception):
+        pass
+
+    def checkpoint_then_die(state, schedule):
+        training.save_checkpoint(str(tmp_path), state, config)
+        if state.round == 2:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        training.train(spark, train_df, config, on_round=checkpoint_then_die)
+    state, saved, _ = training.load_checkpoint(str(tmp_path))
+    assert state.round == 2 and saved == config
+    _, resumed = training.train(spark, train_df, saved, state=state)
+    assert _same(whole.weights, resumed.weights) and _same(whole.optimizer, resumed.optimizer)
+    assert [h["round"] for h in resumed.history] == [1, 2, 3]
+
+
+def test_evaluation_matches_model_predict(spark, small_idx):
+    df, _ = ingest.idx_dataframe(spark, datasets.locate(small_idx), splits=("test",))
+    model = models.build_model("simple_cnn", seed=3)
+    scored = evaluation.predict(df, model, batch_size=7).orderBy("index").collect()
+    images = idx.read_idx(small_idx / "t10k-images-idx3-ubyte.gz")[..., None].astype(np.float32)
+    labels = idx.read_idx(small_idx / "t10k-labels-idx1-ubyte.gz")
+    expected = model.predict(images, verbose=0)
+    got = np.array([r["probabilities"] for r in scored])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert [r["prediction"] for r in scored] == expected.argmax(axis=1).tolist()
+
+    metrics = evaluation.evaluate(df, model)
+    predicted = expected.argmax(axis=1)
+    assert metrics["count"] == 100
+    assert metrics["accuracy"] == pytest.approx(float((predicted == labels).mean()))
+    nll = -np.log(np.maximum(expected[np.arange(100), labels], 1e-7)).mean()
+    assert metrics["loss"] == pytest.approx(float(nll), rel=1e-4)
+    confusion = np.array(metrics["confusion_matrix"])
+    assert confusion.sum() == 100 and np.trace(confusion) == (predicted == labels).sum()
+    wrong = [m for m in metrics["misclassified"]]
+    assert len(wrong) == int((predicted != labels).sum())
+    assert all(w["predicted"] == predicted[w["index"]] and w["expected"] == labels[w["index"]] for w in wrong)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def test_run_folder(spark, small_idx, tmp_path):
+    out = tmp_path / "run"
+    metrics = train_job.run(spark, data_dir=str(small_idx), output=str(out), model="simple_cnn",
+                            epochs=2, batch_size=32, partitions=2, limit=200, validation_size=50)
+    names = set(os.listdir(out))
+    assert {"_SUCCESS", "model.keras", "model_summary.txt", "metrics.json", "report.html",
+            "learning_curves.png", "confusion_matrix.png", "misclassified.png",
+            "probabilities.png", "checkpoints"} <= names
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("test_accuracy", "test_loss", "epochs", "partitions", "images_per_second", "seconds",
+                "history", "params", "environment"):
+        assert key in saved
+    assert saved["epochs"] == 2 and saved["partitions"] == 2 and len(saved["history"]) == 2
+    assert "val_accuracy" in saved["history"][0]
+    assert saved["environment"]["libraries"]["pyspark"]
+    assert "Total params" in (out / "model_summary.txt").read_text()
+    html = (out / "report.html").read_text()
+    assert all(name in html for name in ("learning_curves.png", "confusion_matrix.png", "misclassified.png"))
+    assert f'data-key="test_accuracy">{saved["test_accuracy"]}<' in html
+    reloaded = evaluation.load_model(str(out / "model.keras"))
+    assert reloaded.count_params() > 0
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        train_job.run(spark, data_dir=str(small_idx), output=str(out), limit=200)
+
+
+def test_job_resume_after_a_stop(spark, small_idx, tmp_path, monkeypatch):
+    kwargs = dict(data_dir=str(small_idx), model="simple_cnn", epochs=3, batch_size=32, partitions=2,
+                  limit=128, validation_size=0, checkpoint_every=1)
+    whole = train_job.run(spark, output=str(tmp_path / "whole"), **kwargs)
+
+    real_save = training.save_checkpoint
+
+    def save_then_stop(folder, state, config, extra=None):
+        path = real_save(folder, state, config, extra)
+        if state.round == 1:
+            raise KeyboardInterrupt("driver stopped")
+        return path
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_stop)
+    out = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train_job.run(spark, output=str(out), **kwargs)
+    assert not out.exists() and (tmp_path / "cut.partial" / "checkpoints").is_dir()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_job.run(spark, output=str(out), **kwargs)
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    resumed = train_job.run(spark, resume=str(out))
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
+    assert resumed["test_loss"] == pytest.approx(whole["test_loss"], rel=1e-6)
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"]]
+    assert not (tmp_path / "cut.partial").exists()
+
+
+@pytest.mark.slow
+def test_retried_task_gives_identical_weights(spark, small_idx, tmp_path):
+    """A task that fails once (local[2,2] allows one retry) redoes exactly the same work."""
+    kwargs = ["--data-dir", str(small_idx), "--model", "simple_cnn", "--epochs", "2", "--batch-size", "32",
+              "--partitions", "2", "--limit", "128", "--validation-size", "0", "--checkpoint-every", "0"]
+    reference = train_job.run(spark, output=str(tmp_path / "reference"), data_dir=str(small_idx),
+                              model="simple_cnn", epochs=2, batch_size=32, partitions=2, limit=128,
+                              validation_size=0, checkpoint_every=0)
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_CONF_DIR=str(PROJECT / "conf"))
+    env[training.ENV_INJECT_FAILURE] = "1:1"
+    submit = Path(sys.executable).parent / "spark-submit"
+    result = subprocess.run(
+        [str(submit), "--master", "local[2,2]", str(PROJECT / "jobs" / "train_cnn.py"), *kwargs,
+         "--output", str(tmp_path / "retried")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "injected failure in partition 1, round 1" in result.stderr
+    retried = json.loads((tmp_path / "retried" / "metrics.json").read_text())
+    assert [h["loss"] for h in retried["history"]] == [h["loss"] for h in reference["history"]]
+    a = evaluation.load_model(str(tmp_path / "reference" / "model.keras"))
+    b = evaluation.load_model(str(tmp_path / "retried" / "model.keras"))
+    assert _same(a.get_weights(), b.get_weights())
