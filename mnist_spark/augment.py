@@ -265,17 +265,32 @@ def _source_coordinates(transform: Transform, height: int, width: int, rng):
     return source_y, source_x
 
 
-def augment_image(image: np.ndarray, rng: np.random.Generator, params: AugmentParams):
-    """One random variant of one image: ``(pixels, Transform)``.
+def apply_transform(image: np.ndarray, transform: Transform, *, rng=None, fill: int = 0) -> np.ndarray:
+    """Resample one image through a transform: one bilinear pass of ``scipy.ndimage.map_coordinates``.
 
-    ``image`` is uint8 ``(height, width)`` or ``(height, width, channels)``;
-    the result has the same shape and dtype.
+    Parameters
+    ----------
+    image : numpy.ndarray
+        uint8 ``(height, width)`` or ``(height, width, channels)``.
+    transform : Transform
+        What to do; an identity transform returns a copy.
+    rng : numpy.random.Generator, optional
+        Draws the elastic displacement field; needed when ``transform.elastic`` is set.
+    fill : int
+        Value of pixels that come from outside the image.
+
+    Examples
+    --------
+    >>> image = np.zeros((5, 5), np.uint8); image[2, 3] = 255
+    >>> int(apply_transform(image, Transform(shift=(1.0, 0.0)))[2, 4])
+    255
     """
     from scipy import ndimage
 
-    transform = draw_transform(rng, params, image.shape)
     if transform.identity:
-        return image.copy(), transform
+        return image.copy()
+    if transform.elastic is not None and rng is None:
+        raise ValueError("apply_transform: an elastic transform needs rng, the generator of its field")
     height, width = image.shape[:2]
     source = _source_coordinates(transform, height, width, rng)
     planes = image[..., None] if image.ndim == 2 else image
@@ -283,10 +298,20 @@ def augment_image(image: np.ndarray, rng: np.random.Generator, params: AugmentPa
     sampled = np.empty((height, width), np.float64)
     for channel in range(planes.shape[2]):
         ndimage.map_coordinates(planes[..., channel], source, output=sampled, order=1,
-                                mode="constant", cval=float(params.fill))
+                                mode="constant", cval=float(fill))
         np.clip(np.rint(sampled), 0, 255, out=sampled)
         out[..., channel] = sampled
-    return (out[..., 0] if image.ndim == 2 else out), transform
+    return out[..., 0] if image.ndim == 2 else out
+
+
+def augment_image(image: np.ndarray, rng: np.random.Generator, params: AugmentParams):
+    """One random variant of one image: ``(pixels, Transform)``.
+
+    ``image`` is uint8 ``(height, width)`` or ``(height, width, channels)``;
+    the result has the same shape and dtype.
+    """
+    transform = draw_transform(rng, params, image.shape)
+    return apply_transform(image, transform, rng=rng, fill=int(params.fill)), transform
 
 
 def augment_batch(images: np.ndarray, keys, params: AugmentParams, *, seed: int = 0):

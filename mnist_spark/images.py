@@ -520,7 +520,8 @@ def _describe_bad(location: str, bad: list[BadFile], shown: int = 10) -> str:
     return f"{len(bad)} bad file(s) in PNG set {location}:\n" + "\n".join(lines)
 
 
-def read_png_set(spark, location: str, *, splits=None, variants: bool = False, on_bad: str = "fail"):
+def read_png_set(spark, location: str, *, splits=None, variants: bool = False, on_bad: str = "fail",
+                 partitions: int | None = None):
     """Read a PNG set back into the DataFrame shape of an ingested dataset.
 
     The images are decoded by ``spark.read.format("image")`` (the JVM's
@@ -546,6 +547,9 @@ def read_png_set(spark, location: str, *, splits=None, variants: bool = False, o
     on_bad : {"fail", "skip"}
         What to do with files that are not images of the set: raise, or leave
         them out (logged as a warning, and returned).
+    partitions : int, optional
+        Tasks that read the files. Spark would plan a task per few dozen small
+        files; they are coalesced into this many. Default: the cluster's task slots.
 
     Returns
     -------
@@ -565,8 +569,12 @@ def read_png_set(spark, location: str, *, splits=None, variants: bool = False, o
     ['split', 'index', 'label', 'image']
     """
     from mnist_spark import storage
+    from mnist_spark.session import task_slots
     from pyspark.sql import functions as F
 
+    if partitions is not None and (isinstance(partitions, bool) or not isinstance(partitions, int)
+                                   or partitions <= 0):
+        raise ValueError(f"partitions must be a whole number above 0, found {partitions!r}")
     if on_bad not in ON_BAD_CHOICES:
         raise ValueError(f"{on_bad!r} is not a supported on_bad; choose one of: {', '.join(ON_BAD_CHOICES)}")
     location = storage.to_uri(location)
@@ -583,7 +591,8 @@ def read_png_set(spark, location: str, *, splits=None, variants: bool = False, o
         raise ValueError(_describe_bad(location, bad) + "\nDelete or replace them, or read with on_bad='skip'")
 
     raw = (spark.read.format("image").option("dropInvalid", False)
-           .option("recursiveFileLookup", True).load([storage.join(location, s) for s in names]))
+           .option("recursiveFileLookup", True).load([storage.join(location, s) for s in names])
+           .coalesce(partitions or task_slots(spark)))
     tail = r"/(" + "|".join(names) + r")/(\d+)/(\d+)(?:_(\d+))?\.png$"
     origin = F.col("image.origin")
     in_layout = origin.rlike(tail)
@@ -604,12 +613,19 @@ def read_png_set(spark, location: str, *, splits=None, variants: bool = False, o
             return F.coalesce(text, F.lit(""))
         return F.coalesce(F.when(text != "", text.cast(kind)), F.lit(0))
 
+    # File sources mark every field nullable; the image struct of a dataset has
+    # non-null fields (all present in a decoded image), so rebuild it to match.
+    defaults = {"origin": None, "height": 0, "width": 0, "nChannels": 0, "mode": 0, "data": bytearray()}
+    fields = [
+        (F.col(f"image.{name}") if value is None else F.coalesce(F.col(f"image.{name}"), F.lit(value)))
+        .alias(name) for name, value in defaults.items()
+    ]
     # Rows outside the layout are filtered first, so every group but the variant is present.
     df = raw.where((F.col("image.height") >= 0) & in_layout).select(
         part(1).alias("split"),
         part(3, "long").alias("index"),
         part(2, "int").alias("label"),
-        F.col("image"),
+        F.when(F.col("image").isNotNull(), F.struct(*fields)).alias("image"),
         part(4, "int").alias("variant"),
     )
     if not variants:
