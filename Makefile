@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export SPARK_CONF_DIR := $(abspath conf)
 
-.PHONY: install run ingest test test-fast bench clean
+.PHONY: install run ingest export-png test test-fast bench clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ run: ingest
 
 ingest: install
 	$(BIN)/spark-submit jobs/ingest.py $(ARGS)
+
+export-png: install
+	$(BIN)/spark-submit jobs/export_png.py $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(ARGS)

@@ -121,28 +121,42 @@ def params_from_args(args) -> augment.AugmentParams:
             .shift(*args.shift).elastic(*args.elastic))
 
 
-def _pictures(spark, df, staging: str, *, sample: int, variants: int, params, seed: int) -> list:
+def _sample(info, count: int):
+    """The first ``count`` images of a split as ``(index, label, pixels)``, read on the driver.
+
+    Reads the IDX files directly (the same reader the Spark tasks use), so the
+    pictures cost no Spark job.
+    """
+    stop = min(count, info.count)
+    rows = []
+    for batch in ingest._read_task_batches(ingest.ReadTask(info.split, info.images, info.labels, 0, stop)):
+        for row in batch.to_pylist():
+            rows.append((row["index"], row["label"], images.struct_to_array(row["image"])))
+    return rows
+
+
+def _pictures(info, staging: str, *, sample: int, variants: int, params, seed: int) -> list:
     """Contact sheet and augmentation grid from the first ``sample`` images; returns (file, caption)."""
     import numpy as np
 
-    rows = sorted(df.limit(sample).collect(), key=lambda r: (r.split, r["index"]))
+    rows = _sample(info, sample)
     if not rows:
         return []
-    pixels = [images.struct_to_array(r.image) for r in rows]
     figures = []
-    report.contact_sheet(pixels, [f"{r.label}  (#{r['index']})" for r in rows],
+    titles = [f"{label}  (#{index})" for index, label, _ in rows]
+    report.contact_sheet([pixels for _, _, pixels in rows], titles,
                          storage.join(staging, "contact_sheet.png"), columns=SHEET_COLUMNS,
-                         title=f"{rows[0].split}: the first {len(rows)} images, label (#index)")
-    figures.append(("contact_sheet.png", f"The first {len(rows)} images with their labels"))
+                         title=f"{info.split}: the first {len(rows)} images, label (#index)")
+    figures.append(("contact_sheet.png", f"The first {len(rows)} {info.split} images with their labels"))
     if variants:
         shown = min(variants, GRID_VARIANTS)
         chosen = rows[:GRID_ROWS]
-        originals = np.stack([pixels[i] for i in range(len(chosen))])
-        copies, texts = [[] for _ in chosen], [[f"{r.label}  (#{r['index']})"] for r in chosen]
+        originals = np.stack([pixels if pixels.shape[2] > 1 else pixels[..., 0] for _, _, pixels in chosen])
+        copies, texts = [[] for _ in chosen], [[titles[i]] for i in range(len(chosen))]
         for variant in range(1, shown + 1):
             # The same function and seed as the Spark step: these are the files in the set.
             out, done = augment.augment_batch(
-                originals, [(r.split, r["index"], variant) for r in chosen], params, seed=seed)
+                originals, [(info.split, index, variant) for index, _, _ in chosen], params, seed=seed)
             for position, transform in enumerate(done):
                 copies[position].append(out[position])
                 texts[position].append(transform.describe())
@@ -199,13 +213,16 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, splits=("
                     ingest.rate(written, write_seconds), output)
         figures = []
         if sample:
-            figures = _pictures(spark, df, staging, sample=sample, variants=augment_variants,
+            pictures_started = time.perf_counter()
+            figures = _pictures(infos[0], staging, sample=sample, variants=augment_variants,
                                 params=params, seed=seed)
+            logger.info("drew %s in %.1f s", ", ".join(name for name, _ in figures),
+                        time.perf_counter() - pictures_started)
         links = [(f"{split}/", f"{split}/: one folder per label") for split in splits]
         links += [(f"{images.MANIFEST_NAME}/", "manifest (Parquet): path, split, index, label, "
                    "variant, augmentation, bytes"), ("metrics.json", "metrics.json")]
         report.write_set_index(staging, title=f"PNG set of {files.dataset.title}", counts=counts,
-                               figures=figures, links=links)
+                               figures=figures, links=links, labels=range(classes))
         metrics = {
             "job": "export_png",
             "dataset": files.dataset.name,

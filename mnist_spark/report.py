@@ -174,7 +174,7 @@ def variant_grid(originals, variants, descriptions, location: str, *, title: str
     return _save_png(figure, location)
 
 
-def write_set_index(folder: str, *, title: str, counts: dict, figures=(), links=()) -> str:
+def write_set_index(folder: str, *, title: str, counts: dict, figures=(), links=(), labels=None) -> str:
     """Write ``index.html`` for an image set: counts per split and label, figures and links.
 
     Every link is relative, so the page works wherever the set is copied.
@@ -192,6 +192,9 @@ def write_set_index(folder: str, *, title: str, counts: dict, figures=(), links=
         ``(file name in the folder, caption)`` of each picture to show.
     links : sequence of (str, str)
         ``(relative path, text)`` of other things to link (folders, manifest).
+    labels : sequence of int, optional
+        The columns of the table, so that classes without images show 0.
+        Default: the labels found in ``counts``.
 
     Returns
     -------
@@ -200,7 +203,8 @@ def write_set_index(folder: str, *, title: str, counts: dict, figures=(), links=
     """
     from html import escape
 
-    labels = sorted({label for per_label in counts.values() for label in per_label})
+    found = {label for per_label in counts.values() for label in per_label}
+    labels = sorted(found.union(labels or ()))
     with_variants = any(v for per_label in counts.values() for _, v in per_label.values())
     head = "".join(f"<th>{label}</th>" for label in labels)
     rows = []

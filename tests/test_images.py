@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -53,7 +54,7 @@ def test_encode_decode_round_trip(shape):
     expected = pixels[..., None] if pixels.ndim == 2 else pixels
     np.testing.assert_array_equal(images.decode_png(png), expected)
     # The file holds RGB(A): Spark's BGR(A) order is swapped on the way out.
-    with Image.open(__import__("io").BytesIO(png)) as image:
+    with Image.open(io.BytesIO(png)) as image:
         stored = np.asarray(image)
     if len(shape) == 3:
         np.testing.assert_array_equal(stored[..., 0], pixels[..., 2])

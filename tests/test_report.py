@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import re
 
 import numpy as np
@@ -80,8 +79,10 @@ def test_set_index_counts_and_relative_links(tmp_path):
     assert "<tr><th>test</th><td>2 + 4</td><td>1 + 2</td><td><b>3 + 6</b></td></tr>" in html
     targets = re.findall(r'(?:href|src)="([^"]+)"', html)
     assert sorted(set(targets)) == ["contact_sheet.png", "manifest.parquet/", "train/"]
-    plain = report.write_set_index(str(tmp_path / "plain"), title="t", counts={"test": {3: [4, 0]}})
-    assert "<td>4</td><td><b>4</b></td>" in open(plain).read()
+    plain = report.write_set_index(str(tmp_path / "plain"), title="t", counts={"test": {3: [4, 0]}},
+                                   labels=range(5))
+    assert "<tr><th>test</th><td>0</td><td>0</td><td>0</td><td>4</td><td>0</td><td><b>4</b></td></tr>" \
+        in open(plain).read()
 
 
 def test_the_exported_set_links_its_pictures(spark, tiny_idx, tmp_path):

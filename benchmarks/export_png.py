@@ -1,0 +1,172 @@
+"""Benchmark: the PNG export of full MNIST against a plain Pillow loop scaled to the same cores.
+
+Measures, in one run and on the same machine:
+
+* ``export``: ``jobs/export_png.py``'s ``run()`` on all 70,000 MNIST images,
+  timed inside one Python process after the SparkSession has started and
+  been warmed by a tiny export (10 images per split), so Spark's start-up
+  is left out. It includes everything ``run()`` does: finding and checking
+  the IDX files, writing the PNG files and the manifest, counting the
+  manifest, the contact sheet and ``index.html``.
+* ``pillow``: a single-process loop over the same 70,000 images, each
+  ``Image.fromarray(pixels).save(path, compress_level=...)`` into the same
+  ``<split>/<label>/<index>.png`` layout (folders made beforehand, reading the
+  IDX files not timed), at the export's zlib level; and once more at Pillow's
+  default level, for reference;
+* ``augment``: :func:`mnist_spark.augment.augment_batch` on the 10,000 test
+  images in one process, for a few settings.
+
+The target is ``export_rate / (pillow_rate * task_slots) >= 0.7``: Spark's
+export reaches at least 70% of a perfectly parallel Pillow loop. Writes
+``benchmarks/results/export_png.json`` and prints it.
+
+Run it with::
+
+    .venv/bin/python benchmarks/export_png.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROJECT = Path(__file__).resolve().parents[1]
+RESULTS = PROJECT / "benchmarks" / "results"
+sys.path.insert(0, str(PROJECT))
+
+
+def load_job(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"jobs_{name}", PROJECT / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def pillow_loop(data_dir: Path, out: Path, compress_level: int | None, limit: int | None = None) -> dict:
+    """Encode and write the images one by one with Pillow; time only the loop."""
+    from PIL import Image
+
+    from mnist_spark import idx
+
+    work = []
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        pixels = idx.read_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz")[:limit]
+        labels = idx.read_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz")[:limit]
+        for label in np.unique(labels):
+            (out / split / str(label)).mkdir(parents=True, exist_ok=True)
+        work.append((split, pixels, labels))
+    options = {} if compress_level is None else {"compress_level": compress_level}
+    count = 0
+    started = time.perf_counter()
+    for split, pixels, labels in work:
+        folder = str(out / split)
+        for index in range(len(pixels)):
+            Image.fromarray(pixels[index]).save(f"{folder}/{labels[index]}/{index}.png", **options)
+        count += len(pixels)
+    seconds = time.perf_counter() - started
+    sizes = [f.stat().st_size for f in list((out / "test").rglob("*.png"))[:2000]]
+    return {"images": count, "seconds": round(seconds, 3), "images_per_second": round(count / seconds, 1),
+            "mean_png_bytes": round(float(np.mean(sizes)), 1)}
+
+
+def augment_speed(data_dir: Path) -> dict:
+    """Images per second of :func:`mnist_spark.augment.augment_batch` on one core, per setting."""
+    from mnist_spark import augment, idx
+
+    pixels = idx.read_idx(data_dir / "t10k-images-idx3-ubyte.gz")
+    keys = [("test", i, 1) for i in range(len(pixels))]
+    settings = {
+        "mnist_defaults": augment.AugmentParams.mnist(),
+        "rotate_only": augment.AugmentParams().rotate(1.0, 15, 15),
+        "rotate_shear_zoom_shift": augment.AugmentParams().rotate(1.0, 15, 15).shear(1.0, 10)
+        .zoom(1.0, 0.9, 1.1).shift(1.0, 0.1),
+        "elastic_only": augment.AugmentParams().elastic(1.0, 8, 3),
+    }
+    rates = {}
+    for name, params in settings.items():
+        started = time.perf_counter()
+        augment.augment_batch(pixels, keys, params, seed=0)
+        rates[name] = round(len(pixels) / (time.perf_counter() - started), 1)
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=str(PROJECT / "data" / "mnist"))
+    parser.add_argument("--workdir", default=None, help="scratch folder; default: a temporary folder")
+    args = parser.parse_args()
+    data_dir = Path(args.data_dir)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_CONF_DIR", str(PROJECT / "conf"))
+
+    from mnist_spark import cli, images
+    from mnist_spark.session import get_spark, task_slots
+
+    cli.configure_logging()
+    export_job = load_job("export_png")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-export-png-", dir=args.workdir))
+    try:
+        start = time.perf_counter()
+        spark = get_spark("bench-export-png", conf={"spark.ui.enabled": "false",
+                                                    "spark.ui.showConsoleProgress": "false"})
+        spark_start = time.perf_counter() - start
+        slots = task_slots(spark)
+        warm = time.perf_counter()
+        export_job.run(spark, data_dir=str(data_dir), output=str(tmp / "warm"), limit=10)
+        warm_seconds = time.perf_counter() - warm
+
+        started = time.perf_counter()
+        metrics = export_job.run(spark, data_dir=str(data_dir), output=str(tmp / "export"))
+        export_seconds = time.perf_counter() - started
+        files = metrics["files"]
+        mean_bytes = spark.read.parquet(str(tmp / "export" / images.MANIFEST_NAME)).agg(
+            {"bytes": "avg"}).collect()[0][0]
+        spark.stop()
+        shutil.rmtree(tmp / "export")
+
+        baseline = pillow_loop(data_dir, tmp / "pillow", images.PNG_COMPRESS_LEVEL)
+        shutil.rmtree(tmp / "pillow")
+        default = pillow_loop(data_dir, tmp / "pillow-default", None, limit=5000)
+        augmentation = augment_speed(data_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    export_rate = files / export_seconds
+    scaled = baseline["images_per_second"] * slots
+    result = {
+        "benchmark": "export_png",
+        "images": files,
+        "cores": os.cpu_count(),
+        "task_slots": slots,
+        "compress_level": images.PNG_COMPRESS_LEVEL,
+        "spark_start_seconds": round(spark_start, 2),
+        "warm_up_seconds": round(warm_seconds, 2),
+        "export_run_seconds": round(export_seconds, 2),
+        "export_images_per_second": round(export_rate, 1),
+        "export_write_phase_seconds": metrics["write_seconds"],
+        "export_write_phase_images_per_second": metrics["images_per_second"],
+        "export_mean_png_bytes": round(mean_bytes, 1),
+        "pillow_loop": baseline,
+        "pillow_loop_scaled_images_per_second": round(scaled, 1),
+        "export_over_scaled_pillow": round(export_rate / scaled, 3),
+        "target_export_over_scaled_pillow": 0.7,
+        "pillow_loop_at_pillow_default_level": default,
+        "augment_batch_images_per_second_one_core": augmentation,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "export_png.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
