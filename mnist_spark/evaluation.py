@@ -19,7 +19,39 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+#: The model this Python worker keeps between batches and tasks, by key (one at a time).
 _MODELS: dict = {}
+
+
+def worker_model(key, build):
+    """The model cached in this Python worker under ``key``, built by ``build()`` on first use.
+
+    The ``predict_batch_udf`` pattern: with Python worker reuse on, a worker
+    builds or loads a model once and keeps it for later batches and tasks.
+    TensorFlow's threads are set to the task's ``spark.task.cpus`` before the
+    first build. One model is kept at a time, which bounds a worker's memory;
+    :func:`load_model_bytes` and :mod:`mnist_spark.featurizer` share the cache.
+
+    Parameters
+    ----------
+    key : hashable
+        Everything that decides the model, e.g. a content hash of its weights.
+    build : callable
+        Called with no arguments when ``key`` is not cached; returns the model.
+
+    Returns
+    -------
+    keras.Model
+    """
+    model = _MODELS.get(key)
+    if model is None:
+        from mnist_spark.session import configure_tensorflow_threads
+
+        configure_tensorflow_threads()
+        model = build()
+        _MODELS.clear()  # one model per worker at a time bounds memory
+        _MODELS[key] = model
+    return model
 
 
 def model_bytes(model) -> bytes:
@@ -36,22 +68,16 @@ def load_model_bytes(payload: bytes):
 
     Loading uses Keras' safe mode: no Python code in the file is executed.
     """
-    key = hashlib.sha256(payload).hexdigest()
-    model = _MODELS.get(key)
-    if model is None:
+    def load():
         import keras
 
-        from mnist_spark.session import configure_tensorflow_threads
-
-        configure_tensorflow_threads()
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "model.keras")
             with open(path, "wb") as f:
                 f.write(payload)
-            model = keras.saving.load_model(path, compile=False, safe_mode=True)
-        _MODELS.clear()  # one model per worker at a time bounds memory
-        _MODELS[key] = model
-    return model
+            return keras.saving.load_model(path, compile=False, safe_mode=True)
+
+    return worker_model(("keras", hashlib.sha256(payload).hexdigest()), load)
 
 
 def load_model(path: str):

@@ -1,0 +1,817 @@
+"""DeepImageFeaturizer: pretrained Keras networks as a pure-Python Spark ML Transformer.
+
+sparkdl's ``DeepImageFeaturizer`` on today's stack: the same params
+(``inputCol``, ``outputCol``, ``modelName``, ``scaleHint``), and it fits in a
+``pyspark.ml.Pipeline`` the same way, but it needs no JVM jar, no TensorFlow 1
+and no Spark 2.4. It adds ``pooling``, ``imageSize``, ``batchSize`` and
+``weights``.
+
+How a DataFrame is featurized:
+
+1. On the driver, before any task runs, :meth:`DeepImageFeaturizer.transformSchema`
+   checks the columns and params, and the weights are found and checked
+   (:func:`resolve_weights`, :func:`check_weights`): a missing ImageNet file, a
+   truncated file or the weights of another network is one clear error here,
+   never a traceback from an executor.
+2. The weight file's bytes are broadcast once. Each Python worker builds the
+   network once, loads the weights and keeps the model for its later batches
+   and tasks (:func:`mnist_spark.evaluation.worker_model`, keyed by model
+   name, image size, pooling and the weights' SHA-256).
+3. ``mapInArrow`` decodes the image structs of each Arrow batch
+   (:func:`mnist_spark.images.struct_array_to_numpy`), converts grayscale to
+   three channels and Spark's BGR to RGB, resizes to ``imageSize`` with the
+   ``scaleHint`` filter, applies the network's own ``preprocess_input``
+   (:func:`preprocess_images`) and runs it on ``batchSize`` images at a time.
+   The output column is a dense ``VectorUDT``.
+
+TensorFlow is imported only inside the functions that run the network, so
+importing this module (or ``from mnist_spark import DeepImageFeaturizer``) is
+cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark import keyword_only
+from pyspark.ml import Transformer
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasInputCol, HasOutputCol
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the featurizer needs to know about one ``keras.applications`` network."""
+
+    name: str  #: the modelName, e.g. ``InceptionV3``
+    module: str  #: its ``keras.applications`` submodule, e.g. ``inception_v3``
+    native_size: int  #: the input size it was trained at
+    min_size: int  #: the smallest input size Keras accepts without the top
+    channels: int  #: values per position of its last block (the pooled feature size)
+    weights_file: str  #: Keras' file name of its ImageNet weights without the top
+    weights_md5: str  #: that file's MD5, as Keras publishes it
+    url_folder: str  #: folder of that file on Keras' storage
+
+    @property
+    def weights_url(self) -> str:
+        return f"{KERAS_WEIGHTS_URL}{self.url_folder}/{self.weights_file}"
+
+
+#: Where Keras downloads its ImageNet weights from.
+KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+#: The networks by modelName (sparkdl's five), in sparkdl's order.
+ARCHITECTURES = {
+    a.name: a
+    for a in (
+        Architecture("InceptionV3", "inception_v3", 299, 75, 2048,
+                     "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                     "bcbd6486424b2319ff4ef7d526e38f63", "inception_v3"),
+        Architecture("Xception", "xception", 299, 71, 2048,
+                     "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                     "b0042744bf5b25fce3cb969f33bebb97", "xception"),
+        Architecture("ResNet50", "resnet50", 224, 32, 2048,
+                     "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                     "4d473c1dd8becc155b73f8504c6f6626", "resnet"),
+        Architecture("VGG16", "vgg16", 224, 32, 512,
+                     "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                     "6d6bbae143d832006294945121d1f1fc", "vgg16"),
+        Architecture("VGG19", "vgg19", 224, 32, 512,
+                     "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                     "253f8cb515780f3b799900260a226db6", "vgg19"),
+    )
+}
+SUPPORTED_MODELS = tuple(ARCHITECTURES)
+
+#: sparkdl's resize hints (Java's ``Image.SCALE_*``) and the Pillow filter each one uses.
+SCALE_HINTS = {
+    "SCALE_AREA_AVERAGING": "BOX",
+    "SCALE_DEFAULT": "BILINEAR",
+    "SCALE_FAST": "NEAREST",
+    "SCALE_REPLICATE": "NEAREST",
+    "SCALE_SMOOTH": "BICUBIC",
+}
+#: ``pooling`` choices: ``avg`` and ``max`` give ``channels`` values per image,
+#: ``none`` the flat output of the last block (sparkdl's vector).
+POOLING_CHOICES = ("avg", "max", "none")
+#: ``weights`` values that are not a file.
+WEIGHTS_IMAGENET, WEIGHTS_NONE = "imagenet", "none"
+#: A folder of Keras weight files (by Keras' names) for clusters without internet access.
+ENV_WEIGHTS = "MNIST_SPARK_WEIGHTS"
+#: The seed of the random weights of ``weights="none"``: every worker builds the same network.
+RANDOM_WEIGHTS_SEED = 0
+
+DEFAULT_MODEL = "InceptionV3"
+DEFAULT_SCALE_HINT = "SCALE_AREA_AVERAGING"
+DEFAULT_POOLING = "avg"
+DEFAULT_BATCH_SIZE = 32
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_ZIP_SIGNATURE = b"PK\x03\x04"
+
+
+# --------------------------------------------------------------------------- param converters
+
+
+def _choice(param: str, choices):
+    """A type converter that accepts one of ``choices`` (strings) and names them otherwise."""
+
+    def convert(value):
+        value = TypeConverters.toString(value)
+        if value not in choices:
+            raise ValueError(f"{value!r} is not a supported {param}; choose one of: {', '.join(choices)}")
+        return value
+
+    return convert
+
+
+def _whole(param: str, minimum: int):
+    def convert(value):
+        if isinstance(value, bool):
+            raise TypeError(f"{param} must be a whole number, found {value!r}")
+        value = TypeConverters.toInt(value)
+        if value < minimum:
+            raise ValueError(f"{param} must be {minimum} or more, found {value}")
+        return value
+
+    return convert
+
+
+def _weights_value(value):
+    value = TypeConverters.toString(os.fspath(value) if isinstance(value, os.PathLike) else value)
+    if not value.strip():
+        raise ValueError("weights must be 'imagenet', 'none' or the path of a weights file, found ''")
+    return value
+
+
+# --------------------------------------------------------------------------- the Transformer
+
+
+class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable,
+                          DefaultParamsWritable):
+    """Features of images from a pretrained network without its top layers.
+
+    Applies ``modelName`` (a ``keras.applications`` network, its classifier
+    removed) to Spark's image struct column ``inputCol`` and writes a dense
+    vector per image to ``outputCol``, so that a ``LogisticRegression`` can be
+    trained on it in the same ``Pipeline``. Saves and loads with the pipeline
+    (``DefaultParamsWritable``); the weights are found again when a loaded
+    model first transforms.
+
+    Parameters
+    ----------
+    inputCol : str
+        Column of Spark's image struct (grayscale, BGR or BGRA, 8-bit, any
+        size). Default ``image``.
+    outputCol : str
+        New column of dense vectors. Default ``features``.
+    modelName : str
+        One of :data:`SUPPORTED_MODELS`. Default ``InceptionV3``.
+    scaleHint : str
+        sparkdl's resize hint, one of :data:`SCALE_HINTS` (``SCALE_AREA_AVERAGING``
+        resizes with Pillow's BOX filter, which is area averaging). Default
+        ``SCALE_AREA_AVERAGING``, as in sparkdl.
+    pooling : str
+        ``avg`` (default; 2048 values for InceptionV3), ``max``, or ``none``:
+        sparkdl's flat unpooled output (131,072 values for InceptionV3 at 299 px).
+    imageSize : int
+        Side of the square the images are resized to. 0 (default) means the
+        network's native size (299 for InceptionV3 and Xception, 224 for the
+        others); below it is much cheaper (InceptionV3 at 75 px, its minimum,
+        needs about 1/19 of the work of 299 px).
+    batchSize : int
+        Images per call of the network in a task. Default 32.
+    weights : str
+        ``imagenet`` (default): Keras' ImageNet weights, from ``$MNIST_SPARK_WEIGHTS``
+        or Keras' cache ``~/.keras/models``; a path (or URI) of a weights file
+        (``.h5`` as Keras publishes them, ``.weights.h5`` from ``save_weights``,
+        or a folder holding the file under Keras' name); or ``none``: random
+        weights from a fixed seed, for offline smoke tests only.
+
+    Raises
+    ------
+    ValueError
+        For an unsupported ``modelName``, ``scaleHint`` or ``pooling``, or a
+        negative ``imageSize``, when set; from :meth:`transform`, for a bad
+        column, an ``imageSize`` below the network's minimum, or weights that
+        are missing or do not fit.
+    TypeError
+        For a param or an input column of the wrong type.
+
+    Examples
+    --------
+    >>> from pyspark.ml import Pipeline
+    >>> from pyspark.ml.classification import LogisticRegression
+    >>> featurizer = DeepImageFeaturizer(modelName="InceptionV3", imageSize=75)
+    >>> featurizer.getOutputCol(), featurizer.getPooling()
+    ('features', 'avg')
+    >>> pipeline = Pipeline(stages=[featurizer, LogisticRegression(maxIter=20)])
+    >>> model = pipeline.fit(train_df)  # doctest: +SKIP
+    """
+
+    modelName: Param = Param(
+        Params._dummy(), "modelName",
+        f"network of keras.applications without its top: {', '.join(SUPPORTED_MODELS)}",
+        typeConverter=_choice("modelName", SUPPORTED_MODELS))
+    scaleHint: Param = Param(
+        Params._dummy(), "scaleHint",
+        "resize filter, by sparkdl's names: " + ", ".join(f"{k} ({v})" for k, v in SCALE_HINTS.items()),
+        typeConverter=_choice("scaleHint", tuple(SCALE_HINTS)))
+    pooling: Param = Param(
+        Params._dummy(), "pooling",
+        "avg or max: one value per channel of the last block; none: its flat output (sparkdl's)",
+        typeConverter=_choice("pooling", POOLING_CHOICES))
+    imageSize: Param = Param(
+        Params._dummy(), "imageSize",
+        "side of the square input in pixels; 0: the network's native size",
+        typeConverter=_whole("imageSize", 0))
+    batchSize: Param = Param(
+        Params._dummy(), "batchSize", "images per call of the network in a task",
+        typeConverter=_whole("batchSize", 1))
+    weights: Param = Param(
+        Params._dummy(), "weights",
+        "imagenet (Keras' cache or $MNIST_SPARK_WEIGHTS), a weights file path, or none (random)",
+        typeConverter=_weights_value)
+
+    @keyword_only
+    def __init__(self, *, inputCol="image", outputCol="features", modelName=DEFAULT_MODEL,
+                 scaleHint=DEFAULT_SCALE_HINT, pooling=DEFAULT_POOLING, imageSize=0,
+                 batchSize=DEFAULT_BATCH_SIZE, weights=WEIGHTS_IMAGENET):
+        super().__init__()
+        self._setDefault(inputCol="image", outputCol="features", modelName=DEFAULT_MODEL,
+                         scaleHint=DEFAULT_SCALE_HINT, pooling=DEFAULT_POOLING, imageSize=0,
+                         batchSize=DEFAULT_BATCH_SIZE, weights=WEIGHTS_IMAGENET)
+        self.setParams(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, *, inputCol="image", outputCol="features", modelName=DEFAULT_MODEL,
+                  scaleHint=DEFAULT_SCALE_HINT, pooling=DEFAULT_POOLING, imageSize=0,
+                  batchSize=DEFAULT_BATCH_SIZE, weights=WEIGHTS_IMAGENET):
+        """Set any of the params by keyword; returns ``self``."""
+        return self._set(**self._input_kwargs)
+
+    def setInputCol(self, value: str) -> "DeepImageFeaturizer":
+        return self._set(inputCol=value)
+
+    def setOutputCol(self, value: str) -> "DeepImageFeaturizer":
+        return self._set(outputCol=value)
+
+    def setModelName(self, value: str) -> "DeepImageFeaturizer":
+        return self._set(modelName=value)
+
+    def getModelName(self) -> str:
+        return self.getOrDefault(self.modelName)
+
+    def setScaleHint(self, value: str) -> "DeepImageFeaturizer":
+        return self._set(scaleHint=value)
+
+    def getScaleHint(self) -> str:
+        return self.getOrDefault(self.scaleHint)
+
+    def setPooling(self, value: str) -> "DeepImageFeaturizer":
+        return self._set(pooling=value)
+
+    def getPooling(self) -> str:
+        return self.getOrDefault(self.pooling)
+
+    def setImageSize(self, value: int) -> "DeepImageFeaturizer":
+        return self._set(imageSize=value)
+
+    def getImageSize(self) -> int:
+        return self.getOrDefault(self.imageSize)
+
+    def setBatchSize(self, value: int) -> "DeepImageFeaturizer":
+        return self._set(batchSize=value)
+
+    def getBatchSize(self) -> int:
+        return self.getOrDefault(self.batchSize)
+
+    def setWeights(self, value: str) -> "DeepImageFeaturizer":
+        return self._set(weights=value)
+
+    def getWeights(self) -> str:
+        return self.getOrDefault(self.weights)
+
+    def effectiveImageSize(self) -> int:
+        """The input size used: ``imageSize``, or the network's native size when it is 0."""
+        return self.getImageSize() or ARCHITECTURES[self.getModelName()].native_size
+
+    def transformSchema(self, schema):
+        """Check the input schema and the params on the driver; return the output schema.
+
+        Raises
+        ------
+        ValueError
+            For a missing input column, an existing output column or an
+            ``imageSize`` below the network's minimum.
+        TypeError
+            When the input column is not Spark's image struct.
+        """
+        from pyspark.ml.linalg import VectorUDT
+        from pyspark.sql.types import StructField, StructType
+
+        from mnist_spark.images import image_struct_type
+
+        architecture = ARCHITECTURES[self.getModelName()]
+        size = self.effectiveImageSize()
+        if size < architecture.min_size:
+            raise ValueError(
+                f"imageSize {size} is below the {architecture.name} minimum of {architecture.min_size} px; "
+                f"set imageSize to {architecture.min_size} or more (its native size is "
+                f"{architecture.native_size}), or 0 for the native size"
+            )
+        input_col, output_col = self.getInputCol(), self.getOutputCol()
+        names = schema.fieldNames()
+        if input_col not in names:
+            raise ValueError(
+                f"DeepImageFeaturizer: the DataFrame has no input column {input_col!r} "
+                f"(columns: {', '.join(names)}); set inputCol to its column of images"
+            )
+        found = schema[input_col].dataType
+        wanted = image_struct_type()
+        if not (isinstance(found, StructType)
+                and [(f.name, f.dataType) for f in found.fields] == [(f.name, f.dataType) for f in wanted.fields]):
+            raise TypeError(
+                f"DeepImageFeaturizer: column {input_col!r} must be Spark's image struct "
+                f"({wanted.simpleString()}), found {found.simpleString()}; read images with "
+                "spark.read.format('image'), mnist_spark.images.read_png_set or mnist_spark.ingest"
+            )
+        if output_col in names:
+            raise ValueError(
+                f"DeepImageFeaturizer: output column {output_col!r} already exists in the DataFrame; "
+                "set outputCol to a new name or drop that column first"
+            )
+        return StructType(schema.fields + [StructField(output_col, VectorUDT(), False)])
+
+    def _transform(self, dataset):
+        from pyspark.ml.functions import array_to_vector
+        from pyspark.sql import functions as F
+        from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
+
+        self.transformSchema(dataset.schema)
+        config = FeaturizerConfig(
+            model_name=self.getModelName(), image_size=self.effectiveImageSize(),
+            pooling=self.getPooling(), scale_hint=self.getScaleHint(), batch_size=self.getBatchSize(),
+            input_col=self.getInputCol(), output_col=self.getOutputCol(), weights_id=WEIGHTS_NONE,
+        )
+        weights = resolve_weights(self.getWeights(), config.model_name)
+        broadcast = None
+        if weights is not None:
+            check_weights(weights, config.model_name)
+            broadcast = _broadcast_weights(dataset.sparkSession, weights)
+            config = config.with_weights(weights)
+        logger.info("DeepImageFeaturizer: %s at %d px, pooling %s, batches of %d, weights %s",
+                    config.model_name, config.image_size, config.pooling, config.batch_size,
+                    weights.describe() if weights is not None else "none (random, seed 0)")
+
+        def featurize(batches):
+            yield from featurize_batches(batches, config, broadcast)
+
+        schema = StructType(dataset.schema.fields
+                            + [StructField(config.output_col, ArrayType(FloatType(), False), False)])
+        column = F.col("`" + config.output_col.replace("`", "``") + "`")
+        return dataset.mapInArrow(featurize, schema).withColumn(config.output_col, array_to_vector(column))
+
+
+# --------------------------------------------------------------------------- weights
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights file found and read on the driver."""
+
+    location: str  #: local path or URI
+    size: int  #: bytes
+    digest: str  #: SHA-256 of the content: the weights' identity in the worker cache
+    suffix: str  #: how Keras loads it: ``.h5`` (legacy, as Keras publishes ImageNet weights),
+    #: ``.weights.h5`` (``save_weights``) or ``.keras`` (a saved model)
+    source: str  #: how it was found: ``path``, ``$MNIST_SPARK_WEIGHTS`` or ``keras cache``
+
+    def describe(self) -> str:
+        return f"{self.location} ({self.source}, {self.size / 2**20:.1f} MiB, sha256 {self.digest[:12]})"
+
+
+@dataclass(frozen=True)
+class FeaturizerConfig:
+    """Everything a task needs to featurize: plain values, cheap to ship with the closure."""
+
+    model_name: str
+    image_size: int
+    pooling: str
+    scale_hint: str
+    batch_size: int
+    input_col: str
+    output_col: str
+    weights_id: str  #: ``none``, or the SHA-256 of the weights file
+    weights_suffix: str = ""
+
+    def with_weights(self, weights: WeightsFile) -> "FeaturizerConfig":
+        from dataclasses import replace
+
+        return replace(self, weights_id=weights.digest, weights_suffix=weights.suffix)
+
+    @property
+    def cache_key(self) -> tuple:
+        return ("featurizer", self.model_name, self.image_size, self.pooling, self.weights_id)
+
+
+def keras_cache_dirs() -> list[str]:
+    """Where Keras keeps downloaded weights, as ``keras.utils.get_file`` decides it.
+
+    ``$KERAS_HOME/models``, else ``~/.keras/models``; Keras falls back to
+    ``/tmp/.keras/models`` when the home folder is not writable.
+    """
+    if "KERAS_HOME" in os.environ:
+        homes = [os.environ["KERAS_HOME"]]
+    else:
+        homes = [os.path.join(os.path.expanduser("~"), ".keras"), os.path.join("/tmp", ".keras")]
+    return [os.path.join(os.path.expanduser(home), "models") for home in homes]
+
+
+_FILES: dict = {}  # (location, size, mtime) -> WeightsFile: each file is read and hashed once
+_CHECKED: set = set()  # (modelName, digest) pairs loaded into their network on this driver
+_BROADCASTS: dict = {}  # (application id, digest) -> Broadcast of the file's bytes
+
+
+def resolve_weights(weights: str, model_name: str) -> WeightsFile | None:
+    """Find the weights on the driver; ``None`` for ``weights="none"``.
+
+    ``imagenet`` looks for Keras' file name (:attr:`Architecture.weights_file`)
+    in ``$MNIST_SPARK_WEIGHTS``, then in Keras' cache (:func:`keras_cache_dirs`).
+    It never downloads: a file Keras would have to fetch is an error that says
+    which file is needed, where to put it and how to get it. Anything else is
+    a path or URI of a file, or of a folder holding the file under Keras' name.
+
+    Raises
+    ------
+    ValueError
+        When the file is not found.
+    """
+    from mnist_spark import storage
+
+    architecture = ARCHITECTURES[model_name]
+    if weights == WEIGHTS_NONE:
+        return None
+    if weights == WEIGHTS_IMAGENET:
+        candidates = []
+        folder = os.environ.get(ENV_WEIGHTS)
+        if folder:
+            candidates.append((storage.join(folder, architecture.weights_file), f"${ENV_WEIGHTS}"))
+        candidates += [(os.path.join(d, architecture.weights_file), "keras cache") for d in keras_cache_dirs()]
+        for location, source in candidates:
+            if storage.exists(location):
+                return _read_weights(location, source, architecture)
+        places = [f"${ENV_WEIGHTS} ({folder})" if folder else f"${ENV_WEIGHTS} (not set)"]
+        places.append(f"Keras' cache {keras_cache_dirs()[0]}")
+        raise ValueError(
+            f"the ImageNet weights of {model_name} are not on this machine: it needs "
+            f"{architecture.weights_file}, looked for in {' and '.join(places)}, and does not download "
+            f"them. Get the file where there is internet access, with python -c \"import keras; "
+            f"keras.applications.{model_name}(include_top=False)\" (it lands in ~/.keras/models) or "
+            f"from {architecture.weights_url}; then copy it into Keras' cache folder or into a folder "
+            f"named by ${ENV_WEIGHTS}, or pass its path as weights. weights='none' gives random "
+            "weights for an offline smoke run"
+        )
+    location = weights
+    if not storage.exists(location):
+        raise ValueError(
+            f"weights file {location} does not exist; give the path of a {model_name} weights file "
+            f"without the top layers (e.g. Keras' {architecture.weights_file}), 'imagenet' or 'none'"
+        )
+    filesystem, path = storage.resolve(location)
+    from pyarrow import fs as pafs
+
+    if filesystem.get_file_info(path).type == pafs.FileType.Directory:
+        inside = storage.join(location, architecture.weights_file)
+        if not storage.exists(inside):
+            raise ValueError(
+                f"weights folder {location} has no {architecture.weights_file}, the file of {model_name}'s "
+                "ImageNet weights; put it there or give the path of the weights file itself"
+            )
+        location = inside
+    return _read_weights(location, "path", architecture)
+
+
+def _read_weights(location: str, source: str, architecture: Architecture) -> WeightsFile:
+    """Read a weights file once per version (size, mtime); hash it and find its format."""
+    from mnist_spark import storage
+
+    filesystem, path = storage.resolve(location)
+    info = filesystem.get_file_info(path)
+    key = (storage.to_uri(location), info.size, info.mtime_ns)
+    known = _FILES.get(key)
+    if known is not None:
+        return known
+    started = time.perf_counter()
+    payload = _read_bytes(location)
+    if not payload:
+        raise ValueError(f"weights file {location} is empty; copy it again")
+    suffix = _weights_suffix(payload, location)
+    weights = WeightsFile(storage.to_uri(location), len(payload), hashlib.sha256(payload).hexdigest(),
+                          suffix, source)
+    if os.path.basename(path) == architecture.weights_file:
+        md5 = hashlib.md5(payload, usedforsecurity=False).hexdigest()
+        if md5 != architecture.weights_md5:
+            logger.warning("%s is named like Keras' ImageNet weights of %s but its MD5 is %s, not %s: "
+                           "it is not the published file", location, architecture.name, md5,
+                           architecture.weights_md5)
+    _FILES.clear()  # keep one file's record at a time
+    _FILES[key] = weights
+    logger.info("read weights %s in %.1f s", weights.describe(), time.perf_counter() - started)
+    return weights
+
+
+def _read_bytes(location: str) -> bytes:
+    from mnist_spark import storage
+
+    with storage.open_input(location) as stream:
+        return stream.read()
+
+
+def _weights_suffix(payload: bytes, location: str) -> str:
+    """How Keras must load these bytes: ``.h5`` (legacy layout), ``.weights.h5`` or ``.keras``.
+
+    Keras picks the loader by file name; the content decides here, so a
+    ``save_weights`` file renamed to ``.h5`` still loads.
+    """
+    import io
+
+    if payload.startswith(_ZIP_SIGNATURE):
+        return ".keras"
+    if not payload.startswith(_HDF5_SIGNATURE):
+        raise ValueError(
+            f"weights file {location} is not an HDF5 weights file (.h5 or .weights.h5) nor a .keras "
+            "file; give the weights Keras publishes or a file written by model.save_weights"
+        )
+    import h5py
+
+    try:
+        with h5py.File(io.BytesIO(payload), "r") as f:
+            legacy = "layer_names" in f.attrs or "model_weights" in f
+    except OSError as error:
+        raise ValueError(
+            f"weights file {location} is damaged or truncated ({error}); copy or download it again"
+        ) from None
+    return ".h5" if legacy else ".weights.h5"
+
+
+def check_weights(weights: WeightsFile, model_name: str) -> None:
+    """Load the weights into ``model_name``'s network on the driver, once per file.
+
+    Raises
+    ------
+    ValueError
+        When the file is damaged or holds the weights of another network.
+    """
+    key = (model_name, weights.digest)
+    if key in _CHECKED:
+        return
+    architecture = ARCHITECTURES[model_name]
+    started = time.perf_counter()
+    try:
+        _build(model_name, architecture.min_size, DEFAULT_POOLING, _read_bytes(weights.location),
+               weights.suffix)
+    except (ValueError, OSError, KeyError, TypeError) as error:
+        text = " ".join(str(error).split())
+        text = text if len(text) < 300 else text[:300] + "..."
+        if isinstance(error, OSError):
+            raise ValueError(
+                f"weights file {weights.location} is damaged or truncated ({text}); copy or download it again"
+            ) from None
+        raise ValueError(
+            f"weights file {weights.location} does not fit {model_name} without its top layers "
+            f"({type(error).__name__}: {text}); give the weights of a {model_name} built with "
+            "include_top=False (e.g. Keras' " + architecture.weights_file + "), or set modelName to the "
+            "network they belong to"
+        ) from None
+    _CHECKED.add(key)
+    logger.info("weights %s fit %s (checked on the driver in %.1f s)", weights.location, model_name,
+                time.perf_counter() - started)
+
+
+def _broadcast_weights(spark, weights: WeightsFile):
+    """The weight file's bytes as a broadcast: shipped once per executor, read once per worker."""
+    context = spark.sparkContext
+    key = (context.applicationId, weights.digest)
+    broadcast = _BROADCASTS.get(key)
+    if broadcast is None:
+        for old in _BROADCASTS.values():
+            try:
+                old.unpersist()
+            except Exception:  # pragma: no cover - a broadcast of a stopped context
+                pass
+        _BROADCASTS.clear()
+        broadcast = context.broadcast(_read_bytes(weights.location))
+        _BROADCASTS[key] = broadcast
+    return broadcast
+
+
+# --------------------------------------------------------------------------- the network
+
+
+def _build(model_name: str, image_size: int, pooling: str, payload: bytes | None, suffix: str = ""):
+    """Build the network without its top; load ``payload`` (bytes of a weights file) or seed it."""
+    import keras
+
+    architecture = ARCHITECTURES[model_name]
+    constructor = getattr(keras.applications, model_name)
+    arguments = dict(include_top=False, weights=None, input_shape=(image_size, image_size, 3),
+                     pooling=None if pooling == "none" else pooling)
+    if payload is None:
+        # Every worker must build the same random network: seed Keras, keep the caller's generators.
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
+        try:
+            model = constructor(**arguments)
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+        return model
+    model = constructor(**arguments)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, architecture.weights_file.rsplit(".", 1)[0] + suffix)
+        with open(path, "wb") as f:
+            f.write(payload)
+        with warnings.catch_warnings():
+            # Keras 3 notes containers without variables (activations, concatenations) it skips.
+            warnings.filterwarnings("ignore", message="Skipping nested container")
+            model.load_weights(path)
+    return model
+
+
+def build_model(model_name: str = DEFAULT_MODEL, image_size: int = 0, pooling: str = DEFAULT_POOLING,
+                weights: str = WEIGHTS_NONE):
+    """The Keras model the featurizer runs, for plain single-process use (tests, benchmarks).
+
+    Parameters
+    ----------
+    model_name, image_size, pooling, weights
+        As the featurizer's params (``image_size`` 0: the native size).
+
+    Returns
+    -------
+    keras.Model
+        Input ``(None, size, size, 3)`` preprocessed RGB; output as the
+        featurizer's vectors (flatten it for ``pooling="none"``).
+
+    Examples
+    --------
+    >>> model = build_model("InceptionV3", 75)  # doctest: +SKIP
+    >>> model.output_shape  # doctest: +SKIP
+    (None, 2048)
+    """
+    _choice("modelName", SUPPORTED_MODELS)(model_name)
+    _choice("pooling", POOLING_CHOICES)(pooling)
+    size = image_size or ARCHITECTURES[model_name].native_size
+    found = resolve_weights(weights, model_name)
+    if found is None:
+        return _build(model_name, size, pooling, None)
+    return _build(model_name, size, pooling, _read_bytes(found.location), found.suffix)
+
+
+# --------------------------------------------------------------------------- images -> features
+
+
+def preprocess_images(images: np.ndarray, model_name: str = DEFAULT_MODEL, image_size: int = 0,
+                      scale_hint: str = DEFAULT_SCALE_HINT) -> np.ndarray:
+    """Spark-order uint8 images as the network's input: RGB, resized, its ``preprocess_input``.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        uint8 ``(n, height, width, channels)`` with 1 (gray), 3 (BGR) or 4
+        (BGRA) channels, as :func:`mnist_spark.images.struct_array_to_numpy`
+        gives them.
+    model_name : str
+        Whose ``keras.applications.<module>.preprocess_input`` to apply.
+    image_size : int
+        Side of the square output; 0: the network's native size.
+    scale_hint : str
+        One of :data:`SCALE_HINTS`; the Pillow filter of the resize.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(n, image_size, image_size, 3)``.
+
+    Raises
+    ------
+    ValueError
+        For a channel count other than 1, 3 or 4.
+
+    Examples
+    --------
+    >>> x = preprocess_images(np.zeros((2, 28, 28, 1), np.uint8), "InceptionV3", 75)  # doctest: +SKIP
+    >>> x.shape, float(x.min())  # doctest: +SKIP
+    ((2, 75, 75, 3), -1.0)
+    """
+    import importlib
+
+    from PIL import Image
+
+    architecture = ARCHITECTURES[model_name]
+    size = image_size or architecture.native_size
+    resample = getattr(Image.Resampling, SCALE_HINTS[scale_hint])
+    count, height, width, channels = images.shape
+    if channels not in (1, 3, 4):
+        raise ValueError(
+            f"images must have 1 (gray), 3 (BGR) or 4 (BGRA) channels, found {channels}; "
+            "convert them to one of Spark's 8-bit image modes first"
+        )
+    if channels == 1:
+        plane = images[..., 0]
+    else:
+        plane = images[..., 2::-1]  # Spark's BGR(A) -> RGB, alpha dropped
+    if (height, width) == (size, size):
+        resized = np.ascontiguousarray(plane)
+    else:
+        resized = np.empty((count, size, size) + plane.shape[3:], np.uint8)
+        for i in range(count):
+            resized[i] = np.asarray(Image.fromarray(np.ascontiguousarray(plane[i])).resize((size, size), resample))
+    pixels = resized.astype(np.float32)
+    if channels == 1:
+        pixels = np.repeat(pixels[..., None], 3, axis=3)
+    module = importlib.import_module(f"keras.applications.{architecture.module}")
+    return np.asarray(module.preprocess_input(pixels), dtype=np.float32)
+
+
+def _decode_groups(column, where: str):
+    """``(row positions, uint8 images)`` per image size in a batch of image structs.
+
+    Images of one size (MNIST) decode in one piece; a batch of mixed sizes is
+    decoded one size at a time, each group with the same decoder.
+    """
+    import pyarrow as pa
+
+    from mnist_spark.images import struct_array_to_numpy
+
+    if column.null_count:
+        position = int(np.argmax(column.is_null().to_numpy(zero_copy_only=False)))
+        raise ValueError(f"{where}: row {position} of a batch has no image (null); drop rows without "
+                         "an image first")
+    shapes = np.stack([column.field(name).to_numpy(zero_copy_only=False)
+                       for name in ("height", "width", "nChannels")], axis=1)
+    if (shapes[:, :2] <= 0).any():
+        position = int(np.argmax((shapes[:, :2] <= 0).any(axis=1)))
+        raise ValueError(
+            f"{where}: image {column.field('origin')[position].as_py()} was not decoded "
+            f"(height {shapes[position, 0]}); drop undecodable images first (read_png_set reports them)"
+        )
+    if (shapes == shapes[0]).all():
+        return [(np.arange(len(column)), struct_array_to_numpy(column, where))]
+    groups = []
+    unique = np.unique(shapes, axis=0)
+    for shape in unique:
+        positions = np.flatnonzero((shapes == shape).all(axis=1))
+        groups.append((positions, struct_array_to_numpy(column.take(pa.array(positions)), where)))
+    return groups
+
+
+def featurize_batches(batches, config: FeaturizerConfig, broadcast=None):
+    """Arrow batches in, the same batches with the feature column added; runs in a Python worker.
+
+    The network comes from the worker's cache (built once per worker and
+    key); each input batch is cut into ``config.batch_size`` images per call,
+    and each piece is yielded as soon as it is done, so output batches stay
+    small even for sparkdl's unpooled vectors.
+    """
+    import pyarrow as pa
+
+    from mnist_spark.evaluation import worker_model
+
+    def build():
+        payload = None if broadcast is None else broadcast.value
+        return _build(config.model_name, config.image_size, config.pooling, payload, config.weights_suffix)
+
+    model = worker_model(config.cache_key, build)
+    where = f"DeepImageFeaturizer column {config.input_col!r}"
+    element = pa.field("element", pa.float32(), False)
+    for batch in batches:
+        column_at = batch.schema.get_field_index(config.input_col)
+        for start in range(0, batch.num_rows, config.batch_size):
+            part = batch.slice(start, config.batch_size)
+            count = part.num_rows
+            images = part.column(column_at)
+            inputs = np.empty((count, config.image_size, config.image_size, 3), np.float32)
+            for positions, pixels in _decode_groups(images, where):
+                inputs[positions] = preprocess_images(pixels, config.model_name, config.image_size,
+                                                      config.scale_hint)
+            features = np.asarray(model.predict_on_batch(inputs), np.float32).reshape(count, -1)
+            width = features.shape[1]
+            offsets = pa.array(np.arange(0, (count + 1) * width, width, dtype=np.int32))
+            values = pa.ListArray.from_arrays(offsets, pa.array(features.reshape(-1)), type=pa.list_(element))
+            yield pa.RecordBatch.from_arrays(
+                part.columns + [values],
+                schema=pa.schema(list(part.schema) + [pa.field(config.output_col, pa.list_(element), False)]),
+            )
