@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export SPARK_CONF_DIR := $(abspath conf)
 
-.PHONY: install run ingest export-png test test-fast bench clean
+.PHONY: install run ingest export-png train test test-fast bench clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,20 @@ $(VENV)/.installed: setup.py
 
 install: $(VENV)/.installed
 
-run: ingest
+run: train
+
+train: install
+	$(BIN)/spark-submit jobs/train_cnn.py $(ARGS)
 
 ingest: install
 	$(BIN)/spark-submit jobs/ingest.py $(ARGS)
 
 export-png: install
 	$(BIN)/spark-submit jobs/export_png.py $(ARGS)
+
+.PHONY: transfer
+transfer: install
+	$(BIN)/spark-submit jobs/transfer.py $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(ARGS)
@@ -35,6 +42,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/train_cnn.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

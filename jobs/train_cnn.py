@@ -112,6 +112,8 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=mod
     files = datasets.locate(data_dir)
     train_df, infos = ingest.idx_dataframe(spark, files, splits=("train",), limit=limit)
     test_df, test_infos = ingest.idx_dataframe(spark, files, splits=("test",), limit=limit)
+    # Small; cached so scoring it runs one Python worker per task, the ones that trained.
+    test_df = test_df.cache()
     shape = infos[0].image_shape
     config = dataclasses.replace(config, input_shape=tuple(shape) if len(shape) == 3 else (*shape, 1),
                               num_classes=files.dataset.num_classes)

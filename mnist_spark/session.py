@@ -175,6 +175,9 @@ def get_spark(
     task_cpus = existing.get("spark.task.cpus", settings.get("spark.task.cpus", "1"))
     for var in TF_THREAD_VARS:
         settings.setdefault(f"spark.executorEnv.{var}", task_cpus)
+    # TensorFlow's C++ start-up notices (oneDNN, CPU features) are not progress.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    settings.setdefault("spark.executorEnv.TF_CPP_MIN_LOG_LEVEL", os.environ["TF_CPP_MIN_LOG_LEVEL"])
 
     builder = SparkSession.builder.appName(app_name)
     for key, value in settings.items():

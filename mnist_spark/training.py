@@ -61,7 +61,7 @@ class TrainConfig:
     lr_decay : float
         Multiplies the learning rate once per epoch.
     barrier : bool
-        Schedule all replicas of a round together (``rdd.barrier()``).
+        Schedule all replicas of a round together (barrier execution mode).
     input_shape, num_classes
         Shape of one image and number of classes.
     augment : dict, optional
@@ -149,11 +149,65 @@ def task_seed(seed: int, partition: int, round_: int) -> int:
 # --------------------------------------------------------------------------- shards
 
 
+def partition_keys(spark, partitions: int) -> list[int]:
+    """Keys ``k_0 .. k_{N-1}`` that Spark's hash partitioning sends to partitions ``0 .. N-1``.
+
+    ``repartition(N, key)`` places rows by ``pmod(hash(key), N)``; hashing the
+    shard numbers themselves can send two shards to one partition and leave
+    another empty. Asking Spark's own ``hash`` for one key per partition makes
+    the placement exact.
+    """
+    from pyspark.sql import functions as F
+
+    rows = (spark.range(0, 64 * partitions)
+            .select("id", F.expr(f"pmod(hash(id), {partitions})").alias("partition"))
+            .groupBy("partition").agg(F.min("id").alias("key")).collect())
+    keys = {row["partition"]: row["key"] for row in rows}
+    if len(keys) != partitions:  # pragma: no cover - 64 candidates per partition always suffice
+        raise RuntimeError(f"found keys for {len(keys)} of {partitions} partitions")
+    return [keys[k] for k in range(partitions)]
+
+
+def _shard_schema():
+    from pyspark.sql.types import BinaryType, IntegerType, LongType, StructField, StructType
+
+    return StructType([
+        StructField("key", LongType(), False),
+        StructField("shard", IntegerType(), False),
+        StructField("shape", BinaryType(), False),
+        StructField("index", BinaryType(), False),
+        StructField("label", BinaryType(), False),
+        StructField("pixels", BinaryType(), False),
+    ])
+
+
+def _shard_rows(pieces):
+    """Arrow batch of one row per shard from ``(shard, key, shape, index, labels, images)`` pieces."""
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_pylist(
+        [{"key": int(key), "shard": int(shard), "shape": np.asarray(shape, np.int32).tobytes(),
+          "index": index.tobytes(), "label": labels.tobytes(), "pixels": images.tobytes()}
+         for shard, key, shape, index, labels, images in pieces],
+        schema=pa.schema([("key", pa.int64()), ("shard", pa.int32()), ("shape", pa.binary()),
+                          ("index", pa.binary()), ("label", pa.binary()), ("pixels", pa.binary())]),
+    )
+
+
+def shard_arrays(row) -> tuple:
+    """``(images, labels, index)`` numpy views of one cached shard row (no copy)."""
+    shape = tuple(np.frombuffer(row["shape"], np.int32))
+    images = np.frombuffer(row["pixels"], np.uint8).reshape(-1, *shape)
+    return images, np.frombuffer(row["label"], np.int32), np.frombuffer(row["index"], np.int64)
+
+
 def make_shards(df, partitions: int):
-    """Split an image DataFrame into ``partitions`` cached numpy shards.
+    """Split an image DataFrame into ``partitions`` cached numpy shards, one per partition.
 
     Rows go to shard ``index % partitions`` and are ordered by index inside
     it, so the shards do not depend on how ``df`` happens to be partitioned.
+    Each shard is one cached row holding its images, labels and indices as
+    contiguous arrays: decoded once, read back zero-copy every round.
 
     Parameters
     ----------
@@ -163,79 +217,64 @@ def make_shards(df, partitions: int):
 
     Returns
     -------
-    (RDD, list of int)
-        An RDD with one ``(images uint8 (n,h,w,c), labels int32)`` element per
-        partition, cached; and the shard sizes.
+    (DataFrame, list of int)
+        The cached shards (columns of :func:`_shard_schema`, partition ``k``
+        holding shard ``k``) and the shard sizes.
 
     Raises
     ------
     ValueError
         When the DataFrame lacks the columns, or a shard would be empty.
     """
-    import pyarrow as pa
-    from pyspark.sql.types import BinaryType, IntegerType, StructField, StructType
-
     missing = {"index", "label", "image"} - set(df.columns)
     if missing:
         raise ValueError(
             f"training data needs columns index, label and image; missing {sorted(missing)} "
             f"(found {df.columns})"
         )
-    groups_schema = StructType([
-        StructField("shard", IntegerType(), False),
-        StructField("index", BinaryType(), False),
-        StructField("label", BinaryType(), False),
-        StructField("shape", BinaryType(), False),
-        StructField("pixels", BinaryType(), False),
-    ])
+    from pyspark.sql import functions as F
 
-    def group(batches):
+    keys = partition_keys(df.sparkSession, partitions)
+
+    def assemble(batches):
         from mnist_spark.images import struct_array_to_numpy
 
+        pieces: dict = {}
         for batch in batches:
             if batch.num_rows == 0:
                 continue
+            shard_of = batch.column("shard").to_numpy()
             images = struct_array_to_numpy(batch.column("image"), "training image")
             index = batch.column("index").to_numpy().astype(np.int64)
             labels = batch.column("label").to_numpy().astype(np.int32)
-            shard_of = index % partitions
-            rows = []
             for shard in np.unique(shard_of):
                 keep = shard_of == shard
-                rows.append((int(shard), index[keep].tobytes(), labels[keep].tobytes(),
-                             np.asarray(images.shape[1:], np.int32).tobytes(), images[keep].tobytes()))
-            yield pa.RecordBatch.from_pylist(
-                [dict(zip(groups_schema.names, row)) for row in rows],
-                schema=pa.schema([("shard", pa.int32()), ("index", pa.binary()), ("label", pa.binary()),
-                                  ("shape", pa.binary()), ("pixels", pa.binary())]),
-            )
+                pieces.setdefault(int(shard), []).append((images[keep], labels[keep], index[keep]))
+        for shard, parts in pieces.items():
+            shapes = {p[0].shape[1:] for p in parts}
+            if len(shapes) != 1:
+                raise ValueError(f"training images must share one size, found {sorted(shapes)}")
+            index = np.concatenate([p[2] for p in parts])
+            order = np.argsort(index, kind="stable")
+            yield _shard_rows([(shard, keys[shard], shapes.pop(), index[order],
+                                np.concatenate([p[1] for p in parts])[order],
+                                np.concatenate([p[0] for p in parts])[order])])
 
-    def assemble(groups):
-        groups = [g for _, g in groups]
-        if not groups:
-            return
-        index = np.concatenate([np.frombuffer(g["index"], np.int64) for g in groups])
-        labels = np.concatenate([np.frombuffer(g["label"], np.int32) for g in groups])
-        shapes = {bytes(g["shape"]) for g in groups}
-        if len(shapes) != 1:
-            raise ValueError("training images must share one size")
-        shape = tuple(np.frombuffer(shapes.pop(), np.int32))
-        images = np.concatenate([np.frombuffer(g["pixels"], np.uint8).reshape(-1, *shape) for g in groups])
-        order = np.argsort(index, kind="stable")
-        yield images[order], labels[order]
-
-    data = df.select("index", "label", "image")
-    grouped = data.mapInArrow(group, groups_schema).rdd.map(lambda row: (row["shard"], row))
-    shards = grouped.partitionBy(partitions, lambda shard: shard).mapPartitions(assemble)
-    shards = shards.setName(f"training shards x{partitions}").cache()
-    sizes = shards.map(lambda shard: len(shard[1])).collect()
-    if len(sizes) != partitions or min(sizes, default=0) == 0:
+    # The split is plain SQL, so the stage reading the images runs one Python
+    # worker per task; the next stage runs the other.
+    shard = (F.col("index") % partitions).cast("int")
+    key = F.element_at(F.array(*[F.lit(k) for k in keys]), shard + 1)
+    rows = df.select(shard.alias("shard"), key.alias("key"), "index", "label", "image")
+    shards = rows.repartition(partitions, "key").mapInArrow(assemble, _shard_schema()).cache()
+    sizes = {row["shard"]: len(row["label"]) // 4
+             for row in shards.select("shard", "label").collect()}
+    if sorted(sizes) != list(range(partitions)) or min(sizes.values()) == 0:
         shards.unpersist()
         raise ValueError(
             f"{partitions} partitions need at least {partitions} training images, one per shard; "
-            f"found shards of sizes {sizes}; use fewer --partitions"
+            f"found shards of sizes {[sizes.get(k, 0) for k in range(partitions)]}; use fewer --partitions"
         )
-    return shards, sizes
+    return shards, [sizes[k] for k in range(partitions)]
 
 
 # --------------------------------------------------------------------------- replicas
@@ -312,7 +351,7 @@ def train_replica(partition: int, shard, state_payload: bytes, round_: int, conf
     if config.inject_failure == (partition, round_) and attempt == 0:
         raise RuntimeError(f"injected failure in partition {partition}, round {round_} (attempt 0)")
     started = time.perf_counter()
-    images, labels = shard
+    images, labels, index = shard
     weights, optimizer = pickle.loads(state_payload)
     model = _replica(config)
     epoch = int(schedule.epoch_of(round_))
@@ -324,9 +363,11 @@ def train_replica(partition: int, shard, state_payload: bytes, round_: int, conf
     if config.augment:
         from mnist_spark import augment
 
-        x = augment.augment_batch(x, seed=task_seed(config.seed, partition, round_), **config.augment)
-    history = model.fit(x.astype(np.float32), y, batch_size=config.batch_size, epochs=1,
-                        shuffle=False, verbose=0)
+        # A new variant of every image each epoch, the same whichever task draws it.
+        keys = [("train", int(i), epoch + 1) for i in index[order]]
+        x, _ = augment.augment_batch(x, keys, augment.AugmentParams(**config.augment), seed=config.seed)
+    # uint8 in: the model casts each batch to float32 itself, so no float copy of the shard.
+    history = model.fit(x, y, batch_size=config.batch_size, epochs=1, shuffle=False, verbose=0)
     return {
         "partition": partition,
         "count": int(len(y)),
@@ -337,6 +378,39 @@ def train_replica(partition: int, shard, state_payload: bytes, round_: int, conf
         "optimizer": optimizer_variables(model),
         "pid": os.getpid(),
     }
+
+
+_RESULT_FIELDS = (("partition", "int32"), ("count", "int64"), ("loss", "float64"),
+                  ("accuracy", "float64"), ("seconds", "float64"), ("pid", "int64"),
+                  ("state", "binary"))
+
+
+def _result_schema():
+    """Spark schema of one replica's result row."""
+    from pyspark.sql.types import (BinaryType, DoubleType, IntegerType, LongType, StructField,
+                                   StructType)
+
+    types = {"int32": IntegerType(), "int64": LongType(), "float64": DoubleType(), "binary": BinaryType()}
+    return StructType([StructField(name, types[kind], False) for name, kind in _RESULT_FIELDS])
+
+
+def _result_arrow():
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, kind)()) for name, kind in _RESULT_FIELDS])
+
+
+def _result_row(result: dict) -> dict:
+    """A replica's result as a row: metrics, and its weights and optimizer state pickled."""
+    row = {name: result[name] for name, _ in _RESULT_FIELDS if name != "state"}
+    row["state"] = pickle.dumps((result["weights"], result["optimizer"]), protocol=5)
+    return row
+
+
+def _result_from_row(row) -> dict:
+    result = {name: row[name] for name, _ in _RESULT_FIELDS if name != "state"}
+    result["weights"], result["optimizer"] = pickle.loads(row["state"])
+    return result
 
 
 def average_replicas(results: list[dict]) -> tuple[list, list]:
@@ -437,20 +511,28 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
             round_started = time.perf_counter()
             payload = sc.broadcast(pickle.dumps((state.weights, state.optimizer), protocol=5))
 
-            def run_round(partition, iterator, payload=payload, round_=round_):
-                context = BarrierTaskContext.get() if config.barrier else TaskContext.get()
-                for shard in iterator:
-                    yield train_replica(partition, shard, payload.value, round_, config, schedule,
-                                        attempt=context.attemptNumber() if context else 0)
+            def run_round(batches, payload=payload, round_=round_):
+                import pyarrow as pa
 
-            if config.barrier:
-                rdd = shards.barrier().mapPartitionsWithIndex(run_round)
-            else:
-                rdd = shards.mapPartitionsWithIndex(run_round)
+                context = BarrierTaskContext.get() if config.barrier else TaskContext.get()
+                for batch in batches:
+                    for position in range(batch.num_rows):
+                        row = {name: batch.column(name)[position].as_buffer() if name != "shard"
+                               else batch.column(name)[position].as_py()
+                               for name in ("shard", "shape", "index", "label", "pixels")}
+                        images, labels, index = shard_arrays(row)
+                        result = train_replica(row["shard"], (images, labels, index), payload.value,
+                                               round_, config, schedule,
+                                               attempt=context.attemptNumber() if context else 0)
+                        yield pa.RecordBatch.from_pylist([_result_row(result)], schema=_result_arrow())
+
             sc.setJobDescription(f"training round {round_ + 1}/{schedule.rounds}")
-            results = sorted(rdd.collect(), key=lambda r: r["partition"])
+            rows = shards.mapInArrow(run_round, _result_schema(), barrier=config.barrier).collect()
+            results = sorted((_result_from_row(r) for r in rows), key=lambda r: r["partition"])
             payload.destroy()
             weights, optimizer = average_replicas(results)
+            logger.debug("round %d replicas ran in Python workers %s", round_ + 1,
+                         [r["pid"] for r in results])
             seconds = time.perf_counter() - round_started
             images = sum(r["count"] for r in results)
             record = {
