@@ -699,20 +699,17 @@ def struct_array_to_numpy(array, where: str = "image column") -> np.ndarray:
     if count == 0:
         return np.zeros((0, 0, 0, 0), np.uint8)
     fields = {name: array.field(name) for name in ("height", "width", "nChannels")}
-    values = {name: field.to_numpy(zero_copy_only=False) for name, field in fields.items()}
-    shape = tuple(int(values[name][0]) for name in ("height", "width", "nChannels"))
+    sizes = {name: field.to_numpy(zero_copy_only=False) for name, field in fields.items()}
+    shape = tuple(int(sizes[name][0]) for name in ("height", "width", "nChannels"))
     for name, position in (("height", 0), ("width", 1), ("nChannels", 2)):
-        if (values[name] != shape[position]).any():
-            odd = int(np.argmax(values[name] != shape[position]))
+        if (sizes[name] != shape[position]).any():
+            odd = int(np.argmax(sizes[name] != shape[position]))
             raise ValueError(
                 f"{where}: images must share one size; found {shape[0]}x{shape[1]}x{shape[2]} and "
-                f"{values['height'][odd]}x{values['width'][odd]}x{values['nChannels'][odd]} "
+                f"{sizes['height'][odd]}x{sizes['width'][odd]}x{sizes['nChannels'][odd]} "
                 f"({array.field('origin')[odd].as_py()}); resize them first"
             )
-    data = array.field("data")
-    offset_type = np.int64 if pa.types.is_large_binary(data.type) else np.int32
-    buffers = data.buffers()
-    offsets = np.frombuffer(buffers[1], offset_type)[data.offset:data.offset + count + 1]
+    offsets, values = binary_buffers(array.field("data"))
     item = shape[0] * shape[1] * shape[2]
     if not (np.diff(offsets) == item).all():
         bad = int(np.argmax(np.diff(offsets) != item))
@@ -720,5 +717,4 @@ def struct_array_to_numpy(array, where: str = "image column") -> np.ndarray:
             f"{where}: image {array.field('origin')[bad].as_py()} says {shape[0]}x{shape[1]}x{shape[2]} "
             f"({item} bytes) but its data holds {int(np.diff(offsets)[bad])} bytes"
         )
-    pixels = np.frombuffer(buffers[2], np.uint8)[offsets[0]:offsets[-1]]
-    return pixels.reshape(count, *shape)
+    return values[offsets[0]:offsets[-1]].reshape(count, *shape)
