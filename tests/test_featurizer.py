@@ -50,7 +50,9 @@ def _image_frame(spark, pixels, origins=None):
 @pytest.fixture(scope="module")
 def test_df(spark, small_idx):
     df, _ = ingest.idx_dataframe(spark, datasets.locate(small_idx), splits=("test",), limit=40)
-    return df.cache()
+    df = df.cache()
+    df.count()  # read now: a featurizing task then runs no other Python step beside it
+    return df
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +156,8 @@ def test_matches_plain_keras(spark, test_df, test_images, plain_model):
 
 def test_png_set_gives_the_same_vectors(spark, tiny_idx, tmp_path):
     df, _ = ingest.idx_dataframe(spark, datasets.locate(tiny_idx))
+    df = df.cache()
+    df.count()
     images.write_png_set(df, str(tmp_path / "pngs"))
     back, bad = images.read_png_set(spark, str(tmp_path / "pngs"))
     assert bad == []
@@ -238,33 +242,7 @@ def test_missing_imagenet_weights_say_what_to_do(spark, test_df, monkeypatch, tm
         DeepImageFeaturizer(modelName="ResNet50").transform(test_df)
 
 
-# --------------------------------------------------------------------------- pipelines
-
-
-def test_pipeline_saves_loads_and_predicts_the_same(spark, tiny_idx, tmp_path):
-    from pyspark.ml import Pipeline, PipelineModel
-    from pyspark.ml.classification import LogisticRegression
-
-    df, _ = ingest.idx_dataframe(spark, datasets.locate(tiny_idx))
-    train, test = df.where("split = 'train'").cache(), df.where("split = 'test'").cache()
-    stage = DeepImageFeaturizer(imageSize=SIZE, weights="none", outputCol="deep", batchSize=16)
-    pipeline = Pipeline(stages=[stage, LogisticRegression(featuresCol="deep", maxIter=5, regParam=0.05)])
-    model = pipeline.fit(train)
-    model.write().save(str(tmp_path / "pipeline"))
-    loaded = PipelineModel.load(str(tmp_path / "pipeline"))
-    assert isinstance(loaded.stages[0], DeepImageFeaturizer)
-    assert loaded.stages[0].uid == stage.uid
-    assert loaded.stages[0].extractParamMap() == stage.extractParamMap()
-
-    def predictions(m):
-        rows = m.transform(test).select("index", "prediction", "probability").collect()
-        return {r["index"]: (r["prediction"], r["probability"].toArray()) for r in rows}
-
-    before, after = predictions(model), predictions(loaded)
-    assert len(before) == 5 and before.keys() == after.keys()
-    for index, (prediction, probability) in before.items():
-        assert after[index][0] == prediction
-        np.testing.assert_allclose(after[index][1], probability, rtol=1e-6, atol=1e-9)
+# --------------------------------------------------------------------------- other networks
 
 
 def test_unpooled_output_is_sparkdls_flat_vector(spark, test_df, test_images):
@@ -336,3 +314,34 @@ def test_bad_weight_files(spark, test_df, saved_weights, tmp_path):
     folder.mkdir()
     with pytest.raises(ValueError, match="has no inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"):
         stage.copy({stage.weights: str(folder)}).transform(test_df)
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+def test_pipeline_saves_loads_and_predicts_the_same(spark, tiny_idx, tmp_path):
+    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml.classification import LogisticRegression
+
+    df, _ = ingest.idx_dataframe(spark, datasets.locate(tiny_idx))
+    df = df.cache()
+    df.count()
+    train, test = df.where("split = 'train'"), df.where("split = 'test'")
+    stage = DeepImageFeaturizer(imageSize=SIZE, weights="none", outputCol="deep", batchSize=16)
+    pipeline = Pipeline(stages=[stage, LogisticRegression(featuresCol="deep", maxIter=5, regParam=0.05)])
+    model = pipeline.fit(train)
+    model.write().save(str(tmp_path / "pipeline"))
+    loaded = PipelineModel.load(str(tmp_path / "pipeline"))
+    assert isinstance(loaded.stages[0], DeepImageFeaturizer)
+    assert loaded.stages[0].uid == stage.uid
+    assert loaded.stages[0].extractParamMap() == stage.extractParamMap()
+
+    def predictions(m):
+        rows = m.transform(test).select("index", "prediction", "probability").collect()
+        return {r["index"]: (r["prediction"], r["probability"].toArray()) for r in rows}
+
+    before, after = predictions(model), predictions(loaded)
+    assert len(before) == 5 and before.keys() == after.keys()
+    for index, (prediction, probability) in before.items():
+        assert after[index][0] == prediction
+        np.testing.assert_allclose(after[index][1], probability, rtol=1e-6, atol=1e-9)
