@@ -17,7 +17,12 @@ Measures, in one run and on the same machine:
   images in one process, for a few settings.
 
 The target is ``export_rate / (pillow_rate * task_slots) >= 0.7``: Spark's
-export reaches at least 70% of a perfectly parallel Pillow loop. Writes
+export reaches at least 70% of a perfectly parallel Pillow loop. Both are
+measured on disk (the system's temporary folder, judged against the target)
+and in memory (``/dev/shm``, where creating files costs little, so Spark's
+own overhead shows). Creating files on disk is the larger part of both and
+its speed varies a lot on a shared machine, so the two alternate
+``--repeats`` times, each after ``os.sync()``, and the best of each counts. Writes
 ``benchmarks/results/export_png.json`` and prints it.
 
 Run it with::
@@ -74,7 +79,7 @@ def pillow_loop(data_dir: Path, out: Path, compress_level: int | None, limit: in
             Image.fromarray(pixels[index]).save(f"{folder}/{labels[index]}/{index}.png", **options)
         count += len(pixels)
     seconds = time.perf_counter() - started
-    sizes = [f.stat().st_size for f in list((out / "test").rglob("*.png"))[:2000]]
+    sizes = [f.stat().st_size for f in out.rglob("*.png")]
     return {"images": count, "seconds": round(seconds, 3), "images_per_second": round(count / seconds, 1),
             "mean_png_bytes": round(float(np.mean(sizes)), 1)}
 
@@ -100,10 +105,66 @@ def augment_speed(data_dir: Path) -> dict:
     return rates
 
 
+def measure(spark, export_job, data_dir: Path, workdir: str, repeats: int) -> dict:
+    """Export and Pillow loop, alternating, in one scratch folder; the best of each."""
+    from mnist_spark import images
+    from mnist_spark.session import task_slots
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-export-png-", dir=workdir))
+    exports, loops = [], []
+    try:
+        for _ in range(repeats):
+            os.sync()
+            started = time.perf_counter()
+            metrics = export_job.run(spark, data_dir=str(data_dir), output=str(tmp / "export"))
+            exports.append((time.perf_counter() - started, metrics))
+            shutil.rmtree(tmp / "export")
+            os.sync()
+            loops.append(pillow_loop(data_dir, tmp / "pillow", images.PNG_COMPRESS_LEVEL))
+            shutil.rmtree(tmp / "pillow")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    export_seconds, metrics = min(exports, key=lambda item: item[0])
+    baseline = max(loops, key=lambda item: item["images_per_second"])
+    slots = task_slots(spark)
+    export_rate = metrics["files"] / export_seconds
+    scaled = baseline["images_per_second"] * slots
+    return {
+        "workdir": workdir,
+        "filesystem": filesystem_type(workdir),
+        "export_run_seconds": round(export_seconds, 2),
+        "export_images_per_second": round(export_rate, 1),
+        "export_write_phase_seconds": metrics["write_seconds"],
+        "export_write_phase_images_per_second": metrics["images_per_second"],
+        "pillow_loop": baseline,
+        "pillow_loop_scaled_images_per_second": round(scaled, 1),
+        "export_over_scaled_pillow": round(export_rate / scaled, 3),
+        "all_export_run_seconds": [round(seconds, 2) for seconds, _ in exports],
+        "all_pillow_loop_images_per_second": [loop["images_per_second"] for loop in loops],
+    }
+
+
+def filesystem_type(folder: str) -> str:
+    """The type of the file system ``folder`` is on (from /proc/mounts), or "unknown"."""
+    try:
+        mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return "unknown"
+    real = os.path.realpath(folder)
+    best = max((m for m in mounts if real == m[1] or real.startswith(m[1].rstrip("/") + "/")),
+               key=lambda m: len(m[1]), default=None)
+    return best[2] if best else "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(PROJECT / "data" / "mnist"))
-    parser.add_argument("--workdir", default=None, help="scratch folder; default: a temporary folder")
+    default_dirs = [tempfile.gettempdir()] + (["/dev/shm"] if os.path.isdir("/dev/shm") else [])
+    parser.add_argument("--workdirs", default=",".join(default_dirs),
+                        help="comma-separated scratch folders to measure in; the first one is "
+                        "judged against the target")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="runs of the export and of the Pillow loop, alternating; the best of each counts")
     args = parser.parse_args()
     data_dir = Path(args.data_dir)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -114,52 +175,40 @@ def main() -> None:
 
     cli.configure_logging()
     export_job = load_job("export_png")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-export-png-", dir=args.workdir))
-    try:
-        start = time.perf_counter()
-        spark = get_spark("bench-export-png", conf={"spark.ui.enabled": "false",
-                                                    "spark.ui.showConsoleProgress": "false"})
-        spark_start = time.perf_counter() - start
-        slots = task_slots(spark)
-        warm = time.perf_counter()
-        export_job.run(spark, data_dir=str(data_dir), output=str(tmp / "warm"), limit=10)
-        warm_seconds = time.perf_counter() - warm
+    workdirs = [d for d in args.workdirs.split(",") if d]
+    start = time.perf_counter()
+    spark = get_spark("bench-export-png", conf={"spark.ui.enabled": "false",
+                                                "spark.ui.showConsoleProgress": "false"})
+    spark_start = time.perf_counter() - start
+    warm_dir = Path(tempfile.mkdtemp(prefix="bench-export-png-warm-"))
+    warm = time.perf_counter()
+    export_job.run(spark, data_dir=str(data_dir), output=str(warm_dir / "warm"), limit=10)
+    warm_seconds = time.perf_counter() - warm
+    shutil.rmtree(warm_dir)
+    runs = {}
+    for workdir in workdirs:
+        runs[workdir] = measure(spark, export_job, data_dir, workdir, args.repeats)
+    slots = task_slots(spark)
+    spark.stop()
+    os.sync()
+    with tempfile.TemporaryDirectory(dir=workdirs[0]) as tmp:
+        default = pillow_loop(data_dir, Path(tmp), None, limit=5000)
+    augmentation = augment_speed(data_dir)
 
-        started = time.perf_counter()
-        metrics = export_job.run(spark, data_dir=str(data_dir), output=str(tmp / "export"))
-        export_seconds = time.perf_counter() - started
-        files = metrics["files"]
-        mean_bytes = spark.read.parquet(str(tmp / "export" / images.MANIFEST_NAME)).agg(
-            {"bytes": "avg"}).collect()[0][0]
-        spark.stop()
-        shutil.rmtree(tmp / "export")
-
-        baseline = pillow_loop(data_dir, tmp / "pillow", images.PNG_COMPRESS_LEVEL)
-        shutil.rmtree(tmp / "pillow")
-        default = pillow_loop(data_dir, tmp / "pillow-default", None, limit=5000)
-        augmentation = augment_speed(data_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    export_rate = files / export_seconds
-    scaled = baseline["images_per_second"] * slots
+    primary = runs[workdirs[0]]
     result = {
         "benchmark": "export_png",
-        "images": files,
+        "images": 70000,
         "cores": os.cpu_count(),
         "task_slots": slots,
         "compress_level": images.PNG_COMPRESS_LEVEL,
         "spark_start_seconds": round(spark_start, 2),
         "warm_up_seconds": round(warm_seconds, 2),
-        "export_run_seconds": round(export_seconds, 2),
-        "export_images_per_second": round(export_rate, 1),
-        "export_write_phase_seconds": metrics["write_seconds"],
-        "export_write_phase_images_per_second": metrics["images_per_second"],
-        "export_mean_png_bytes": round(mean_bytes, 1),
-        "pillow_loop": baseline,
-        "pillow_loop_scaled_images_per_second": round(scaled, 1),
-        "export_over_scaled_pillow": round(export_rate / scaled, 3),
+        "export_images_per_second": primary["export_images_per_second"],
+        "pillow_loop_scaled_images_per_second": primary["pillow_loop_scaled_images_per_second"],
+        "export_over_scaled_pillow": primary["export_over_scaled_pillow"],
         "target_export_over_scaled_pillow": 0.7,
+        "runs": runs,
         "pillow_loop_at_pillow_default_level": default,
         "augment_batch_images_per_second_one_core": augmentation,
     }

@@ -30,11 +30,15 @@ import dataclasses
 import logging
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from mnist_spark import augment, cli, datasets, images, ingest, report, storage
+from mnist_spark.session import task_slots
 
 logger = logging.getLogger("export_png")
 
+#: Write tasks per task slot when --partitions is not given.
+TASKS_PER_SLOT = 3
 #: Images in the contact sheet, and originals in the augmentation grid.
 SHEET_COLUMNS = 6
 GRID_ROWS = 6
@@ -77,7 +81,8 @@ def _arg_parser():
     parser.add_argument("--limit", type=cli.positive_int, default=None,
                         help="export only the first N images of each split")
     parser.add_argument("--partitions", type=cli.positive_int, default=None,
-                        help="write tasks in all; default: the cluster's task slots")
+                        help="write tasks in all; default: 3 per task slot, so that the slots "
+                        "finish together")
     parser.add_argument("--num-classes", type=cli.positive_int, default=None,
                         help="labels must lie in [0, N); default: the dataset's (10 for MNIST)")
     parser.add_argument("--compress-level", type=_compress_level, default=images.PNG_COMPRESS_LEVEL,
@@ -139,6 +144,7 @@ def _pictures(info, staging: str, *, sample: int, variants: int, params, seed: i
     """Contact sheet and augmentation grid from the first ``sample`` images; returns (file, caption)."""
     import numpy as np
 
+    started = time.perf_counter()
     rows = _sample(info, sample)
     if not rows:
         return []
@@ -163,6 +169,7 @@ def _pictures(info, staging: str, *, sample: int, variants: int, params, seed: i
         report.variant_grid(list(originals), copies, texts, storage.join(staging, "augmentations.png"),
                             title=f"Originals and variants 1-{shown} (seed {seed})")
         figures.append(("augmentations.png", f"Originals beside their variants 1-{shown}"))
+    logger.info("drew %s in %.1f s", ", ".join(name for name, _ in figures), time.perf_counter() - started)
     return figures
 
 
@@ -181,6 +188,8 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, splits=("
         zlib level of the PNG files.
     sample : int
         Images in the contact sheet; 0 writes no pictures.
+    partitions : int, optional
+        Write tasks in all; default :data:`TASKS_PER_SLOT` per task slot.
 
     The other parameters are those of ``jobs/ingest.py``.
     """
@@ -193,31 +202,32 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, splits=("
     output = output or storage.default_output("export_png")
     target = storage.AtomicOutput(output, overwrite=overwrite)
     files = datasets.locate(data_dir)
+    # Several tasks per slot: a split's slices are equal in size but splits differ,
+    # and with one task per slot the slot that gets the small split idles at the end.
     df, infos = ingest.idx_dataframe(
-        spark, files, splits=splits, partitions=partitions, limit=limit, num_classes=num_classes
+        spark, files, splits=splits, partitions=partitions or TASKS_PER_SLOT * task_slots(spark),
+        limit=limit, num_classes=num_classes,
     )
     classes = num_classes or files.dataset.num_classes
     full = augment.add_variants(df, augment_variants, params, seed) if augment_variants else df
     expected = sum(info.count for info in infos) * (1 + augment_variants)
-    with target as staging:
+    with target as staging, ThreadPoolExecutor(max_workers=1) as pool:
+        # The driver draws the pictures while the executors write the set; leaving
+        # the pool waits for it, so nothing writes into a staging folder being removed.
+        pictures = pool.submit(_pictures, infos[0], staging, sample=sample, variants=augment_variants,
+                               params=params, seed=seed) if sample else None
         write_started = time.perf_counter()
         images.write_png_set(full, staging, compress_level=compress_level,
                              label_width=len(str(max(classes - 1, 0))))
         write_seconds = time.perf_counter() - write_started
-        counts = images.manifest_counts(spark, staging)
+        counts = images.manifest_counts(staging)
         written = sum(o + v for per_label in counts.values() for o, v in per_label.values())
         if written != expected:
             raise RuntimeError(f"the manifest lists {written} files, expected {expected}; the set is "
                                "incomplete and was not moved into place")
         logger.info("wrote %d PNGs in %.1f s (%.0f img/s) to %s", written, write_seconds,
                     ingest.rate(written, write_seconds), output)
-        figures = []
-        if sample:
-            pictures_started = time.perf_counter()
-            figures = _pictures(infos[0], staging, sample=sample, variants=augment_variants,
-                                params=params, seed=seed)
-            logger.info("drew %s in %.1f s", ", ".join(name for name, _ in figures),
-                        time.perf_counter() - pictures_started)
+        figures = pictures.result() if pictures else []
         links = [(f"{split}/", f"{split}/: one folder per label") for split in splits]
         links += [(f"{images.MANIFEST_NAME}/", "manifest (Parquet): path, split, index, label, "
                    "variant, augmentation, bytes"), ("metrics.json", "metrics.json")]

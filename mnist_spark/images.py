@@ -438,22 +438,27 @@ def write_png_set(df, location: str, *, compress_level: int = PNG_COMPRESS_LEVEL
     return manifest
 
 
-def manifest_counts(spark, location: str) -> dict:
+def manifest_counts(location: str) -> dict:
     """Files of a PNG set per split and label: ``{split: {label: [originals, variants]}}``.
 
-    Read from the manifest (a small Spark job), not by listing the files.
+    Read on the driver from three small columns of the manifest with pyarrow,
+    not by listing the files or running a Spark job.
     """
-    from mnist_spark import storage
-    from pyspark.sql import functions as F
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
 
-    manifest = spark.read.parquet(storage.join(storage.to_uri(location), MANIFEST_NAME))
-    rows = (manifest.groupBy("split", "label")
-            .agg(F.sum((F.col("variant") == 0).cast("long")).alias("originals"),
-                 F.sum((F.col("variant") > 0).cast("long")).alias("variants"))
-            .collect())
+    from mnist_spark import storage
+
+    filesystem, root = storage.resolve(storage.to_uri(location))
+    table = ds.dataset(f"{root.rstrip('/')}/{MANIFEST_NAME}", format="parquet",
+                       filesystem=filesystem).to_table(columns=["split", "label", "variant"])
+    table = table.append_column("original", pc.equal(table["variant"], 0))
+    grouped = table.group_by(["split", "label"]).aggregate([("original", "sum"), ("original", "count")])
     counts: dict = {}
-    for row in sorted(rows, key=lambda r: (r.split, r.label)):
-        counts.setdefault(row.split, {})[row.label] = [int(row.originals), int(row.variants)]
+    rows = sorted(zip(grouped["split"].to_pylist(), grouped["label"].to_pylist(),
+                      grouped["original_sum"].to_pylist(), grouped["original_count"].to_pylist()))
+    for split, label, originals, total in rows:
+        counts.setdefault(split, {})[label] = [int(originals), int(total - originals)]
     return counts
 
 
