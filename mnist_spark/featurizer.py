@@ -340,8 +340,10 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
             )
         found = schema[input_col].dataType
         wanted = image_struct_type()
-        if not (isinstance(found, StructType)
-                and [(f.name, f.dataType) for f in found.fields] == [(f.name, f.dataType) for f in wanted.fields]):
+        def fields(struct):
+            return [(f.name, f.dataType) for f in struct.fields]
+
+        if not (isinstance(found, StructType) and fields(found) == fields(wanted)):
             raise TypeError(
                 f"DeepImageFeaturizer: column {input_col!r} must be Spark's image struct "
                 f"({wanted.simpleString()}), found {found.simpleString()}; read images with "
@@ -582,7 +584,7 @@ def check_weights(weights: WeightsFile, model_name: str) -> None:
     try:
         _build(model_name, architecture.min_size, DEFAULT_POOLING, _read_bytes(weights.location),
                weights.suffix)
-    except (ValueError, OSError, KeyError, TypeError) as error:
+    except Exception as error:  # Keras and h5py raise several types for a file that does not fit
         text = " ".join(str(error).split())
         text = text if len(text) < 300 else text[:300] + "..."
         if isinstance(error, OSError):
@@ -738,7 +740,8 @@ def preprocess_images(images: np.ndarray, model_name: str = DEFAULT_MODEL, image
     else:
         resized = np.empty((count, size, size) + plane.shape[3:], np.uint8)
         for i in range(count):
-            resized[i] = np.asarray(Image.fromarray(np.ascontiguousarray(plane[i])).resize((size, size), resample))
+            image = Image.fromarray(np.ascontiguousarray(plane[i]))
+            resized[i] = np.asarray(image.resize((size, size), resample))
     pixels = resized.astype(np.float32)
     if channels == 1:
         pixels = np.repeat(pixels[..., None], 3, axis=3)

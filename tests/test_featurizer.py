@@ -68,7 +68,7 @@ def plain_model():
 
 @pytest.fixture(scope="module")
 def saved_weights(tmp_path_factory):
-    """An InceptionV3 (no top) with its own random weights, saved as Keras publishes weights and by save_weights."""
+    """InceptionV3 (no top) with random weights of its own, saved like Keras' files and by save_weights."""
     import h5py
     import keras
     from keras.src.legacy.saving import legacy_h5_format

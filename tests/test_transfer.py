@@ -77,8 +77,9 @@ def test_png_set_through_main(spark, tiny_idx, tmp_path, capsys):
     saved = json.loads((out / "metrics.json").read_text())
     assert (saved["train_rows"], saved["test_rows"]) == (20, 5)
     assert saved["params"]["images"] == str(tmp_path / "pngs")
-    assert (saved["params"]["max_iter"], saved["params"]["elastic_net_param"], saved["params"]["batch_size"]) == (
-        3, 0.0, 8)
+    params = saved["params"]
+    assert (params["max_iter"], params["reg_param"], params["elastic_net_param"], params["batch_size"]) == (
+        3, 0.1, 0.0, 8)
 
 
 def test_missing_imagenet_weights_stop_the_job_at_once(spark, small_idx, tmp_path, monkeypatch, capsys):
