@@ -45,29 +45,6 @@ GRID_ROWS = 6
 GRID_VARIANTS = 5
 
 
-def _numbers(flag: str, names: tuple, build):
-    """argparse type: comma-separated numbers for one transform, checked by ``build``."""
-
-    def parse(text: str):
-        parts = [p.strip() for p in text.split(",")]
-        try:
-            values = [float(p) for p in parts]
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {','.join(names)} as numbers, found {text!r}") from None
-        if len(values) != len(names):
-            raise argparse.ArgumentTypeError(
-                f"expected {len(names)} numbers {','.join(names)}, found {len(values)} in {text!r}")
-        try:
-            build(augment.AugmentParams(), *values)
-        except (ValueError, TypeError) as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-        return tuple(values)
-
-    parse.__name__ = flag
-    return parse
-
-
 def _compress_level(text: str) -> int:
     value = cli.non_negative_int(text)
     if value > 9:
@@ -94,36 +71,8 @@ def _arg_parser():
         "with its probability P (0 turns it off)")
     group.add_argument("--augment", type=cli.non_negative_int, default=0,
                        help="augmented variants per image")
-    defaults = augment.AugmentParams.mnist()
-    group.add_argument("--rotate", metavar="P,LEFT,RIGHT",
-                       type=_numbers("rotate", ("P", "LEFT", "RIGHT"), augment.AugmentParams.rotate),
-                       default=(defaults.rotate_probability, defaults.max_left_rotation,
-                                defaults.max_right_rotation),
-                       help="rotate by up to LEFT degrees counter-clockwise or RIGHT clockwise")
-    group.add_argument("--shear", metavar="P,MAX",
-                       type=_numbers("shear", ("P", "MAX"), augment.AugmentParams.shear),
-                       default=(defaults.shear_probability, defaults.max_shear),
-                       help="shear horizontally by up to MAX degrees either way")
-    group.add_argument("--zoom", metavar="P,MIN,MAX",
-                       type=_numbers("zoom", ("P", "MIN", "MAX"), augment.AugmentParams.zoom),
-                       default=(defaults.zoom_probability, defaults.min_zoom, defaults.max_zoom),
-                       help="zoom by a factor from MIN to MAX")
-    group.add_argument("--shift", metavar="P,MAX",
-                       type=_numbers("shift", ("P", "MAX"), augment.AugmentParams.shift),
-                       default=(defaults.shift_probability, defaults.max_shift),
-                       help="shift by up to MAX of the width and height, each way")
-    group.add_argument("--elastic", metavar="P,ALPHA,SIGMA",
-                       type=_numbers("elastic", ("P", "ALPHA", "SIGMA"), augment.AugmentParams.elastic),
-                       default=(defaults.elastic_probability, defaults.elastic_alpha,
-                                defaults.elastic_sigma),
-                       help="elastic distortion of ALPHA pixels smoothed over SIGMA pixels")
+    cli.add_transform_flags(group)
     return parser
-
-
-def params_from_args(args) -> augment.AugmentParams:
-    """The AugmentParams the flags describe."""
-    return (augment.AugmentParams().rotate(*args.rotate).shear(*args.shear).zoom(*args.zoom)
-            .shift(*args.shift).elastic(*args.elastic))
 
 
 def _sample(info, count: int):
@@ -263,7 +212,7 @@ def main(argv=None) -> int:
         spark, data_dir=args.data_dir, output=args.output, overwrite=args.overwrite, seed=args.seed,
         splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()), limit=args.limit,
         partitions=args.partitions, num_classes=args.num_classes, augment_variants=args.augment,
-        params=params_from_args(args), compress_level=args.compress_level, sample=args.sample,
+        params=cli.augment_params(args), compress_level=args.compress_level, sample=args.sample,
     ))
 
 

@@ -63,6 +63,11 @@ def _arg_parser():
                         help="save the averaged model and optimizer every K rounds (0: never)")
     parser.add_argument("--resume", metavar="RUN", default=None,
                         help="continue the stopped run RUN (its --output) from its last checkpoint")
+    group = parser.add_argument_group(
+        "augmentation", "--augment trains on a new random variant of every image each epoch, the "
+        "same variant whichever task draws it; each transform applies with its probability P")
+    group.add_argument("--augment", action="store_true", help="augment the training images on the fly")
+    cli.add_transform_flags(group)
     return parser
 
 
@@ -197,9 +202,6 @@ def _figures(test_df, staging: str, metrics: dict) -> None:
                                 titles[:PROBABILITY_ROWS], storage.join(staging, "probabilities.png"))
         figures += [("misclassified.png", "Misclassified test digits"),
                     ("probabilities.png", "Predicted probabilities of some misclassified digits")]
-    per_class = "".join(
-        f"<tr><td>{c['class']}</td><td>{c['precision']:.4f}</td><td>{c['recall']:.4f}</td>"
-        f"<td>{c['f1']:.4f}</td><td>{c['support']}</td></tr>" for c in scores["per_class"])
     report.write_run_report(
         staging,
         title=f"train_cnn: {metrics['model']}",
@@ -207,11 +209,9 @@ def _figures(test_df, staging: str, metrics: dict) -> None:
                   ("epochs", metrics["epochs"]), ("partitions", metrics["partitions"]),
                   ("images_per_second", metrics["images_per_second"]), ("seconds", metrics["seconds"])],
         figures=figures,
-        sections=[("Per class", "<table><tr><th>class</th><th>precision</th><th>recall</th><th>f1</th>"
-                                f"<th>support</th></tr>{per_class}</table>"),
-                  ("Files", '<ul><li><a href="metrics.json">metrics.json</a></li>'
-                            '<li><a href="model.keras">model.keras</a></li>'
-                            '<li><a href="model_summary.txt">model_summary.txt</a></li></ul>')],
+        sections=[report.per_class_section(scores["per_class"]),
+                  report.files_section([("metrics.json", ""), ("model.keras", ""),
+                                        ("model_summary.txt", "")])],
     )
 
 
@@ -223,6 +223,7 @@ def main(argv=None) -> int:
         steps_per_round=args.steps_per_round, learning_rate=args.learning_rate, lr_decay=args.lr_decay,
         barrier=args.barrier, limit=args.limit, validation_size=args.validation_size,
         checkpoint_every=args.checkpoint_every, resume=args.resume,
+        augment=dataclasses.asdict(cli.augment_params(args)) if args.augment else None,
     ))
 
 

@@ -297,9 +297,6 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
 
 def _report(staging: str, metrics: dict) -> None:
     report.confusion_matrix_figure(metrics["confusion_matrix"], storage.join(staging, "confusion_matrix.png"))
-    per_class = "".join(
-        f"<tr><td>{c['class']}</td><td>{c['precision']:.4f}</td><td>{c['recall']:.4f}</td>"
-        f"<td>{c['f1']:.4f}</td><td>{c['support']}</td></tr>" for c in metrics["per_class"])
     headline = [(name, metrics[name]) for name in (
         *METRICS, "train_rows", "test_rows", "model_name", "image_size", "pooling", "weights", "feature_size",
         "images_per_second", "seconds")]
@@ -309,11 +306,9 @@ def _report(staging: str, metrics: dict) -> None:
               "LogisticRegression",
         headline=headline,
         figures=[("confusion_matrix.png", "Confusion matrix on the test sample (rows: expected)")],
-        sections=[("Per class", "<table><tr><th>class</th><th>precision</th><th>recall</th><th>f1</th>"
-                                f"<th>support</th></tr>{per_class}</table>"),
-                  ("Files", '<ul><li><a href="metrics.json">metrics.json</a></li>'
-                            '<li><a href="pipeline_model/">pipeline_model/</a> '
-                            "(pyspark.ml.PipelineModel.load)</li></ul>")],
+        sections=[report.per_class_section(metrics["per_class"]),
+                  report.files_section([("metrics.json", ""),
+                                        ("pipeline_model/", "(pyspark.ml.PipelineModel.load)")])],
     )
 
 

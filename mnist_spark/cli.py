@@ -41,6 +41,72 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def _transform_numbers(flag: str, names: tuple, build):
+    """argparse type: comma-separated numbers for one transform, checked by ``build``."""
+
+    def parse(text: str):
+        from mnist_spark.augment import AugmentParams
+
+        parts = [p.strip() for p in text.split(",")]
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {','.join(names)} as numbers, found {text!r}") from None
+        if len(values) != len(names):
+            raise argparse.ArgumentTypeError(
+                f"expected {len(names)} numbers {','.join(names)}, found {len(values)} in {text!r}")
+        try:
+            build(AugmentParams(), *values)
+        except (ValueError, TypeError) as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return tuple(values)
+
+    parse.__name__ = flag
+    return parse
+
+
+def add_transform_flags(group) -> None:
+    """Add the augmentation transforms' flags (probability and range of each) to a parser or group.
+
+    Defaults are :meth:`mnist_spark.augment.AugmentParams.mnist`; read the
+    result back with :func:`augment_params`.
+    """
+    from mnist_spark.augment import AugmentParams
+
+    defaults = AugmentParams.mnist()
+    group.add_argument("--rotate", metavar="P,LEFT,RIGHT",
+                       type=_transform_numbers("rotate", ("P", "LEFT", "RIGHT"), AugmentParams.rotate),
+                       default=(defaults.rotate_probability, defaults.max_left_rotation,
+                                defaults.max_right_rotation),
+                       help="rotate by up to LEFT degrees counter-clockwise or RIGHT clockwise")
+    group.add_argument("--shear", metavar="P,MAX",
+                       type=_transform_numbers("shear", ("P", "MAX"), AugmentParams.shear),
+                       default=(defaults.shear_probability, defaults.max_shear),
+                       help="shear horizontally by up to MAX degrees either way")
+    group.add_argument("--zoom", metavar="P,MIN,MAX",
+                       type=_transform_numbers("zoom", ("P", "MIN", "MAX"), AugmentParams.zoom),
+                       default=(defaults.zoom_probability, defaults.min_zoom, defaults.max_zoom),
+                       help="zoom by a factor from MIN to MAX")
+    group.add_argument("--shift", metavar="P,MAX",
+                       type=_transform_numbers("shift", ("P", "MAX"), AugmentParams.shift),
+                       default=(defaults.shift_probability, defaults.max_shift),
+                       help="shift by up to MAX of the width and height, each way")
+    group.add_argument("--elastic", metavar="P,ALPHA,SIGMA",
+                       type=_transform_numbers("elastic", ("P", "ALPHA", "SIGMA"), AugmentParams.elastic),
+                       default=(defaults.elastic_probability, defaults.elastic_alpha,
+                                defaults.elastic_sigma),
+                       help="elastic distortion of ALPHA pixels smoothed over SIGMA pixels")
+
+
+def augment_params(args):
+    """The :class:`mnist_spark.augment.AugmentParams` that the transform flags describe."""
+    from mnist_spark.augment import AugmentParams
+
+    return (AugmentParams().rotate(*args.rotate).shear(*args.shear).zoom(*args.zoom)
+            .shift(*args.shift).elastic(*args.elastic))
+
+
 def job_parser(doc: str | None, job: str) -> argparse.ArgumentParser:
     """An argument parser with the flags every job shares.
 

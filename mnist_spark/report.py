@@ -223,31 +223,9 @@ def write_set_index(folder: str, *, title: str, counts: dict, figures=(), links=
         f"<figcaption>{escape(caption)}</figcaption></figure>" for name, caption in figures
     )
     others = "".join(f'<li><a href="{escape(path)}">{escape(text)}</a></li>' for path, text in links)
-    page = f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{escape(title)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; max-width: 72em; }}
-table {{ border-collapse: collapse; }}
-th, td {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }}
-img {{ max-width: 100%; }}
-</style>
-</head>
-<body>
-<h1>{escape(title)}</h1>
-<h2>Images per split and label</h2>
-<table>
-<tr><th>split</th>{head}<th>total</th></tr>
-{chr(10).join(rows)}
-</table>
-{note}
-{pictures}
-<ul>{others}</ul>
-</body>
-</html>
-"""
+    body = (f"<h2>Images per split and label</h2>\n<table>\n<tr><th>split</th>{head}<th>total</th></tr>\n"
+            f"{chr(10).join(rows)}\n</table>\n{note}\n{pictures}\n<ul>{others}</ul>")
+    page = html_page(title, body)
     location = storage.join(folder, "index.html")
     storage.write_bytes(location, page.encode("utf-8"))
     return location
@@ -348,6 +326,24 @@ def metrics_table(rows) -> str:
     cells = "".join(f"<tr><th>{escape(str(k))}</th><td class=\"metric\" data-key=\"{escape(str(k))}\">"
                     f"{escape(str(v))}</td></tr>" for k, v in rows)
     return f"<table>{cells}</table>"
+
+
+def per_class_section(per_class) -> tuple[str, str]:
+    """A report section: precision, recall, F1 and support per class."""
+    rows = "".join(
+        f"<tr><td>{c['class']}</td><td>{c['precision']:.4f}</td><td>{c['recall']:.4f}</td>"
+        f"<td>{c['f1']:.4f}</td><td>{c['support']}</td></tr>" for c in per_class)
+    return ("Per class", "<table><tr><th>class</th><th>precision</th><th>recall</th><th>f1</th>"
+                         f"<th>support</th></tr>{rows}</table>")
+
+
+def files_section(files) -> tuple[str, str]:
+    """A report section linking files of the run: ``(relative path, note)`` pairs."""
+    from html import escape
+
+    items = "".join(f'<li><a href="{escape(path)}">{escape(path)}</a>{" " + escape(note) if note else ""}</li>'
+                    for path, note in files)
+    return ("Files", f"<ul>{items}</ul>")
 
 
 def write_run_report(folder: str, *, title: str, headline, figures=(), sections=()) -> str:

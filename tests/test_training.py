@@ -107,6 +107,19 @@ def test_barrier_mode_gives_the_same_model(spark, train_df):
         training.train(spark, train_df, replace(CONFIG, barrier=True, partitions=3))
 
 
+def test_on_the_fly_augmentation_is_deterministic_and_changes_training(spark, train_df):
+    from dataclasses import asdict
+
+    from mnist_spark.augment import AugmentParams
+
+    config = replace(CONFIG, augment=asdict(AugmentParams().rotate(1.0, 25, 25)))
+    _, first = training.train(spark, train_df, config)
+    _, again = training.train(spark, train_df.repartition(3), config)
+    _, plain = training.train(spark, train_df, CONFIG)
+    assert _same(first.weights, again.weights)
+    assert not _same(first.weights, plain.weights)
+
+
 def test_too_many_partitions_is_a_clear_error(spark, small_idx):
     df, _ = ingest.idx_dataframe(spark, datasets.locate(small_idx), splits=("test",), limit=3)
     with pytest.raises(ValueError, match="4 partitions need at least 4 training images"):
