@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "IdxError", "IdxFileNotFoundError", "IdxHeader", "open_stream", "read_header", "inspect",
-    "read_idx", "read_records", "write_idx", "check_labels", "check_pair",
+    "read_idx", "read_records", "iter_records", "write_idx", "check_labels", "check_pair",
 ]
 
 _CHUNK = 4 * 1024 * 1024  # read size: memory stays bounded whatever a header claims
@@ -379,11 +379,14 @@ def read_records(path_or_file, start: int, stop: int | None, *, name: str | None
         return header, _read_slice(stream, header, start, header.count if stop is None else stop)
 
 
-def _read_slice(stream, header: IdxHeader, start: int, stop: int) -> np.ndarray:
-    start, stop = operator.index(start), operator.index(stop)
+def _iter_slice(stream, header: IdxHeader, start: int, stop: int, batch: int):
+    """Yield items ``[start, stop)`` as arrays of at most ``batch`` items, reading as it goes."""
+    start, stop, batch = operator.index(start), operator.index(stop), operator.index(batch)
     if not 0 <= start <= stop <= header.count:
         raise IdxError(f"{header.path}: cannot read records [{start}, {stop}): the file holds {header.count} "
                        f"items, so 0 <= start <= stop <= {header.count} is required")
+    if batch <= 0:
+        raise ValueError(f"batch must be above 0, found {batch}")
     item_bytes = math.prod(header.item_shape) * header.dtype.itemsize
     raw_size = _raw_data_size(stream, header)
     if raw_size is not None and raw_size != header.data_bytes:
@@ -392,10 +395,40 @@ def _read_slice(stream, header: IdxHeader, start: int, stop: int) -> np.ndarray:
         stream.seek(start * item_bytes, io.SEEK_CUR)
     else:
         _read_exact(stream, header, start * item_bytes, 0, keep=False)
-    chunks = _read_exact(stream, header, (stop - start) * item_bytes, start * item_bytes, keep=True)
-    if stop == header.count and raw_size is None:
-        _check_end(stream, header)
-    return _to_array(chunks, header, stop - start)
+    done = start
+    while done < stop:
+        count = min(batch, stop - done)
+        chunks = _read_exact(stream, header, count * item_bytes, done * item_bytes, keep=True)
+        done += count
+        if done == header.count and raw_size is None:
+            _check_end(stream, header)
+        yield _to_array(chunks, header, count)
+
+
+def _read_slice(stream, header: IdxHeader, start: int, stop: int) -> np.ndarray:
+    parts = list(_iter_slice(stream, header, start, stop, max(stop - start, 1)))
+    if parts:
+        return parts[0]
+    return np.empty((0, *header.item_shape), dtype=header.dtype.newbyteorder("="))
+
+
+def iter_records(path_or_file, start: int, stop: int, batch: int, *, name: str | None = None):
+    """Yield items ``[start, stop)`` of an IDX file in arrays of at most ``batch`` items.
+
+    Like :func:`read_records`, but reads as the caller consumes, so a Spark
+    task holds one batch at a time and starts handing rows on at once.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "x-idx1-ubyte.gz")
+    >>> write_idx(path, np.arange(10, dtype=np.uint8))
+    >>> [part.tolist() for part in iter_records(path, 2, 9, 3)]
+    [[2, 3, 4], [5, 6, 7], [8]]
+    """
+    with _opened(path_or_file, name) as (stream, label):
+        header = read_header(stream, label)
+        yield from _iter_slice(stream, header, start, stop, batch)
 
 
 def read_idx(path_or_file, *, name: str | None = None) -> np.ndarray:

@@ -134,29 +134,33 @@ def plan_tasks(infos: list[SplitInfo], partitions: int) -> list[ReadTask]:
 
 
 def _read_task_batches(task: ReadTask):
-    """Arrow record batches of one task's slice; runs in an executor."""
+    """Arrow record batches of one task's slice; runs in an executor.
+
+    The images are read batch by batch as Spark consumes them, so the task
+    holds one batch at a time.
+    """
     import pyarrow as pa
 
     image_name = os.path.basename(task.images)
-    with storage.open_input(task.images) as raw:
-        _, images = idx.read_records(raw, task.start, task.stop, name=image_name)
     with storage.open_input(task.labels) as raw:
         _, labels = idx.read_records(raw, task.start, task.stop, name=os.path.basename(task.labels))
-    if images.ndim == 4 and images.shape[3] in (3, 4):
-        images = images[..., [2, 1, 0, 3][: images.shape[3]]]  # RGB(A) -> Spark's BGR(A)
-    for offset in range(0, len(images), BATCH_ROWS):
-        stop = min(offset + BATCH_ROWS, len(images))
-        index = np.arange(task.start + offset, task.start + stop, dtype=np.int64)
-        origins = [f"idx:{image_name}#{i}" for i in index]
-        yield pa.RecordBatch.from_arrays(
-            [
-                pa.array([task.split] * (stop - offset), pa.string()),
-                pa.array(index),
-                pa.array(labels[offset:stop].astype(np.int32)),
-                image_struct_array(images[offset:stop], origins),
-            ],
-            names=["split", "index", "label", "image"],
-        )
+    with storage.open_input(task.images) as raw:
+        offset = 0
+        for images in idx.iter_records(raw, task.start, task.stop, BATCH_ROWS, name=image_name):
+            if images.ndim == 4 and images.shape[3] in (3, 4):
+                images = images[..., [2, 1, 0, 3][: images.shape[3]]]  # RGB(A) -> Spark's BGR(A)
+            stop = offset + len(images)
+            index = np.arange(task.start + offset, task.start + stop, dtype=np.int64)
+            yield pa.RecordBatch.from_arrays(
+                [
+                    pa.array([task.split] * len(images), pa.string()),
+                    pa.array(index),
+                    pa.array(labels[offset:stop].astype(np.int32)),
+                    image_struct_array(images, [f"idx:{image_name}#{i}" for i in index]),
+                ],
+                names=["split", "index", "label", "image"],
+            )
+            offset = stop
 
 
 def idx_dataframe(spark, files, *, splits=("train", "test"), partitions=None, limit=None,

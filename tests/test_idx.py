@@ -386,3 +386,26 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch, suffix):
         idx.write_idx(old, np.arange(5, dtype=np.int32))
     assert sorted(p.name for p in tmp_path.iterdir()) == [old.name]
     assert old.read_bytes() == before
+
+
+@pytest.mark.parametrize("suffix", [".gz", ""])
+def test_iter_records_batches_equal_the_slice(tmp_path, suffix):
+    data = np.arange(50 * 3 * 2, dtype=np.int32).reshape(50, 3, 2)
+    path = tmp_path / f"x-idx3-int{suffix}"
+    idx.write_idx(path, data)
+    parts = list(idx.iter_records(path, 7, 50, 8))
+    assert [len(p) for p in parts] == [8, 8, 8, 8, 8, 3]
+    np.testing.assert_array_equal(np.concatenate(parts), data[7:50])
+    with pytest.raises(idx.IdxError, match="0 <= start <= stop <= 50"):
+        list(idx.iter_records(path, 10, 51, 8))
+
+
+def test_iter_records_reports_trailing_garbage_at_the_end(tmp_path):
+    path = tmp_path / "x-idx1-ubyte.gz"
+    import gzip
+
+    with gzip.open(path, "wb") as f:
+        f.write(bytes([0, 0, 8, 1, 0, 0, 0, 4, 1, 2, 3, 4, 99, 99]))
+    assert [p.tolist() for p in idx.iter_records(path, 0, 2, 2)] == [[1, 2]]
+    with pytest.raises(idx.IdxError, match="2 extra bytes of trailing garbage"):
+        list(idx.iter_records(path, 0, 4, 2))
