@@ -163,6 +163,8 @@ def run_job(job: str, work: Callable, *, spark=None) -> int:
     except (ValueError, TypeError, OSError, JavaNotFoundError) as error:
         if os.environ.get("MNIST_SPARK_DEBUG"):
             logger.exception("%s failed", job)
-        print(f"{job}: error: {error}", file=sys.stderr)
+        # One line, as the docstring promises, even for a message written over several.
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"{job}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0

@@ -119,6 +119,8 @@ class AtomicOutput:
         When the output exists and ``overwrite`` is false.
     PermissionError
         When the parent folder cannot be written.
+    NotADirectoryError
+        When a parent of the output is a file.
 
     Examples
     --------
@@ -174,6 +176,11 @@ class AtomicOutput:
             existing = Path(parent)
             while not existing.exists():
                 existing = existing.parent
+            if not existing.is_dir():
+                raise NotADirectoryError(
+                    f"output {self.location} cannot be written: {existing} is a file, not a folder; "
+                    "choose another --output"
+                )
             if not os.access(existing, os.W_OK | os.X_OK):
                 raise PermissionError(
                     f"output {self.location} cannot be written: {existing} is not writable; "
