@@ -34,7 +34,15 @@ export-png: install
 transfer: install
 	$(BIN)/spark-submit jobs/transfer.py $(ARGS)
 
-test: install
+# Headless Chromium from the system's packages, for the browser test of report.html.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: browser
+browser:
+	command -v chromium >/dev/null || ($(SUDO) apt-get update && \
+		$(SUDO) apt-get install -y --no-install-recommends chromium)
+
+test: install browser
 	$(BIN)/python -m pytest $(ARGS)
 
 test-fast: install
