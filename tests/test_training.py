@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PROJECT, load_job
+from conftest import PROJECT, load_job, write_idx_dataset
 from mnist_spark import datasets, evaluation, idx, ingest, models, training
 
 train_job = load_job("train_cnn")
@@ -250,3 +250,32 @@ def test_retried_task_gives_identical_weights(spark, small_idx, tmp_path):
     a = evaluation.load_model(str(tmp_path / "reference" / "model.keras"))
     b = evaluation.load_model(str(tmp_path / "retried" / "model.keras"))
     assert _same(a.get_weights(), b.get_weights())
+
+
+def test_predict_job_scores_idx_files_and_a_plain_image_folder(spark, small_idx, tmp_path):
+    from PIL import Image
+
+    predict_job = load_job("predict")
+    model = models.build_model("simple_cnn", seed=5)
+    model.save(tmp_path / "model.keras")
+    metrics = predict_job.run(spark, model=str(tmp_path), data_dir=str(small_idx),
+                              output=str(tmp_path / "scored"), splits=("test",))
+    images = idx.read_idx(small_idx / "t10k-images-idx3-ubyte.gz")
+    labels = idx.read_idx(small_idx / "t10k-labels-idx1-ubyte.gz")
+    expected = model.predict(images[..., None].astype(np.float32), verbose=0).argmax(axis=1)
+    assert metrics["count"] == 100 and metrics["labelled"] == 100
+    assert metrics["accuracy"] == pytest.approx(float((expected == labels).mean()))
+    rows = spark.read.parquet(str(tmp_path / "scored" / "predictions.parquet")).orderBy("index").collect()
+    assert [r["prediction"] for r in rows] == expected.tolist()
+
+    folder = tmp_path / "pngs" / "any" / "depth"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(images[i], mode="L").save(folder / f"digit{i}.png")
+    unlabelled = predict_job.run(spark, model=str(tmp_path / "model.keras"),
+                                 images_dir=str(tmp_path / "pngs"), output=str(tmp_path / "scored-pngs"))
+    assert unlabelled["count"] == 3 and unlabelled["labelled"] == 0 and "accuracy" not in unlabelled
+    with pytest.raises(ValueError, match="takes images of 28x28x1 but the input holds 5x7x1"):
+        other = write_idx_dataset(tmp_path / "small-images", 4, 2, shape=(5, 7))
+        predict_job.run(spark, model=str(tmp_path), data_dir=str(other), output=str(tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()
