@@ -37,6 +37,11 @@ transfer: install
 # Headless Chromium from the system's packages, for the browser test of report.html.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+.PHONY: cluster-demo
+# A standalone master and two one-core workers on 127.0.0.1; runs train_cnn and transfer on them.
+cluster-demo: install
+	$(BIN)/python tests/standalone_cluster.py
+
 .PHONY: browser
 browser:
 	command -v chromium >/dev/null || ($(SUDO) apt-get update && \

@@ -1,0 +1,173 @@
+"""A real Spark standalone cluster on 127.0.0.1: one master, N one-core workers.
+
+Started from the pyspark installation (``spark-class ...deploy.master.Master``
+and ``...deploy.worker.Worker``), listening on loopback only, and stopped by
+the process ids it started (with their executors and Python workers). The
+library reaches executors as a zip passed with ``--py-files``.
+
+Used by ``tests/test_cluster.py``, and runnable as a demo (``make cluster-demo``)::
+
+    .venv/bin/python tests/standalone_cluster.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+class StandaloneCluster:
+    """Start with :meth:`start`, submit jobs with :meth:`submit`, stop with :meth:`stop`."""
+
+    def __init__(self, workers: int = 2, folder: str | None = None, worker_memory: str = "3g"):
+        import pyspark
+
+        self.spark_home = Path(pyspark.__file__).parent
+        self.folder = Path(folder or tempfile.mkdtemp(prefix="spark-cluster-"))
+        self.workers = workers
+        self.worker_memory = worker_memory
+        self.port, self.ui_port = _free_port(), _free_port()
+        self.url = f"spark://127.0.0.1:{self.port}"
+        self.processes: list[subprocess.Popen] = []
+
+    def _env(self) -> dict:
+        env = dict(os.environ, SPARK_HOME=str(self.spark_home), SPARK_LOG_DIR=str(self.folder),
+                   SPARK_CONF_DIR=str(PROJECT / "conf"), PYSPARK_PYTHON=sys.executable,
+                   SPARK_LOCAL_IP="127.0.0.1")
+        env.pop("PYSPARK_GATEWAY_PORT", None)
+        return env
+
+    def _launch(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "w")
+        process = subprocess.Popen([str(self.spark_home / "bin" / "spark-class"), *args], env=self._env(),
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def start(self, timeout: float = 60.0) -> "StandaloneCluster":
+        self._launch("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                     "--port", str(self.port), "--webui-port", str(self.ui_port))
+        for number in range(self.workers):
+            work = self.folder / f"work{number}"
+            work.mkdir(parents=True, exist_ok=True)
+            self._launch(f"worker{number}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
+                         "--cores", "1", "--memory", self.worker_memory, "--webui-port", str(_free_port()),
+                         "--work-dir", str(work), self.url)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                state = json.load(urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/", timeout=2))
+                if sum(w["state"] == "ALIVE" for w in state["workers"]) == self.workers:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"standalone cluster did not start in {timeout} s; see logs in {self.folder}")
+
+    def library_zip(self) -> Path:
+        """The ``mnist_spark`` package as a zip for ``--py-files``."""
+        path = self.folder / "mnist_spark.zip"
+        with zipfile.ZipFile(path, "w") as archive:
+            for source in (PROJECT / "mnist_spark").rglob("*.py"):
+                archive.write(source, source.relative_to(PROJECT))
+        return path
+
+    def submit(self, job: str, *args: str, env: dict | None = None, timeout: float = 600.0,
+               wait: bool = True):
+        """``spark-submit --master <cluster> --py-files mnist_spark.zip jobs/<job>.py args``."""
+        command = [str(Path(sys.executable).parent / "spark-submit"), "--master", self.url,
+                   "--py-files", str(self.library_zip()), str(PROJECT / "jobs" / f"{job}.py"), *args]
+        full_env = {**self._env(), **(env or {})}
+        if not wait:
+            return subprocess.Popen(command, env=full_env, cwd=self.folder, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        return subprocess.run(command, env=full_env, cwd=self.folder, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def executor_pids(self) -> list[int]:
+        """Process ids of the executors the workers launched."""
+        pids = []
+        for worker in self.processes[1:]:
+            for pid in _descendants(worker.pid):
+                try:
+                    if "CoarseGrainedExecutorBackend" in Path(f"/proc/{pid}/cmdline").read_text():
+                        pids.append(pid)
+                except OSError:
+                    continue
+        return pids
+
+    def stop(self) -> None:
+        """Stop every process this cluster started, with their children."""
+        for process in reversed(self.processes):
+            for pid in [*_descendants(process.pid), process.pid]:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+
+def demo() -> int:
+    """Start a two-worker cluster, run train_cnn and transfer on it, print the results, stop it."""
+    cluster = StandaloneCluster().start()
+    print(f"standalone cluster at {cluster.url} (logs in {cluster.folder})")
+    try:
+        for job, args in (("train_cnn", ["--limit", "2000", "--epochs", "2", "--model", "simple_cnn"]),
+                          ("transfer", ["--weights", "none", "--image-size", "75", "--train-limit", "200",
+                                        "--test-limit", "100"])):
+            output = cluster.folder / f"run-{job}"
+            result = cluster.submit(job, *args, "--output", str(output))
+            if result.returncode != 0:
+                print(result.stderr[-3000:], file=sys.stderr)
+                return result.returncode
+            metrics = json.loads((output / "metrics.json").read_text())
+            print(f"{job}: {output} accuracy {metrics.get('test_accuracy', metrics.get('accuracy')):.4f}")
+    finally:
+        cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(demo())
