@@ -20,7 +20,7 @@ Examples
 >>> from mnist_spark import datasets
 >>> files = datasets.locate()                        # doctest: +SKIP
 >>> files.source, files.images("train")              # doctest: +SKIP
-('data/mnist', '/work/main/data/mnist/train-images-idx3-ubyte.gz')
+('data/mnist', '/home/me/mnist_spark/data/mnist/train-images-idx3-ubyte.gz')
 """
 
 from __future__ import annotations

@@ -34,11 +34,6 @@ def write_metrics(folder: str, metrics: dict) -> str:
     return location
 
 
-def read_metrics(folder: str) -> dict:
-    """Read a run folder's ``metrics.json``."""
-    with storage.open_input(storage.join(folder, "metrics.json")) as stream:
-        return json.loads(stream.read())
-
 
 # --------------------------------------------------------------------------- pictures of image sets
 #

@@ -26,7 +26,7 @@ import math
 import os
 import pickle
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -617,8 +617,3 @@ def load_checkpoint(folder: str) -> tuple[TrainState, TrainConfig, dict]:
         optimizer = [data[f"o{i}"] for i in range(meta["optimizer"])]
     state = TrainState(meta["round"], weights, optimizer, meta["history"])
     return state, TrainConfig.from_dict(meta["config"]), meta.get("extra", {})
-
-
-def with_partitions(config: TrainConfig, partitions: int) -> TrainConfig:
-    """``config`` with another partition count."""
-    return replace(config, partitions=partitions)

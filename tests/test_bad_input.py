@@ -15,7 +15,6 @@ import os
 import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import load_job, write_idx_dataset
