@@ -7,7 +7,9 @@ executors.
 Every job output is written with :class:`AtomicOutput`: into a temporary
 sibling folder, moved into position only when complete, and marked with a
 ``_SUCCESS`` file. An existing output is refused unless ``overwrite=True``.
-A job that fails leaves nothing where a finished output is expected.
+A job that fails leaves nothing where a finished output is expected, and a job
+killed outright (its staging folder left behind) is cleaned up by the next run
+for the same output.
 """
 
 from __future__ import annotations
@@ -188,8 +190,29 @@ class AtomicOutput:
                 )
 
     def __enter__(self) -> str:
+        if not self.resumable:
+            self._remove_leftovers()
         self.filesystem.create_dir(self.staging_path, recursive=True)
         return self.staging
+
+    def _remove_leftovers(self) -> None:
+        """Delete ``<output>.tmp-*`` folders that killed runs for this output left behind.
+
+        A run that fails removes its own staging folder; one killed outright
+        (SIGKILL, a lost node) cannot. Two runs writing the same output at
+        once are not supported: the second would remove the first's staging.
+        """
+        from pyarrow import fs as pafs
+
+        parent, name = posixpath.split(self.path.rstrip("/"))
+        try:
+            siblings = self.filesystem.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+        except OSError:  # pragma: no cover - an unlistable parent fails later, with its own message
+            return
+        for info in siblings:
+            if info.base_name.startswith(f"{name}.tmp-") and info.path != self.staging_path:
+                logger.warning("removing %s, left behind by a run that was killed", info.path)
+                self._delete(info.path)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:

@@ -1,0 +1,69 @@
+"""Atomic outputs: complete or absent, never half-written; leftovers of killed runs removed."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mnist_spark import storage
+
+
+def _write(staging: str, name: str = "part.txt") -> None:
+    storage.write_bytes(storage.join(staging, name), b"data")
+
+
+def test_a_finished_output_has_its_files_and_the_marker(tmp_path):
+    out = tmp_path / "out"
+    with storage.AtomicOutput(out) as staging:
+        _write(staging)
+        assert not out.exists()
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "part.txt"]
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_a_failed_run_leaves_nothing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with storage.AtomicOutput(out) as staging:
+            _write(staging)
+            raise RuntimeError("stopped")
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_existing_output_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        storage.AtomicOutput(out)
+    with storage.AtomicOutput(out, overwrite=True) as staging:
+        _write(staging, "new.txt")
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "new.txt"]
+
+
+def test_the_next_run_removes_what_a_killed_run_left(tmp_path):
+    out = tmp_path / "out"
+    killed = tmp_path / "out.tmp-0badf00d"  # a staging folder whose process was killed
+    (killed / "test" / "7").mkdir(parents=True)
+    (killed / "test" / "7" / "3.png").write_bytes(b"half")
+    unrelated = tmp_path / "other.tmp-0badf00d"
+    unrelated.mkdir()
+    with storage.AtomicOutput(out) as staging:
+        _write(staging)
+    assert sorted(os.listdir(tmp_path)) == ["other.tmp-0badf00d", "out"]
+
+
+def test_a_resumable_output_keeps_its_partial_folder(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        with storage.AtomicOutput(out, resumable=True) as staging:
+            _write(staging, "checkpoint.npz")
+            raise RuntimeError("stopped")
+    assert os.listdir(tmp_path) == ["run.partial"]
+    with pytest.raises(FileExistsError, match="--resume"):
+        storage.AtomicOutput(out, resumable=True)
+    with storage.AtomicOutput(out, resume=True) as staging:
+        assert os.path.exists(storage.join(staging, "checkpoint.npz"))
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "checkpoint.npz"]
+    with pytest.raises(ValueError, match="nothing to resume"):
+        storage.AtomicOutput(tmp_path / "never", resume=True)
