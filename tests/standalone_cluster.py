@@ -51,6 +51,62 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+class Submission:
+    """A job submitted without waiting: its spark-submit process (a process group of its
+    own), the log it writes (stdout and stderr), and its driver's web UI port."""
+
+    def __init__(self, process: subprocess.Popen, log: Path, ui_port: int):
+        self.process, self.log, self.ui_port = process, log, ui_port
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        """The exit status; kills the job and raises ``TimeoutError`` after ``timeout`` seconds."""
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise TimeoutError(f"job did not finish in {timeout} s:\n{self.output[-3000:]}") from None
+
+    def kill(self) -> None:
+        """SIGKILL the driver: spark-submit's JVM and the Python driver, like a lost machine."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+    def _rest(self, path: str):
+        base = f"http://127.0.0.1:{self.ui_port}/api/v1/applications"
+        apps = json.load(urllib.request.urlopen(base, timeout=2))
+        return json.load(urllib.request.urlopen(f"{base}/{apps[0]['id']}/{path}", timeout=2))
+
+    def running_tasks(self, description: str) -> list[dict]:
+        """Running tasks of the active stages whose job description starts with ``description``
+        (each a dict of the monitoring REST API, with ``executorId``); [] when the UI is not up."""
+        try:
+            stages = self._rest("stages?status=active&details=true")
+        except (OSError, ValueError, IndexError):
+            return []
+        return [task for stage in stages if (stage.get("description") or "").startswith(description)
+                for task in (stage.get("tasks") or {}).values() if task.get("status") == "RUNNING"]
+
+    def wait_for_tasks(self, description: str, timeout: float) -> list[dict]:
+        """Poll until tasks of the job ``description`` run; return them."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"job ended before {description!r} ran:\n{self.output[-3000:]}")
+            tasks = self.running_tasks(description)
+            if tasks:
+                return tasks
+            time.sleep(0.1)
+        self.kill()
+        raise TimeoutError(f"no task of {description!r} ran within {timeout} s:\n{self.output[-3000:]}")
+
+
 class StandaloneCluster:
     """Start with :meth:`start`, submit jobs with :meth:`submit`, stop with :meth:`stop`."""
 
@@ -110,27 +166,47 @@ class StandaloneCluster:
 
     def submit(self, job: str, *args: str, env: dict | None = None, timeout: float = 600.0,
                wait: bool = True):
-        """``spark-submit --master <cluster> --py-files mnist_spark.zip jobs/<job>.py args``."""
-        command = [str(Path(sys.executable).parent / "spark-submit"), "--master", self.url,
-                   "--py-files", str(self.library_zip()), str(PROJECT / "jobs" / f"{job}.py"), *args]
-        full_env = {**self._env(), **(env or {})}
-        if not wait:
-            return subprocess.Popen(command, env=full_env, cwd=self.folder, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-        return subprocess.run(command, env=full_env, cwd=self.folder, capture_output=True, text=True,
-                              timeout=timeout)
+        """``spark-submit --master <cluster> --py-files mnist_spark.zip jobs/<job>.py args``.
 
-    def executor_pids(self) -> list[int]:
-        """Process ids of the executors the workers launched."""
-        pids = []
+        With ``wait`` (the default) returns the finished ``CompletedProcess``;
+        spark-submit merges the Python driver's stderr into its stdout, so
+        progress lines and error messages are in ``stdout``. Without ``wait``
+        returns a running :class:`Submission`.
+        """
+        ui_port = _free_port()
+        command = [str(Path(sys.executable).parent / "spark-submit"), "--master", self.url,
+                   "--conf", f"spark.ui.port={ui_port}", "--py-files", str(self.library_zip()),
+                   str(PROJECT / "jobs" / f"{job}.py"), *args]
+        full_env = {**self._env(), **(env or {})}
+        if wait:
+            return subprocess.run(command, env=full_env, cwd=self.folder, capture_output=True, text=True,
+                                  timeout=timeout)
+        log = self.folder / f"{job}-{ui_port}.log"
+        with open(log, "w") as sink:
+            process = subprocess.Popen(command, env=full_env, cwd=self.folder, stdout=sink,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        return Submission(process, log, ui_port)
+
+    def executor_pids(self) -> dict[str, int]:
+        """Process ids of the executors the workers launched, by Spark executor id."""
+        pids = {}
         for worker in self.processes[1:]:
             for pid in _descendants(worker.pid):
                 try:
-                    if "CoarseGrainedExecutorBackend" in Path(f"/proc/{pid}/cmdline").read_text():
-                        pids.append(pid)
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
                 except OSError:
                     continue
+                if "org.apache.spark.executor.CoarseGrainedExecutorBackend" in argv:
+                    pids[argv[argv.index("--executor-id") + 1]] = pid
         return pids
+
+    def wait_for_no_executors(self, timeout: float = 60.0) -> None:
+        """Wait until the workers run no executor (after an application ended or was killed)."""
+        deadline = time.monotonic() + timeout
+        while self.executor_pids():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"executors still running after {timeout} s: {self.executor_pids()}")
+            time.sleep(0.2)
 
     def stop(self) -> None:
         """Stop every process this cluster started, with their children."""
@@ -160,7 +236,7 @@ def demo() -> int:
             output = cluster.folder / f"run-{job}"
             result = cluster.submit(job, *args, "--output", str(output))
             if result.returncode != 0:
-                print(result.stderr[-3000:], file=sys.stderr)
+                print(result.stdout[-3000:], file=sys.stderr)
                 return result.returncode
             metrics = json.loads((output / "metrics.json").read_text())
             print(f"{job}: {output} accuracy {metrics.get('test_accuracy', metrics.get('accuracy')):.4f}")

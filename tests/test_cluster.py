@@ -1,16 +1,33 @@
-"""The jobs on a real Spark standalone cluster: a master and two one-core workers on 127.0.0.1."""
+"""The jobs on a real Spark standalone cluster (a master and two one-core workers on 127.0.0.1),
+and the faults they survive: a killed executor, a killed driver, a killed PNG export."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import signal
+import time
+import zipfile
 
+import numpy as np
 import pytest
 
 from conftest import MNIST_DIR
 from standalone_cluster import StandaloneCluster
 
 pytestmark = pytest.mark.slow
+
+#: Three rounds of 12,000 images per replica: each round runs a few seconds on one core.
+TRAIN = ("--data-dir", str(MNIST_DIR), "--limit", "24000", "--epochs", "3", "--model", "simple_cnn",
+         "--validation-size", "0")
+ROUND_2 = "training round 2/3"
+#: 10,000 test images and 3 variants each: 40,000 PNG files.
+EXPORT = ("--data-dir", str(MNIST_DIR), "--splits", "test", "--augment", "3", "--partitions", "8",
+          "--sample", "0")
+EXPORT_FILES = 40_000
+#: Seconds any one job may take here before the test fails.
+JOB_TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
@@ -23,24 +40,110 @@ def cluster(tmp_path_factory):
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
 
 
-def test_train_cnn_on_the_cluster(cluster, tmp_path):
-    out = tmp_path / "train"
-    result = cluster.submit("train_cnn", "--data-dir", str(MNIST_DIR), "--limit", "2000", "--epochs", "2",
-                            "--model", "simple_cnn", "--output", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["partitions"] == 2 and metrics["rounds"] == 2
-    assert metrics["test_rows"] == 2000 and 0.5 < metrics["test_accuracy"] <= 1.0
-    assert {"model.keras", "report.html", "_SUCCESS"} <= set(os.listdir(out))
+@pytest.fixture(scope="module")
+def undisturbed(cluster, tmp_path_factory):
+    """The run folder of train_cnn with TRAIN, undisturbed."""
+    out = tmp_path_factory.mktemp("undisturbed") / "run"
+    result = cluster.submit("train_cnn", *TRAIN, "--output", str(out), timeout=JOB_TIMEOUT)
+    assert result.returncode == 0, result.stdout[-3000:]
+    return out
+
+
+def _model_arrays(run) -> dict:
+    """Every array saved in ``run/model.keras``: the weights and the optimizer's state."""
+    import h5py
+
+    with zipfile.ZipFile(run / "model.keras") as archive:
+        data = archive.read("model.weights.h5")
+    arrays = {}
+    with h5py.File(io.BytesIO(data), "r") as weights:
+        weights.visititems(lambda name, item: arrays.__setitem__(name, item[()])
+                           if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+def _assert_same_model(run, reference) -> None:
+    got, want = _model_arrays(run), _model_arrays(reference)
+    assert len(want) > 10 and got.keys() == want.keys()
+    different = [name for name in want if not np.array_equal(got[name], want[name])]
+    assert not different, f"{len(different)} of {len(want)} arrays differ, e.g. {different[:3]}"
+    metrics, expected = (json.loads((r / "metrics.json").read_text()) for r in (run, reference))
+    assert [h["loss"] for h in metrics["history"]] == [h["loss"] for h in expected["history"]]
+    # The same model scores the same; the loss is summed over partitions in no fixed order.
+    assert metrics["test_accuracy"] == expected["test_accuracy"]
+    assert metrics["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-12)
+
+
+def test_train_cnn_on_the_cluster(undisturbed):
+    metrics = json.loads((undisturbed / "metrics.json").read_text())
+    assert metrics["partitions"] == 2 and metrics["rounds"] == 3
+    assert metrics["train_rows"] == 24000 and metrics["test_rows"] == 10000
+    assert 0.9 < metrics["test_accuracy"] <= 1.0
+    assert {"model.keras", "report.html", "_SUCCESS"} <= set(os.listdir(undisturbed))
 
 
 def test_transfer_on_the_cluster(cluster, tmp_path):
     out = tmp_path / "transfer"
     result = cluster.submit("transfer", "--data-dir", str(MNIST_DIR), "--weights", "none",
                             "--image-size", "75", "--train-limit", "200", "--test-limit", "100",
-                            "--output", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
+                            "--output", str(out), timeout=JOB_TIMEOUT)
+    assert result.returncode == 0, result.stdout[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train_rows"] == 200 and metrics["test_rows"] == 100
     assert metrics["image_size"] == 75 and metrics["weights"] == "none"
     assert {"pipeline_model", "report.html", "_SUCCESS"} <= set(os.listdir(out))
+
+
+def test_a_killed_executor_changes_nothing(cluster, undisturbed, tmp_path):
+    """SIGKILL the executor running a replica in round 2: Spark retries the task on a live
+    executor, recomputes the lost cached shard, and the final model is bit-identical."""
+    out = tmp_path / "run"
+    job = cluster.submit("train_cnn", *TRAIN, "--output", str(out), wait=False)
+    victim = job.wait_for_tasks(ROUND_2, timeout=JOB_TIMEOUT)[0]["executorId"]
+    os.kill(cluster.executor_pids()[victim], signal.SIGKILL)
+    assert job.wait(timeout=JOB_TIMEOUT) == 0, job.output[-3000:]
+    assert f"Lost executor {victim}" in job.output
+    assert "ExecutorLostFailure" in job.output  # the replica was running when its executor died
+    _assert_same_model(out, undisturbed)
+
+
+def test_a_killed_driver_resumes_from_its_checkpoint(cluster, undisturbed, tmp_path):
+    """SIGKILL spark-submit in round 2: nothing appears at --output, the round-1 checkpoint
+    stays in <output>.partial, and --resume finishes with the undisturbed run's model."""
+    out = tmp_path / "run"
+    job = cluster.submit("train_cnn", *TRAIN, "--output", str(out), wait=False)
+    job.wait_for_tasks(ROUND_2, timeout=JOB_TIMEOUT)
+    job.kill()
+    cluster.wait_for_no_executors()
+    assert sorted(os.listdir(tmp_path)) == ["run.partial"]
+    assert sorted(os.listdir(tmp_path / "run.partial" / "checkpoints")) == ["round-0001.npz"]
+    result = cluster.submit("train_cnn", "--resume", str(out), timeout=JOB_TIMEOUT)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "from round 1" in result.stdout
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+    _assert_same_model(out, undisturbed)
+
+
+def _pngs(folder) -> int:
+    return sum(name.endswith(".png") for _, _, names in os.walk(folder) for name in names)
+
+
+def test_a_killed_png_export_leaves_no_set_and_a_rerun_completes(cluster, tmp_path):
+    out = tmp_path / "pngs"
+    job = cluster.submit("export_png", *EXPORT, "--output", str(out), wait=False)
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while _pngs(tmp_path) < EXPORT_FILES // 4:
+        assert job.process.poll() is None, job.output[-3000:]
+        assert time.monotonic() < deadline, "the export wrote too little in time"
+        time.sleep(0.1)
+    job.kill()
+    cluster.wait_for_no_executors()
+    written = _pngs(tmp_path)
+    assert EXPORT_FILES // 4 <= written < EXPORT_FILES
+    assert not out.exists()  # only the staging folder, which nobody reads
+    result = cluster.submit("export_png", *EXPORT, "--output", str(out), timeout=JOB_TIMEOUT)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "left behind by a run that was killed" in result.stdout
+    assert sorted(os.listdir(tmp_path)) == ["pngs"]
+    assert json.loads((out / "metrics.json").read_text())["files"] == EXPORT_FILES
+    assert _pngs(out) == EXPORT_FILES and (out / "_SUCCESS").exists()
