@@ -16,7 +16,6 @@ Run it with::
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 
@@ -57,7 +56,8 @@ def run(spark, *, model, data_dir=None, images_dir=None, output=None, overwrite=
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
-    path = os.path.join(model, "model.keras") if os.path.isdir(model) else model
+    folder_model = storage.join(model, "model.keras")
+    path = folder_model if storage.exists(folder_model) else model
     net = evaluation.load_model(path)
     output = output or storage.default_output("predict")
     target = storage.AtomicOutput(output, overwrite=overwrite)

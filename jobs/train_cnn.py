@@ -100,7 +100,7 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=mod
         output = resume
     output = output or storage.default_output("train_cnn")
     target = storage.AtomicOutput(output, overwrite=overwrite, resumable=True, resume=bool(resume))
-    checkpoints = os.path.join(target.staging, "checkpoints")
+    checkpoints = storage.join(target.staging, "checkpoints")
     state = None
     if resume:
         state, config, saved = training.load_checkpoint(checkpoints)
@@ -139,7 +139,7 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=mod
         train_seconds = time.perf_counter() - started
         trained.compile(optimizer=trained.optimizer, loss="sparse_categorical_crossentropy",
                         metrics=["accuracy"])
-        trained.save(os.path.join(staging, "model.keras"))
+        storage.write_bytes(storage.join(staging, "model.keras"), evaluation.model_bytes(trained))
         summary = models.summary_text(trained)
         print(summary)
         storage.write_bytes(storage.join(staging, "model_summary.txt"), (summary + "\n").encode())

@@ -80,18 +80,27 @@ def load_model_bytes(payload: bytes):
     return worker_model(("keras", hashlib.sha256(payload).hexdigest()), load)
 
 
-def load_model(path: str):
-    """Load a saved ``.keras`` model in safe mode, with a clear error for a bad file."""
+def load_model(location: str):
+    """Load a saved ``.keras`` model (a local path or URI) in safe mode, with a clear error
+    for a missing or damaged file."""
+    from mnist_spark import storage
+
+    try:
+        payload = storage.read_bytes(location)
+    except (FileNotFoundError, IsADirectoryError, OSError):
+        raise ValueError(f"model file {location} does not exist; give the model.keras of a training run")
     import keras
 
-    if not os.path.isfile(path):
-        raise ValueError(f"model file {path} does not exist; give the model.keras of a training run")
     try:
-        return keras.saving.load_model(path, safe_mode=True)
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "model.keras")
+            with open(path, "wb") as f:
+                f.write(payload)
+            return keras.saving.load_model(path, safe_mode=True)
     except Exception as error:  # Keras raises several types for a damaged file
         raise ValueError(
-            f"model file {path} could not be loaded ({type(error).__name__}: {error}); it is not a "
-            "complete .keras file: train again or copy it again"
+            f"model file {location} could not be loaded ({type(error).__name__}: {error}); it is not "
+            "a complete .keras file: train again or copy it again"
         ) from None
 
 

@@ -79,6 +79,34 @@ def open_input(location: str | os.PathLike):
     return filesystem.open_input_file(path)
 
 
+def read_bytes(location: str | os.PathLike) -> bytes:
+    """The whole content of a file."""
+    with open_input(location) as stream:
+        return stream.read()
+
+
+def list_files(location: str | os.PathLike) -> list[str] | None:
+    """Sorted names of the files in a folder; None when there is no such folder."""
+    from pyarrow import fs as pafs
+
+    filesystem, path = resolve(location)
+    if filesystem.get_file_info(path).type != pafs.FileType.Directory:
+        return None
+    return sorted(info.base_name for info in filesystem.get_file_info(pafs.FileSelector(path))
+                  if info.type == pafs.FileType.File)
+
+
+def move(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Rename a file on one file system (atomic where the file system renames atomically)."""
+    filesystem, source_path = resolve(source)
+    filesystem.move(source_path, resolve(destination)[1])
+
+
+def delete_file(location: str | os.PathLike) -> None:
+    filesystem, path = resolve(location)
+    filesystem.delete_file(path)
+
+
 def write_bytes(location: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a file, creating parent folders."""
     filesystem, path = resolve(location)

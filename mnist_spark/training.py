@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from mnist_spark import models
+from mnist_spark import models, storage
 
 logger = logging.getLogger(__name__)
 
@@ -572,26 +572,33 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
 
 
 def save_checkpoint(folder: str, state: TrainState, config: TrainConfig, extra: dict | None = None) -> str:
-    """Save the averaged state after a round; returns the checkpoint's path.
+    """Save the averaged state after a round; returns the checkpoint's location.
 
-    ``extra`` holds whatever else a resumed run needs (the job's data
-    settings), as JSON. Written to a temporary file and renamed, so a crash
-    mid-save leaves the previous checkpoint intact.
+    ``folder`` is a local path or a URI (:mod:`mnist_spark.storage`). ``extra``
+    holds whatever else a resumed run needs (the job's data settings), as JSON.
+    Written under a temporary name and renamed, so a crash mid-save leaves the
+    previous checkpoint intact; the two newest checkpoints are kept.
     """
+    import io
     import json
 
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"round-{state.round:04d}.npz")
+    path = storage.join(folder, f"round-{state.round:04d}.npz")
     arrays = {f"w{i}": w for i, w in enumerate(state.weights)}
     arrays.update({f"o{i}": o for i, o in enumerate(state.optimizer)})
     meta = {"round": state.round, "history": state.history, "config": config.to_dict(),
             "weights": len(state.weights), "optimizer": len(state.optimizer), "extra": extra or {}}
-    temporary = path + ".tmp.npz"
-    np.savez(temporary, meta=np.array(json.dumps(meta)), **arrays)
-    os.replace(temporary, path)
-    for old in sorted(p for p in os.listdir(folder) if p.startswith("round-") and p.endswith(".npz"))[:-2]:
-        os.remove(os.path.join(folder, old))
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
+    storage.write_bytes(path + ".tmp", buffer.getvalue())
+    storage.move(path + ".tmp", path)
+    for old in _checkpoint_names(folder)[:-2]:
+        storage.delete_file(storage.join(folder, old))
     return path
+
+
+def _checkpoint_names(folder: str) -> list[str]:
+    return [name for name in storage.list_files(folder) or []
+            if name.startswith("round-") and name.endswith(".npz")]
 
 
 def load_checkpoint(folder: str) -> tuple[TrainState, TrainConfig, dict]:
@@ -602,16 +609,17 @@ def load_checkpoint(folder: str) -> tuple[TrainState, TrainConfig, dict]:
     ValueError
         When the folder holds no checkpoint.
     """
+    import io
     import json
 
-    names = sorted(p for p in os.listdir(folder) if p.startswith("round-") and p.endswith(".npz")
-                   and not p.endswith(".tmp.npz")) if os.path.isdir(folder) else []
+    names = _checkpoint_names(folder)
     if not names:
         raise ValueError(
             f"no checkpoint in {folder}: a run saves one every --checkpoint-every rounds; start "
             "a new run instead of --resume"
         )
-    with np.load(os.path.join(folder, names[-1]), allow_pickle=False) as data:
+    with np.load(io.BytesIO(storage.read_bytes(storage.join(folder, names[-1]))),
+                 allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
         weights = [data[f"w{i}"] for i in range(meta["weights"])]
         optimizer = [data[f"o{i}"] for i in range(meta["optimizer"])]

@@ -140,6 +140,7 @@ def test_resume_reaches_the_same_model(spark, train_df, tmp_path):
 
     with pytest.raises(Stop):
         training.train(spark, train_df, config, on_round=checkpoint_then_die)
+    assert sorted(os.listdir(tmp_path)) == ["round-0001.npz", "round-0002.npz"]
     state, saved, _ = training.load_checkpoint(str(tmp_path))
     assert state.round == 2 and saved == config
     _, resumed = training.train(spark, train_df, saved, state=state)
@@ -213,18 +214,20 @@ def test_job_resume_after_a_stop(spark, small_idx, tmp_path, monkeypatch):
         return path
 
     monkeypatch.setattr(training, "save_checkpoint", save_then_stop)
-    out = tmp_path / "cut"
+    out = f"file://{tmp_path}/cut"  # a URI: checkpoints and the model go through pyarrow.fs
     with pytest.raises(KeyboardInterrupt):
-        train_job.run(spark, output=str(out), **kwargs)
-    assert not out.exists() and (tmp_path / "cut.partial" / "checkpoints").is_dir()
+        train_job.run(spark, output=out, **kwargs)
+    assert not (tmp_path / "cut").exists()
+    assert os.listdir(tmp_path / "cut.partial" / "checkpoints") == ["round-0001.npz"]
     with pytest.raises(FileExistsError, match="--resume"):
-        train_job.run(spark, output=str(out), **kwargs)
+        train_job.run(spark, output=out, **kwargs)
     monkeypatch.setattr(training, "save_checkpoint", real_save)
-    resumed = train_job.run(spark, resume=str(out))
+    resumed = train_job.run(spark, resume=out)
     assert resumed["test_accuracy"] == whole["test_accuracy"]
     assert resumed["test_loss"] == pytest.approx(whole["test_loss"], rel=1e-6)
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"]]
     assert not (tmp_path / "cut.partial").exists()
+    assert evaluation.load_model(f"{out}/model.keras").count_params() > 0
 
 
 @pytest.mark.slow
