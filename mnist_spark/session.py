@@ -152,7 +152,11 @@ def get_spark(
     if not under_spark_submit():
         check_java()
     folder = conf_dir()
-    quiet_by_conf = bool(os.environ.get("SPARK_CONF_DIR")) or not under_spark_submit()
+    # spark-submit always exports SPARK_CONF_DIR ($SPARK_HOME/conf by default);
+    # without a log4j2.properties there, Spark logs at INFO.
+    submit_conf = os.environ.get("SPARK_CONF_DIR")
+    quiet_by_conf = not under_spark_submit() or bool(
+        submit_conf and (Path(submit_conf) / "log4j2.properties").is_file())
     if folder is not None:
         # Read by the JVM that pyspark launches: quiet log4j2 and the defaults.
         os.environ.setdefault("SPARK_CONF_DIR", str(folder))

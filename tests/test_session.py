@@ -70,13 +70,18 @@ def test_bad_java_home(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_spark_submit_settings_win_and_logs_stay_quiet(tmp_path):
-    """Under spark-submit the session keeps spark-submit's master and --conf, fills the rest."""
+@pytest.mark.parametrize("conf_dir", [True, False], ids=["SPARK_CONF_DIR=conf", "no SPARK_CONF_DIR"])
+def test_spark_submit_settings_win_and_logs_stay_quiet(tmp_path, conf_dir):
+    """Under spark-submit the session keeps spark-submit's master and --conf, fills the rest.
+
+    Without SPARK_CONF_DIR spark-submit points it at $SPARK_HOME/conf, which has
+    no log4j2.properties: Spark starts at INFO and the session turns it down."""
     script = tmp_path / "probe.py"
     script.write_text(textwrap.dedent("""
         import os, sys
         from mnist_spark.session import get_spark
         spark = get_spark("probe")
+        print("STARTED", flush=True)
         conf = spark.sparkContext.getConf()
         print("MASTER", spark.sparkContext.master)
         print("SHUFFLE", conf.get("spark.sql.shuffle.partitions"))
@@ -87,17 +92,19 @@ def test_spark_submit_settings_win_and_logs_stay_quiet(tmp_path):
     """))
     env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "SPARK_CONF_DIR")}
     env["PYSPARK_PYTHON"] = sys.executable
-    env["SPARK_CONF_DIR"] = str(PROJECT / "conf")
+    if conf_dir:
+        env["SPARK_CONF_DIR"] = str(PROJECT / "conf")
     submit = Path(sys.executable).parent / "spark-submit"
     result = subprocess.run(
         [str(submit), "--master", "local[1]", "--conf", "spark.sql.shuffle.partitions=3", str(script)],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, result.stdout[-2000:]
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
     assert lines["MASTER"] == "local[1]"
     assert lines["SHUFFLE"] == "3"
     assert lines["ARROW"] == "true"
     assert lines["BATCH"] == "10000"
     assert lines["PYTHON"] == sys.executable
-    assert " INFO " not in result.stderr
+    after_start = result.stdout.split("STARTED", 1)[1]
+    assert " INFO " not in (after_start if not conf_dir else result.stdout)
