@@ -37,10 +37,34 @@ transfer: install
 # Headless Chromium from the system's packages, for the browser test of report.html.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: cluster-demo
+.PHONY: cluster-demo cluster-up cluster-down
 # A standalone master and two one-core workers on 127.0.0.1; runs train_cnn and transfer on them.
 cluster-demo: install
 	$(BIN)/python tests/standalone_cluster.py
+
+# The same cluster, left running at spark://127.0.0.1:7077 (web UI :8080) until cluster-down.
+cluster-up: install
+	$(BIN)/python tests/standalone_cluster.py up
+
+cluster-down:
+	$(BIN)/python tests/standalone_cluster.py down
+
+.PHONY: dist dist-env
+# The library as a zip for spark-submit --py-files.
+dist: dist/mnist_spark.zip
+dist/mnist_spark.zip: $(wildcard mnist_spark/*.py)
+	mkdir -p dist && rm -f $@
+	$(PYTHON) -c "import zipfile, glob; z = zipfile.ZipFile('$@', 'w'); [z.write(f) for f in sorted(glob.glob('mnist_spark/*.py'))]"
+
+# A packed virtualenv with mnist_spark and its dependencies, for spark-submit --archives.
+# Nodes need the same Python at the same path as this machine (venv-pack keeps the link to it).
+dist-env: dist/mnist_spark_env.tar.gz
+dist/mnist_spark_env.tar.gz: setup.py $(wildcard mnist_spark/*.py)
+	rm -rf build/env && $(PYTHON) -m venv build/env
+	build/env/bin/python -m pip install --quiet --upgrade pip
+	build/env/bin/python -m pip install --quiet . venv-pack
+	mkdir -p dist && rm -f $@
+	build/env/bin/venv-pack --quiet --prefix build/env --output $@
 
 .PHONY: browser
 browser:

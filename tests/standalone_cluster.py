@@ -5,9 +5,11 @@ and ``...deploy.worker.Worker``), listening on loopback only, and stopped by
 the process ids it started (with their executors and Python workers). The
 library reaches executors as a zip passed with ``--py-files``.
 
-Used by ``tests/test_cluster.py``, and runnable as a demo (``make cluster-demo``)::
+Used by ``tests/test_cluster.py``, and runnable::
 
-    .venv/bin/python tests/standalone_cluster.py
+    .venv/bin/python tests/standalone_cluster.py        # demo: start, run both jobs, stop (make cluster-demo)
+    .venv/bin/python tests/standalone_cluster.py up     # spark://127.0.0.1:7077 stays up (make cluster-up)
+    .venv/bin/python tests/standalone_cluster.py down   # stop it by its process ids (make cluster-down)
 """
 
 from __future__ import annotations
@@ -110,14 +112,16 @@ class Submission:
 class StandaloneCluster:
     """Start with :meth:`start`, submit jobs with :meth:`submit`, stop with :meth:`stop`."""
 
-    def __init__(self, workers: int = 2, folder: str | None = None, worker_memory: str = "3g"):
+    def __init__(self, workers: int = 2, folder: str | None = None, worker_memory: str = "3g",
+                 port: int | None = None, ui_port: int | None = None):
         import pyspark
 
         self.spark_home = Path(pyspark.__file__).parent
         self.folder = Path(folder or tempfile.mkdtemp(prefix="spark-cluster-"))
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.workers = workers
         self.worker_memory = worker_memory
-        self.port, self.ui_port = _free_port(), _free_port()
+        self.port, self.ui_port = port or _free_port(), ui_port or _free_port()
         self.url = f"spark://127.0.0.1:{self.port}"
         self.processes: list[subprocess.Popen] = []
 
@@ -210,19 +214,64 @@ class StandaloneCluster:
 
     def stop(self) -> None:
         """Stop every process this cluster started, with their children."""
-        for process in reversed(self.processes):
-            for pid in [*_descendants(process.pid), process.pid]:
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+        _terminate([process.pid for process in reversed(self.processes)])
         for process in self.processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            process.wait()
         self.processes.clear()
+
+
+def _terminate(pids: list[int], timeout: float = 20.0) -> None:
+    """SIGTERM each process and its descendants; SIGKILL what is left after ``timeout`` s."""
+    everything = [p for pid in pids for p in [*_descendants(pid), pid]]
+    for pid in everything:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(pid) for pid in everything):
+        time.sleep(0.2)
+    for pid in everything:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+STATE_FILE = "cluster.json"
+
+
+def up(folder: str, port: int = 7077, ui_port: int = 8080) -> int:
+    """Start a two-worker cluster that outlives this process; ``down`` stops it."""
+    state = Path(folder) / STATE_FILE
+    if state.exists():
+        print(f"a cluster started from {folder} is still up ({json.loads(state.read_text())['url']}); "
+              f"stop it first: make cluster-down", file=sys.stderr)
+        return 1
+    cluster = StandaloneCluster(folder=folder, port=port, ui_port=ui_port).start()
+    state.write_text(json.dumps({"url": cluster.url, "ui": f"http://127.0.0.1:{cluster.ui_port}",
+                                 "pids": [p.pid for p in cluster.processes]}))
+    print(f"standalone cluster {cluster.url}: {cluster.workers} one-core workers, web UI "
+          f"http://127.0.0.1:{cluster.ui_port}, logs in {cluster.folder}")
+    return 0
+
+
+def down(folder: str) -> int:
+    """Stop the cluster ``up`` started from ``folder``, by the process ids it recorded."""
+    state = Path(folder) / STATE_FILE
+    if not state.exists():
+        print(f"no cluster was started from {folder}", file=sys.stderr)
+        return 1
+    _terminate(json.loads(state.read_text())["pids"])
+    state.unlink()
+    print("standalone cluster stopped")
+    return 0
 
 
 def demo() -> int:
@@ -246,4 +295,15 @@ def demo() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(demo())
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", nargs="?", default="demo", choices=["demo", "up", "down"],
+                        help="demo: start, run both jobs, stop; up / down: a cluster that stays up")
+    parser.add_argument("--folder", default="runs/standalone-cluster", help="logs and state (up, down)")
+    parser.add_argument("--port", type=int, default=7077, help="master port (up)")
+    parser.add_argument("--ui-port", type=int, default=8080, help="master web UI port (up)")
+    args = parser.parse_args()
+    if args.command == "up":
+        sys.exit(up(args.folder, args.port, args.ui_port))
+    sys.exit(down(args.folder) if args.command == "down" else demo())
