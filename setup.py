@@ -21,5 +21,6 @@ setup(
         "scipy>=1.11,<2",
         "tensorflow-cpu>=2.16,<3",  # 2.16 is the first release on Keras 3
     ],
-    extras_require={"test": ["pytest>=8,<10"]},
+    # moto[server]: a local S3 endpoint for the shared-storage tests.
+    extras_require={"test": ["pytest>=8,<10", "moto[server]>=5,<6"]},
 )

@@ -4,7 +4,9 @@ A dataset in the *four-file IDX layout* has a train and a test split, each an
 images file and a labels file (MNIST, Fashion-MNIST, KMNIST, EMNIST, ...).
 :func:`locate` finds them, in this order:
 
-1. an explicit folder (``--data-dir``); when given it is the only place looked at;
+1. an explicit folder (``--data-dir``), local or a URI on a shared file system
+   (``hdfs://``, ``s3://``, read through ``pyarrow.fs``); when given it is the only
+   place looked at;
 2. the folder named by the ``MNIST_SPARK_DATA`` environment variable (equally strict);
 3. ``data/mnist`` in the working folder, then in the project (:func:`default_data_dirs`);
 4. the user cache folder (:func:`cache_dir`);
@@ -29,6 +31,7 @@ import fnmatch
 import http.client
 import logging
 import os
+import posixpath
 import shutil
 import tempfile
 import time
@@ -41,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from mnist_spark import __version__, idx
+from mnist_spark import __version__, idx, storage
 
 logger = logging.getLogger(__name__)
 
@@ -232,32 +235,42 @@ def _is_uri(location: str) -> bool:
     return bool(sep) and head.isidentifier() and len(head) > 1
 
 
-def _local_dir(directory: str | os.PathLike) -> Path:
-    """A local folder for ``directory``: the seam where remote file systems would go.
+def _local_dir(directory: str | os.PathLike) -> Path | str:
+    """The folder ``directory`` names: a local ``Path``, or the URI itself (``hdfs://``,
+    ``s3://``...) for a folder on a shared file system, read through ``pyarrow.fs``.
 
-    ``file://`` URIs become paths; other URIs are refused for now.
+    ``file://`` URIs become paths.
     """
     location = os.fspath(directory)
     if _is_uri(location):
         parts = urllib.parse.urlsplit(location)
         if parts.scheme == "file":
             return Path(urllib.request.url2pathname(parts.path))
-        raise ValueError(
-            f"{location}: reading a dataset from {parts.scheme}:// is not supported yet; "
-            "copy the four files to a local folder and pass that folder"
-        )
+        return location.rstrip("/")
     return Path(location).expanduser()
 
 
-def _list_files(directory: Path) -> list[str] | None:
+def _join(folder: Path | str, name: str) -> str:
+    return storage.join(folder, name) if isinstance(folder, str) else str(folder / name)
+
+
+def _list_files(directory: Path | str) -> list[str] | None:
     """Names of the regular files in ``directory``, or None when it is not a folder."""
+    if isinstance(directory, str):
+        try:
+            return storage.list_files(directory)
+        except OSError as error:
+            raise ValueError(f"{directory}: cannot list the folder ({error}); check the URI and "
+                             "the file system's credentials") from None
     if not directory.is_dir():
         return None
     return sorted(entry.name for entry in os.scandir(directory) if entry.is_file())
 
 
-def _describe_found(names: list[str] | None, directory: Path, limit: int = 20) -> str:
+def _describe_found(names: list[str] | None, directory: Path | str, limit: int = 20) -> str:
     if names is None:
+        if isinstance(directory, str):
+            return "no such folder"
         return "the folder does not exist" if not directory.exists() else "it is not a folder"
     if not names:
         return "found: nothing (empty folder)"
@@ -313,7 +326,8 @@ def find_files(
     Parameters
     ----------
     directory : str or PathLike
-        A local folder (``file://`` URIs are accepted too).
+        A local folder, or a URI read through ``pyarrow.fs`` (``file://``,
+        ``hdfs://``, ``s3://``).
     dataset : IdxDataset
         Whose file names to look for.
 
@@ -327,7 +341,6 @@ def find_files(
     ------
     ValueError
         When a name pattern matches more than one file; the message lists them.
-        Also for URIs other than ``file://`` (not supported yet).
     """
     folder = _local_dir(directory)
     names = _list_files(folder)
@@ -343,7 +356,7 @@ def find_files(
         exact[split] = pair
     else:
         if exact:
-            return {split: (str(folder / a), str(folder / b)) for split, (a, b) in exact.items()}
+            return {split: (_join(folder, a), _join(folder, b)) for split, (a, b) in exact.items()}
 
     found: dict[tuple[str, int], str] = {}
     ambiguous = []
@@ -363,7 +376,7 @@ def find_files(
     if len(found) < len(_PATTERNS):
         return None
     return {
-        split: (str(folder / found[(split, 0)]), str(folder / found[(split, 1)]))
+        split: (_join(folder, found[(split, 0)]), _join(folder, found[(split, 1)]))
         for split in SPLITS
     }
 
@@ -379,7 +392,11 @@ def _md5_mismatches(dataset: IdxDataset, splits: Mapping[str, tuple[str, str]]) 
             expected = dataset.known_md5(path)
             if expected is None:
                 continue
-            _, found = idx.inspect(path, md5=True)
+            if _is_uri(path):
+                with storage.open_input(path) as stream:
+                    _, found = idx.inspect(stream, md5=True, name=path)
+            else:
+                _, found = idx.inspect(path, md5=True)
             logger.debug("md5 %s: %s (expected %s)", path, found, expected)
             if found != expected:
                 bad.append((path, expected, found))
@@ -398,7 +415,7 @@ def _uses_dataset_names(dataset: IdxDataset, splits: Mapping[str, tuple[str, str
 
 
 def _derived(dataset: IdxDataset, folder: Path, splits: Mapping[str, tuple[str, str]]) -> IdxDataset:
-    name = folder.resolve().name or "idx"
+    name = (posixpath.basename(folder) if isinstance(folder, str) else folder.resolve().name) or "idx"
     return IdxDataset(
         name=name,
         files={split: (os.path.basename(a), os.path.basename(b)) for split, (a, b) in splits.items()},
@@ -640,7 +657,11 @@ def download(
         When every mirror fails for a file (each mirror and its failure listed),
         when no mirrors are known, or when a file already present has a bad checksum.
     """
-    folder = (cache_dir(dataset) if directory is None else _local_dir(directory)).absolute()
+    folder = cache_dir(dataset) if directory is None else _local_dir(directory)
+    if isinstance(folder, str):
+        raise ValueError(f"{folder}: downloads go to a local folder; download locally, then copy "
+                         "the four files to the shared file system")
+    folder = folder.absolute()
     bases = _mirrors(dataset, mirrors)
     folder.mkdir(parents=True, exist_ok=True)
     present = set(_list_files(folder) or ())

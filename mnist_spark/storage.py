@@ -31,11 +31,18 @@ def _is_uri(location: str) -> bool:
     return bool(sep) and head.isidentifier() and len(head) > 1
 
 
+#: Hadoop's names for S3 (what Spark's own readers and writers take) and pyarrow's.
+_SCHEME_ALIASES = {"s3a": "s3", "s3n": "s3"}
+
+
 def resolve(location: str | os.PathLike):
     """Return ``(filesystem, path)`` for a local path or a URI.
 
     Local paths become absolute, so the result means the same in an executor
-    whose working folder differs.
+    whose working folder differs. ``s3a://`` (Hadoop's name, which Spark's
+    readers and writers need) means ``s3://`` here, so one URI serves both.
+    S3 settings come from the environment as for any AWS client
+    (``AWS_ACCESS_KEY_ID``, ``AWS_REGION``, ``AWS_ENDPOINT_URL_S3``...).
 
     Examples
     --------
@@ -47,7 +54,8 @@ def resolve(location: str | os.PathLike):
 
     location = os.fspath(location)
     if _is_uri(location):
-        return pafs.FileSystem.from_uri(location)
+        scheme, rest = location.split("://", 1)
+        return pafs.FileSystem.from_uri(f"{_SCHEME_ALIASES.get(scheme.lower(), scheme)}://{rest}")
     return pafs.LocalFileSystem(), str(Path(location).expanduser().absolute())
 
 
@@ -119,6 +127,11 @@ def default_output(job: str, root: str = "runs") -> str:
     """The default run folder of a job: ``runs/<job>-<timestamp>``."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return os.path.join(root, f"{job}-{stamp}")
+
+
+def _renames_folders(filesystem) -> bool:
+    """False for object stores, where a folder is a key prefix and cannot be renamed."""
+    return type(filesystem).__name__ not in ("S3FileSystem", "GcsFileSystem")
 
 
 class AtomicOutput:
@@ -255,7 +268,12 @@ class AtomicOutput:
         self.commit()
 
     def commit(self) -> None:
-        """Move the staging folder into position, replacing an old output if allowed."""
+        """Move the staging folder into position, replacing an old output if allowed.
+
+        On object stores (S3, GCS), which cannot rename a folder, the files are
+        copied and ``_SUCCESS`` is written last: a reader that checks for it
+        never takes a half-copied output for a finished one.
+        """
         from pyarrow import fs as pafs
 
         previous = None
@@ -265,12 +283,28 @@ class AtomicOutput:
                 raise FileExistsError(
                     f"output {self.location} appeared while this job ran; nothing was replaced"
                 )
-            previous = f"{self.path.rstrip('/')}.old-{uuid.uuid4().hex[:8]}"
-            self.filesystem.move(self.path, previous)
-        self.filesystem.move(self.staging_path, self.path)
+            if _renames_folders(self.filesystem):
+                previous = f"{self.path.rstrip('/')}.old-{uuid.uuid4().hex[:8]}"
+                self.filesystem.move(self.path, previous)
+            else:
+                self._delete(self.path)
+        if _renames_folders(self.filesystem):
+            self.filesystem.move(self.staging_path, self.path)
+        else:
+            self._copy_then_mark(self.staging_path, self.path)
+            self._delete(self.staging_path)
         if previous is not None:
             self._delete(previous)
         logger.info("output complete: %s", self.location)
+
+    def _copy_then_mark(self, source: str, destination: str) -> None:
+        from pyarrow import fs as pafs
+
+        self.filesystem.delete_file(posixpath.join(source, SUCCESS_MARKER))
+        pafs.copy_files(source, destination, source_filesystem=self.filesystem,
+                        destination_filesystem=self.filesystem, use_threads=True)
+        with self.filesystem.open_output_stream(posixpath.join(destination, SUCCESS_MARKER)):
+            pass
 
     def _delete(self, path: str) -> None:
         from pyarrow import fs as pafs

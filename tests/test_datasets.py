@@ -408,12 +408,15 @@ def test_all_fail_lists_every_place_and_the_fix(tmp_path, isolated, monkeypatch)
         assert f"\n  {name}" in message
 
 
-def test_uri_seam(tmp_path):
+def test_uri_folders(tmp_path):
     folder = write_tiny(tmp_path / "uri")
     files = datasets.locate(folder.as_uri(), dataset=tiny_dataset(folder))
     assert files.images("train") == str(folder / "train-images-idx3-ubyte.gz")
-    with pytest.raises(ValueError, match="hdfs:// is not supported yet"):
+    # A file system that cannot be reached (here: no libhdfs) is one clear error.
+    with pytest.raises(ValueError, match="hdfs://namenode/data/mnist: cannot list the folder"):
         datasets.locate("hdfs://namenode/data/mnist")
+    with pytest.raises(ValueError, match="downloads go to a local folder"):
+        datasets.download(directory="hdfs://namenode/data/mnist")
 
 
 # --------------------------------------------------------------------------- discovery
