@@ -82,4 +82,4 @@ bench: install
 	$(BIN)/python benchmarks/train_cnn.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache
