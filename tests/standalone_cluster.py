@@ -2,8 +2,12 @@
 
 Started from the pyspark installation (``spark-class ...deploy.master.Master``
 and ``...deploy.worker.Worker``), listening on loopback only, and stopped by
-the process ids it started (with their executors and Python workers). The
-library reaches executors as a zip passed with ``--py-files``.
+the process ids it started (with their executors and Python workers).
+
+The library reaches executors only as a zip passed with ``--py-files``: they
+run :meth:`StandaloneCluster.executor_python`, an interpreter that sees this
+environment's dependencies but not the editable install of ``mnist_spark``,
+as a worker machine that never saw the checkout would.
 
 Used by ``tests/test_cluster.py``, and runnable::
 
@@ -160,6 +164,24 @@ class StandaloneCluster:
         self.stop()
         raise RuntimeError(f"standalone cluster did not start in {timeout} s; see logs in {self.folder}")
 
+    def executor_python(self) -> Path:
+        """A venv whose site-packages points at this one's, without its ``.pth`` files.
+
+        A ``.pth`` line adds a folder to ``sys.path`` but the ``.pth`` files in
+        that folder are not run, so the editable install's import hook is not
+        installed: numpy, pyspark and TensorFlow import, ``mnist_spark`` does not.
+        """
+        import sysconfig
+
+        venv = self.folder / "executor-python"
+        python = venv / "bin" / "python"
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+            purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                     check=True, capture_output=True, text=True).stdout.strip()
+            Path(purelib, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        return python
+
     def library_zip(self) -> Path:
         """The ``mnist_spark`` package as a zip for ``--py-files``."""
         path = self.folder / "mnist_spark.zip"
@@ -179,8 +201,10 @@ class StandaloneCluster:
         """
         ui_port = _free_port()
         command = [str(Path(sys.executable).parent / "spark-submit"), "--master", self.url,
-                   "--conf", f"spark.ui.port={ui_port}", "--py-files", str(self.library_zip()),
-                   str(PROJECT / "jobs" / f"{job}.py"), *args]
+                   "--conf", f"spark.ui.port={ui_port}",
+                   "--conf", f"spark.pyspark.driver.python={sys.executable}",
+                   "--conf", f"spark.pyspark.python={self.executor_python()}",
+                   "--py-files", str(self.library_zip()), str(PROJECT / "jobs" / f"{job}.py"), *args]
         full_env = {**self._env(), **(env or {})}
         if wait:
             return subprocess.run(command, env=full_env, cwd=self.folder, capture_output=True, text=True,

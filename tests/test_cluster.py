@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import subprocess
 import time
 import zipfile
 
@@ -46,6 +47,8 @@ def undisturbed(cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("undisturbed") / "run"
     result = cluster.submit("train_cnn", *TRAIN, "--output", str(out), timeout=JOB_TIMEOUT)
     assert result.returncode == 0, result.stdout[-3000:]
+    # The executors ran the interpreter without the checkout's mnist_spark.
+    assert f"python {cluster.executor_python()})" in result.stdout
     return out
 
 
@@ -72,6 +75,17 @@ def _assert_same_model(run, reference) -> None:
     # The same model scores the same; the loss is summed over partitions in no fixed order.
     assert metrics["test_accuracy"] == expected["test_accuracy"]
     assert metrics["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-12)
+
+
+def test_executors_get_the_library_only_from_the_zip(cluster):
+    python = str(cluster.executor_python())
+    found = subprocess.run([python, "-c", "import numpy, pyarrow, pyspark, PIL; import mnist_spark"],
+                           capture_output=True, text=True, cwd=cluster.folder)
+    assert "No module named 'mnist_spark'" in found.stderr  # the dependencies did import
+    shipped = subprocess.run([python, "-c", "import mnist_spark.training as t; print(t.__file__)"],
+                             capture_output=True, text=True, cwd=cluster.folder,
+                             env={**os.environ, "PYTHONPATH": str(cluster.library_zip())})
+    assert shipped.returncode == 0 and "mnist_spark.zip" in shipped.stdout, shipped.stderr[-2000:]
 
 
 def test_train_cnn_on_the_cluster(undisturbed):
