@@ -271,13 +271,27 @@ def _alive(pid: int) -> bool:
 STATE_FILE = "cluster.json"
 
 
+def _cluster_pids(state: Path) -> list[int]:
+    """The recorded process ids that are still this cluster's Spark daemons (not reused ids)."""
+    pids = []
+    for pid in json.loads(state.read_text())["pids"]:
+        try:
+            if "org.apache.spark.deploy." in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                pids.append(pid)
+        except OSError:
+            continue
+    return pids
+
+
 def up(folder: str, port: int = 7077, ui_port: int = 8080) -> int:
     """Start a two-worker cluster that outlives this process; ``down`` stops it."""
     state = Path(folder) / STATE_FILE
     if state.exists():
-        print(f"a cluster started from {folder} is still up ({json.loads(state.read_text())['url']}); "
-              f"stop it first: make cluster-down", file=sys.stderr)
-        return 1
+        if _cluster_pids(state):
+            print(f"a cluster started from {folder} is still up ({json.loads(state.read_text())['url']}); "
+                  f"stop it first: make cluster-down", file=sys.stderr)
+            return 1
+        state.unlink()  # left by a cluster that is gone (a reboot, a kill)
     cluster = StandaloneCluster(folder=folder, port=port, ui_port=ui_port).start()
     state.write_text(json.dumps({"url": cluster.url, "ui": f"http://127.0.0.1:{cluster.ui_port}",
                                  "pids": [p.pid for p in cluster.processes]}))
@@ -292,7 +306,7 @@ def down(folder: str) -> int:
     if not state.exists():
         print(f"no cluster was started from {folder}", file=sys.stderr)
         return 1
-    _terminate(json.loads(state.read_text())["pids"])
+    _terminate(_cluster_pids(state))
     state.unlink()
     print("standalone cluster stopped")
     return 0
