@@ -176,6 +176,10 @@ def get_spark(
     if not user_python:
         os.environ["PYSPARK_PYTHON"] = sys.executable
         settings["spark.pyspark.python"] = sys.executable
+    if not quiet_by_conf:
+        # spark-submit started the JVM with Spark's INFO-level defaults; the
+        # context applies spark.log.level as it starts.
+        settings.setdefault("spark.log.level", "WARN")
     task_cpus = existing.get("spark.task.cpus", settings.get("spark.task.cpus", "1"))
     for var in TF_THREAD_VARS:
         settings.setdefault(f"spark.executorEnv.{var}", task_cpus)
@@ -188,9 +192,6 @@ def get_spark(
         if key in (conf or {}) or key == "spark.master" or not existing.contains(key):
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    if not quiet_by_conf:
-        # spark-submit started the JVM with Spark's INFO-level defaults.
-        spark.sparkContext.setLogLevel("WARN")
     logger.info(
         "Spark %s session on %s (%d task slots, python %s)",
         spark.version,
