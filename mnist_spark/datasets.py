@@ -230,11 +230,6 @@ def cache_dir(dataset: IdxDataset = MNIST) -> Path:
     return root / "mnist_spark" / dataset.name
 
 
-def _is_uri(location: str) -> bool:
-    head, sep, _ = location.partition("://")
-    return bool(sep) and head.isidentifier() and len(head) > 1
-
-
 def _local_dir(directory: str | os.PathLike) -> Path | str:
     """The folder ``directory`` names: a local ``Path``, or the URI itself (``hdfs://``,
     ``s3://``...) for a folder on a shared file system, read through ``pyarrow.fs``.
@@ -242,16 +237,12 @@ def _local_dir(directory: str | os.PathLike) -> Path | str:
     ``file://`` URIs become paths.
     """
     location = os.fspath(directory)
-    if _is_uri(location):
+    if storage.is_uri(location):
         parts = urllib.parse.urlsplit(location)
         if parts.scheme == "file":
             return Path(urllib.request.url2pathname(parts.path))
         return location.rstrip("/")
     return Path(location).expanduser()
-
-
-def _join(folder: Path | str, name: str) -> str:
-    return storage.join(folder, name) if isinstance(folder, str) else str(folder / name)
 
 
 def _list_files(directory: Path | str) -> list[str] | None:
@@ -356,7 +347,8 @@ def find_files(
         exact[split] = pair
     else:
         if exact:
-            return {split: (_join(folder, a), _join(folder, b)) for split, (a, b) in exact.items()}
+            return {split: (storage.join(folder, a), storage.join(folder, b))
+                    for split, (a, b) in exact.items()}
 
     found: dict[tuple[str, int], str] = {}
     ambiguous = []
@@ -376,7 +368,7 @@ def find_files(
     if len(found) < len(_PATTERNS):
         return None
     return {
-        split: (_join(folder, found[(split, 0)]), _join(folder, found[(split, 1)]))
+        split: (storage.join(folder, found[(split, 0)]), storage.join(folder, found[(split, 1)]))
         for split in SPLITS
     }
 
@@ -392,7 +384,7 @@ def _md5_mismatches(dataset: IdxDataset, splits: Mapping[str, tuple[str, str]]) 
             expected = dataset.known_md5(path)
             if expected is None:
                 continue
-            if _is_uri(path):
+            if storage.is_uri(path):
                 with storage.open_input(path) as stream:
                     _, found = idx.inspect(stream, md5=True, name=path)
             else:
@@ -472,7 +464,7 @@ def _explicit(location, source: str, dataset: IdxDataset, verify: bool) -> Datas
     if not text.strip():
         raise ValueError(f"{source} is empty; give the folder holding the {dataset.title} files")
     folder = _local_dir(text)
-    if not _is_uri(text):
+    if not storage.is_uri(text):
         folder = folder.absolute()
     splits = find_files(folder, dataset)
     if splits is None:

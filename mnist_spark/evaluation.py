@@ -63,21 +63,24 @@ def model_bytes(model) -> bytes:
             return f.read()
 
 
+def _model_from_bytes(payload: bytes, *, compile: bool):
+    """Keras' safe-mode load of ``.keras`` bytes (it reads models by path only)."""
+    import keras
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.keras")
+        with open(path, "wb") as f:
+            f.write(payload)
+        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+
+
 def load_model_bytes(payload: bytes):
     """Load a model from ``.keras`` bytes, once per Python worker (cached by content hash).
 
     Loading uses Keras' safe mode: no Python code in the file is executed.
     """
-    def load():
-        import keras
-
-        with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, "model.keras")
-            with open(path, "wb") as f:
-                f.write(payload)
-            return keras.saving.load_model(path, compile=False, safe_mode=True)
-
-    return worker_model(("keras", hashlib.sha256(payload).hexdigest()), load)
+    return worker_model(("keras", hashlib.sha256(payload).hexdigest()),
+                        lambda: _model_from_bytes(payload, compile=False))
 
 
 def load_model(location: str):
@@ -87,16 +90,10 @@ def load_model(location: str):
 
     try:
         payload = storage.read_bytes(location)
-    except (FileNotFoundError, IsADirectoryError, OSError):
+    except OSError:
         raise ValueError(f"model file {location} does not exist; give the model.keras of a training run")
-    import keras
-
     try:
-        with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, "model.keras")
-            with open(path, "wb") as f:
-                f.write(payload)
-            return keras.saving.load_model(path, safe_mode=True)
+        return _model_from_bytes(payload, compile=True)
     except Exception as error:  # Keras raises several types for a damaged file
         raise ValueError(
             f"model file {location} could not be loaded ({type(error).__name__}: {error}); it is not "

@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 SUCCESS_MARKER = "_SUCCESS"
 
 
-def _is_uri(location: str) -> bool:
+def is_uri(location: str) -> bool:
+    """True for ``scheme://...`` locations (not Windows drive letters)."""
     head, sep, _ = location.partition("://")
     return bool(sep) and head.isidentifier() and len(head) > 1
 
@@ -53,7 +54,7 @@ def resolve(location: str | os.PathLike):
     from pyarrow import fs as pafs
 
     location = os.fspath(location)
-    if _is_uri(location):
+    if is_uri(location):
         scheme, rest = location.split("://", 1)
         return pafs.FileSystem.from_uri(f"{_SCHEME_ALIASES.get(scheme.lower(), scheme)}://{rest}")
     return pafs.LocalFileSystem(), str(Path(location).expanduser().absolute())
@@ -62,13 +63,13 @@ def resolve(location: str | os.PathLike):
 def to_uri(location: str | os.PathLike) -> str:
     """A location Spark and executors can both use: URIs unchanged, local paths absolute."""
     location = os.fspath(location)
-    return location if _is_uri(location) else str(Path(location).expanduser().absolute())
+    return location if is_uri(location) else str(Path(location).expanduser().absolute())
 
 
-def join(location: str, *parts: str) -> str:
+def join(location: str | os.PathLike, *parts: str) -> str:
     """Join path parts onto a local path or a URI."""
     location = os.fspath(location)
-    if _is_uri(location):
+    if is_uri(location):
         return posixpath.join(location, *parts)
     return os.path.join(location, *parts)
 
