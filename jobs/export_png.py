@@ -54,7 +54,8 @@ def _compress_level(text: str) -> int:
 
 def _arg_parser():
     parser = cli.job_parser(__doc__, "export_png")
-    parser.add_argument("--splits", default="train,test", help="comma-separated splits to export")
+    parser.add_argument("--splits", type=cli.split_list, default="train,test",
+                        help="comma-separated splits to export")
     parser.add_argument("--limit", type=cli.positive_int, default=None,
                         help="export only the first N images of each split")
     parser.add_argument("--partitions", type=cli.positive_int, default=None,
@@ -149,7 +150,7 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, splits=("
     if params is None:
         params = augment.AugmentParams.mnist()
     output = output or storage.default_output("export_png")
-    target = storage.AtomicOutput(output, overwrite=overwrite)
+    target = storage.AtomicOutput(output, overwrite=overwrite, job="export_png")
     files = datasets.locate(data_dir)
     # Several tasks per slot: a split's slices are equal in size but splits differ,
     # and with one task per slot the slot that gets the small split idles at the end.
@@ -210,10 +211,10 @@ def main(argv=None) -> int:
     args = _arg_parser().parse_args(argv)
     return cli.run_job("export_png", lambda spark: run(
         spark, data_dir=args.data_dir, output=args.output, overwrite=args.overwrite, seed=args.seed,
-        splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()), limit=args.limit,
+        splits=args.splits, limit=args.limit,
         partitions=args.partitions, num_classes=args.num_classes, augment_variants=args.augment,
         params=cli.augment_params(args), compress_level=args.compress_level, sample=args.sample,
-    ))
+    ), before=lambda: cli.prepare_output("export_png", args, cli.default_data_inputs(args.data_dir)))
 
 
 if __name__ == "__main__":

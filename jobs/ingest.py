@@ -25,7 +25,8 @@ logger = logging.getLogger("ingest")
 
 def _arg_parser():
     parser = cli.job_parser(__doc__, "ingest")
-    parser.add_argument("--splits", default="train,test", help="comma-separated splits to ingest")
+    parser.add_argument("--splits", type=cli.split_list, default="train,test",
+                        help="comma-separated splits to ingest")
     parser.add_argument("--limit", type=cli.positive_int, default=None,
                         help="ingest only the first N items of each split")
     parser.add_argument("--partitions", type=cli.positive_int, default=None,
@@ -43,7 +44,7 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, splits=("
     """
     started = time.perf_counter()
     output = output or storage.default_output("ingest")
-    target = storage.AtomicOutput(output, overwrite=overwrite)
+    target = storage.AtomicOutput(output, overwrite=overwrite, job="ingest")
     files = datasets.locate(data_dir)
     df, infos = ingest.idx_dataframe(
         spark, files, splits=splits, partitions=partitions, limit=limit, num_classes=num_classes
@@ -78,9 +79,9 @@ def main(argv=None) -> int:
     args = _arg_parser().parse_args(argv)
     return cli.run_job("ingest", lambda spark: run(
         spark, data_dir=args.data_dir, output=args.output, overwrite=args.overwrite,
-        seed=args.seed, splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()),
+        seed=args.seed, splits=args.splits,
         limit=args.limit, partitions=args.partitions, num_classes=args.num_classes,
-    ))
+    ), before=lambda: cli.prepare_output("ingest", args, cli.default_data_inputs(args.data_dir)))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ def _arg_parser():
                         help="a model.keras file, or a train_cnn run folder holding one")
     parser.add_argument("--images", default=None,
                         help="a PNG set or any folder of images; default: the IDX files of --data-dir")
-    parser.add_argument("--splits", default="test", help="splits to score (IDX files or a PNG set)")
+    parser.add_argument("--splits", type=cli.split_list, default="test",
+                        help="splits to score (IDX files or a PNG set)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=512, help="images per batch")
     return parser
 
@@ -60,7 +61,7 @@ def run(spark, *, model, data_dir=None, images_dir=None, output=None, overwrite=
     path = folder_model if storage.exists(folder_model) else model
     net = evaluation.load_model(path)
     output = output or storage.default_output("predict")
-    target = storage.AtomicOutput(output, overwrite=overwrite)
+    target = storage.AtomicOutput(output, overwrite=overwrite, job="predict")
     if images_dir:
         df = _images_frame(spark, images_dir, splits)
     else:
@@ -100,9 +101,10 @@ def main(argv=None) -> int:
     args = _arg_parser().parse_args(argv)
     return cli.run_job("predict", lambda spark: run(
         spark, model=args.model, data_dir=args.data_dir, images_dir=args.images, output=args.output,
-        overwrite=args.overwrite, seed=args.seed,
-        splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()), batch_size=args.batch_size,
-    ))
+        overwrite=args.overwrite, seed=args.seed, splits=args.splits, batch_size=args.batch_size,
+    ), before=lambda: cli.prepare_output("predict", args, [
+        ("--model", args.model),
+        *([("--images", args.images)] if args.images else cli.default_data_inputs(args.data_dir))]))
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ def _arg_parser():
                         help="replicas; default: the cluster's task slots")
     parser.add_argument("--steps-per-round", type=cli.positive_int, default=None,
                         help="steps between averagings; default: one local epoch")
-    parser.add_argument("--learning-rate", type=float, default=training.TrainConfig.learning_rate)
-    parser.add_argument("--lr-decay", type=float, default=training.TrainConfig.lr_decay,
+    parser.add_argument("--learning-rate", type=cli.finite_float, default=training.TrainConfig.learning_rate)
+    parser.add_argument("--lr-decay", type=cli.finite_float, default=training.TrainConfig.lr_decay,
                         help="learning rate factor per epoch")
     parser.add_argument("--barrier", action="store_true",
                         help="schedule all replicas of a round together (rdd.barrier())")
@@ -99,7 +99,8 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=mod
     if resume:
         output = resume
     output = output or storage.default_output("train_cnn")
-    target = storage.AtomicOutput(output, overwrite=overwrite, resumable=True, resume=bool(resume))
+    target = storage.AtomicOutput(output, overwrite=overwrite, resumable=True, resume=bool(resume),
+                                  job="train_cnn")
     checkpoints = storage.join(target.staging, "checkpoints")
     state = None
     if resume:
@@ -224,7 +225,15 @@ def main(argv=None) -> int:
         barrier=args.barrier, limit=args.limit, validation_size=args.validation_size,
         checkpoint_every=args.checkpoint_every, resume=args.resume,
         augment=dataclasses.asdict(cli.augment_params(args)) if args.augment else None,
-    ))
+    ), before=lambda: _prepare(args))
+
+
+def _prepare(args) -> bool:
+    """The output checks before Spark starts (cli.prepare_output); True when there is nothing to do."""
+    if args.resume:
+        args.output = args.resume
+    inputs = [] if args.resume else cli.default_data_inputs(args.data_dir)
+    return cli.prepare_output("train_cnn", args, inputs, resumable=True, resume=bool(args.resume))
 
 
 if __name__ == "__main__":

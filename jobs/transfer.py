@@ -78,9 +78,9 @@ def _arg_parser():
                         help="test images, balanced over the labels")
     parser.add_argument("--max-iter", type=cli.positive_int, default=DEFAULT_MAX_ITER,
                         help="LogisticRegression maxIter")
-    parser.add_argument("--reg-param", type=float, default=DEFAULT_REG_PARAM,
+    parser.add_argument("--reg-param", type=cli.finite_float, default=DEFAULT_REG_PARAM,
                         help="LogisticRegression regParam")
-    parser.add_argument("--elastic-net-param", type=float, default=DEFAULT_ELASTIC_NET_PARAM,
+    parser.add_argument("--elastic-net-param", type=cli.finite_float, default=DEFAULT_ELASTIC_NET_PARAM,
                         help="LogisticRegression elasticNetParam (0: L2, 1: L1)")
     parser.add_argument("--partitions", type=cli.positive_int, default=None,
                         help="featurization tasks per split; default: twice the cluster's task slots")
@@ -201,7 +201,7 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
 
     started = time.perf_counter()
     output = output or storage.default_output("transfer")
-    target = storage.AtomicOutput(output, overwrite=overwrite)
+    target = storage.AtomicOutput(output, overwrite=overwrite, job="transfer")
     _check_settings(model, image_size, weights, max_iter, reg_param, elastic_net_param)
     stage = featurizer.DeepImageFeaturizer(modelName=model, imageSize=image_size, pooling=pooling,
                                            weights=weights, batchSize=batch_size)
@@ -320,7 +320,10 @@ def main(argv=None) -> int:
         weights=args.weights, batch_size=args.batch_size, train_limit=args.train_limit,
         test_limit=args.test_limit, max_iter=args.max_iter, reg_param=args.reg_param,
         elastic_net_param=args.elastic_net_param, partitions=args.partitions,
-    ))
+    ), before=lambda: cli.prepare_output("transfer", args, [
+        *([("--images", args.images)] if args.images else cli.default_data_inputs(args.data_dir)),
+        *([("--weights", args.weights)] if args.weights not in (featurizer.WEIGHTS_IMAGENET,
+                                                                featurizer.WEIGHTS_NONE) else [])]))
 
 
 if __name__ == "__main__":

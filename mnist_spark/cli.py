@@ -1,22 +1,86 @@
 """What every job's command line shares: the common flags, logging, and clean failure.
 
 A job is ``_arg_parser()`` plus ``run(spark, ...)`` plus ``main()``;
-``main()`` hands :func:`run_job` a function of the session. Bad input and bad
-flags come out as one line on stderr and exit status 2, never as a traceback.
+``main()`` hands :func:`run_job` a function of the session and the checks
+that need no Spark (:func:`prepare_output`). Every failure, on the driver or
+in a Spark task, comes out as one line on stderr, never as a traceback, with
+an exit status that tells a scheduler whether a retry can help:
+
+====  =====================================================================
+0     done (or ``--if-exists skip`` found the output complete)
+1     a retry may help: storage, cluster or other runtime failures
+2     a retry cannot help: bad input, a bad flag, an output that exists
+130   stopped by SIGINT (Ctrl-C)
+143   stopped by SIGTERM
+====  =====================================================================
 """
 
 from __future__ import annotations
 
 import argparse
+import builtins
+import importlib
 import logging
+import math
 import os
+import re
+import signal
 import sys
+import threading
 from typing import Callable
 
 logger = logging.getLogger(__name__)
 
+#: Exit status for a failure that a retry may cure (storage, cluster, runtime).
+EXIT_FAILED = 1
 #: Exit status for bad input or bad flags (argparse uses the same).
 EXIT_BAD_INPUT = 2
+#: Exit status after SIGINT and SIGTERM (128 + the signal number, as shells report them).
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
+
+#: Python exceptions that mean bad input or settings: a retry cannot help.
+BAD_INPUT_ERRORS = (ValueError, TypeError, FileExistsError, FileNotFoundError,
+                    NotADirectoryError, IsADirectoryError, PermissionError)
+#: Java exceptions (innermost cause, by class name) that mean bad input or settings.
+BAD_INPUT_JAVA = ("java.lang.IllegalArgumentException", "java.lang.NumberFormatException",
+                  "java.io.FileNotFoundException", "java.nio.file.AccessDeniedException",
+                  "java.nio.file.NoSuchFileException", "org.apache.hadoop.fs.FileAlreadyExistsException",
+                  "org.apache.hadoop.security.AccessControlException",
+                  "org.apache.spark.sql.AnalysisException")
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM, so ``with`` blocks clean up as on Ctrl-C."""
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (NaN and infinities refused).
+
+    Examples
+    --------
+    >>> finite_float("1e-3")
+    0.001
+    >>> finite_float("nan")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a finite number, found 'nan'
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, found {text!r}")
+    return value
+
+
+def split_list(text: str) -> tuple:
+    """argparse type: a comma-separated list of names, at least one (``--splits``)."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected one or more comma-separated names, found {text!r}")
+    return names
 
 
 def positive_int(text: str) -> int:
@@ -49,10 +113,10 @@ def _transform_numbers(flag: str, names: tuple, build):
 
         parts = [p.strip() for p in text.split(",")]
         try:
-            values = [float(p) for p in parts]
-        except ValueError:
+            values = [finite_float(p) for p in parts]
+        except argparse.ArgumentTypeError:
             raise argparse.ArgumentTypeError(
-                f"expected {','.join(names)} as numbers, found {text!r}") from None
+                f"expected {','.join(names)} as finite numbers, found {text!r}") from None
         if len(values) != len(names):
             raise argparse.ArgumentTypeError(
                 f"expected {len(names)} numbers {','.join(names)}, found {len(values)} in {text!r}")
@@ -107,13 +171,26 @@ def augment_params(args):
             .shift(*args.shift).elastic(*args.elastic))
 
 
+class JobArgumentParser(argparse.ArgumentParser):
+    """An argument parser whose result also says ``overwrite`` (``--if-exists overwrite``)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if hasattr(parsed, "if_exists"):
+            parsed.overwrite = parsed.if_exists == "overwrite"
+        return parsed, extras
+
+
 def job_parser(doc: str | None, job: str) -> argparse.ArgumentParser:
     """An argument parser with the flags every job shares.
 
-    ``--data-dir``, ``--output``, ``--overwrite`` and ``--seed``; defaults are
-    shown in ``--help``.
+    ``--data-dir``, ``--output``, ``--if-exists`` (``--overwrite`` is short for
+    ``--if-exists overwrite``) and ``--seed``; defaults are shown in
+    ``--help``. The parsed arguments carry ``if_exists`` and ``overwrite``.
     """
-    parser = argparse.ArgumentParser(
+    from mnist_spark.storage import IF_EXISTS
+
+    parser = JobArgumentParser(
         prog=f"{job}.py",
         description=doc,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -127,11 +204,66 @@ def job_parser(doc: str | None, job: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--output", default=None, help=f"run folder; default: runs/{job}-<timestamp>"
     )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing output folder"
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--if-exists", choices=IF_EXISTS, default="error",
+        help="when --output exists: error (exit 2); overwrite a run folder this project wrote; "
+        "skip (exit 0 at once) when it is a complete output of this job",
+    )
+    existing.add_argument(
+        "--overwrite", dest="if_exists", action="store_const", const="overwrite",
+        help="short for --if-exists overwrite",
     )
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
     return parser
+
+
+def default_data_inputs(data_dir) -> list:
+    """The data folders a job may read: ``--data-dir``, else every place ``datasets.locate`` looks."""
+    if data_dir is not None:
+        return [("--data-dir", data_dir)]
+    from mnist_spark import datasets
+
+    env = os.environ.get(datasets.ENV_DATA)
+    if env:
+        return [(f"${datasets.ENV_DATA}", env)]
+    return ([("the data folder", str(folder)) for folder in datasets.default_data_dirs()]
+            + [("the dataset cache", str(datasets.cache_dir()))])
+
+
+def prepare_output(job: str, args, inputs=(), *, resumable: bool = False, resume: bool = False) -> bool:
+    """The checks of ``--output`` that need no Spark; True when the job has nothing to do.
+
+    Fills in the default ``args.output``, refuses an output that collides with
+    ``inputs`` or a whole folder (:func:`mnist_spark.storage.check_output_location`),
+    and applies ``--if-exists``: ``skip`` returns True (and logs one line) when
+    the output is a complete output of ``job``; otherwise an existing output
+    is refused or checked for ``overwrite`` exactly as the job's
+    :class:`~mnist_spark.storage.AtomicOutput` will.
+
+    Raises
+    ------
+    ValueError, FileExistsError, NotADirectoryError, PermissionError
+        As :func:`~mnist_spark.storage.check_output_location` and
+        :class:`~mnist_spark.storage.AtomicOutput`.
+    """
+    from mnist_spark import storage
+
+    if args.output is None:
+        args.output = storage.default_output(job)
+    storage.check_output_location(args.output, inputs)
+    if args.if_exists == "skip":
+        marker = storage.finished_output(args.output)
+        if marker is not None:
+            if marker.get("job") != job:
+                raise FileExistsError(
+                    f"output {args.output} is a complete output of {marker.get('job')}, not of {job}; "
+                    "choose another --output")
+            logger.info("skipped: %s is already a complete output of %s (written %s); --if-exists skip",
+                        args.output, job, marker.get("created"))
+            return True
+    storage.AtomicOutput(args.output, overwrite=args.overwrite, resumable=resumable, resume=resume, job=job)
+    return False
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -146,25 +278,154 @@ def configure_logging(level: int = logging.INFO) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_job(job: str, work: Callable, *, spark=None) -> int:
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+#: The exception line that ends a Python traceback: ``pkg.module.SomeError: message``.
+_EXCEPTION_LINE = re.compile(r"([A-Za-z_][\w.]*)(?::\s?(.*))?")
+
+
+def python_error_in(text: str) -> tuple[str, str] | None:
+    """``(type name, message)`` of the last Python exception in a traceback embedded in ``text``.
+
+    Spark carries the traceback of an exception raised in a task inside a
+    ``PythonException`` or a Java error; this finds the exception that ended
+    the last traceback, with its message on one line. None without a traceback.
+
+    Examples
+    --------
+    >>> python_error_in("Traceback (most recent call last):\\n  File \\"x.py\\", line 1, in f\\n"
+    ...                 "ValueError: 0x0 is not an image size\\n SQLSTATE: 38000")
+    ('ValueError', '0x0 is not an image size')
+    """
+    head, found, rest = str(text).rpartition("Traceback (most recent call last):")
+    if not found:
+        return None
+    lines = iter(rest.splitlines()[1:])
+    for line in lines:
+        if line.strip() and not line[:1].isspace():
+            match = _EXCEPTION_LINE.fullmatch(line.rstrip())
+            if match is None:
+                return None
+            message = [match.group(2) or ""]
+            for more in lines:
+                stripped = more.strip()
+                if not stripped or stripped.startswith(("at ", "SQLSTATE:")) or more.startswith("\t"):
+                    break
+                message.append(stripped)
+            return match.group(1), " ".join(part for part in message if part)
+    return None
+
+
+def _python_class(name: str):
+    """The exception class a traceback names, where it can be found without side effects."""
+    module, _, attribute = name.rpartition(".")
+    if not module:
+        return getattr(builtins, attribute, None)
+    loaded = sys.modules.get(module)
+    if loaded is None and module.split(".")[0] == "mnist_spark":
+        try:
+            loaded = importlib.import_module(module)
+        except ImportError:
+            return None
+    return getattr(loaded, attribute, None)
+
+
+def _java_root(error) -> tuple[str, str] | None:
+    """``(class name, message)`` of the innermost cause of a Java exception."""
+    try:
+        current = getattr(error, "java_exception", None)
+        if current is None:
+            return None
+        while current.getCause() is not None:
+            current = current.getCause()
+        return current.getClass().getName(), str(current.getMessage() or "")
+    except Exception:  # the JVM may be gone
+        return None
+
+
+def classify(error: BaseException) -> tuple[int, str]:
+    """The exit status and the one-line message for an exception that ended a job.
+
+    2 when a retry cannot help (bad input or settings, raised on the driver,
+    in a Python task or by Spark's own argument checks), 1 otherwise.
+    """
+    from mnist_spark.session import JavaNotFoundError
+
+    if isinstance(error, (JavaNotFoundError, *BAD_INPUT_ERRORS)):
+        return EXIT_BAD_INPUT, _one_line(error)
+    try:
+        from py4j.protocol import Py4JJavaError
+        from pyspark.errors import AnalysisException, IllegalArgumentException, PythonException
+    except ImportError:  # pragma: no cover - pyspark is a dependency
+        Py4JJavaError = PythonException = IllegalArgumentException = AnalysisException = ()
+    if isinstance(error, (PythonException, Py4JJavaError)):
+        found = python_error_in(str(error))
+        if found is not None:
+            name, message = found
+            cls = _python_class(name)
+            short = name.rpartition(".")[2]
+            if isinstance(cls, type) and issubclass(cls, BAD_INPUT_ERRORS):
+                return EXIT_BAD_INPUT, _one_line(message) or short
+            return EXIT_FAILED, _one_line(f"{short}: {message}" if message else short)
+    if isinstance(error, (IllegalArgumentException, AnalysisException)):
+        return EXIT_BAD_INPUT, _one_line(str(error))
+    if isinstance(error, Py4JJavaError):
+        root = _java_root(error)
+        if root is not None:
+            name, message = root
+            text = _one_line(f"{name.rpartition('.')[2]}: {message}" if message else name)
+            return (EXIT_BAD_INPUT if name in BAD_INPUT_JAVA else EXIT_FAILED), text
+    message = _one_line(error)
+    return EXIT_FAILED, f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"stopped by signal {signum}")
+
+
+def run_job(job: str, work: Callable, *, spark=None, before: Callable | None = None) -> int:
     """Run ``work(spark)`` as a job's entry point and return the exit status.
 
-    Bad input (``ValueError``, ``TypeError``, ``OSError`` and a missing Java)
-    prints ``<job>: error: <message>`` and returns 2. Set
-    ``MNIST_SPARK_DEBUG=1`` to see the traceback too.
+    ``before()``, when given, runs first, before any SparkSession exists: the
+    checks that need no Spark. When it returns True the job has nothing to do
+    and exits 0 without starting Spark.
+
+    Every failure prints one line, ``<job>: error: <message>``, and returns 2
+    when a retry cannot help (bad input or settings, an existing output; see
+    :func:`classify`) or 1 when it may, with "a retry may help" at the end.
+    SIGINT returns 130 and SIGTERM 143, each with one line; SIGTERM raises
+    :class:`Terminated` in the main thread, so open outputs are cleaned up.
+    Set ``MNIST_SPARK_DEBUG=1`` to see the traceback too.
     """
-    from mnist_spark.session import JavaNotFoundError, get_spark
+    from mnist_spark.session import get_spark
 
     configure_logging()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        if before is not None and before():
+            return 0
         if spark is None:
             spark = get_spark(job)
         work(spark)
-    except (ValueError, TypeError, OSError, JavaNotFoundError) as error:
+    except Terminated:
+        print(f"{job}: error: stopped by SIGTERM", file=sys.stderr)
+        return EXIT_SIGTERM
+    except KeyboardInterrupt:
+        print(f"{job}: error: stopped by SIGINT (Ctrl-C)", file=sys.stderr)
+        return EXIT_SIGINT
+    except Exception as error:
         if os.environ.get("MNIST_SPARK_DEBUG"):
             logger.exception("%s failed", job)
-        # One line, as the docstring promises, even for a message written over several.
-        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        status, message = classify(error)
+        if status == EXIT_FAILED:
+            message += "; a retry may help"
         print(f"{job}: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return status
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0

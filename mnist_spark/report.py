@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import sys
 from importlib import metadata
@@ -27,10 +28,41 @@ def environment() -> dict:
     return {"python": sys.version.split()[0], "platform": platform.platform(), "libraries": versions}
 
 
+def _non_finite(value, where: str = ""):
+    """``(path, value)`` of the first NaN or infinity in a JSON-like value (``history[2].loss``); or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where or "value", value)
+    if isinstance(value, dict):
+        items = ((f"{where}.{key}" if where else str(key), item) for key, item in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{where}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for path, item in items:
+        found = _non_finite(item, path)
+        if found is not None:
+            return found
+    return None
+
+
 def write_metrics(folder: str, metrics: dict) -> str:
-    """Write ``metrics.json`` into a run folder (local path or URI); return its location."""
+    """Write ``metrics.json`` into a run folder (local path or URI); return its location.
+
+    The file is strict JSON. A NaN or infinite metric is an error, raised
+    before anything is written: it means the run diverged or measured nothing.
+
+    Raises
+    ------
+    ValueError
+        Naming the first metric that is not a finite number.
+    """
+    found = _non_finite(metrics)
+    if found is not None:
+        raise ValueError(f"metric {found[0]} is {found[1]}, not a finite number; the run "
+                         "diverged or measured nothing, and metrics.json (strict JSON) was not written")
     location = storage.join(folder, "metrics.json")
-    storage.write_bytes(location, (json.dumps(metrics, indent=2, sort_keys=False) + "\n").encode())
+    text = json.dumps(metrics, indent=2, sort_keys=False, allow_nan=False)
+    storage.write_bytes(location, (text + "\n").encode())
     return location
 
 

@@ -6,24 +6,41 @@ executors.
 
 Every job output is written with :class:`AtomicOutput`: into a temporary
 sibling folder, moved into position only when complete, and marked with a
-``_SUCCESS`` file. An existing output is refused unless ``overwrite=True``.
-A job that fails leaves nothing where a finished output is expected, and a job
-killed outright (its staging folder left behind) is cleaned up by the next run
-for the same output.
+``_SUCCESS`` file and an ``_MNIST_SPARK`` file (which job wrote it, when, with
+which version). An existing output is refused unless ``overwrite=True``, and
+even then only a folder carrying ``_MNIST_SPARK`` is replaced. A job that
+fails leaves nothing where a finished output is expected. A staging folder is
+named ``<output>.tmp-<8 hex digits>`` and holds an ``_OWNER`` file (host,
+process id, process start time); a later run removes it only when that owner
+is gone, and refuses to start while it is alive.
+
+:func:`check_output_location` refuses outputs that would put inputs or
+whole folders (the working folder, the home folder, a filesystem root) at risk.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import os
 import posixpath
+import re
+import socket
 import uuid
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 SUCCESS_MARKER = "_SUCCESS"
+#: In every finished output folder: JSON naming the job, the version and the time it was written.
+OUTPUT_MARKER = "_MNIST_SPARK"
+#: In every staging folder while a run writes it: JSON naming the host and process.
+OWNER_MARKER = "_OWNER"
+#: The folder of a resumable output that holds its checkpoints.
+CHECKPOINT_FOLDER = "checkpoints"
+#: What ``--if-exists`` may say.
+IF_EXISTS = ("error", "overwrite", "skip")
 
 
 def is_uri(location: str) -> bool:
@@ -135,32 +152,247 @@ def _renames_folders(filesystem) -> bool:
     return type(filesystem).__name__ not in ("S3FileSystem", "GcsFileSystem")
 
 
+# --------------------------------------------------------------------------- where an output may go
+
+
+def _place(location) -> tuple[str, str]:
+    """``(kind, path)`` to compare two locations, without touching any file system.
+
+    Local paths (and ``file://``) become real paths (links followed); a URI
+    becomes its file system and its path, the bucket first on object stores.
+    """
+    from urllib.parse import urlsplit
+
+    location = os.fspath(location)
+    if not is_uri(location):
+        return "local", os.path.realpath(Path(location).expanduser())
+    parts = urlsplit(location)
+    scheme = _SCHEME_ALIASES.get(parts.scheme.lower(), parts.scheme.lower())
+    if scheme == "file":
+        return "local", os.path.realpath(parts.path or "/")
+    if scheme in ("s3", "gs", "gcs"):
+        return scheme, "/" + posixpath.normpath(f"{parts.netloc}/{parts.path}").strip("/")
+    return f"{scheme}://{parts.netloc}", posixpath.normpath(parts.path or "/")
+
+
+def _relation(path: str, other: str) -> str | None:
+    """How ``path`` stands to ``other``: "is", "contains", "lies inside" or None."""
+    if path == other:
+        return "is"
+    if other.startswith(path.rstrip("/") + "/"):
+        return "contains"
+    if path.startswith(other.rstrip("/") + "/"):
+        return "lies inside"
+    return None
+
+
+def check_output_location(output: str | os.PathLike, inputs=()) -> None:
+    """Refuse an output whose replacement or cleanup could destroy data the job did not write.
+
+    Refused: an output that is, contains or lies inside one of ``inputs``; one
+    that is or contains the working folder or the home folder; a filesystem
+    root or mount point (a bucket, for object stores). Symbolic links are
+    followed. Nothing is read or written, so every job calls this before
+    Spark starts.
+
+    Parameters
+    ----------
+    output : str or PathLike
+        The job's ``--output``.
+    inputs : iterable
+        The job's inputs: locations, or ``(name, location)`` pairs where
+        ``name`` is the flag that gave it (``"--data-dir"``); None is skipped.
+
+    Raises
+    ------
+    ValueError
+        Naming the output, what it collides with, and what to do.
+
+    Examples
+    --------
+    >>> check_output_location("/tmp/runs/a", [("--data-dir", "/tmp/data")])
+    >>> check_output_location("/tmp/data/out", [("--data-dir", "/tmp/data")])
+    Traceback (most recent call last):
+    ...
+    ValueError: --output /tmp/data/out lies inside the input --data-dir /tmp/data; ...
+    """
+    output = os.fspath(output)
+    kind, path = _place(output)
+    if kind == "local":
+        if os.path.dirname(path) == path or os.path.ismount(path):
+            raise ValueError(f"--output {output} is a filesystem root ({path}); choose a folder of its own "
+                             f"below it, such as {path.rstrip('/')}/runs/<name>")
+        for name, folder in (("the working folder", os.getcwd()), ("the home folder", os.path.expanduser("~"))):
+            folder = os.path.realpath(folder)
+            relation = _relation(path, folder)
+            if relation in ("is", "contains"):
+                raise ValueError(f"--output {output} {relation} {name} ({folder}); choose a folder of its "
+                                 "own, such as runs/<name>")
+    elif path.strip("/") == "" or (kind in ("s3", "gs", "gcs") and "/" not in path.strip("/")):
+        raise ValueError(f"--output {output} is the root of a file system or bucket; choose a folder below it")
+    for item in inputs:
+        name, location = item if isinstance(item, tuple) else (None, item)
+        if location is None:
+            continue
+        other_kind, other = _place(location)
+        relation = _relation(path, other) if other_kind == kind else None
+        if relation:
+            what = f"{name} {os.fspath(location)}" if name else os.fspath(location)
+            raise ValueError(f"--output {output} {relation} the input {what}; write the output to a folder "
+                             "apart from the job's inputs")
+
+
+# --------------------------------------------------------------------------- markers
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_json(filesystem, path: str) -> dict | None:
+    """A small JSON object from a file; None when it is missing, unreadable or not an object."""
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            value = json.loads(stream.read(1 << 16))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _write_json(filesystem, path: str, value: dict) -> None:
+    with filesystem.open_output_stream(path) as stream:
+        stream.write((json.dumps(value, indent=1) + "\n").encode())
+
+
+def output_marker(location: str | os.PathLike) -> dict | None:
+    """The ``_MNIST_SPARK`` record of a folder this project wrote (job, version, created); else None."""
+    filesystem, path = resolve(location)
+    marker = _read_json(filesystem, posixpath.join(path, OUTPUT_MARKER))
+    return marker if marker is not None and marker.get("writer") == "mnist_spark" else None
+
+
+def finished_output(location: str | os.PathLike) -> dict | None:
+    """The marker of a complete output this project wrote (``_SUCCESS`` and ``_MNIST_SPARK``); else None."""
+    from pyarrow import fs as pafs
+
+    marker = output_marker(location)
+    if marker is None:
+        return None
+    filesystem, path = resolve(location)
+    if filesystem.get_file_info(posixpath.join(path, SUCCESS_MARKER)).type != pafs.FileType.File:
+        return None
+    return marker
+
+
+def process_start(pid: int) -> int | None:
+    """When a process started, in clock ticks after boot (``/proc/<pid>/stat``); None where unknown.
+
+    A process id is reused after its process ends; the start time tells the
+    new process from the old.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return int(stream.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def owner_record() -> dict:
+    """The ``_OWNER`` record of this process: host, pid, start time, boot id, time written."""
+    pid = os.getpid()
+    return {"writer": "mnist_spark", "host": socket.gethostname(), "pid": pid, "start": process_start(pid),
+            "boot": _boot_id(), "created": _now()}
+
+
+def owner_state(owner: dict) -> str:
+    """``"alive"``, ``"gone"`` or ``"unknown"`` (another host: it cannot be checked from here)."""
+    if owner.get("host") != socket.gethostname():
+        return "unknown"
+    boot = _boot_id()
+    if owner.get("boot") and boot and owner["boot"] != boot:
+        return "gone"
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return "unknown"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:  # alive, another user's
+        pass
+    except OSError:
+        return "unknown"
+    start = process_start(pid)
+    if owner.get("start") is not None and start is not None and start != owner["start"]:
+        return "gone"  # the id now belongs to another process
+    return "alive"
+
+
+#: Staging folders this process is writing now (entered, not yet left).
+_WRITING: set[str] = set()
+
+
+def _staging_owner(filesystem, path: str) -> tuple[dict | None, str]:
+    """The owner record of a staging folder and its state; ``(None, "unmarked")`` without a valid record."""
+    owner = _read_json(filesystem, posixpath.join(path, OWNER_MARKER))
+    if owner is None or owner.get("writer") != "mnist_spark":
+        return None, "unmarked"
+    state = owner_state(owner)
+    if state == "alive" and owner.get("pid") == os.getpid() and path not in _WRITING:
+        state = "gone"  # this process wrote it in an AtomicOutput it has left
+    return owner, state
+
+
+def _describe_owner(owner: dict) -> str:
+    return f"process {owner.get('pid')} on {owner.get('host')}, started {owner.get('created')}"
+
+
 class AtomicOutput:
     """An output folder that appears complete or not at all.
 
     Use as a context manager. Write into :attr:`staging`; on a clean exit the
-    staging folder gets a ``_SUCCESS`` marker and is moved to the final
-    location. On an exception it is deleted and the final location is
-    untouched.
+    staging folder gets the ``_MNIST_SPARK`` and ``_SUCCESS`` markers and is
+    moved to the final location. On an exception it is deleted and the final
+    location is untouched.
+
+    The staging folder is ``<location>.tmp-<8 hex digits>`` (or
+    ``<location>.partial`` when resumable) and holds an ``_OWNER`` file while
+    it is written. Entering removes staging folders of the same output whose
+    owner is gone; folders without a valid ``_OWNER``, or whose owner is on
+    another host, are left alone.
 
     Parameters
     ----------
     location : str or PathLike
         The final folder (local path or URI).
     overwrite : bool
-        Replace an existing output. Without it an existing output is refused
-        before any work starts.
+        Replace an existing output, which must be a folder carrying
+        ``_MNIST_SPARK``. Without it an existing output is refused before any
+        work starts.
     resumable : bool
         Stage in ``<location>.partial`` and keep it when the job fails, so a
-        later run can resume from what it holds (checkpoints). A new run
-        refuses to start over a partial one unless ``overwrite`` or ``resume``.
+        later run can resume from what it holds (checkpoints, in
+        :data:`CHECKPOINT_FOLDER`). A new run refuses to start over a partial
+        one holding a checkpoint unless ``overwrite`` or ``resume``; a partial
+        one without a checkpoint, left by a run that is gone, is removed.
     resume : bool
         Continue in an existing ``<location>.partial``.
+    job : str, optional
+        The job's name, recorded in ``_MNIST_SPARK``.
 
     Raises
     ------
     FileExistsError
-        When the output exists and ``overwrite`` is false.
+        When the output exists and ``overwrite`` is false, when it is a file
+        or a folder this project did not write, or when another live run is
+        writing the same output.
     PermissionError
         When the parent folder cannot be written.
     NotADirectoryError
@@ -170,51 +402,108 @@ class AtomicOutput:
     --------
     >>> import tempfile, os
     >>> out = os.path.join(tempfile.mkdtemp(), "run")
-    >>> with AtomicOutput(out) as staging:
+    >>> with AtomicOutput(out, job="example") as staging:
     ...     write_bytes(join(staging, "metrics.json"), b"{}")
     >>> sorted(os.listdir(out))
-    ['_SUCCESS', 'metrics.json']
+    ['_MNIST_SPARK', '_SUCCESS', 'metrics.json']
+    >>> output_marker(out)["job"]
+    'example'
     """
 
     def __init__(self, location: str | os.PathLike, *, overwrite: bool = False,
-                 resumable: bool = False, resume: bool = False):
+                 resumable: bool = False, resume: bool = False, job: str | None = None):
         self.location = to_uri(location)
         self.overwrite = overwrite
         self.resumable = resumable or resume
+        self.job = job
         self.filesystem, self.path = resolve(self.location)
-        self.check()
         suffix = ".partial" if self.resumable else f".tmp-{uuid.uuid4().hex[:8]}"
         self.staging_path = f"{self.path.rstrip('/')}{suffix}"
         self.staging = f"{self.location.rstrip('/')}{suffix}"
+        self.check()
         if self.resumable:
             self._check_partial(resume)
+
+    def _busy(self, path: str, owner: dict) -> str:
+        return (f"output {self.location} is being written by another run ({_describe_owner(owner)}, "
+                f"staging in {path}); wait for it to finish or stop it, then run again")
 
     def _check_partial(self, resume: bool) -> None:
         from pyarrow import fs as pafs
 
-        found = self.filesystem.get_file_info(self.staging_path).type != pafs.FileType.NotFound
+        kind = self.filesystem.get_file_info(self.staging_path).type
+        if kind == pafs.FileType.File:
+            raise FileExistsError(f"{self.staging} is a file, not the folder of a stopped run; move it away")
+        found = kind != pafs.FileType.NotFound
         if resume and not found:
             raise ValueError(
                 f"nothing to resume: {self.staging} does not exist; start a new run without --resume"
             )
-        if found and not resume:
-            if not self.overwrite:
+        if not found:
+            return
+        owner, state = _staging_owner(self.filesystem, self.staging_path)
+        if state == "alive":
+            raise FileExistsError(self._busy(self.staging, owner))
+        if resume:
+            return
+        if not self._has_checkpoint():
+            if state == "gone" or self._holds_only_markers():
+                logger.warning("removing %s: a stopped run left it without a checkpoint", self.staging)
+                self._delete(self.staging_path)
+                return
+            if state == "unknown":
                 raise FileExistsError(
-                    f"an unfinished run is in {self.staging}; continue it with --resume "
-                    f"{self.location}, or pass --overwrite to start again"
-                )
-            self._delete(self.staging_path)
+                    f"{self.staging} was left by {_describe_owner(owner)}, which cannot be checked from "
+                    f"here; if that run has stopped, delete {self.staging} and run again")
+            raise FileExistsError(
+                f"{self.staging} holds files but no checkpoint and no {OWNER_MARKER} record of this "
+                "project; move it away or choose another --output")
+        if not self.overwrite:
+            raise FileExistsError(
+                f"an unfinished run is in {self.staging}; continue it with --resume "
+                f"{self.location}, or pass --overwrite to start again"
+            )
+        if state == "unknown":
+            raise FileExistsError(
+                f"{self.staging} was left by {_describe_owner(owner)}, which cannot be checked from here; "
+                f"if that run has stopped, delete {self.staging} and run again")
+        self._delete(self.staging_path)
+
+    def _files_in(self, path: str) -> list:
+        from pyarrow import fs as pafs
+
+        selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+        return [info for info in self.filesystem.get_file_info(selector) if info.type == pafs.FileType.File]
+
+    def _has_checkpoint(self) -> bool:
+        return bool(self._files_in(posixpath.join(self.staging_path, CHECKPOINT_FOLDER)))
+
+    def _holds_only_markers(self) -> bool:
+        return all(info.base_name == OWNER_MARKER for info in self._files_in(self.staging_path))
 
     def check(self) -> None:
-        """Refuse an existing output or an unwritable parent, before any work."""
+        """Refuse before any work: an existing output (unless ours and ``overwrite``), an
+        unwritable parent, or another live run writing the same output."""
         from pyarrow import fs as pafs
 
         info = self.filesystem.get_file_info(self.path)
-        if info.type != pafs.FileType.NotFound and not self.overwrite:
+        if info.type == pafs.FileType.File:
             raise FileExistsError(
-                f"output {self.location} already exists; choose another --output or pass "
-                "--overwrite to replace it"
+                f"output {self.location} is a file, not a run folder, and is never replaced; choose "
+                "another --output or move the file away"
             )
+        if info.type != pafs.FileType.NotFound:
+            if not self.overwrite:
+                raise FileExistsError(
+                    f"output {self.location} already exists; choose another --output, pass "
+                    "--if-exists skip to keep it, or --overwrite to replace it"
+                )
+            if output_marker(self.location) is None:
+                raise FileExistsError(
+                    f"output {self.location} already exists and was not written by this project (it has "
+                    f"no {OUTPUT_MARKER} file); --overwrite replaces only run folders this project wrote: "
+                    "choose another --output or move the folder away"
+                )
         parent = posixpath.dirname(self.path.rstrip("/"))
         if isinstance(self.filesystem, pafs.LocalFileSystem):
             existing = Path(parent)
@@ -230,33 +519,50 @@ class AtomicOutput:
                     f"output {self.location} cannot be written: {existing} is not writable; "
                     "choose another --output or fix the folder's permissions"
                 )
+        if not self.resumable:
+            self._sweep(remove=False)
 
     def __enter__(self) -> str:
         if not self.resumable:
-            self._remove_leftovers()
+            self._sweep(remove=True)
         self.filesystem.create_dir(self.staging_path, recursive=True)
+        _WRITING.add(self.staging_path)
+        _write_json(self.filesystem, posixpath.join(self.staging_path, OWNER_MARKER), owner_record())
         return self.staging
 
-    def _remove_leftovers(self) -> None:
-        """Delete ``<output>.tmp-*`` folders that killed runs for this output left behind.
+    def _sweep(self, *, remove: bool) -> None:
+        """Look at this output's other staging folders: refuse while one's owner is alive, and
+        (with ``remove``) delete those whose owner is gone.
 
-        A run that fails removes its own staging folder; one killed outright
-        (SIGKILL, a lost node) cannot. Two runs writing the same output at
-        once are not supported: the second would remove the first's staging.
+        Only folders named exactly ``<output>.tmp-<8 hex digits>`` that hold a
+        valid ``_OWNER`` record are considered; a run that fails removes its own,
+        so these are left by runs killed outright (SIGKILL, a lost node).
         """
         from pyarrow import fs as pafs
 
         parent, name = posixpath.split(self.path.rstrip("/"))
+        pattern = re.compile(re.escape(name) + r"\.tmp-[0-9a-f]{8}")
         try:
             siblings = self.filesystem.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
         except OSError:  # pragma: no cover - an unlistable parent fails later, with its own message
             return
         for info in siblings:
-            if info.base_name.startswith(f"{name}.tmp-") and info.path != self.staging_path:
-                logger.warning("removing %s, left behind by a run that was killed", info.path)
+            if (info.type != pafs.FileType.Directory or not pattern.fullmatch(info.base_name)
+                    or info.path.rstrip("/") == self.staging_path):
+                continue
+            owner, state = _staging_owner(self.filesystem, info.path)
+            if state == "alive":
+                raise FileExistsError(self._busy(info.path, owner))
+            if remove and state == "gone":
+                logger.warning("removing %s, left behind by a run that was killed (%s)", info.path,
+                               _describe_owner(owner))
                 self._delete(info.path)
+            elif remove and state == "unknown":
+                logger.warning("leaving %s: its run (%s) cannot be checked from here", info.path,
+                               _describe_owner(owner))
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        _WRITING.discard(self.staging_path)
         if exc_type is not None:
             if self.resumable:
                 logger.warning("run stopped; its checkpoints stay in %s (continue with --resume %s)",
@@ -264,8 +570,18 @@ class AtomicOutput:
             else:
                 self._delete(self.staging_path)
             return
-        with self.filesystem.open_output_stream(posixpath.join(self.staging_path, SUCCESS_MARKER)):
-            pass
+        try:
+            from mnist_spark import __version__
+
+            self.filesystem.delete_file(posixpath.join(self.staging_path, OWNER_MARKER))
+            _write_json(self.filesystem, posixpath.join(self.staging_path, OUTPUT_MARKER),
+                        {"writer": "mnist_spark", "job": self.job, "version": __version__, "created": _now()})
+            with self.filesystem.open_output_stream(posixpath.join(self.staging_path, SUCCESS_MARKER)):
+                pass
+        except BaseException:
+            if not self.resumable:
+                self._delete(self.staging_path)
+            raise
         self.commit()
 
     def commit(self) -> None:
@@ -278,8 +594,9 @@ class AtomicOutput:
         from pyarrow import fs as pafs
 
         previous = None
-        if self.filesystem.get_file_info(self.path).type != pafs.FileType.NotFound:
-            if not self.overwrite:
+        kind = self.filesystem.get_file_info(self.path).type
+        if kind != pafs.FileType.NotFound:
+            if not self.overwrite or kind != pafs.FileType.Directory or output_marker(self.location) is None:
                 self._delete(self.staging_path)
                 raise FileExistsError(
                     f"output {self.location} appeared while this job ran; nothing was replaced"

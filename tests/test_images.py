@@ -100,7 +100,7 @@ def test_a_retried_write_overwrites_the_same_files(tmp_path):
 
 def test_export_layout_file_count_and_manifest(spark, tiny_set, tiny_idx):
     assert sorted(os.listdir(tiny_set)) == [
-        "_SUCCESS", "augmentations.png", "contact_sheet.png", "index.html", "manifest.parquet",
+        "_MNIST_SPARK", "_SUCCESS", "augmentations.png", "contact_sheet.png", "index.html", "manifest.parquet",
         "metrics.json", "test", "train"]
     expected = set()
     for split, count in (("train", 30), ("test", 5)):

@@ -107,7 +107,7 @@ def test_bad_datasets_fail_on_the_driver(spark, tmp_path, defect, message):
 def test_job_writes_parquet_metrics_and_marker(spark, small_idx, tmp_path):
     out = tmp_path / "run"
     metrics = ingest_job.run(spark, data_dir=str(small_idx), output=str(out), partitions=3)
-    assert sorted(os.listdir(out)) == ["_SUCCESS", "data.parquet", "metrics.json"]
+    assert sorted(os.listdir(out)) == ["_MNIST_SPARK", "_SUCCESS", "data.parquet", "metrics.json"]
     assert sorted(p for p in os.listdir(out / "data.parquet") if not p.startswith((".", "_"))) == [
         "split=test", "split=train"]
     assert json.loads((out / "metrics.json").read_text()) == metrics
