@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "bn_cnn"
@@ -154,3 +156,56 @@ def summary_text(model) -> str:
     lines = []
     model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
     return "\n".join(lines)
+
+
+def batchnorm_layers(model) -> list:
+    """The model's BatchNormalization layers, outermost model first, in graph order."""
+    import keras
+
+    return [layer for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def reestimate_batchnorm(model, images, *, batch_size: int = 512) -> int:
+    """Set every BatchNorm layer's moving mean and variance to their values on ``images``.
+
+    Averaged replicas, and models trained for few steps, carry moving
+    statistics that do not belong to their weights: Keras' moving averages
+    (momentum 0.99) still hold much of their initial mean 0 and variance 1
+    after a few hundred steps, and an average of replicas' statistics is not
+    the statistics of the averaged weights. Inference with them can score at
+    chance. Layer by layer, in graph order, this runs the images through the
+    model in inference mode up to the layer's input (so it sees the layers
+    before it with their new statistics) and stores that input's exact mean
+    and variance per channel. Returns the number of layers set.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A functional or sequential model.
+    images : numpy.ndarray
+        A sample of training images, as the model takes them.
+    batch_size : int
+        Images per forward pass.
+    """
+    import keras
+
+    layers = batchnorm_layers(model)
+    for layer in layers:
+        probe = keras.Model(model.inputs, layer.input)
+        count, total, squares = 0, 0.0, 0.0
+        axes = None
+        for start in range(0, len(images), batch_size):
+            x = keras.ops.convert_to_numpy(probe([images[start:start + batch_size]], training=False))
+            x = x.astype(np.float64)
+            if axes is None:
+                channel = layer.axis if layer.axis >= 0 else x.ndim + layer.axis
+                axes = tuple(a for a in range(x.ndim) if a != channel)
+            count += int(np.prod([x.shape[a] for a in axes]))
+            total = total + x.sum(axis=axes)
+            squares = squares + np.square(x).sum(axis=axes)
+        mean = total / count
+        variance = np.maximum(squares / count - np.square(mean), 0.0)
+        layer.moving_mean.assign(mean.astype(np.float32))
+        layer.moving_variance.assign(variance.astype(np.float32))
+    return len(layers)

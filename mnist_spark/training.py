@@ -68,6 +68,21 @@ class TrainConfig:
         On-the-fly augmentation parameters (:mod:`mnist_spark.augment`).
     inject_failure : tuple, optional
         ``(partition, round)`` whose first attempt raises: for fault tests.
+    first_round_steps : int, optional
+        Length of the first round; each next round is twice as long until a
+        round is one local epoch (or ``steps_per_round``). Default: a quarter
+        of a local epoch, so the first epoch averages four times. With
+        ``steps_per_round`` alone, every round has that length.
+    lr_scaling : str
+        How the peak learning rate grows with the replicas, whose averaged
+        update stands for a batch ``partitions`` times larger: ``sqrt``
+        (``learning_rate * sqrt(partitions)``), ``linear`` or ``none``.
+    warmup_epochs : float
+        Epochs over which the learning rate rises linearly from
+        ``learning_rate`` to its scaled peak (Goyal et al., 2017).
+    batchnorm_sample : int
+        Training images on which the driver re-estimates BatchNorm's moving
+        statistics after each averaging (0: keep the averaged statistics).
     """
 
     model: str = models.DEFAULT_MODEL
@@ -83,6 +98,10 @@ class TrainConfig:
     num_classes: int = 10
     augment: dict | None = None
     inject_failure: tuple | None = None
+    first_round_steps: int | None = None
+    lr_scaling: str = "sqrt"
+    warmup_epochs: float = 1.0
+    batchnorm_sample: int = 2048
 
     def __post_init__(self):
         models.check_model_name(self.model)
@@ -91,7 +110,16 @@ class TrainConfig:
                 raise ValueError(f"{name} must be above 0, found {getattr(self, name)}")
         if self.steps_per_round is not None and self.steps_per_round <= 0:
             raise ValueError(f"steps_per_round must be above 0, found {self.steps_per_round}")
-        if self.learning_rate <= 0 or not 0 < self.lr_decay <= 1:
+        if self.first_round_steps is not None and self.first_round_steps <= 0:
+            raise ValueError(f"first_round_steps must be above 0, found {self.first_round_steps}")
+        if self.lr_scaling not in LR_SCALING:
+            raise ValueError(f"lr_scaling must be one of {', '.join(LR_SCALING)}, found {self.lr_scaling!r}")
+        if not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
+            raise ValueError(f"warmup_epochs must be 0 or more, found {self.warmup_epochs}")
+        if self.batchnorm_sample < 0:
+            raise ValueError(f"batchnorm_sample must be 0 or more, found {self.batchnorm_sample}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0
+                and math.isfinite(self.lr_decay) and 0 < self.lr_decay <= 1):
             raise ValueError(
                 f"learning_rate must be above 0 and lr_decay in (0, 1], found "
                 f"{self.learning_rate} and {self.lr_decay}"
@@ -121,24 +149,85 @@ class TrainState:
 
 @dataclass(frozen=True)
 class Schedule:
-    """How the epochs map onto rounds, given the smallest shard."""
+    """How the epochs map onto rounds of local steps, given the smallest shard.
+
+    ``starts[r]`` is the local step at which round ``r`` begins and
+    ``starts[-1]`` the total number of steps, so round ``r`` takes
+    ``starts[r + 1] - starts[r]`` steps.
+    """
 
     steps_per_epoch: int
-    steps_per_round: int
-    rounds: int
+    starts: tuple
+
+    @property
+    def rounds(self) -> int:
+        return len(self.starts) - 1
+
+    @property
+    def total_steps(self) -> int:
+        return self.starts[-1]
+
+    @property
+    def steps_per_round(self) -> int:
+        """The longest round's steps."""
+        return max(b - a for a, b in zip(self.starts, self.starts[1:]))
+
+    def steps_in(self, round_: int) -> int:
+        return self.starts[round_ + 1] - self.starts[round_]
 
     def epoch_of(self, round_: int) -> float:
         """Epochs completed at the start of ``round_``."""
-        return round_ * self.steps_per_round / self.steps_per_epoch
+        return self.starts[round_] / self.steps_per_epoch
+
+
+#: Peak learning rate against the replica count.
+LR_SCALING = {"none": lambda n: 1.0, "sqrt": math.sqrt, "linear": float}
 
 
 def plan_schedule(config: TrainConfig, shard_sizes) -> Schedule:
-    """Rounds needed for ``config.epochs`` epochs over shards of ``shard_sizes``."""
+    """Rounds for ``config.epochs`` epochs over shards of ``shard_sizes``.
+
+    Rounds start short and double until they reach their full length (one
+    local epoch, or ``steps_per_round``): replicas that start together and
+    average often early on stay close while the model changes fastest, and
+    later rounds average rarely and cost little ("post-local SGD", Lin et al.,
+    ICLR 2020). Rounds never cross the end of an epoch once they are full.
+
+    Examples
+    --------
+    >>> config = TrainConfig(epochs=2, batch_size=128)
+    >>> plan_schedule(config, [7500] * 8).starts   # 59 steps per epoch, 8 replicas
+    (0, 15, 59, 118)
+    """
     smallest = min(shard_sizes)
     steps_per_epoch = max(1, math.ceil(smallest / config.batch_size))
-    per_round = config.steps_per_round or steps_per_epoch
-    rounds = max(1, math.ceil(config.epochs * steps_per_epoch / per_round))
-    return Schedule(steps_per_epoch, per_round, rounds)
+    total = config.epochs * steps_per_epoch
+    full = config.steps_per_round or steps_per_epoch
+    if config.first_round_steps is not None:
+        length = config.first_round_steps
+    elif config.steps_per_round is not None:
+        length = full
+    else:
+        length = max(1, math.ceil(steps_per_epoch / 4))
+    growing = length < full
+    starts = [0]
+    while starts[-1] < total:
+        step = starts[-1] + min(length, full)
+        if growing:  # rounds end at epoch ends, and none is left shorter than the one before it
+            epoch_end = (starts[-1] // steps_per_epoch + 1) * steps_per_epoch
+            step = epoch_end if epoch_end - step < min(length, full) else step
+        starts.append(min(step, total))
+        length *= 2
+    return Schedule(steps_per_epoch, tuple(starts))
+
+
+def learning_rate_at(config: TrainConfig, schedule: Schedule, step: int) -> float:
+    """The learning rate of local step ``step``: linear warm-up to the scaled peak, then decay per epoch."""
+    peak = config.learning_rate * LR_SCALING[config.lr_scaling](config.partitions)
+    warmup = config.warmup_epochs * schedule.steps_per_epoch
+    rate = peak if step + 1 >= warmup else (
+        config.learning_rate + (peak - config.learning_rate) * (step + 1) / warmup)
+    return rate * config.lr_decay ** (step // schedule.steps_per_epoch)
 
 
 def task_seed(seed: int, partition: int, round_: int) -> int:
@@ -326,20 +415,37 @@ def load_state(model, weights, optimizer, *, learning_rate=None, seed=None) -> N
 
 
 def _order(config: TrainConfig, schedule: Schedule, partition: int, round_: int, size: int) -> np.ndarray:
-    """Sample positions this replica trains on in ``round_``: shuffled once per local epoch."""
-    first = round_ * schedule.steps_per_round * config.batch_size
-    count = min(schedule.steps_per_round * config.batch_size,
-                schedule.rounds * schedule.steps_per_round * config.batch_size - first)
-    if config.steps_per_round is None:
-        epoch = round_
-        return np.random.default_rng([config.seed, partition, epoch]).permutation(size)
-    positions = np.arange(first, first + count)
-    out = np.empty(count, np.int64)
-    for epoch in np.unique(positions // size):
-        hit = positions // size == epoch
+    """Sample positions this replica trains on in ``round_``.
+
+    A replica reads its shard as one stream of epochs, each a new permutation
+    drawn from ``(seed, partition, epoch)``; round ``r`` takes the stream's
+    samples from step ``starts[r]`` on. So the order depends on the schedule
+    only through where rounds cut the stream.
+    """
+    batch = config.batch_size
+    per_epoch = schedule.steps_per_epoch * batch
+    first = schedule.starts[round_] * batch
+    positions = np.arange(first, schedule.starts[round_ + 1] * batch)
+    epochs, offsets = np.divmod(positions, per_epoch)
+    out = np.empty(len(positions), np.int64)
+    for epoch in np.unique(epochs):
+        hit = epochs == epoch
         permutation = np.random.default_rng([config.seed, partition, int(epoch)]).permutation(size)
-        out[hit] = permutation[positions[hit] % size]
+        out[hit] = permutation[offsets[hit] % size]
     return out
+
+
+class _StepLearningRate:
+    """Keras callback: sets the learning rate before every batch from the run's schedule."""
+
+    def __new__(cls, config: TrainConfig, schedule: Schedule, first_step: int):
+        import keras
+
+        class StepLearningRate(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                self.model.optimizer.learning_rate = learning_rate_at(config, schedule, first_step + batch)
+
+        return StepLearningRate()
 
 
 def train_replica(partition: int, shard, state_payload: bytes, round_: int, config: TrainConfig,
@@ -354,9 +460,8 @@ def train_replica(partition: int, shard, state_payload: bytes, round_: int, conf
     images, labels, index = shard
     weights, optimizer = pickle.loads(state_payload)
     model = _replica(config)
-    epoch = int(schedule.epoch_of(round_))
-    load_state(model, weights, optimizer,
-               learning_rate=config.learning_rate * config.lr_decay ** epoch,
+    first_step = schedule.starts[round_]
+    load_state(model, weights, optimizer, learning_rate=learning_rate_at(config, schedule, first_step),
                seed=task_seed(config.seed, partition, round_))
     order = _order(config, schedule, partition, round_, len(labels))
     x, y = images[order], labels[order]
@@ -364,16 +469,22 @@ def train_replica(partition: int, shard, state_payload: bytes, round_: int, conf
         from mnist_spark import augment
 
         # A new variant of every image each epoch, the same whichever task draws it.
-        keys = [("train", int(i), epoch + 1) for i in index[order]]
+        epochs = (first_step * config.batch_size + np.arange(len(order))) // (
+            schedule.steps_per_epoch * config.batch_size)
+        keys = [("train", int(i), int(e) + 1) for i, e in zip(index[order], epochs)]
         x, _ = augment.augment_batch(x, keys, augment.AugmentParams(**config.augment), seed=config.seed)
+    loaded = time.perf_counter()
     # uint8 in: the model casts each batch to float32 itself, so no float copy of the shard.
-    history = model.fit(x, y, batch_size=config.batch_size, epochs=1, shuffle=False, verbose=0)
+    history = model.fit(x, y, batch_size=config.batch_size, epochs=1, shuffle=False, verbose=0,
+                        callbacks=[_StepLearningRate(config, schedule, first_step)])
     return {
         "partition": partition,
         "count": int(len(y)),
         "loss": float(history.history["loss"][-1]),
         "accuracy": float(history.history["accuracy"][-1]),
         "seconds": time.perf_counter() - started,
+        "fit_seconds": time.perf_counter() - loaded,
+        "finished": time.time(),
         "weights": [np.array(w) for w in model.get_weights()],
         "optimizer": optimizer_variables(model),
         "pid": os.getpid(),
@@ -381,7 +492,8 @@ def train_replica(partition: int, shard, state_payload: bytes, round_: int, conf
 
 
 _RESULT_FIELDS = (("partition", "int32"), ("count", "int64"), ("loss", "float64"),
-                  ("accuracy", "float64"), ("seconds", "float64"), ("pid", "int64"),
+                  ("accuracy", "float64"), ("seconds", "float64"), ("fit_seconds", "float64"),
+                  ("finished", "float64"), ("pid", "int64"),
                   ("state", "binary"))
 
 
@@ -413,10 +525,54 @@ def _result_from_row(row) -> dict:
     return result
 
 
+def _partial_sum(result: dict) -> dict:
+    """One replica as a partial sum: count-weighted float64 state, and its metrics."""
+    count = result["count"]
+    return {
+        "count": count,
+        "replicas": [{k: v for k, v in result.items() if k not in ("weights", "optimizer")}],
+        "weights": [np.asarray(w, np.float64) * count for w in result["weights"]],
+        "optimizer": [np.asarray(o, np.float64) * count for o in result["optimizer"]],
+        "dtypes": [np.asarray(a).dtype.str for a in (*result["weights"], *result["optimizer"])],
+    }
+
+
+def _add_partial_sums(parts: list[dict]) -> dict:
+    """The sum of partial sums, added in the order given (callers sort, for determinism)."""
+    total = parts[0]
+    for part in parts[1:]:
+        if len(part["weights"]) != len(total["weights"]) or len(part["optimizer"]) != len(total["optimizer"]):
+            raise ValueError("replicas returned states of different structure; they cannot be averaged")
+        total = {
+            "count": total["count"] + part["count"],
+            "replicas": total["replicas"] + part["replicas"],
+            "weights": [a + b for a, b in zip(total["weights"], part["weights"])],
+            "optimizer": [a + b for a, b in zip(total["optimizer"], part["optimizer"])],
+            "dtypes": total["dtypes"],
+        }
+    return total
+
+
+def _mean_of(total: dict) -> tuple[list, list]:
+    """Weights and optimizer state of a sum of replicas, divided by its count, in their own dtypes.
+
+    Integer state (the optimizer's step) is rounded back to its integer type.
+    """
+    means = []
+    for value, dtype in zip((*total["weights"], *total["optimizer"]), total["dtypes"]):
+        dtype = np.dtype(dtype)
+        value = value / total["count"]
+        if np.issubdtype(dtype, np.integer):
+            value = np.rint(value)
+        means.append(np.asarray(value).astype(dtype))
+    split = len(total["weights"])
+    return means[:split], means[split:]
+
+
 def average_replicas(results: list[dict]) -> tuple[list, list]:
     """Average replicas' weights and optimizer state, weighted by sample count.
 
-    Integer state (the optimizer's step) is rounded back to its integer type.
+    The same arithmetic as :func:`tree_average`, on the driver: for lists and tests.
 
     Examples
     --------
@@ -428,19 +584,49 @@ def average_replicas(results: list[dict]) -> tuple[list, list]:
     """
     if not results:
         raise ValueError("no replica results to average")
-    counts = np.array([r["count"] for r in results], dtype=np.float64)
-    shares = counts / counts.sum()
+    return _mean_of(_add_partial_sums([_partial_sum(r) for r in results]))
 
-    def mean(arrays):
-        dtype = arrays[0].dtype
-        value = sum(share * a.astype(np.float64) for share, a in zip(shares, arrays))
-        if np.issubdtype(dtype, np.integer):
-            value = np.rint(value)
-        return np.asarray(value).astype(dtype)
 
-    weights = [mean([r["weights"][i] for r in results]) for i in range(len(results[0]["weights"]))]
-    optimizer = [mean([r["optimizer"][i] for r in results]) for i in range(len(results[0]["optimizer"]))]
-    return weights, optimizer
+def tree_fan_in(replicas: int) -> int:
+    """Partial sums added per task in :func:`tree_average`: about the square root of the replicas."""
+    return max(2, math.ceil(math.sqrt(replicas)))
+
+
+def tree_average(results, replicas: int, fan_in: int | None = None):
+    """Average replica results in the executors; the driver receives a single sum.
+
+    ``results`` is a DataFrame of replica rows (:func:`_result_schema`). Each
+    level groups the partial sums by ``id // fan_in`` into one task per group,
+    which adds them in ``id`` order, so the result is the same bit for bit
+    whatever order the shuffle delivers them in. With the default fan-in,
+    ``sqrt(replicas)``, two levels reach one sum for up to ``fan_in ** 2``
+    replicas, and no task or driver holds more than ``fan_in`` models.
+
+    Returns
+    -------
+    (weights, optimizer, replicas)
+        The averaged state, and each replica's metrics sorted by partition.
+    """
+    fan_in = fan_in or tree_fan_in(replicas)
+    level = results.rdd.map(lambda row: (row["partition"], _partial_sum(_result_from_row(row))))
+    groups = replicas
+    while groups > 1:
+        groups = math.ceil(groups / fan_in)
+
+        def add_group(items):
+            items = sorted(items, key=lambda item: item[1][0])
+            if items:
+                yield items[0][0], _add_partial_sums([part for _, (_, part) in items])
+
+        level = (level.map(lambda item, f=fan_in: (item[0] // f, item))
+                 .partitionBy(groups, lambda key: key)
+                 .mapPartitions(add_group))
+    sums = level.collect()
+    if len(sums) != 1:
+        raise RuntimeError(f"averaging ended with {len(sums)} partial sums instead of 1")
+    total = sums[0][1]
+    weights, optimizer = _mean_of(total)
+    return weights, optimizer, sorted(total["replicas"], key=lambda r: r["partition"])
 
 
 # --------------------------------------------------------------------------- the driver's loop
@@ -458,6 +644,38 @@ def initial_state(config: TrainConfig):
 def _format_seconds(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def training_sample(train_df, count: int, seed: int):
+    """About ``count`` training images (and labels) as numpy, the same for the same seed.
+
+    Rows are picked by a hash of ``(index, seed)``, so the sample does not
+    depend on how the DataFrame is partitioned and needs no count first.
+    """
+    from pyspark.sql import functions as F
+
+    from mnist_spark.images import struct_array_to_numpy
+
+    total = train_df.count()
+    keep = F.pmod(F.xxhash64("index", F.lit(seed)), F.lit(max(total, 1))) < F.lit(count)
+    table = train_df.where(keep).select("index", "label", "image").orderBy("index").toArrow()
+    images = struct_array_to_numpy(table.column("image").combine_chunks(), "training image")
+    return images, table.column("label").to_numpy().astype(np.int32)
+
+
+def _timed(seconds: dict, name: str):
+    """Context manager adding the wall time of its block to ``seconds[name]``."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def block():
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+
+    return block()
 
 
 def train(spark, train_df, config: TrainConfig, *, validation=None, state: TrainState | None = None,
@@ -481,6 +699,8 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
     -------
     (keras.Model, TrainState)
         The driver's model holding the averaged weights, and the final state.
+        Its BatchNorm statistics are re-estimated on training images
+        (``config.batchnorm_sample``).
     """
     from pyspark import BarrierTaskContext, TaskContext
 
@@ -499,17 +719,25 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
     started = time.perf_counter()
     shards, sizes = make_shards(train_df, config.partitions)
     schedule = plan_schedule(config, sizes)
+    sample = None
+    if config.batchnorm_sample and models.batchnorm_layers(model):
+        sample = training_sample(train_df, config.batchnorm_sample, config.seed)[0].reshape(
+            -1, *config.input_shape)
     logger.info(
-        "training %s on %d images in %d partitions (%s): %d rounds of %d steps, batch %d",
-        config.model, sum(sizes), config.partitions, ", ".join(map(str, sizes)),
-        schedule.rounds, schedule.steps_per_round, config.batch_size,
+        "training %s on %d images in %d partitions (%s): %d rounds of %s steps, batch %d, "
+        "peak learning rate %.4g",
+        config.model, sum(sizes), config.partitions, ", ".join(map(str, sizes)), schedule.rounds,
+        _round_lengths(schedule), config.batch_size,
+        learning_rate_at(config, schedule, int(config.warmup_epochs * schedule.steps_per_epoch)),
     )
     loop_started = time.perf_counter()
     first_round = state.round
     try:
         for round_ in range(state.round, schedule.rounds):
             round_started = time.perf_counter()
-            payload = sc.broadcast(pickle.dumps((state.weights, state.optimizer), protocol=5))
+            overheads: dict = {}
+            with _timed(overheads, "broadcast"):
+                payload = sc.broadcast(pickle.dumps((state.weights, state.optimizer), protocol=5))
 
             def run_round(batches, payload=payload, round_=round_):
                 import pyarrow as pa
@@ -527,33 +755,51 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
                         yield pa.RecordBatch.from_pylist([_result_row(result)], schema=_result_arrow())
 
             sc.setJobDescription(f"training round {round_ + 1}/{schedule.rounds}")
-            rows = shards.mapInArrow(run_round, _result_schema(), barrier=config.barrier).collect()
-            results = sorted((_result_from_row(r) for r in rows), key=lambda r: r["partition"])
+            with _timed(overheads, "tasks"):
+                replicas = shards.mapInArrow(run_round, _result_schema(), barrier=config.barrier)
+                weights, optimizer, results = tree_average(replicas, config.partitions)
+                jobs_done = time.time()
             payload.destroy()
-            weights, optimizer = average_replicas(results)
+            load_state(model, weights, optimizer)
+            if sample is not None and (validation is not None or round_ + 1 == schedule.rounds):
+                with _timed(overheads, "batchnorm"):
+                    models.reestimate_batchnorm(model, sample)
+                    weights = model.get_weights()
             logger.debug("round %d replicas ran in Python workers %s", round_ + 1,
                          [r["pid"] for r in results])
-            seconds = time.perf_counter() - round_started
             images = sum(r["count"] for r in results)
+            counts = [r["count"] for r in results]
             record = {
                 "round": round_ + 1,
                 "epoch": round(schedule.epoch_of(round_ + 1), 4),
-                "loss": float(np.average([r["loss"] for r in results], weights=[r["count"] for r in results])),
-                "accuracy": float(np.average([r["accuracy"] for r in results],
-                                             weights=[r["count"] for r in results])),
+                "steps": schedule.steps_in(round_),
+                "learning_rate": learning_rate_at(config, schedule, schedule.starts[round_]),
+                "loss": float(np.average([r["loss"] for r in results], weights=counts)),
+                "accuracy": float(np.average([r["accuracy"] for r in results], weights=counts)),
                 "images": images,
-                "seconds": round(seconds, 3),
-                "images_per_second": round(images / seconds, 1),
             }
-            load_state(model, weights, optimizer)
             if validation is not None:
-                val_loss, val_accuracy = model.evaluate(validation[0].astype(np.float32), validation[1],
-                                                        batch_size=512, verbose=0)
+                with _timed(overheads, "validation"):
+                    val_loss, val_accuracy = model.evaluate(validation[0].astype(np.float32),
+                                                            validation[1], batch_size=512, verbose=0)
                 record.update(val_loss=float(val_loss), val_accuracy=float(val_accuracy))
+            seconds = time.perf_counter() - round_started
+            slowest = max(r["fit_seconds"] for r in results)
+            # The Spark jobs' time after the last replica finished is the averaging in the
+            # executors; what is neither that nor the slowest replica's fitting is task start:
+            # scheduling, worker start, shard views, loading the broadcast state.
+            overheads["averaging"] = max(0.0, jobs_done - max(r["finished"] for r in results))
+            overheads["task_start"] = max(0.0, overheads.pop("tasks") - slowest - overheads["averaging"])
+            record.update(
+                seconds=round(seconds, 3),
+                images_per_second=round(images / seconds, 1),
+                fit_seconds=round(slowest, 3),
+                overhead_seconds={k: round(v, 3) for k, v in sorted(overheads.items())},
+            )
             state = TrainState(round_ + 1, weights, optimizer, state.history + [record])
             elapsed = time.perf_counter() - loop_started
-            done = round_ + 1 - first_round
-            eta = elapsed / done * (schedule.rounds - round_ - 1)
+            eta = elapsed / (schedule.starts[round_ + 1] - schedule.starts[first_round]) * (
+                schedule.total_steps - schedule.starts[round_ + 1])
             logger.info(
                 "round %d/%d (epoch %.2f/%d): loss %.4f, accuracy %.4f%s | %.0f img/s | "
                 "elapsed %s, ETA %s",
@@ -569,6 +815,19 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
     logger.info("trained %d rounds in %.1f s (%.1f s preparing shards)",
                 schedule.rounds - first_round, time.perf_counter() - started, loop_started - started)
     return model, state
+
+
+def _round_lengths(schedule: Schedule) -> str:
+    """Round lengths in steps, runs of equal lengths folded: ``15, 30, 14, 59 x 7``."""
+    lengths = [schedule.steps_in(r) for r in range(schedule.rounds)]
+    parts, position = [], 0
+    while position < len(lengths):
+        run = 1
+        while position + run < len(lengths) and lengths[position + run] == lengths[position]:
+            run += 1
+        parts.append(f"{lengths[position]}" + (f" x {run}" if run > 1 else ""))
+        position += run
+    return ", ".join(parts)
 
 
 def save_checkpoint(folder: str, state: TrainState, config: TrainConfig, extra: dict | None = None) -> str:
