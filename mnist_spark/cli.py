@@ -276,6 +276,14 @@ def configure_logging(level: int = logging.INFO) -> None:
     )
     for noisy in ("py4j", "matplotlib", "PIL", "urllib3", "absl", "tensorflow", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        if _quiet_interrupted_calls not in handler.filters:
+            handler.addFilter(_quiet_interrupted_calls)
+
+
+def _quiet_interrupted_calls(record: logging.LogRecord) -> bool:
+    """Drop py4j's traceback of a call to the JVM cut short by Ctrl-C or SIGTERM: the job says it."""
+    return not ("py4j" in record.pathname and "while sending command" in record.getMessage())
 
 
 def _one_line(text: str) -> str:
@@ -382,6 +390,24 @@ def classify(error: BaseException) -> tuple[int, str]:
 
 
 def _raise_terminated(signum, frame):
+    """SIGTERM: cancel the running Spark jobs (as pyspark does on SIGINT) and stop like Ctrl-C.
+
+    The cancel goes through another thread's connection to the JVM: the main
+    thread may be inside a call on its own.
+    """
+    from pyspark import SparkContext
+
+    context = SparkContext._active_spark_context
+    if context is not None:
+        def cancel():
+            try:
+                context.cancelAllJobs()
+            except Exception:  # its JVM is gone: nothing to cancel
+                pass
+
+        canceller = threading.Thread(target=cancel, name="cancel-on-sigterm", daemon=True)
+        canceller.start()
+        canceller.join(timeout=10)
     raise Terminated(f"stopped by signal {signum}")
 
 

@@ -417,8 +417,20 @@ def test_exit_status_says_whether_a_retry_can_help(capsys, error, status):
 
 
 def test_ctrl_c_is_130_in_one_line(capsys):
-    assert cli.run_job("job", _raise(KeyboardInterrupt()), spark=object()) == 130
+    try:
+        status = cli.run_job("job", _raise(KeyboardInterrupt()), spark=object())
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped run_job")
+    assert status == 130
     assert capsys.readouterr().err.strip().splitlines() == ["job: error: stopped by SIGINT (Ctrl-C)"]
+
+
+class _Escaped(Exception):
+    """Raised by the test's own SIGTERM handler: run_job did not handle the signal."""
+
+
+def _escaped(signum, frame):
+    raise _Escaped()
 
 
 def test_sigterm_is_143_in_one_line_and_cleans_up(tmp_path, capsys):
@@ -431,12 +443,18 @@ def test_sigterm_is_143_in_one_line_and_cleans_up(tmp_path, capsys):
             os.kill(os.getpid(), signal.SIGTERM)
             raise AssertionError("SIGTERM did not stop the job")
 
-    handler = signal.getsignal(signal.SIGTERM)
-    assert cli.run_job("job", work, spark=object()) == 143
+    previous = signal.signal(signal.SIGTERM, _escaped)
+    try:
+        status = cli.run_job("job", work, spark=object())
+        assert signal.getsignal(signal.SIGTERM) is _escaped  # run_job restores the handler it found
+    except _Escaped:
+        pytest.fail("run_job did not handle SIGTERM")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert status == 143
     assert capsys.readouterr().err.strip().splitlines()[-1:] == ["job: error: stopped by SIGTERM"]
     assert sorted(os.listdir(tmp_path)) == ["user"]
     assert snapshot(tmp_path / "user") == user
-    assert signal.getsignal(signal.SIGTERM) is handler
 
 
 def test_a_complete_job_is_0(capsys):
@@ -510,7 +528,7 @@ def test_debug_keeps_the_traceback(capsys, caplog, monkeypatch):
 FLOAT_CASES = [
     ("train_cnn", ["--learning-rate", "nan"], "--learning-rate"),
     ("train_cnn", ["--learning-rate", "inf"], "--learning-rate"),
-    ("train_cnn", ["--lr-decay", "-inf"], "--lr-decay"),
+    ("train_cnn", ["--lr-decay=-inf"], "--lr-decay"),
     ("train_cnn", ["--augment", "--rotate", "0.5,nan,10"], "--rotate"),
     ("export_png", ["--augment", "2", "--zoom", "0.5,1,inf"], "--zoom"),
     ("transfer", ["--reg-param", "nan"], "--reg-param"),
