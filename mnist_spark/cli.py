@@ -211,7 +211,7 @@ def job_parser(doc: str | None, job: str) -> argparse.ArgumentParser:
         "skip (exit 0 at once) when it is a complete output of this job",
     )
     existing.add_argument(
-        "--overwrite", dest="if_exists", action="store_const", const="overwrite",
+        "--overwrite", dest="if_exists", action="store_const", const="overwrite", default=argparse.SUPPRESS,
         help="short for --if-exists overwrite",
     )
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")

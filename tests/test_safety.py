@@ -145,6 +145,16 @@ def test_overwrite_never_replaces_a_folder_this_project_did_not_write(tmp_path, 
     assert snapshot(output) == before
 
 
+@pytest.mark.parametrize("job", JOB_NAMES)
+def test_an_existing_output_is_refused_before_spark_starts(tmp_path, capsys, no_spark, job):
+    output = tmp_path / "done"
+    before = finished(output, job)
+    status, lines = run_main(job, [*job_argv(job, tmp_path / "data"), "--output", output], capsys)
+    assert status == 2
+    assert_one_line(job, lines, str(output), "already exists", "--if-exists skip", "--overwrite")
+    assert snapshot(output) == before
+
+
 @pytest.mark.parametrize("job", ["ingest", "train_cnn"])
 def test_overwrite_never_replaces_a_plain_file(tmp_path, capsys, no_spark, job):
     output = tmp_path / "results.csv"
