@@ -49,7 +49,20 @@ def _arg_parser():
     parser.add_argument("--partitions", type=cli.positive_int, default=None,
                         help="replicas; default: the cluster's task slots")
     parser.add_argument("--steps-per-round", type=cli.positive_int, default=None,
-                        help="steps between averagings; default: one local epoch")
+                        help="steps between averagings; default: one local epoch, after shorter first rounds")
+    parser.add_argument("--first-round-steps", type=cli.positive_int, default=None,
+                        help="steps of the first round; each next round doubles up to a full round "
+                        "(default: a quarter of a local epoch)")
+    parser.add_argument("--lr-scaling", choices=sorted(training.LR_SCALING),
+                        default=training.TrainConfig.lr_scaling,
+                        help="peak learning rate against the replicas: learning rate x partitions, "
+                        "x sqrt(partitions) or unchanged")
+    parser.add_argument("--warmup-epochs", type=cli.finite_float, default=training.TrainConfig.warmup_epochs,
+                        help="epochs of linear warm-up from --learning-rate to the scaled peak")
+    parser.add_argument("--batchnorm-sample", type=cli.non_negative_int,
+                        default=training.TrainConfig.batchnorm_sample,
+                        help="training images on which BatchNorm statistics are re-estimated after "
+                        "averaging (0: off)")
     parser.add_argument("--learning-rate", type=cli.finite_float, default=training.TrainConfig.learning_rate)
     parser.add_argument("--lr-decay", type=cli.finite_float, default=training.TrainConfig.lr_decay,
                         help="learning rate factor per epoch")
@@ -90,7 +103,9 @@ def _fields(struct):
 def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=models.DEFAULT_MODEL,
         epochs=training.TrainConfig.epochs, batch_size=training.TrainConfig.batch_size,
         partitions=None, steps_per_round=None, learning_rate=training.TrainConfig.learning_rate,
-        lr_decay=training.TrainConfig.lr_decay, barrier=False, limit=None, validation_size=2000,
+        lr_decay=training.TrainConfig.lr_decay, first_round_steps=None,
+        lr_scaling=training.TrainConfig.lr_scaling, warmup_epochs=training.TrainConfig.warmup_epochs,
+        batchnorm_sample=training.TrainConfig.batchnorm_sample, barrier=False, limit=None, validation_size=2000,
         checkpoint_every=1, resume=None, augment=None):
     """Train, evaluate and write the run folder; return the metrics."""
     from mnist_spark.session import task_slots
@@ -113,6 +128,8 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=mod
         config = training.TrainConfig(
             model=model, epochs=epochs, batch_size=batch_size, partitions=partitions or task_slots(spark),
             seed=seed, steps_per_round=steps_per_round, learning_rate=learning_rate, lr_decay=lr_decay,
+            first_round_steps=first_round_steps, lr_scaling=lr_scaling, warmup_epochs=warmup_epochs,
+            batchnorm_sample=batchnorm_sample,
             barrier=barrier, augment=augment, inject_failure=_injected_failure(),
         )
     files = datasets.locate(data_dir)
@@ -222,6 +239,8 @@ def main(argv=None) -> int:
         spark, data_dir=args.data_dir, output=args.output, overwrite=args.overwrite, seed=args.seed,
         model=args.model, epochs=args.epochs, batch_size=args.batch_size, partitions=args.partitions,
         steps_per_round=args.steps_per_round, learning_rate=args.learning_rate, lr_decay=args.lr_decay,
+        first_round_steps=args.first_round_steps, lr_scaling=args.lr_scaling,
+        warmup_epochs=args.warmup_epochs, batchnorm_sample=args.batchnorm_sample,
         barrier=args.barrier, limit=args.limit, validation_size=args.validation_size,
         checkpoint_every=args.checkpoint_every, resume=args.resume,
         augment=dataclasses.asdict(cli.augment_params(args)) if args.augment else None,

@@ -75,8 +75,9 @@ class TrainConfig:
         ``steps_per_round`` alone, every round has that length.
     lr_scaling : str
         How the peak learning rate grows with the replicas, whose averaged
-        update stands for a batch ``partitions`` times larger: ``sqrt``
-        (``learning_rate * sqrt(partitions)``), ``linear`` or ``none``.
+        update stands for a batch ``partitions`` times larger: ``linear``
+        (``learning_rate * partitions``, the default, which measured best),
+        ``sqrt`` or ``none``.
     warmup_epochs : float
         Epochs over which the learning rate rises linearly from
         ``learning_rate`` to its scaled peak (Goyal et al., 2017).
@@ -99,7 +100,7 @@ class TrainConfig:
     augment: dict | None = None
     inject_failure: tuple | None = None
     first_round_steps: int | None = None
-    lr_scaling: str = "sqrt"
+    lr_scaling: str = "linear"
     warmup_epochs: float = 1.0
     batchnorm_sample: int = 2048
 
@@ -791,6 +792,7 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
             overheads["averaging"] = max(0.0, jobs_done - max(r["finished"] for r in results))
             overheads["task_start"] = max(0.0, overheads.pop("tasks") - slowest - overheads["averaging"])
             record.update(
+                time=round(time.time(), 3),
                 seconds=round(seconds, 3),
                 images_per_second=round(images / seconds, 1),
                 fit_seconds=round(slowest, 3),

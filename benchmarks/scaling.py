@@ -1,0 +1,227 @@
+"""Benchmark: distributed training at 2, 4, 8 and 16 replicas against plain Keras, in one run.
+
+For each model (default: ``bn_cnn`` for 8 epochs and ``simple_cnn`` for 3),
+on the same cores and data:
+
+* ``plain``: a separate Python process runs ``model.fit`` over full MNIST
+  with the same model, batch size and per-epoch learning-rate decay
+  (TensorFlow uses every core) and scores the 10,000 test images after
+  every epoch;
+* ``spark``: ``spark-submit jobs/train_cnn.py --partitions N`` with the
+  job's defaults and ``--validation-size 10000``, so the driver scores the
+  whole test split after every round.
+
+Times are wall-clock from the launch of each process, as a user sees the
+job: Python, TensorFlow and Spark start-up included. Reported per run: the
+final test accuracy, the time at which test accuracy first reached 99.0% and
+99.3%, images per second over the training rounds (plain Keras: over
+``fit``), the spread of per-round images per second over the full-epoch
+rounds ((max - min) / median), the rounds' mean overheads, and the Python
+driver's peak resident memory (VmHWM). A figure compares the learning curves.
+
+Writes ``benchmarks/results/scaling.json`` and ``docs/scaling_<model>.png``,
+and prints a Markdown table. About 30 minutes on 2 cores::
+
+    .venv/bin/python benchmarks/scaling.py
+    .venv/bin/python benchmarks/scaling.py --runs bn_cnn:8 --replicas 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+RESULTS = PROJECT / "benchmarks" / "results"
+sys.path.insert(0, str(PROJECT))
+
+THRESHOLDS = (0.990, 0.993)
+
+
+def plain_keras(model_name: str, epochs: int, launched: float) -> dict:
+    """Runs in its own process (``--plain``): the single-machine program a user would write."""
+    import keras
+    import numpy as np
+
+    from mnist_spark import idx, models, training
+
+    data = PROJECT / "data" / "mnist"
+    x = idx.read_idx(data / "train-images-idx3-ubyte.gz")[..., None]
+    y = idx.read_idx(data / "train-labels-idx1-ubyte.gz").astype(np.int32)
+    xt = idx.read_idx(data / "t10k-images-idx3-ubyte.gz")[..., None].astype(np.float32)
+    yt = idx.read_idx(data / "t10k-labels-idx1-ubyte.gz").astype(np.int32)
+    config = training.TrainConfig(model=model_name, epochs=epochs)
+    model = models.build_model(model_name, seed=config.seed, learning_rate=config.learning_rate)
+    curve, scoring = [], [0.0]
+
+    class Score(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            started = time.perf_counter()
+            accuracy = self.model.evaluate(xt, yt, batch_size=512, verbose=0)[1]
+            curve.append({"epoch": epoch + 1, "accuracy": float(accuracy),
+                          "time": round(time.time() - launched, 2)})
+            scoring[0] += time.perf_counter() - started
+
+    schedule = keras.callbacks.LearningRateScheduler(
+        lambda epoch: config.learning_rate * config.lr_decay ** epoch)
+    started = time.perf_counter()
+    model.fit(x, y, batch_size=config.batch_size, epochs=epochs, shuffle=True, verbose=0,
+              callbacks=[schedule, Score()])
+    fit_seconds = time.perf_counter() - started - scoring[0]  # scoring is not training
+    return {"curve": curve, "test_accuracy": curve[-1]["accuracy"],
+            "wall_seconds": round(time.time() - launched, 2),
+            "images_per_second": round(epochs * len(y) / fit_seconds, 1)}
+
+
+def _peak_rss(pattern: str, stop: threading.Event, peak: list) -> None:
+    """Poll the VmHWM of the process whose command line holds ``pattern`` (the Python driver)."""
+    while not stop.is_set():
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    command = f.read()
+                if pattern.encode() not in command or b"java" in command:
+                    continue
+                with open(f"/proc/{entry}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+            except OSError:
+                continue
+        stop.wait(0.5)
+
+
+def spark_run(model_name: str, epochs: int, partitions: int, output: Path) -> dict:
+    env = dict(os.environ)
+    env.setdefault("PYSPARK_PYTHON", sys.executable)
+    env.setdefault("SPARK_CONF_DIR", str(PROJECT / "conf"))
+    submit = Path(sys.executable).parent / "spark-submit"
+    command = [str(submit), str(PROJECT / "jobs" / "train_cnn.py"), "--model", model_name,
+               "--epochs", str(epochs), "--partitions", str(partitions), "--validation-size", "10000",
+               "--checkpoint-every", "0", "--output", str(output)]
+    launched = time.time()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stop, peak = threading.Event(), [0]
+    sampler = threading.Thread(target=_peak_rss, args=("jobs/train_cnn.py", stop, peak), daemon=True)
+    sampler.start()
+    _, stderr = process.communicate(timeout=3600)
+    stop.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"train_cnn --partitions {partitions} failed:\n{stderr[-3000:]}")
+    metrics = json.loads((output / "metrics.json").read_text())
+    history = metrics["history"]
+    curve = [{"epoch": h["epoch"], "accuracy": h["val_accuracy"], "time": round(h["time"] - launched, 2)}
+             for h in history]
+    longest = max(h["steps"] for h in history)
+    full = [h["images_per_second"] for h in history if h["steps"] == longest]
+    overheads: dict = {}
+    for h in history:
+        for name, seconds in h["overhead_seconds"].items():
+            overheads.setdefault(name, []).append(seconds)
+    return {
+        "partitions": partitions, "rounds": len(history), "curve": curve,
+        "test_accuracy": metrics["test_accuracy"], "round1_val_accuracy": history[0]["val_accuracy"],
+        "wall_seconds": round(time.time() - launched, 2),
+        "images_per_second": metrics["images_per_second"],
+        "round_images_per_second": [h["images_per_second"] for h in history],
+        "spread_full_rounds": round((max(full) - min(full)) / statistics.median(full), 3),
+        "mean_overhead_seconds": {k: round(statistics.mean(v), 3) for k, v in sorted(overheads.items())},
+        "driver_peak_rss_gib": round(peak[0] / 2**30, 3),
+    }
+
+
+def _time_to(curve: list, threshold: float):
+    return next((point["time"] for point in curve if point["accuracy"] >= threshold), None)
+
+
+def _figure(model_name: str, epochs: int, plain: dict, runs: list) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for run in [{"label": "plain Keras", **plain}] + [{"label": f"{r['partitions']} replicas", **r} for r in runs]:
+        epochs_axis = [p["epoch"] for p in run["curve"]]
+        accuracy = [100 * p["accuracy"] for p in run["curve"]]
+        style = "k--" if run["label"] == "plain Keras" else "-"
+        axes[0].plot(epochs_axis, accuracy, style, marker="o", markersize=3, label=run["label"])
+        axes[1].plot([p["time"] for p in run["curve"]], accuracy, style, marker="o", markersize=3,
+                     label=run["label"])
+    for axis, xlabel in zip(axes, ("epoch", "seconds since launch")):
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel("test accuracy (%)")
+        axis.set_ylim(97.0, 99.7)
+        axis.grid(alpha=0.3)
+        axis.legend(loc="lower right")
+    figure.suptitle(f"{model_name}, {epochs} epochs, full MNIST, 2 cores: test accuracy after each round")
+    figure.tight_layout()
+    path = PROJECT / "docs" / f"scaling_{model_name}.png"
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default="bn_cnn:8,simple_cnn:3", help="MODEL:EPOCHS, comma-separated")
+    parser.add_argument("--replicas", default="2,4,8,16")
+    parser.add_argument("--plain", nargs=3, metavar=("MODEL", "EPOCHS", "LAUNCHED"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plain:
+        print(json.dumps(plain_keras(args.plain[0], int(args.plain[1]), float(args.plain[2]))))
+        return
+    results = []
+    for item in args.runs.split(","):
+        model_name, epochs = item.split(":")
+        launched = time.time()
+        plain = json.loads(subprocess.run(
+            [sys.executable, __file__, "--plain", model_name, epochs, str(launched)],
+            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        runs = []
+        for partitions in map(int, args.replicas.split(",")):
+            with tempfile.TemporaryDirectory() as tmp:
+                runs.append(spark_run(model_name, int(epochs), partitions, Path(tmp) / "run"))
+            print(json.dumps({"model": model_name, **{k: v for k, v in runs[-1].items() if k != "curve"}}),
+                  flush=True)
+        for run in runs:
+            run["accuracy_gap_points"] = round(100 * (run["test_accuracy"] - plain["test_accuracy"]), 2)
+            run["throughput_ratio"] = round(run["images_per_second"] / plain["images_per_second"], 3)
+            for threshold in THRESHOLDS:
+                run[f"seconds_to_{threshold}"] = _time_to(run["curve"], threshold)
+        for threshold in THRESHOLDS:
+            plain[f"seconds_to_{threshold}"] = _time_to(plain["curve"], threshold)
+        figure = _figure(model_name, int(epochs), plain, runs)
+        results.append({"model": model_name, "epochs": int(epochs), "plain_keras": plain, "spark": runs,
+                        "figure": str(figure.relative_to(PROJECT))})
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "scaling.json").write_text(json.dumps(
+        {"benchmark": "scaling", "cores": os.cpu_count(), "results": results}, indent=2) + "\n")
+    print("| model | replicas | test accuracy | plain Keras | gap (points) | round-1 val | to 99.0% | "
+          "to 99.3% | img/s | ratio | spread | driver peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for result in results:
+        plain = result["plain_keras"]
+        print(f"| {result['model']} ({result['epochs']} ep) | plain | | {100 * plain['test_accuracy']:.2f}% | | | "
+              f"{plain['seconds_to_0.99']} s | {plain['seconds_to_0.993']} s | {plain['images_per_second']:.0f} | "
+              "1 | | |")
+        for run in result["spark"]:
+            print(f"| | {run['partitions']} | {100 * run['test_accuracy']:.2f}% | | {run['accuracy_gap_points']:+.2f} | "
+                  f"{run['round1_val_accuracy']:.3f} | {run['seconds_to_0.99']} s | {run['seconds_to_0.993']} s | "
+                  f"{run['images_per_second']:.0f} | {run['throughput_ratio']:.2f} | "
+                  f"{run['spread_full_rounds']:.2f} | {run['driver_peak_rss_gib']:.2f} GiB |")
+
+
+if __name__ == "__main__":
+    main()
