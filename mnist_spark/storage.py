@@ -284,16 +284,25 @@ def finished_output(location: str | os.PathLike) -> dict | None:
     return marker
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first); None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def process_start(pid: int) -> int | None:
     """When a process started, in clock ticks after boot (``/proc/<pid>/stat``); None where unknown.
 
     A process id is reused after its process ends; the start time tells the
     new process from the old.
     """
+    fields = _proc_stat(pid)
     try:
-        with open(f"/proc/{pid}/stat") as stream:
-            return int(stream.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
+        return int(fields[19]) if fields else None
+    except (ValueError, IndexError):
         return None
 
 
@@ -329,6 +338,9 @@ def owner_state(owner: dict) -> str:
         pass
     except OSError:
         return "unknown"
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return "gone"  # ended, not yet reaped by its parent
     start = process_start(pid)
     if owner.get("start") is not None and start is not None and start != owner["start"]:
         return "gone"  # the id now belongs to another process

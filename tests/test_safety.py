@@ -312,6 +312,22 @@ def test_a_second_run_fails_while_the_first_writes(tmp_path, capsys, no_spark, l
     assert not other.exists()
 
 
+def test_a_staging_folder_of_an_ended_process_is_swept(tmp_path):
+    """An owner that has ended but is not yet reaped (a zombie, whose pid still exists) is gone."""
+    ended = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        killed = tmp_path / "out.tmp-0123abcd"
+        killed.mkdir()
+        (killed / "_OWNER").write_bytes(owner(ended.pid, storage.process_start(ended.pid)))
+        ended.stdin.close()
+        os.waitid(os.P_PID, ended.pid, os.WEXITED | os.WNOWAIT)  # ended, left unreaped
+        assert storage.process_start(ended.pid) is not None
+        finished(tmp_path / "out", "ingest")
+        assert not killed.exists()
+    finally:
+        ended.wait()
+
+
 def test_a_staging_folder_of_another_host_is_left_alone(tmp_path):
     other = tmp_path / "out.tmp-0123abcd"
     other.mkdir()
