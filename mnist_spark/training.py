@@ -37,6 +37,33 @@ logger = logging.getLogger(__name__)
 #: Set to ``"PARTITION:ROUND"`` to make that task fail on its first attempt (fault tests).
 ENV_INJECT_FAILURE = "MNIST_SPARK_INJECT_FAILURE"
 
+#: Set in executors to ``"ROUND:FOLDER"`` to hold the first attempt of every replica of round
+#: ROUND (1-based) until FOLDER/release exists: fault tests kill a replica while it runs.
+ENV_HOLD_REPLICA = "MNIST_SPARK_HOLD_REPLICA"
+#: The longest a replica is held, in seconds, should the test never release it.
+HOLD_TIMEOUT = 600
+
+
+def _hold_if_asked(partition: int, round_: int, attempt: int) -> None:
+    """The fault tests' hook: wait, with the replica's task running, until the test releases it.
+
+    The replica writes ``FOLDER/held-<partition>`` holding its process id,
+    then waits for ``FOLDER/release``. Only first attempts are held, so the
+    task Spark retries runs through.
+    """
+    value = os.environ.get(ENV_HOLD_REPLICA)
+    if not value or attempt != 0:
+        return
+    held_round, _, folder = value.partition(":")
+    if int(held_round) != round_ + 1:
+        return
+    with open(os.path.join(folder, f"held-{partition}.tmp"), "w") as note:
+        note.write(str(os.getpid()))
+    os.replace(os.path.join(folder, f"held-{partition}.tmp"), os.path.join(folder, f"held-{partition}"))
+    deadline = time.monotonic() + HOLD_TIMEOUT
+    while not os.path.exists(os.path.join(folder, "release")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -264,6 +291,7 @@ def _shard_schema():
     return StructType([
         StructField("key", LongType(), False),
         StructField("shard", IntegerType(), False),
+        StructField("chunk", IntegerType(), False),
         StructField("shape", BinaryType(), False),
         StructField("index", BinaryType(), False),
         StructField("label", BinaryType(), False),
@@ -271,39 +299,90 @@ def _shard_schema():
     ])
 
 
-def _shard_rows(pieces):
-    """Arrow batch of one row per shard from ``(shard, key, shape, index, labels, images)`` pieces."""
+#: Largest cached shard row: a shard is stored as rows ("chunks") of at most this many pixel bytes,
+#: so no row nears the JVM's 2 GiB array limit and Spark can spill cached chunks to disk.
+CHUNK_BYTES = 64 * 2**20
+
+
+def _shard_rows(shard: int, key: int, shape, index, labels, images, chunk_bytes: int):
+    """Arrow batches of one shard's rows, each holding at most ``chunk_bytes`` of pixels."""
     import pyarrow as pa
 
-    return pa.RecordBatch.from_pylist(
-        [{"key": int(key), "shard": int(shard), "shape": np.asarray(shape, np.int32).tobytes(),
-          "index": index.tobytes(), "label": labels.tobytes(), "pixels": images.tobytes()}
-         for shard, key, shape, index, labels, images in pieces],
-        schema=pa.schema([("key", pa.int64()), ("shard", pa.int32()), ("shape", pa.binary()),
-                          ("index", pa.binary()), ("label", pa.binary()), ("pixels", pa.binary())]),
-    )
+    schema = pa.schema([("key", pa.int64()), ("shard", pa.int32()), ("chunk", pa.int32()),
+                        ("shape", pa.binary()), ("index", pa.binary()), ("label", pa.binary()),
+                        ("pixels", pa.binary())])
+    per_chunk = max(1, chunk_bytes // max(1, int(np.prod(shape))))
+    for chunk, start in enumerate(range(0, len(labels), per_chunk)):
+        stop = start + per_chunk
+        yield pa.RecordBatch.from_pylist(
+            [{"key": int(key), "shard": int(shard), "chunk": chunk,
+              "shape": np.asarray(shape, np.int32).tobytes(), "index": index[start:stop].tobytes(),
+              "label": labels[start:stop].tobytes(), "pixels": images[start:stop].tobytes()}],
+            schema=schema)
 
 
-def shard_arrays(row) -> tuple:
-    """``(images, labels, index)`` numpy views of one cached shard row (no copy)."""
-    shape = tuple(np.frombuffer(row["shape"], np.int32))
-    images = np.frombuffer(row["pixels"], np.uint8).reshape(-1, *shape)
-    return images, np.frombuffer(row["label"], np.int32), np.frombuffer(row["index"], np.int64)
+class ShardFile:
+    """One shard's images in a local file, its labels and indices in memory.
+
+    A task streams its shard's cached chunks into a file in Spark's local
+    folder (``SPARK_LOCAL_DIRS``) and maps it, so a Python worker holds only
+    the batches it trains on, however large the shard; the page cache keeps
+    the file's pages as memory allows. The file is deleted on :meth:`close`.
+    """
+
+    def __init__(self, chunks):
+        import tempfile
+
+        folder = (os.environ.get("SPARK_LOCAL_DIRS") or tempfile.gettempdir()).split(",")[0]
+        handle, self.path = tempfile.mkstemp(prefix="mnist_spark-shard-", suffix=".u8", dir=folder)
+        labels, index, self.shape = [], [], None
+        try:
+            with os.fdopen(handle, "wb") as out:
+                for chunk in sorted(chunks, key=lambda c: c["chunk"]):
+                    self.shape = tuple(int(n) for n in np.frombuffer(chunk["shape"], np.int32))
+                    out.write(memoryview(chunk["pixels"]))
+                    labels.append(np.frombuffer(chunk["label"], np.int32))
+                    index.append(np.frombuffer(chunk["index"], np.int64))
+            self.labels, self.index = np.concatenate(labels), np.concatenate(index)
+            self.images = np.memmap(self.path, np.uint8, "r", shape=(len(self.labels), *self.shape))
+        except BaseException:
+            os.unlink(self.path)
+            raise
+
+    def close(self) -> None:
+        self.images = None
+        if os.path.exists(self.path):
+            os.unlink(self.path)
 
 
-def make_shards(df, partitions: int):
+def shard_chunks(batches) -> dict:
+    """A task's cached chunk rows grouped by shard: ``{shard: [chunk rows]}``, buffers zero-copy."""
+    shards: dict = {}
+    for batch in batches:
+        for position in range(batch.num_rows):
+            row = {name: batch.column(name)[position].as_buffer()
+                   for name in ("shape", "index", "label", "pixels")}
+            row["chunk"] = batch.column("chunk")[position].as_py()
+            shards.setdefault(batch.column("shard")[position].as_py(), []).append(row)
+    return shards
+
+
+def make_shards(df, partitions: int, *, chunk_bytes: int | None = None):
     """Split an image DataFrame into ``partitions`` cached numpy shards, one per partition.
 
     Rows go to shard ``index % partitions`` and are ordered by index inside
     it, so the shards do not depend on how ``df`` happens to be partitioned.
-    Each shard is one cached row holding its images, labels and indices as
-    contiguous arrays: decoded once, read back zero-copy every round.
+    A shard is cached as rows of at most ``chunk_bytes`` of pixels
+    (:data:`CHUNK_BYTES`), each holding contiguous arrays of images, labels
+    and indices: decoded once, streamed to the replica every round.
 
     Parameters
     ----------
     df : DataFrame
         Columns ``index``, ``label`` and ``image`` (Spark's image struct).
     partitions : int
+    chunk_bytes : int, optional
+        Pixel bytes per cached row; default :data:`CHUNK_BYTES`.
 
     Returns
     -------
@@ -325,6 +404,7 @@ def make_shards(df, partitions: int):
     from pyspark.sql import functions as F
 
     keys = partition_keys(df.sparkSession, partitions)
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
 
     def assemble(batches):
         from mnist_spark.images import struct_array_to_numpy
@@ -346,9 +426,9 @@ def make_shards(df, partitions: int):
                 raise ValueError(f"training images must share one size, found {sorted(shapes)}")
             index = np.concatenate([p[2] for p in parts])
             order = np.argsort(index, kind="stable")
-            yield _shard_rows([(shard, keys[shard], shapes.pop(), index[order],
-                                np.concatenate([p[1] for p in parts])[order],
-                                np.concatenate([p[0] for p in parts])[order])])
+            yield from _shard_rows(shard, keys[shard], shapes.pop(), index[order],
+                                   np.concatenate([p[1] for p in parts])[order],
+                                   np.concatenate([p[0] for p in parts])[order], chunk_bytes)
 
     # The split is plain SQL, so the stage reading the images runs one Python
     # worker per task; the next stage runs the other.
@@ -356,8 +436,9 @@ def make_shards(df, partitions: int):
     key = F.element_at(F.array(*[F.lit(k) for k in keys]), shard + 1)
     rows = df.select(shard.alias("shard"), key.alias("key"), "index", "label", "image")
     shards = rows.repartition(partitions, "key").mapInArrow(assemble, _shard_schema()).cache()
-    sizes = {row["shard"]: len(row["label"]) // 4
-             for row in shards.select("shard", "label").collect()}
+    sizes: dict = {}
+    for row in shards.select("shard", (F.length("label") / 4).cast("long").alias("count")).collect():
+        sizes[row["shard"]] = sizes.get(row["shard"], 0) + row["count"]
     if sorted(sizes) != list(range(partitions)) or min(sizes.values()) == 0:
         shards.unpersist()
         raise ValueError(
@@ -370,22 +451,21 @@ def make_shards(df, partitions: int):
 # --------------------------------------------------------------------------- replicas
 
 
-_REPLICAS: dict = {}
-
-
 def _replica(config: TrainConfig):
-    """This Python worker's model for ``config``, built once and reused across rounds."""
-    key = (config.model, tuple(config.input_shape), config.num_classes)
-    model = _REPLICAS.get(key)
-    if model is None:
-        from mnist_spark.session import configure_tensorflow_threads
+    """This Python worker's model for ``config``, built once and reused across rounds.
 
-        configure_tensorflow_threads()
+    Kept in the worker's model cache (:func:`mnist_spark.evaluation.worker_model`),
+    on the task's GPU when Spark assigned one.
+    """
+    from mnist_spark.evaluation import worker_model
+
+    def build():
         model = models.build_model(config.model, input_shape=config.input_shape,
                                    num_classes=config.num_classes, seed=0)
         model.optimizer.build(model.trainable_variables)
-        _REPLICAS[key] = model
-    return model
+        return model
+
+    return worker_model(("replica", config.model, tuple(config.input_shape), config.num_classes), build)
 
 
 def optimizer_variables(model) -> list:
@@ -436,6 +516,43 @@ def _order(config: TrainConfig, schedule: Schedule, partition: int, round_: int,
     return out
 
 
+def _batches(images, labels, index, order, config: TrainConfig, schedule: Schedule, first_step: int):
+    """A ``keras.utils.PyDataset`` of the round's batches, gathered from the shard one at a time.
+
+    Only one batch of images is copied out of the shard (which may be a
+    memory-mapped file) at a time. Pixels stay uint8: the model casts each
+    batch to float32 itself.
+    """
+    import keras
+
+    batch_size = config.batch_size
+    params = None
+    if config.augment:
+        from mnist_spark import augment
+
+        params = augment.AugmentParams(**config.augment)
+    per_epoch = schedule.steps_per_epoch * batch_size
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return math.ceil(len(order) / batch_size)
+
+        def __getitem__(self, number):
+            picked = order[number * batch_size:(number + 1) * batch_size]
+            x = np.asarray(images[picked])
+            if params is not None:
+                from mnist_spark import augment
+
+                # A new variant of every image each epoch, the same whichever task draws it.
+                first = (first_step + number) * batch_size
+                epochs = (first + np.arange(len(picked))) // per_epoch
+                keys = [("train", int(i), int(e) + 1) for i, e in zip(index[picked], epochs)]
+                x, _ = augment.augment_batch(x, keys, params, seed=config.seed)
+            return x, labels[picked]
+
+    return Batches(workers=1, use_multiprocessing=False, max_queue_size=4)
+
+
 class _StepLearningRate:
     """Keras callback: sets the learning rate before every batch from the run's schedule."""
 
@@ -455,6 +572,9 @@ def train_replica(partition: int, shard, state_payload: bytes, round_: int, conf
 
     Returns the replica's weights, optimizer state, sample count and metrics.
     """
+    from mnist_spark.session import device_scope, task_device
+
+    _hold_if_asked(partition, round_, attempt)
     if config.inject_failure == (partition, round_) and attempt == 0:
         raise RuntimeError(f"injected failure in partition {partition}, round {round_} (attempt 0)")
     started = time.perf_counter()
@@ -465,22 +585,15 @@ def train_replica(partition: int, shard, state_payload: bytes, round_: int, conf
     load_state(model, weights, optimizer, learning_rate=learning_rate_at(config, schedule, first_step),
                seed=task_seed(config.seed, partition, round_))
     order = _order(config, schedule, partition, round_, len(labels))
-    x, y = images[order], labels[order]
-    if config.augment:
-        from mnist_spark import augment
-
-        # A new variant of every image each epoch, the same whichever task draws it.
-        epochs = (first_step * config.batch_size + np.arange(len(order))) // (
-            schedule.steps_per_epoch * config.batch_size)
-        keys = [("train", int(i), int(e) + 1) for i, e in zip(index[order], epochs)]
-        x, _ = augment.augment_batch(x, keys, augment.AugmentParams(**config.augment), seed=config.seed)
     loaded = time.perf_counter()
-    # uint8 in: the model casts each batch to float32 itself, so no float copy of the shard.
-    history = model.fit(x, y, batch_size=config.batch_size, epochs=1, shuffle=False, verbose=0,
-                        callbacks=[_StepLearningRate(config, schedule, first_step)])
+    batches = _batches(images, labels, index, order, config, schedule, first_step)
+    with device_scope():
+        history = model.fit(batches, epochs=1, shuffle=False, verbose=0,
+                            callbacks=[_StepLearningRate(config, schedule, first_step)])
     return {
+        "device": task_device() or "cpu",
         "partition": partition,
-        "count": int(len(y)),
+        "count": int(len(order)),
         "loss": float(history.history["loss"][-1]),
         "accuracy": float(history.history["accuracy"][-1]),
         "seconds": time.perf_counter() - started,
@@ -492,7 +605,7 @@ def train_replica(partition: int, shard, state_payload: bytes, round_: int, conf
     }
 
 
-_RESULT_FIELDS = (("partition", "int32"), ("count", "int64"), ("loss", "float64"),
+_RESULT_FIELDS = (("partition", "int32"), ("device", "string"), ("count", "int64"), ("loss", "float64"),
                   ("accuracy", "float64"), ("seconds", "float64"), ("fit_seconds", "float64"),
                   ("finished", "float64"), ("pid", "int64"),
                   ("state", "binary"))
@@ -500,10 +613,11 @@ _RESULT_FIELDS = (("partition", "int32"), ("count", "int64"), ("loss", "float64"
 
 def _result_schema():
     """Spark schema of one replica's result row."""
-    from pyspark.sql.types import (BinaryType, DoubleType, IntegerType, LongType, StructField,
-                                   StructType)
+    from pyspark.sql.types import (BinaryType, DoubleType, IntegerType, LongType, StringType,
+                                   StructField, StructType)
 
-    types = {"int32": IntegerType(), "int64": LongType(), "float64": DoubleType(), "binary": BinaryType()}
+    types = {"int32": IntegerType(), "int64": LongType(), "float64": DoubleType(), "binary": BinaryType(),
+             "string": StringType()}
     return StructType([StructField(name, types[kind], False) for name, kind in _RESULT_FIELDS])
 
 
@@ -536,6 +650,11 @@ def _partial_sum(result: dict) -> dict:
         "optimizer": [np.asarray(o, np.float64) * count for o in result["optimizer"]],
         "dtypes": [np.asarray(a).dtype.str for a in (*result["weights"], *result["optimizer"])],
     }
+
+
+def _as_partial_sum(item: dict) -> dict:
+    """A partial sum as it is, or a replica's result made one."""
+    return item if "dtypes" in item else _partial_sum(item)
 
 
 def _add_partial_sums(parts: list[dict]) -> dict:
@@ -609,7 +728,8 @@ def tree_average(results, replicas: int, fan_in: int | None = None):
         The averaged state, and each replica's metrics sorted by partition.
     """
     fan_in = fan_in or tree_fan_in(replicas)
-    level = results.rdd.map(lambda row: (row["partition"], _partial_sum(_result_from_row(row))))
+    # Replicas travel as they are (float32) to the first level, which makes them float64 sums.
+    level = results.rdd.map(lambda row: (row["partition"], _result_from_row(row)))
     groups = replicas
     while groups > 1:
         groups = math.ceil(groups / fan_in)
@@ -617,7 +737,7 @@ def tree_average(results, replicas: int, fan_in: int | None = None):
         def add_group(items):
             items = sorted(items, key=lambda item: item[1][0])
             if items:
-                yield items[0][0], _add_partial_sums([part for _, (_, part) in items])
+                yield items[0][0], _add_partial_sums([_as_partial_sum(part) for _, (_, part) in items])
 
         level = (level.map(lambda item, f=fan_in: (item[0] // f, item))
                  .partitionBy(groups, lambda key: key)
@@ -625,7 +745,7 @@ def tree_average(results, replicas: int, fan_in: int | None = None):
     sums = level.collect()
     if len(sums) != 1:
         raise RuntimeError(f"averaging ended with {len(sums)} partial sums instead of 1")
-    total = sums[0][1]
+    total = _as_partial_sum(sums[0][1])
     weights, optimizer = _mean_of(total)
     return weights, optimizer, sorted(total["replicas"], key=lambda r: r["partition"])
 
@@ -680,7 +800,7 @@ def _timed(seconds: dict, name: str):
 
 
 def train(spark, train_df, config: TrainConfig, *, validation=None, state: TrainState | None = None,
-          on_round=None):
+          on_round=None, chunk_bytes: int | None = None):
     """Train ``config.model`` data-parallel over ``config.partitions`` replicas.
 
     Parameters
@@ -695,6 +815,9 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
         Resume from this state (a checkpoint) instead of fresh weights.
     on_round : callable, optional
         ``on_round(state, schedule)`` after each round, e.g. to checkpoint.
+    chunk_bytes : int, optional
+        Pixel bytes per cached shard row (:func:`make_shards`); the model
+        does not depend on it.
 
     Returns
     -------
@@ -705,20 +828,20 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
     """
     from pyspark import BarrierTaskContext, TaskContext
 
+    from mnist_spark.session import task_slots
+
     model, fresh = initial_state(config)
     state = state or fresh
     load_state(model, state.weights, state.optimizer)
     sc = spark.sparkContext
-    if config.barrier:
-        from mnist_spark.session import task_slots
-
-        if config.partitions > task_slots(spark):
-            raise ValueError(
-                f"barrier mode runs all {config.partitions} replicas at once but the cluster has "
-                f"{task_slots(spark)} task slots; use --partitions {task_slots(spark)} or drop --barrier"
-            )
+    slots = task_slots(spark)
+    if config.barrier and config.partitions > slots:
+        raise ValueError(
+            f"barrier mode runs all {config.partitions} replicas at once but the cluster has "
+            f"{slots} task slots; use --partitions {slots} or drop --barrier"
+        )
     started = time.perf_counter()
-    shards, sizes = make_shards(train_df, config.partitions)
+    shards, sizes = make_shards(train_df, config.partitions, chunk_bytes=chunk_bytes)
     schedule = plan_schedule(config, sizes)
     sample = None
     if config.batchnorm_sample and models.batchnorm_layers(model):
@@ -744,16 +867,15 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
                 import pyarrow as pa
 
                 context = BarrierTaskContext.get() if config.barrier else TaskContext.get()
-                for batch in batches:
-                    for position in range(batch.num_rows):
-                        row = {name: batch.column(name)[position].as_buffer() if name != "shard"
-                               else batch.column(name)[position].as_py()
-                               for name in ("shard", "shape", "index", "label", "pixels")}
-                        images, labels, index = shard_arrays(row)
-                        result = train_replica(row["shard"], (images, labels, index), payload.value,
-                                               round_, config, schedule,
+                for shard, chunks in sorted(shard_chunks(batches).items()):
+                    local = ShardFile(chunks)
+                    try:
+                        result = train_replica(shard, (local.images, local.labels, local.index),
+                                               payload.value, round_, config, schedule,
                                                attempt=context.attemptNumber() if context else 0)
-                        yield pa.RecordBatch.from_pylist([_result_row(result)], schema=_result_arrow())
+                    finally:
+                        local.close()
+                    yield pa.RecordBatch.from_pylist([_result_row(result)], schema=_result_arrow())
 
             sc.setJobDescription(f"training round {round_ + 1}/{schedule.rounds}")
             with _timed(overheads, "tasks"):
@@ -778,6 +900,7 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
                 "loss": float(np.average([r["loss"] for r in results], weights=counts)),
                 "accuracy": float(np.average([r["accuracy"] for r in results], weights=counts)),
                 "images": images,
+                "devices": [r["device"] for r in results],
             }
             if validation is not None:
                 with _timed(overheads, "validation"):
@@ -785,17 +908,17 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
                                                             validation[1], batch_size=512, verbose=0)
                 record.update(val_loss=float(val_loss), val_accuracy=float(val_accuracy))
             seconds = time.perf_counter() - round_started
-            slowest = max(r["fit_seconds"] for r in results)
+            fitting = sum(r["fit_seconds"] for r in results) / min(config.partitions, slots)
             # The Spark jobs' time after the last replica finished is the averaging in the
-            # executors; what is neither that nor the slowest replica's fitting is task start:
-            # scheduling, worker start, shard views, loading the broadcast state.
+            # executors; the rest, beyond the replicas' fitting packed into the task slots, is
+            # task start: scheduling, worker start, the shard's local file, loading the state.
             overheads["averaging"] = max(0.0, jobs_done - max(r["finished"] for r in results))
-            overheads["task_start"] = max(0.0, overheads.pop("tasks") - slowest - overheads["averaging"])
+            overheads["task_start"] = max(0.0, overheads.pop("tasks") - fitting - overheads["averaging"])
             record.update(
                 time=round(time.time(), 3),
                 seconds=round(seconds, 3),
                 images_per_second=round(images / seconds, 1),
-                fit_seconds=round(slowest, 3),
+                fit_seconds=round(fitting, 3),
                 overhead_seconds={k: round(v, 3) for k, v in sorted(overheads.items())},
             )
             state = TrainState(round_ + 1, weights, optimizer, state.history + [record])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pyspark.sql import functions as F
 
 from conftest import PROJECT, load_job, write_idx_dataset
 from mnist_spark import datasets, evaluation, idx, ingest, models, training
@@ -153,6 +154,33 @@ def test_same_seed_and_partitioning_give_the_same_model(spark, train_df):
     assert first.optimizer[0] == 2 * 4  # Adam's step: 2 epochs of 128 images / 32 per batch
 
 
+def test_shards_in_small_chunks_give_the_same_model(spark, train_df):
+    shards, sizes = training.make_shards(train_df, 2, chunk_bytes=784 * 10)
+    rows = shards.select("shard", "chunk", F.length("pixels").alias("bytes")).collect()
+    shards.unpersist()
+    assert sizes == [128, 128] and len(rows) == 2 * 13  # 10 images a row: 13 rows a shard
+    assert max(r["bytes"] for r in rows) == 784 * 10
+    assert sorted((r["shard"], r["chunk"]) for r in rows) == [(s, c) for s in (0, 1) for c in range(13)]
+    _, whole = training.train(spark, train_df, CONFIG)
+    _, chunked = training.train(spark, train_df, CONFIG, chunk_bytes=784 * 10)
+    assert _same(whole.weights, chunked.weights) and _same(whole.optimizer, chunked.optimizer)
+
+
+def test_a_replica_reads_its_shard_from_a_local_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARK_LOCAL_DIRS", f"{tmp_path},/elsewhere")
+    images = np.arange(5 * 4, dtype=np.uint8).reshape(5, 2, 2, 1)
+    chunks = [{"chunk": c, "shape": np.array([2, 2, 1], np.int32).tobytes(),
+               "index": np.arange(c * 3, min(5, c * 3 + 3), dtype=np.int64).tobytes(),
+               "label": np.arange(c * 3, min(5, c * 3 + 3), dtype=np.int32).tobytes(),
+               "pixels": images[c * 3:c * 3 + 3].tobytes()} for c in (1, 0)]  # out of order
+    local = training.ShardFile(chunks)
+    assert os.path.dirname(local.path) == str(tmp_path)
+    assert isinstance(local.images, np.memmap) and np.array_equal(local.images, images)
+    assert local.labels.tolist() == [0, 1, 2, 3, 4] and local.index.tolist() == [0, 1, 2, 3, 4]
+    local.close()
+    assert os.listdir(tmp_path) == []
+
+
 def test_barrier_mode_gives_the_same_model(spark, train_df):
     _, plain = training.train(spark, train_df, CONFIG)
     _, barrier = training.train(spark, train_df, replace(CONFIG, barrier=True))
@@ -204,7 +232,7 @@ def test_resume_reaches_the_same_model(spark, train_df, tmp_path):
 
 def _replica_rows(count: int):
     rng = np.random.default_rng(1)
-    results = [{"partition": k, "count": int(rng.integers(50, 80)), "loss": float(k), "accuracy": 0.5,
+    results = [{"partition": k, "device": "cpu", "count": int(rng.integers(50, 80)), "loss": float(k), "accuracy": 0.5,
                 "seconds": 1.0, "fit_seconds": 0.9, "finished": 0.0, "pid": 100 + k,
                 "weights": [rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)],
                 "optimizer": [np.array(10 * (k + 1), np.int64), rng.normal(size=(5, 3)).astype(np.float32)]}
