@@ -29,7 +29,9 @@ def worker_model(key, build):
     The ``predict_batch_udf`` pattern: with Python worker reuse on, a worker
     builds or loads a model once and keeps it for later batches and tasks.
     TensorFlow's threads are set to the task's ``spark.task.cpus`` before the
-    first build. One model is kept at a time, which bounds a worker's memory;
+    first build, and the model is built on the task's GPU when Spark assigned
+    one (:func:`mnist_spark.session.device_scope`). One model is kept at a
+    time, which bounds a worker's memory;
     :func:`load_model_bytes` and :mod:`mnist_spark.featurizer` share the cache.
 
     Parameters
@@ -43,12 +45,14 @@ def worker_model(key, build):
     -------
     keras.Model
     """
+    from mnist_spark.session import configure_tensorflow_threads, device_scope, task_device
+
+    key = (key, task_device())  # a worker serving tasks on another GPU builds the model there
     model = _MODELS.get(key)
     if model is None:
-        from mnist_spark.session import configure_tensorflow_threads
-
         configure_tensorflow_threads()
-        model = build()
+        with device_scope():
+            model = build()
         _MODELS.clear()  # one model per worker at a time bounds memory
         _MODELS[key] = model
     return model
@@ -134,9 +138,15 @@ def predict(df, model, *, batch_size: int = 512, input_col: str = "image",
     ])
 
     def infer(batches):
-        from mnist_spark.images import struct_array_to_numpy
+        from mnist_spark.session import device_scope
 
         net = load_model_bytes(broadcast.value)
+        with device_scope():
+            yield from _score(net, batches)
+
+    def _score(net, batches):
+        from mnist_spark.images import struct_array_to_numpy
+
         for batch in batches:
             for start in range(0, batch.num_rows, batch_size):
                 part = batch.slice(start, batch_size)

@@ -789,15 +789,23 @@ def featurize_batches(batches, config: FeaturizerConfig, broadcast=None):
     and each piece is yielded as soon as it is done, so output batches stay
     small even for sparkdl's unpooled vectors.
     """
-    import pyarrow as pa
-
     from mnist_spark.evaluation import worker_model
 
     def build():
         payload = None if broadcast is None else broadcast.value
         return _build(config.model_name, config.image_size, config.pooling, payload, config.weights_suffix)
 
+    from mnist_spark.session import device_scope
+
     model = worker_model(config.cache_key, build)
+    with device_scope():
+        yield from _featurize(model, batches, config)
+
+
+def _featurize(model, batches, config):
+    """Feature vectors of Arrow batches (the body of :func:`featurize_batches`, on the task's device)."""
+    import pyarrow as pa
+
     where = f"DeepImageFeaturizer column {config.input_col!r}"
     element = pa.field("element", pa.float32(), False)
     for batch in batches:

@@ -233,4 +233,63 @@ def configure_tensorflow_threads(threads: int | None = None) -> int:
     except RuntimeError:
         # TensorFlow was initialised earlier in this worker; its pools are fixed.
         pass
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            # Several Python workers share an executor's GPUs: each takes memory as it needs it.
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass
     return threads
+
+
+def task_gpus() -> tuple:
+    """GPU addresses Spark assigned to the running task (``spark.task.resource.gpu.amount``).
+
+    Empty outside a task, and in a task without GPUs.
+    """
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is None:
+        return ()
+    info = context.resources().get("gpu")
+    return tuple(info.addresses) if info is not None else ()
+
+
+def task_device() -> str | None:
+    """The Keras device of the running task: ``gpu:<address>`` of its first GPU, else None.
+
+    Spark's addresses are the GPU indices its discovery script reports, which
+    are TensorFlow's indices of the GPUs the executor sees. A task uses one
+    GPU; give each task one (``spark.task.resource.gpu.amount=1``).
+
+    Raises
+    ------
+    ValueError
+        When the address is not a GPU index.
+    """
+    gpus = task_gpus()
+    if not gpus:
+        return None
+    if not gpus[0].isdigit():
+        raise ValueError(
+            f"Spark assigned this task GPU address {gpus[0]!r}, expected a GPU index such as '0'; "
+            "make the GPU discovery script report indices")
+    return f"gpu:{int(gpus[0])}"
+
+
+def device_scope():
+    """A context manager placing Keras and TensorFlow work on the task's GPU; a no-op without one.
+
+    Used wherever a task builds or runs a network (training replicas, the
+    featurizer, scoring), so each task computes on the GPU Spark gave it and
+    no other.
+    """
+    import contextlib
+
+    device = task_device()
+    if device is None:
+        return contextlib.nullcontext()
+    import keras
+
+    return keras.device(device)

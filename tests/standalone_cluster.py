@@ -84,34 +84,6 @@ class Submission:
             pass
         self.process.wait()
 
-    def _rest(self, path: str):
-        base = f"http://127.0.0.1:{self.ui_port}/api/v1/applications"
-        apps = json.load(urllib.request.urlopen(base, timeout=2))
-        return json.load(urllib.request.urlopen(f"{base}/{apps[0]['id']}/{path}", timeout=2))
-
-    def running_tasks(self, description: str) -> list[dict]:
-        """Running tasks of the active stages whose job description starts with ``description``
-        (each a dict of the monitoring REST API, with ``executorId``); [] when the UI is not up."""
-        try:
-            stages = self._rest("stages?status=active&details=true")
-        except (OSError, ValueError, IndexError):
-            return []
-        return [task for stage in stages if (stage.get("description") or "").startswith(description)
-                for task in (stage.get("tasks") or {}).values() if task.get("status") == "RUNNING"]
-
-    def wait_for_tasks(self, description: str, timeout: float) -> list[dict]:
-        """Poll until tasks of the job ``description`` run; return them."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"job ended before {description!r} ran:\n{self.output[-3000:]}")
-            tasks = self.running_tasks(description)
-            if tasks:
-                return tasks
-            time.sleep(0.1)
-        self.kill()
-        raise TimeoutError(f"no task of {description!r} ran within {timeout} s:\n{self.output[-3000:]}")
-
 
 class StandaloneCluster:
     """Start with :meth:`start`, submit jobs with :meth:`submit`, stop with :meth:`stop`."""
@@ -136,9 +108,10 @@ class StandaloneCluster:
         env.pop("PYSPARK_GATEWAY_PORT", None)
         return env
 
-    def _launch(self, name: str, *args: str) -> subprocess.Popen:
+    def _launch(self, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "w")
-        process = subprocess.Popen([str(self.spark_home / "bin" / "spark-class"), *args], env=self._env(),
+        process = subprocess.Popen([str(self.spark_home / "bin" / "spark-class"), *args],
+                                   env={**self._env(), **(env or {})},
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(process)
         return process
@@ -151,7 +124,7 @@ class StandaloneCluster:
             work.mkdir(parents=True, exist_ok=True)
             self._launch(f"worker{number}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
                          "--cores", "1", "--memory", self.worker_memory, "--webui-port", str(_free_port()),
-                         "--work-dir", str(work), self.url)
+                         "--work-dir", str(work), self.url, env=self._gpu_env(number))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -163,6 +136,19 @@ class StandaloneCluster:
             time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"standalone cluster did not start in {timeout} s; see logs in {self.folder}")
+
+    def _gpu_env(self, number: int) -> dict:
+        """Worker ``number`` offers one GPU, address ``number``, found by a discovery script.
+
+        The addresses are made up (this machine need not have a GPU): they
+        show which GPU Spark gave each task. Applications use them only when
+        they ask (``spark.executor.resource.gpu.amount``).
+        """
+        script = self.folder / f"gpus-worker{number}.sh"
+        script.write_text(f"#!/bin/sh\necho '{{\"name\": \"gpu\", \"addresses\": [\"{number}\"]}}'\n")
+        script.chmod(0o755)
+        return {"SPARK_WORKER_OPTS": f"-Dspark.worker.resource.gpu.amount=1 "
+                                     f"-Dspark.worker.resource.gpu.discoveryScript={script}"}
 
     def executor_python(self) -> Path:
         """A venv whose site-packages points at this one's, without its ``.pth`` files.
@@ -191,10 +177,11 @@ class StandaloneCluster:
         return path
 
     def submit(self, job: str, *args: str, env: dict | None = None, timeout: float = 600.0,
-               wait: bool = True):
+               wait: bool = True, conf: dict | None = None):
         """``spark-submit --master <cluster> --py-files mnist_spark.zip jobs/<job>.py args``.
 
-        With ``wait`` (the default) returns the finished ``CompletedProcess``;
+        ``conf`` adds Spark settings. With ``wait`` (the default) returns the
+        finished ``CompletedProcess``;
         spark-submit merges the Python driver's stderr into its stdout, so
         progress lines and error messages are in ``stdout``. Without ``wait``
         returns a running :class:`Submission`.
@@ -204,6 +191,7 @@ class StandaloneCluster:
                    "--conf", f"spark.ui.port={ui_port}",
                    "--conf", f"spark.pyspark.driver.python={sys.executable}",
                    "--conf", f"spark.pyspark.python={self.executor_python()}",
+                   *[f"--conf={key}={value}" for key, value in (conf or {}).items()],
                    "--py-files", str(self.library_zip()), str(PROJECT / "jobs" / f"{job}.py"), *args]
         full_env = {**self._env(), **(env or {})}
         if wait:

@@ -111,3 +111,26 @@ def test_spark_submit_settings_win_and_logs_stay_quiet(tmp_path, conf_dir):
     # it applies spark.log.level; none after.
     quiet = result.stdout.split("STARTED", 1)[1] if not conf_dir else result.stdout
     assert " INFO " not in quiet
+
+
+def test_task_device_is_the_first_gpu_spark_gave_the_task(monkeypatch):
+    import pyspark
+    from pyspark.resource import ResourceInformation
+
+    class Context:
+        def __init__(self, resources):
+            self._resources = resources
+
+        def resources(self):
+            return self._resources
+
+    assert session.task_gpus() == () and session.task_device() is None  # not in a task
+    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: Context({})))
+    assert session.task_device() is None  # a task without GPUs: TensorFlow's default device
+    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(
+        lambda: Context({"gpu": ResourceInformation("gpu", ["3", "5"])})))
+    assert session.task_gpus() == ("3", "5") and session.task_device() == "gpu:3"
+    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(
+        lambda: Context({"gpu": ResourceInformation("gpu", ["GPU-1f2e"])})))
+    with pytest.raises(ValueError, match="GPU address 'GPU-1f2e', expected a GPU index"):
+        session.task_device()
