@@ -15,14 +15,16 @@ import numpy as np
 import pytest
 
 from conftest import MNIST_DIR
+from mnist_spark import training
 from standalone_cluster import StandaloneCluster
 
 pytestmark = pytest.mark.slow
 
-#: Two rounds of 12,000 images per replica: each round runs a few seconds on one core.
+#: Two epochs of 12,000 images per replica in three rounds (a quarter epoch, the rest of the
+#: first, the second): each round runs a few seconds on one core.
 TRAIN = ("--data-dir", str(MNIST_DIR), "--limit", "24000", "--epochs", "2", "--model", "simple_cnn",
          "--validation-size", "0")
-ROUND_2 = "training round 2/2"
+ROUNDS = 3
 #: 10,000 test images and 3 variants each: 40,000 PNG files.
 EXPORT = ("--data-dir", str(MNIST_DIR), "--splits", "test", "--augment", "3", "--partitions", "8",
           "--sample", "0")
@@ -77,6 +79,19 @@ def _assert_same_model(run, reference) -> None:
     assert metrics["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-12)
 
 
+def test_each_replica_trains_on_the_gpu_spark_gave_its_task(cluster, tmp_path):
+    """Each worker offers one (made-up) GPU; tasks that ask for one get their executor's."""
+    out = tmp_path / "gpu"
+    result = cluster.submit("train_cnn", *TRAIN, "--output", str(out), timeout=JOB_TIMEOUT,
+                            conf={"spark.executor.resource.gpu.amount": "1",
+                                  "spark.task.resource.gpu.amount": "1"})
+    assert result.returncode == 0, result.stdout[-3000:]
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    devices = [device for record in history for device in record["devices"]]
+    # Without GPU scheduling every replica reports "cpu"; with it, each task its own executor's GPU.
+    assert set(devices) == {"gpu:0", "gpu:1"}, devices
+
+
 def test_executors_get_the_library_only_from_the_zip(cluster):
     python = str(cluster.executor_python())
     found = subprocess.run([python, "-c", "import numpy, pyarrow, pyspark, PIL; import mnist_spark"],
@@ -90,7 +105,7 @@ def test_executors_get_the_library_only_from_the_zip(cluster):
 
 def test_train_cnn_on_the_cluster(undisturbed):
     metrics = json.loads((undisturbed / "metrics.json").read_text())
-    assert metrics["partitions"] == 2 and metrics["rounds"] == 2
+    assert metrics["partitions"] == 2 and metrics["rounds"] == ROUNDS
     assert metrics["train_rows"] == 24000 and metrics["test_rows"] == 10000
     assert 0.9 < metrics["test_accuracy"] <= 1.0
     assert {"model.keras", "report.html", "_SUCCESS"} <= set(os.listdir(undisturbed))
@@ -108,13 +123,45 @@ def test_transfer_on_the_cluster(cluster, tmp_path):
     assert {"pipeline_model", "report.html", "_SUCCESS"} <= set(os.listdir(out))
 
 
+def _hold_round_2(folder) -> dict:
+    """Settings that hold every replica of round 2 in its task until ``folder/release`` exists."""
+    return {f"spark.executorEnv.{training.ENV_HOLD_REPLICA}": f"2:{folder}"}
+
+
+def _held_replica(job, folder, timeout: float = JOB_TIMEOUT) -> int:
+    """Wait until a replica of the held round runs; return its Python worker's process id."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = sorted(folder.glob("held-*"))
+        if held:
+            return int(held[0].read_text())
+        if job.process.poll() is not None:
+            raise RuntimeError(f"job ended before round 2 ran:\n{job.output[-3000:]}")
+        time.sleep(0.1)
+    job.kill()
+    raise TimeoutError(f"no replica of round 2 ran within {timeout} s:\n{job.output[-3000:]}")
+
+
+def _executor_of(cluster, pid: int) -> str:
+    """The Spark executor id whose JVM runs the Python worker ``pid``."""
+    executors = {jvm: executor for executor, jvm in cluster.executor_pids().items()}
+    while pid > 1:
+        if pid in executors:
+            return executors[pid]
+        with open(f"/proc/{pid}/stat") as f:
+            pid = int(f.read().rsplit(")", 1)[1].split()[1])
+    raise AssertionError("the held replica runs in no executor of this cluster")
+
+
 def test_a_killed_executor_changes_nothing(cluster, undisturbed, tmp_path):
-    """SIGKILL the executor running a replica in round 2: Spark retries the task on a live
-    executor, recomputes the lost cached shard, and the final model is bit-identical."""
-    out = tmp_path / "run"
-    job = cluster.submit("train_cnn", *TRAIN, "--output", str(out), wait=False)
-    victim = job.wait_for_tasks(ROUND_2, timeout=JOB_TIMEOUT)[0]["executorId"]
+    """SIGKILL the executor of a replica held running in round 2: Spark retries the task on a
+    live executor, recomputes the lost cached shard, and the final model is bit-identical."""
+    out, hold = tmp_path / "run", tmp_path / "hold"
+    hold.mkdir()
+    job = cluster.submit("train_cnn", *TRAIN, "--output", str(out), wait=False, conf=_hold_round_2(hold))
+    victim = _executor_of(cluster, _held_replica(job, hold))
     os.kill(cluster.executor_pids()[victim], signal.SIGKILL)
+    (hold / "release").touch()  # the other replica goes on; the retried one is not held
     assert job.wait(timeout=JOB_TIMEOUT) == 0, job.output[-3000:]
     assert f"Lost executor {victim}" in job.output
     assert "ExecutorLostFailure" in job.output  # the replica was running when its executor died
@@ -122,19 +169,21 @@ def test_a_killed_executor_changes_nothing(cluster, undisturbed, tmp_path):
 
 
 def test_a_killed_driver_resumes_from_its_checkpoint(cluster, undisturbed, tmp_path):
-    """SIGKILL spark-submit in round 2: nothing appears at --output, the round-1 checkpoint
-    stays in <output>.partial, and --resume finishes with the undisturbed run's model."""
-    out = tmp_path / "run"
-    job = cluster.submit("train_cnn", *TRAIN, "--output", str(out), wait=False)
-    job.wait_for_tasks(ROUND_2, timeout=JOB_TIMEOUT)
+    """SIGKILL spark-submit while round 2 runs: nothing appears at --output, the round-1
+    checkpoint stays in <output>.partial, and --resume finishes with the undisturbed run's model."""
+    out, hold = tmp_path / "run", tmp_path / "hold"
+    hold.mkdir()
+    job = cluster.submit("train_cnn", *TRAIN, "--output", str(out), wait=False, conf=_hold_round_2(hold))
+    _held_replica(job, hold)
     job.kill()
+    (hold / "release").touch()
     cluster.wait_for_no_executors()
-    assert sorted(os.listdir(tmp_path)) == ["run.partial"]
+    assert sorted(os.listdir(tmp_path)) == ["hold", "run.partial"]
     assert sorted(os.listdir(tmp_path / "run.partial" / "checkpoints")) == ["round-0001.npz"]
     result = cluster.submit("train_cnn", "--resume", str(out), timeout=JOB_TIMEOUT)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "from round 1" in result.stdout
-    assert sorted(os.listdir(tmp_path)) == ["run"]
+    assert sorted(os.listdir(tmp_path)) == ["hold", "run"]
     _assert_same_model(out, undisturbed)
 
 
