@@ -193,19 +193,18 @@ def reestimate_batchnorm(model, images, *, batch_size: int = 512) -> int:
     layers = batchnorm_layers(model)
     for layer in layers:
         probe = keras.Model(model.inputs, layer.input)
-        count, total, squares = 0, 0.0, 0.0
-        axes = None
+        counts, means, variances = [], [], []
         for start in range(0, len(images), batch_size):
-            x = keras.ops.convert_to_numpy(probe([images[start:start + batch_size]], training=False))
-            x = x.astype(np.float64)
-            if axes is None:
-                channel = layer.axis if layer.axis >= 0 else x.ndim + layer.axis
-                axes = tuple(a for a in range(x.ndim) if a != channel)
-            count += int(np.prod([x.shape[a] for a in axes]))
-            total = total + x.sum(axis=axes)
-            squares = squares + np.square(x).sum(axis=axes)
-        mean = total / count
-        variance = np.maximum(squares / count - np.square(mean), 0.0)
+            x = probe([images[start:start + batch_size]], training=False)
+            channel = layer.axis if layer.axis >= 0 else len(x.shape) + layer.axis
+            axes = [a for a in range(len(x.shape)) if a != channel]
+            counts.append(int(np.prod([x.shape[a] for a in axes])))
+            means.append(keras.ops.convert_to_numpy(keras.ops.mean(x, axis=axes)).astype(np.float64))
+            variances.append(keras.ops.convert_to_numpy(keras.ops.var(x, axis=axes)).astype(np.float64))
+        # The batches' moments combined exactly (Chan et al.): mean of variances plus variance of means.
+        shares = np.array(counts, np.float64)[:, None] / sum(counts)
+        mean = (shares * np.array(means)).sum(axis=0)
+        variance = (shares * (np.array(variances) + np.square(np.array(means) - mean))).sum(axis=0)
         layer.moving_mean.assign(mean.astype(np.float32))
         layer.moving_variance.assign(variance.astype(np.float32))
     return len(layers)
