@@ -75,7 +75,8 @@ def _arg_parser():
     parser.add_argument("--checkpoint-every", type=cli.non_negative_int, default=1,
                         help="save the averaged model and optimizer every K rounds (0: never)")
     parser.add_argument("--resume", metavar="RUN", default=None,
-                        help="continue the stopped run RUN (its --output) from its last checkpoint")
+                        help="continue the stopped run RUN (its --output) from its last checkpoint; "
+                        "'auto': continue the run at --output if it left a checkpoint, else start it")
     group = parser.add_argument_group(
         "augmentation", "--augment trains on a new random variant of every image each epoch, the "
         "same variant whichever task draws it; each transform applies with its probability P")
@@ -111,12 +112,13 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=mod
     from mnist_spark.session import task_slots
 
     started = time.perf_counter()
+    resume = _resume_target(resume, output)
     if resume:
         output = resume
     output = output or storage.default_output("train_cnn")
     target = storage.AtomicOutput(output, overwrite=overwrite, resumable=True, resume=bool(resume),
                                   job="train_cnn")
-    checkpoints = storage.join(target.staging, "checkpoints")
+    checkpoints = storage.join(target.staging, storage.CHECKPOINT_FOLDER)
     state = None
     if resume:
         state, config, saved = training.load_checkpoint(checkpoints)
@@ -247,8 +249,25 @@ def main(argv=None) -> int:
     ), before=lambda: _prepare(args))
 
 
+def _resume_target(resume, output):
+    """The run to continue: ``resume`` itself, or for ``auto`` ``output`` when it left a checkpoint.
+
+    ``auto`` makes the command a scheduler re-issues after a stopped driver
+    finish the run, and start it when there is nothing to continue.
+    """
+    if resume != "auto":
+        return resume
+    if output is None:
+        raise ValueError("--resume auto continues the run at --output; give --output")
+    if storage.has_checkpoint(output):
+        return output
+    logger.info("--resume auto: %s left no checkpoint; starting the run", output)
+    return None
+
+
 def _prepare(args) -> bool:
     """The output checks before Spark starts (cli.prepare_output); True when there is nothing to do."""
+    args.resume = _resume_target(args.resume, args.output)
     if args.resume:
         args.output = args.resume
     inputs = [] if args.resume else cli.default_data_inputs(args.data_dir)

@@ -141,6 +141,12 @@ def write_bytes(location: str | os.PathLike, data: bytes) -> None:
         stream.write(data)
 
 
+def has_checkpoint(location: str | os.PathLike) -> bool:
+    """True when the stopped run of ``location`` left a checkpoint in ``<location>.partial``."""
+    partial = f"{to_uri(location).rstrip('/')}.partial"
+    return bool(list_files(join(partial, CHECKPOINT_FOLDER)))
+
+
 def default_output(job: str, root: str = "runs") -> str:
     """The default run folder of a job: ``runs/<job>-<timestamp>``."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

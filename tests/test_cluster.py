@@ -170,17 +170,19 @@ def test_a_killed_executor_changes_nothing(cluster, undisturbed, tmp_path):
 
 def test_a_killed_driver_resumes_from_its_checkpoint(cluster, undisturbed, tmp_path):
     """SIGKILL spark-submit while round 2 runs: nothing appears at --output, the round-1
-    checkpoint stays in <output>.partial, and --resume finishes with the undisturbed run's model."""
+    checkpoint stays in <output>.partial, and the same command, re-issued, finishes with the
+    undisturbed run's model (--resume auto)."""
     out, hold = tmp_path / "run", tmp_path / "hold"
     hold.mkdir()
-    job = cluster.submit("train_cnn", *TRAIN, "--output", str(out), wait=False, conf=_hold_round_2(hold))
+    command = (*TRAIN, "--output", str(out), "--resume", "auto")
+    job = cluster.submit("train_cnn", *command, wait=False, conf=_hold_round_2(hold))
     _held_replica(job, hold)
     job.kill()
     (hold / "release").touch()
     cluster.wait_for_no_executors()
     assert sorted(os.listdir(tmp_path)) == ["hold", "run.partial"]
     assert sorted(os.listdir(tmp_path / "run.partial" / "checkpoints")) == ["round-0001.npz"]
-    result = cluster.submit("train_cnn", "--resume", str(out), timeout=JOB_TIMEOUT)
+    result = cluster.submit("train_cnn", *command, timeout=JOB_TIMEOUT)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "from round 1" in result.stdout
     assert sorted(os.listdir(tmp_path)) == ["hold", "run"]

@@ -340,7 +340,8 @@ def test_run_folder(spark, small_idx, tmp_path):
 def test_job_resume_after_a_stop(spark, small_idx, tmp_path, monkeypatch):
     kwargs = dict(data_dir=str(small_idx), model="simple_cnn", epochs=3, batch_size=32, partitions=2,
                   limit=128, validation_size=0, checkpoint_every=1)
-    whole = train_job.run(spark, output=str(tmp_path / "whole"), **kwargs)
+    # --resume auto with nothing to continue starts the run.
+    whole = train_job.run(spark, output=str(tmp_path / "whole"), resume="auto", **kwargs)
 
     real_save = training.save_checkpoint
 
@@ -359,12 +360,18 @@ def test_job_resume_after_a_stop(spark, small_idx, tmp_path, monkeypatch):
     with pytest.raises(FileExistsError, match="--resume"):
         train_job.run(spark, output=out, **kwargs)
     monkeypatch.setattr(training, "save_checkpoint", real_save)
-    resumed = train_job.run(spark, resume=out)
+    # The command a scheduler re-issues continues the stopped run.
+    resumed = train_job.run(spark, output=out, resume="auto", **kwargs)
     assert resumed["test_accuracy"] == whole["test_accuracy"]
     assert resumed["test_loss"] == pytest.approx(whole["test_loss"], rel=1e-6)
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"]]
     assert not (tmp_path / "cut.partial").exists()
     assert evaluation.load_model(f"{out}/model.keras").count_params() > 0
+
+
+def test_resume_auto_needs_an_output(capsys):
+    assert train_job.main(["--resume", "auto"]) == 2
+    assert "--resume auto continues the run at --output; give --output" in capsys.readouterr().err
 
 
 @pytest.mark.slow
