@@ -36,6 +36,17 @@ def load_job(name: str):
     return module
 
 
+def run_main(job_module, argv: list, capsys) -> tuple[int, list]:
+    """A job module's ``main(argv)``: its exit status and its non-blank stderr lines."""
+    capsys.readouterr()
+    try:
+        status = job_module.main([str(a) for a in argv])
+    except SystemExit as stop:
+        status = stop.code
+    err = capsys.readouterr().err
+    return status, [line for line in err.splitlines() if line.strip()]
+
+
 def write_idx_dataset(folder: Path, train: int, test: int, *, shape=(28, 28), num_classes=10,
                       seed=0, gz=True) -> Path:
     """Write a synthetic dataset in MNIST's four-file layout; return the folder.

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import conftest
 from conftest import load_job, write_idx_dataset
 from mnist_spark import idx
 
@@ -37,13 +38,7 @@ FAST = {
 
 def run_main(job: str, argv: list, capsys) -> tuple[int, list]:
     """Run ``jobs/<job>.py``'s main; return its exit status and its stderr lines."""
-    capsys.readouterr()
-    try:
-        status = JOBS[job].main([str(a) for a in argv])
-    except SystemExit as stop:
-        status = stop.code
-    err = capsys.readouterr().err
-    return status, [line for line in err.splitlines() if line.strip()]
+    return conftest.run_main(JOBS[job], argv, capsys)
 
 
 def assert_one_error(job: str, status, lines: list, *names: str) -> str:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 
+import conftest
 from conftest import load_job
 from mnist_spark import cli, report, storage
 
@@ -73,13 +74,7 @@ def no_spark(monkeypatch):
 
 def run_main(job: str, argv: list, capsys) -> tuple[int, list]:
     """``jobs/<job>.py``'s main: its exit status and stderr lines."""
-    capsys.readouterr()
-    try:
-        status = JOBS[job].main([str(a) for a in argv])
-    except SystemExit as stop:
-        status = stop.code
-    err = capsys.readouterr().err
-    return status, [line for line in err.splitlines() if line.strip()]
+    return conftest.run_main(JOBS[job], argv, capsys)
 
 
 def assert_one_line(job: str, lines: list, *names: str) -> str:
