@@ -3,22 +3,29 @@
 How a run goes:
 
 1. :func:`make_shards` splits the training DataFrame into N shards (image
-   ``index % N``), decodes each to numpy once and caches it in Spark, so later
-   rounds reuse it. The pixels never pass through the driver.
-2. Each round the driver broadcasts the current state: the model's weights and
+   ``index % N``), decodes each to numpy once and caches it in Spark as rows
+   of at most :data:`CHUNK_BYTES` of pixels, so later rounds reuse it. The
+   pixels never pass through the driver.
+2. :func:`plan_schedule` cuts the epochs into rounds: short ones first,
+   doubling to one local epoch. :func:`learning_rate_at` gives each step's
+   learning rate: a warm-up to ``learning_rate`` scaled with the replicas,
+   then a decay per epoch.
+3. Each round the driver broadcasts the current state: the model's weights and
    the optimizer's variables (Adam's step, moments and velocities). Every
-   partition trains a replica on its own shard for the round (one local epoch,
-   or ``steps_per_round`` steps) and returns its weights, optimizer variables,
-   sample count and metrics.
-3. The driver averages the replicas (:func:`average_replicas`), weighted by
-   sample count, optimizer state included, so averaging does not reset Adam.
+   partition trains a replica on its own shard for the round's steps, reading
+   it from a local file a batch at a time, and returns its weights, optimizer
+   variables, sample count and metrics.
+4. :func:`tree_average` adds the replicas in the executors, weighted by sample
+   count, optimizer state included (so averaging does not reset Adam); the
+   driver receives one sum, takes the mean and re-estimates BatchNorm's
+   statistics on a training sample (:func:`mnist_spark.models.reestimate_batchnorm`).
 
 Every random choice in a task derives from ``(seed, partition, round)``, and a
 cached replica is fully reset from the broadcast state at the start of each
-task. So a task that fails and is retried by Spark redoes exactly the same
-work, and the same seed and partitioning give the same model.
+task. Replicas are added in partition order. So a task that fails and is
+retried by Spark redoes exactly the same work, and the same seed and
+partitioning give the same model, bit for bit.
 """
-
 from __future__ import annotations
 
 import logging
