@@ -308,18 +308,22 @@ def _shard_schema():
 
 #: Largest cached shard row: a shard is stored as rows ("chunks") of at most this many pixel bytes,
 #: so no row nears the JVM's 2 GiB array limit and Spark can spill cached chunks to disk.
-CHUNK_BYTES = 64 * 2**20
+CHUNK_BYTES = 8 * 2**20
 
 
-def _shard_rows(shard: int, key: int, shape, index, labels, images, chunk_bytes: int):
-    """Arrow batches of one shard's rows, each holding at most ``chunk_bytes`` of pixels."""
+def _images_per_chunk(shape, chunk_bytes: int) -> int:
+    return max(1, chunk_bytes // max(1, int(np.prod(shape))))
+
+
+def _shard_rows(shard: int, key: int, shape, index, labels, images, chunk_bytes: int, first_chunk: int = 0):
+    """Arrow batches of shard rows numbered from ``first_chunk``, each of at most ``chunk_bytes`` of pixels."""
     import pyarrow as pa
 
     schema = pa.schema([("key", pa.int64()), ("shard", pa.int32()), ("chunk", pa.int32()),
                         ("shape", pa.binary()), ("index", pa.binary()), ("label", pa.binary()),
                         ("pixels", pa.binary())])
-    per_chunk = max(1, chunk_bytes // max(1, int(np.prod(shape))))
-    for chunk, start in enumerate(range(0, len(labels), per_chunk)):
+    per_chunk = _images_per_chunk(shape, chunk_bytes)
+    for chunk, start in enumerate(range(0, len(labels), per_chunk), start=first_chunk):
         stop = start + per_chunk
         yield pa.RecordBatch.from_pylist(
             [{"key": int(key), "shard": int(shard), "chunk": chunk,
@@ -332,46 +336,104 @@ class ShardFile:
     """One shard's images in a local file, its labels and indices in memory.
 
     A task streams its shard's cached chunks into a file in Spark's local
-    folder (``SPARK_LOCAL_DIRS``) and maps it, so a Python worker holds only
-    the batches it trains on, however large the shard; the page cache keeps
-    the file's pages as memory allows. The file is deleted on :meth:`close`.
+    folder (``SPARK_LOCAL_DIRS``) as they arrive, each at its place (chunk
+    ``c`` holds images ``c * per_chunk`` on), and then maps the file, so a
+    Python worker holds one chunk and the batches it trains on, however
+    large the shard; the page cache keeps the file's pages as memory allows.
+    The file is deleted on :meth:`close`.
+
+    Parameters
+    ----------
+    chunk_bytes : int
+        The pixel bytes per chunk that :func:`make_shards` used.
     """
 
-    def __init__(self, chunks):
+    def __init__(self, chunk_bytes: int):
         import tempfile
 
         folder = (os.environ.get("SPARK_LOCAL_DIRS") or tempfile.gettempdir()).split(",")[0]
-        handle, self.path = tempfile.mkstemp(prefix="mnist_spark-shard-", suffix=".u8", dir=folder)
-        labels, index, self.shape = [], [], None
-        try:
-            with os.fdopen(handle, "wb") as out:
-                for chunk in sorted(chunks, key=lambda c: c["chunk"]):
-                    self.shape = tuple(int(n) for n in np.frombuffer(chunk["shape"], np.int32))
-                    out.write(memoryview(chunk["pixels"]))
-                    labels.append(np.frombuffer(chunk["label"], np.int32))
-                    index.append(np.frombuffer(chunk["index"], np.int64))
-            self.labels, self.index = np.concatenate(labels), np.concatenate(index)
-            self.images = np.memmap(self.path, np.uint8, "r", shape=(len(self.labels), *self.shape))
-        except BaseException:
-            os.unlink(self.path)
-            raise
+        self._fd, self.path = tempfile.mkstemp(prefix="mnist_spark-shard-", suffix=".u8", dir=folder)
+        self.chunk_bytes, self.shape, self._parts = chunk_bytes, None, {}
+        self.images = self.labels = self.index = None
+
+    def add(self, chunk: dict) -> None:
+        """Write one cached chunk row (``chunk``, ``shape``, ``index``, ``label``, ``pixels``)."""
+        shape = tuple(int(n) for n in np.frombuffer(chunk["shape"], np.int32))
+        if self.shape is not None and shape != self.shape:
+            raise ValueError(f"training images must share one size, found {sorted({shape, self.shape})}")
+        self.shape = shape
+        offset = chunk["chunk"] * _images_per_chunk(shape, self.chunk_bytes) * int(np.prod(shape))
+        os.pwrite(self._fd, memoryview(chunk["pixels"]), offset)
+        self._parts[chunk["chunk"]] = (np.frombuffer(chunk["label"], np.int32).copy(),
+                                       np.frombuffer(chunk["index"], np.int64).copy())
+
+    def finish(self) -> "ShardFile":
+        """Map the written file; labels and indices in chunk order."""
+        os.close(self._fd)
+        self._fd = None
+        chunks = sorted(self._parts)
+        if chunks != list(range(len(chunks))):
+            raise ValueError(f"shard chunks {chunks} are not 0..{len(chunks) - 1}: a chunk is missing")
+        self.labels = np.concatenate([self._parts[c][0] for c in chunks])
+        self.index = np.concatenate([self._parts[c][1] for c in chunks])
+        self.images = np.memmap(self.path, np.uint8, "r", shape=(len(self.labels), *self.shape))
+        return self
 
     def close(self) -> None:
         self.images = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if os.path.exists(self.path):
             os.unlink(self.path)
 
 
-def shard_chunks(batches) -> dict:
-    """A task's cached chunk rows grouped by shard: ``{shard: [chunk rows]}``, buffers zero-copy."""
-    shards: dict = {}
-    for batch in batches:
-        for position in range(batch.num_rows):
-            row = {name: batch.column(name)[position].as_buffer()
-                   for name in ("shape", "index", "label", "pixels")}
-            row["chunk"] = batch.column("chunk")[position].as_py()
-            shards.setdefault(batch.column("shard")[position].as_py(), []).append(row)
-    return shards
+def shard_files(batches, chunk_bytes: int) -> dict:
+    """A task's cached chunk rows written to one :class:`ShardFile` per shard, as they stream in."""
+    files: dict = {}
+    try:
+        for batch in batches:
+            for position in range(batch.num_rows):
+                row = {name: batch.column(name)[position].as_buffer()
+                       for name in ("shape", "index", "label", "pixels")}
+                row["chunk"] = batch.column("chunk")[position].as_py()
+                shard = batch.column("shard")[position].as_py()
+                if shard not in files:
+                    files[shard] = ShardFile(chunk_bytes)
+                files[shard].add(row)
+        return {shard: local.finish() for shard, local in files.items()}
+    except BaseException:
+        for local in files.values():
+            local.close()
+        raise
+
+
+def _session_conf(spark, settings: dict):
+    """Context manager: SQL settings for the queries planned inside it, restored on exit."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def scope():
+        saved = {key: spark.conf.get(key, None) for key in settings}
+        for key, value in settings.items():
+            spark.conf.set(key, value)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    spark.conf.unset(key)
+                else:
+                    spark.conf.set(key, value)
+
+    return scope()
+
+
+#: Spark groups up to 10,000 rows into one cached column batch, and into one Arrow batch for a
+#: Python worker; with shard rows of up to CHUNK_BYTES that would hold a whole shard in the JVM
+#: heap at once. One row per batch bounds the heap a task needs by one chunk.
+_ONE_CHUNK_CACHED = {"spark.sql.inMemoryColumnarStorage.batchSize": "1"}
+_ONE_CHUNK_TO_PYTHON = {"spark.sql.execution.arrow.maxRecordsPerBatch": "1"}
 
 
 def make_shards(df, partitions: int, *, chunk_bytes: int | None = None):
@@ -416,36 +478,56 @@ def make_shards(df, partitions: int, *, chunk_bytes: int | None = None):
     def assemble(batches):
         from mnist_spark.images import struct_array_to_numpy
 
-        pieces: dict = {}
+        buffered: dict = {}  # shard -> [(images, labels, index)], in index order
+        written: dict = {}  # shard -> chunks written
+        shape = None
+
+        def flush(shard, final):
+            parts = buffered.pop(shard, [])
+            images = np.concatenate([p[0] for p in parts])
+            labels = np.concatenate([p[1] for p in parts])
+            index = np.concatenate([p[2] for p in parts])
+            per_chunk = _images_per_chunk(shape, chunk_bytes)
+            whole = len(labels) if final else len(labels) // per_chunk * per_chunk
+            for row in _shard_rows(shard, keys[shard], shape, index[:whole], labels[:whole],
+                                   images[:whole], chunk_bytes, first_chunk=written.get(shard, 0)):
+                written[shard] = written.get(shard, 0) + 1
+                yield row
+            if whole < len(labels):
+                buffered[shard] = [(images[whole:], labels[whole:], index[whole:])]
+
         for batch in batches:
             if batch.num_rows == 0:
                 continue
             shard_of = batch.column("shard").to_numpy()
             images = struct_array_to_numpy(batch.column("image"), "training image")
+            if shape is not None and images.shape[1:] != shape:
+                raise ValueError(
+                    f"training images must share one size, found {sorted({shape, images.shape[1:]})}")
+            shape = images.shape[1:]
             index = batch.column("index").to_numpy().astype(np.int64)
             labels = batch.column("label").to_numpy().astype(np.int32)
             for shard in np.unique(shard_of):
                 keep = shard_of == shard
-                pieces.setdefault(int(shard), []).append((images[keep], labels[keep], index[keep]))
-        for shard, parts in pieces.items():
-            shapes = {p[0].shape[1:] for p in parts}
-            if len(shapes) != 1:
-                raise ValueError(f"training images must share one size, found {sorted(shapes)}")
-            index = np.concatenate([p[2] for p in parts])
-            order = np.argsort(index, kind="stable")
-            yield from _shard_rows(shard, keys[shard], shapes.pop(), index[order],
-                                   np.concatenate([p[1] for p in parts])[order],
-                                   np.concatenate([p[0] for p in parts])[order], chunk_bytes)
+                buffered.setdefault(int(shard), []).append((images[keep], labels[keep], index[keep]))
+                if sum(len(p[1]) for p in buffered[int(shard)]) >= _images_per_chunk(shape, chunk_bytes):
+                    yield from flush(int(shard), final=False)
+        for shard in sorted(buffered):
+            yield from flush(shard, final=True)
 
     # The split is plain SQL, so the stage reading the images runs one Python
     # worker per task; the next stage runs the other.
     shard = (F.col("index") % partitions).cast("int")
     key = F.element_at(F.array(*[F.lit(k) for k in keys]), shard + 1)
     rows = df.select(shard.alias("shard"), key.alias("key"), "index", "label", "image")
-    shards = rows.repartition(partitions, "key").mapInArrow(assemble, _shard_schema()).cache()
-    sizes: dict = {}
-    for row in shards.select("shard", (F.length("label") / 4).cast("long").alias("count")).collect():
-        sizes[row["shard"]] = sizes.get(row["shard"], 0) + row["count"]
+    with _session_conf(df.sparkSession, _ONE_CHUNK_CACHED):
+        # Sorted by index inside each partition (Spark's sort spills as needed), so a task
+        # writes its shard's chunks as the rows stream in and never holds the whole shard.
+        shards = (rows.repartition(partitions, "key").sortWithinPartitions("index")
+                  .mapInArrow(assemble, _shard_schema()).cache())
+        sizes: dict = {}
+        for row in shards.select("shard", (F.length("label") / 4).cast("long").alias("count")).collect():
+            sizes[row["shard"]] = sizes.get(row["shard"], 0) + row["count"]
     if sorted(sizes) != list(range(partitions)) or min(sizes.values()) == 0:
         shards.unpersist()
         raise ValueError(
@@ -848,6 +930,7 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
             f"{slots} task slots; use --partitions {slots} or drop --barrier"
         )
     started = time.perf_counter()
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     shards, sizes = make_shards(train_df, config.partitions, chunk_bytes=chunk_bytes)
     schedule = plan_schedule(config, sizes)
     sample = None
@@ -874,18 +957,19 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
                 import pyarrow as pa
 
                 context = BarrierTaskContext.get() if config.barrier else TaskContext.get()
-                for shard, chunks in sorted(shard_chunks(batches).items()):
-                    local = ShardFile(chunks)
-                    try:
+                files = shard_files(batches, chunk_bytes)
+                try:
+                    for shard, local in sorted(files.items()):
                         result = train_replica(shard, (local.images, local.labels, local.index),
                                                payload.value, round_, config, schedule,
                                                attempt=context.attemptNumber() if context else 0)
-                    finally:
+                        yield pa.RecordBatch.from_pylist([_result_row(result)], schema=_result_arrow())
+                finally:
+                    for local in files.values():
                         local.close()
-                    yield pa.RecordBatch.from_pylist([_result_row(result)], schema=_result_arrow())
 
             sc.setJobDescription(f"training round {round_ + 1}/{schedule.rounds}")
-            with _timed(overheads, "tasks"):
+            with _timed(overheads, "tasks"), _session_conf(spark, _ONE_CHUNK_TO_PYTHON):
                 replicas = shards.mapInArrow(run_round, _result_schema(), barrier=config.barrier)
                 weights, optimizer, results = tree_average(replicas, config.partitions)
                 jobs_done = time.time()

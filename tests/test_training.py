@@ -173,12 +173,20 @@ def test_a_replica_reads_its_shard_from_a_local_file(tmp_path, monkeypatch):
                "index": np.arange(c * 3, min(5, c * 3 + 3), dtype=np.int64).tobytes(),
                "label": np.arange(c * 3, min(5, c * 3 + 3), dtype=np.int32).tobytes(),
                "pixels": images[c * 3:c * 3 + 3].tobytes()} for c in (1, 0)]  # out of order
-    local = training.ShardFile(chunks)
+    local = training.ShardFile(chunk_bytes=3 * 4)  # 3 images a chunk
+    for chunk in chunks:
+        local.add(chunk)
+    local.finish()
     assert os.path.dirname(local.path) == str(tmp_path)
     assert isinstance(local.images, np.memmap) and np.array_equal(local.images, images)
     assert local.labels.tolist() == [0, 1, 2, 3, 4] and local.index.tolist() == [0, 1, 2, 3, 4]
     local.close()
     assert os.listdir(tmp_path) == []
+    missing = training.ShardFile(chunk_bytes=3 * 4)
+    missing.add(chunks[0])
+    with pytest.raises(ValueError, match=r"shard chunks \[1\] are not 0..0: a chunk is missing"):
+        missing.finish()
+    missing.close()
 
 
 def test_barrier_mode_gives_the_same_model(spark, train_df):
