@@ -30,7 +30,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "IdxError", "IdxFileNotFoundError", "IdxHeader", "open_stream", "read_header", "inspect",
+    "IdxError", "IdxFileNotFoundError", "IdxHeader", "open_stream", "read_header", "header", "inspect",
     "read_idx", "read_records", "iter_records", "write_idx", "check_labels", "check_pair",
 ]
 
@@ -218,7 +218,8 @@ def read_header(stream, name: str) -> IdxHeader:
     ------
     IdxError
         If the header is incomplete, the magic number is wrong, the type code is
-        unknown or the number of dimensions is 0.
+        unknown, the number of dimensions is 0, a dimension after the first is 0,
+        or the dimensions make more than :data:`MAX_ELEMENTS` elements.
     """
     compressed = isinstance(stream, gzip.GzipFile)
     magic = _read(stream, 4, name, full=True)
@@ -240,7 +241,42 @@ def read_header(stream, name: str) -> IdxHeader:
     if len(sizes) < 4 * ndim:
         raise IdxError(f"{name}: truncated header: {ndim} dimensions need a {4 + 4 * ndim}-byte header but the "
                        f"file holds {4 + len(sizes)} bytes; the file is truncated, download it again")
-    return IdxHeader(name, _CODE_TO_DTYPE[code], struct.unpack(f">{ndim}I", sizes), 4 + 4 * ndim, compressed)
+    shape = struct.unpack(f">{ndim}I", sizes)
+    _check_shape(shape, name)
+    return IdxHeader(name, _CODE_TO_DTYPE[code], shape, 4 + 4 * ndim, compressed)
+
+
+#: The most elements a header may promise: more is a corrupt header, not data.
+MAX_ELEMENTS = 2**31
+
+
+def _check_shape(shape: tuple[int, ...], name: str) -> None:
+    """Refuse items of zero size and headers promising more than :data:`MAX_ELEMENTS` elements.
+
+    A zero count (an empty file) is valid; a zero size along any other axis is not.
+    """
+    text = "x".join(map(str, shape))
+    for axis, size in enumerate(shape[1:], start=2):
+        if size == 0:
+            raise IdxError(f"{name}: invalid IDX header: dimension {axis} of {text} is 0, so every item is "
+                           "empty; expected sizes above 0; the header is corrupt, download the file again")
+    elements = math.prod(shape)
+    if elements > MAX_ELEMENTS:
+        raise IdxError(f"{name}: invalid IDX header: dimensions {text} make {elements} elements, more than "
+                       f"the {MAX_ELEMENTS} (2**31) a file may hold; the header is corrupt, download the "
+                       "file again")
+
+
+def header(path_or_file, *, name: str | None = None) -> IdxHeader:
+    """Read and validate only the header of an IDX file (no data is read).
+
+    Raises
+    ------
+    IdxError
+        As :func:`read_header`, or when the file is missing or empty.
+    """
+    with _opened(path_or_file, name) as (stream, label):
+        return read_header(stream, label)
 
 
 def _raw_data_size(stream, header: IdxHeader) -> int | None:

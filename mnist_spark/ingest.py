@@ -88,11 +88,11 @@ def validate_split(split: str, images: str, labels: str, num_classes: int, limit
         For any defect of either file or of the pair (see :mod:`mnist_spark.idx`).
     """
     image_name, label_name = os.path.basename(images), os.path.basename(labels)
+    # Both headers first: a labels file whose header disagrees is never read into memory.
     with storage.open_input(images) as raw:
-        image_header, _ = idx.inspect(raw, name=image_name)
+        image_header = idx.header(raw, name=image_name)
     with storage.open_input(labels) as raw:
-        label_header, label_array = idx.read_records(raw, 0, None, name=label_name)
-    idx.check_pair(image_header, label_header)
+        idx.check_pair(image_header, idx.header(raw, name=label_name))
     if image_header.dtype != np.uint8:
         raise ValueError(
             f"{image_name}: images must be uint8 to become Spark image structs, "
@@ -106,6 +106,11 @@ def validate_split(split: str, images: str, labels: str, num_classes: int, limit
         )
     if len(item_shape) == 3:
         mode_for_channels(item_shape[2], image_name)
+    with storage.open_input(images) as raw:
+        image_header, _ = idx.inspect(raw, name=image_name)
+    with storage.open_input(labels) as raw:
+        label_header, label_array = idx.read_records(raw, 0, None, name=label_name)
+    idx.check_pair(image_header, label_header)
     idx.check_labels(label_array, num_classes, label_name)
     count = image_header.count if limit is None else min(limit, image_header.count)
     counts = np.bincount(label_array[:count], minlength=num_classes)

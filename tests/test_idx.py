@@ -267,8 +267,8 @@ def test_trailing_garbage(tmp_path, reader, suffix):
         READERS[reader](path) if reader != "read_records" else idx.read_records(path, 0, 5)
 
 
-HUGE = header_bytes(0x08, (10**9, 28, 28)) + bytes(1000)
-HUGE_MESSAGE = r"header says 1000000000 items of 28x28 uint8 \(784000000000 data bytes\) but the file holds 1000 "
+HUGE = header_bytes(0x08, (2_000_000, 28, 28)) + bytes(1000)  # 1.57e9 elements: below the limit
+HUGE_MESSAGE = r"header says 2000000 items of 28x28 uint8 \(1568000000 data bytes\) but the file holds 1000 "
 
 
 @pytest.mark.parametrize("reader", list(READERS))
@@ -279,7 +279,7 @@ def test_huge_header_fails_fast(tmp_path, reader, suffix):
     start = time.perf_counter()
     try:
         with pytest.raises(IdxError, match=f"huge{suffix}: " + HUGE_MESSAGE):
-            READERS[reader](path) if reader != "read_records" else idx.read_records(path, 10**9 - 1, 10**9)
+            READERS[reader](path) if reader != "read_records" else idx.read_records(path, 2_000_000 - 1, 2_000_000)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -301,7 +301,7 @@ def test_huge_header_under_memory_limit(tmp_path):
                 try:
                     read({str(tmp_path)!r} + "/" + name)
                 except idx.IdxError as exc:
-                    assert "784000000000 data bytes" in str(exc), exc
+                    assert "1568000000 data bytes" in str(exc), exc
                 else:
                     sys.exit("no error for " + name)
         print("ok")
@@ -409,3 +409,46 @@ def test_iter_records_reports_trailing_garbage_at_the_end(tmp_path):
     assert [p.tolist() for p in idx.iter_records(path, 0, 2, 2)] == [[1, 2]]
     with pytest.raises(idx.IdxError, match="2 extra bytes of trailing garbage"):
         list(idx.iter_records(path, 0, 4, 2))
+
+
+# --- absurd headers ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reader", list(READERS))
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("shape, pattern", [
+    ((10, 0, 28), r"dimension 2 of 10x0x28 is 0"),
+    ((10, 28, 0), r"dimension 3 of 10x28x0 is 0"),
+    ((10**9, 28, 28), r"dimensions 1000000000x28x28 make 784000000000 elements, more than the 2147483648"),
+    ((2**31 + 1,), r"dimensions 2147483649 make 2147483649 elements"),
+], ids=["zero height", "zero width", "784e9 elements", "2**31+1 labels"])
+def test_zero_or_absurd_dimensions_are_refused(tmp_path, reader, suffix, shape, pattern):
+    path = put(tmp_path / f"bad-idx{suffix}", header_bytes(0x08, shape) + bytes(100))
+    with pytest.raises(IdxError, match=rf"bad-idx{suffix}: invalid IDX header: {pattern}"):
+        READERS[reader](path)
+    with pytest.raises(IdxError, match=rf"bad-idx{suffix}: invalid IDX header"):
+        idx.header(path)
+
+
+def test_an_empty_file_of_valid_items_is_still_valid(tmp_path):
+    path = put(tmp_path / "empty-idx3", header_bytes(0x08, (0, 28, 28)))
+    assert idx.header(path).shape == (0, 28, 28)
+    assert idx.read_idx(path).shape == (0, 28, 28)
+
+
+def test_the_labels_header_is_checked_before_any_body_is_read(tmp_path, monkeypatch):
+    """A labels file whose header disagrees with the images is refused from its header alone."""
+    from mnist_spark import ingest
+
+    images = tmp_path / "train-images-idx3-ubyte.gz"
+    labels = tmp_path / "train-labels-idx1-ubyte.gz"
+    idx.write_idx(images, np.zeros((3, 28, 28), np.uint8))
+    put(labels, header_bytes(0x08, (10**9,)) + bytes(3))  # claims a gigabyte of labels
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a body was read")
+
+    monkeypatch.setattr(idx, "_read_exact", refuse)
+    monkeypatch.setattr(idx, "_iter_slice", refuse)
+    with pytest.raises(IdxError, match=r"train-images-idx3-ubyte.gz holds 3 images but "
+                                       r"train-labels-idx1-ubyte.gz holds 1000000000 labels"):
+        ingest.validate_split("train", str(images), str(labels), 10)
