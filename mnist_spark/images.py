@@ -208,17 +208,28 @@ def decode_png(data: bytes, where: str = "image") -> np.ndarray:
     Raises
     ------
     ValueError
-        When ``data`` is not a readable image; the message names ``where``.
+        When ``data`` is not a readable image, or is a decompression bomb (more
+        pixels than Pillow's ``Image.MAX_IMAGE_PIXELS``, a few bytes that would
+        unpack to gigabytes); the message names ``where``.
     """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            if image.mode not in ("L", "RGB", "RGBA"):
-                image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info
-                                      else "L" if image.mode in ("1", "I;16", "I") else "RGB")
-            pixels = np.asarray(image)
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse those too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                if image.mode not in ("L", "RGB", "RGBA"):
+                    image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info
+                                          else "L" if image.mode in ("1", "I;16", "I") else "RGB")
+                pixels = np.asarray(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        message = " ".join(str(error).split())
+        raise ValueError(f"{where}: refused as a possible decompression bomb ({message}); expected at most "
+                         f"{Image.MAX_IMAGE_PIXELS} pixels; replace or delete the file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"{where}: not a readable image ({error}); replace or delete the file") from None
     if pixels.ndim == 2:

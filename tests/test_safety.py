@@ -596,3 +596,28 @@ def test_a_nan_metric_fails_the_run_and_writes_nothing(tmp_path, capsys):
     assert cli.run_job("train_cnn", work, spark=object()) == 2
     assert_one_line("train_cnn", capsys.readouterr().err.strip().splitlines(), "test_loss is nan")
     assert os.listdir(tmp_path) == []
+
+
+
+@pytest.mark.parametrize("side, kind", [(40, "warning"), (50, "error")])
+def test_a_decompression_bomb_png_is_refused_in_one_line(monkeypatch, side, kind):
+    """Pillow warns above MAX_IMAGE_PIXELS and fails above twice that; both are refused, naming the file."""
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from mnist_spark import images
+
+    png = images.encode_png(np.zeros((side, side), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the refusal must not depend on the caller's warning filters
+        with pytest.raises(ValueError) as refused:
+            images.decode_png(png, where="test/3/bomb.png")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("test/3/bomb.png: refused as a possible decompression bomb")
+    assert str(side * side) in message and "at most 1000 pixels" in message
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    assert images.decode_png(png).shape == (side, side, 1)
