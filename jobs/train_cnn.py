@@ -136,6 +136,7 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=mod
         )
     files = datasets.locate(data_dir)
     train_df, infos = ingest.idx_dataframe(spark, files, splits=("train",), limit=limit)
+    _check_partitions(config.partitions, infos[0].count, given=bool(partitions or resume))
     test_df, test_infos = ingest.idx_dataframe(spark, files, splits=("test",), limit=limit)
     # Small; cached so scoring it runs one Python worker per task, the ones that trained.
     test_df = test_df.cache()
@@ -190,6 +191,14 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=mod
     logger.info("test accuracy %.4f, loss %.4f; run folder %s (%.0f s)", metrics["test_accuracy"],
                 metrics["test_loss"], output, metrics["seconds"])
     return metrics
+
+
+def _check_partitions(partitions: int, rows: int, *, given: bool = True) -> None:
+    """Every replica needs at least one training image; checked from the IDX headers, before any work."""
+    if partitions > rows:
+        flag = f"--partitions {partitions}" + ("" if given else " (the cluster's task slots)")
+        raise ValueError(f"{flag} needs at least {partitions} training images, found {rows}; "
+                         "use fewer --partitions")
 
 
 def _injected_failure():

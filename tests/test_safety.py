@@ -598,6 +598,24 @@ def test_a_nan_metric_fails_the_run_and_writes_nothing(tmp_path, capsys):
     assert os.listdir(tmp_path) == []
 
 
+def test_partitions_are_checked_against_the_training_rows_before_training(tiny_idx, spark, tmp_path, capsys,
+                                                                        monkeypatch):
+    train_cnn = JOBS["train_cnn"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work on the training data started")
+
+    monkeypatch.setattr(train_cnn.training, "train", refuse)
+    monkeypatch.setattr(train_cnn.training, "make_shards", refuse)
+    output = tmp_path / "out"
+    status, lines = run_main("train_cnn", ["--data-dir", tiny_idx, "--partitions", 8, "--limit", 5,
+                                           "--validation-size", 0, "--output", output], capsys)
+    assert status == 2
+    assert_one_line("train_cnn", lines,
+                    "--partitions 8 needs at least 8 training images, found 5; use fewer --partitions")
+    assert not output.exists()
+    assert not list(tmp_path.glob("out.*"))
+
 
 @pytest.mark.parametrize("side, kind", [(40, "warning"), (50, "error")])
 def test_a_decompression_bomb_png_is_refused_in_one_line(monkeypatch, side, kind):
