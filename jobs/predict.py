@@ -51,6 +51,27 @@ def _images_frame(spark, location: str, splits):
                      F.lit(-1).alias("label"), "image")
 
 
+def _shape_text(shape) -> str:
+    if isinstance(shape, (list, tuple)) and shape and all(isinstance(s, (list, tuple)) for s in shape):
+        return "[" + ", ".join(_shape_text(s) for s in shape) + "]"  # several outputs
+    return "(" + ", ".join("batch" if s is None else str(s) for s in shape) + ")"
+
+
+def check_outputs(net, path: str, num_classes: int | None = None) -> None:
+    """The model must give one row of class probabilities per image: output ``(batch, classes)``.
+
+    With ``num_classes`` (the labels are known) the output size must equal it.
+    """
+    found = net.output_shape
+    several = isinstance(found, list) or (bool(found) and isinstance(found[0], (list, tuple)))
+    if several or len(found) != 2 or (num_classes is not None and found[-1] != num_classes):
+        expected = f"(batch, {num_classes})" if num_classes is not None else "(batch, classes)"
+        what = (f", one probability for each of the dataset's {num_classes} classes"
+                if num_classes is not None else ", one probability per class")
+        raise ValueError(f"model file {path} outputs shape {_shape_text(found)}; expected {expected}{what}; "
+                         "give a classifier trained on this dataset")
+
+
 def run(spark, *, model, data_dir=None, images_dir=None, output=None, overwrite=False, seed=0,
         splits=("test",), batch_size=512):
     """Score the images and write the run folder; return the metrics. ``seed`` is recorded only."""
@@ -63,9 +84,12 @@ def run(spark, *, model, data_dir=None, images_dir=None, output=None, overwrite=
     output = output or storage.default_output("predict")
     target = storage.AtomicOutput(output, overwrite=overwrite, job="predict")
     if images_dir:
+        check_outputs(net, path)
         df = _images_frame(spark, images_dir, splits)
     else:
-        df, _ = ingest.idx_dataframe(spark, datasets.locate(data_dir), splits=splits)
+        files = datasets.locate(data_dir)
+        check_outputs(net, path, files.dataset.num_classes)
+        df, _ = ingest.idx_dataframe(spark, files, splits=splits)
     expected = tuple(net.input_shape[1:])
     first = df.select("image.height", "image.width", "image.nChannels").first()
     if first is None:

@@ -617,6 +617,37 @@ def test_partitions_are_checked_against_the_training_rows_before_training(tiny_i
     assert not list(tmp_path.glob("out.*"))
 
 
+def _keras_model(path: Path, outputs: str) -> Path:
+    """A small untrained model on 28x28x1 images: ``classes-5`` gives 5 classes, ``rank-4`` a map."""
+    import keras
+
+    inputs = keras.Input((28, 28, 1))
+    if outputs == "rank-4":
+        result = keras.layers.Conv2D(10, 3, padding="same")(inputs)
+    else:
+        result = keras.layers.Dense(int(outputs.split("-")[1]), activation="softmax")(
+            keras.layers.Flatten()(inputs))
+    keras.Model(inputs, result).save(path)
+    return path
+
+
+@pytest.mark.parametrize("outputs, found", [("classes-5", "(batch, 5)"), ("rank-4", "(batch, 28, 28, 10)")])
+def test_predict_refuses_a_model_whose_outputs_are_not_the_classes(spark, tiny_idx, tmp_path, capsys,
+                                                                   monkeypatch, outputs, found):
+    predict = JOBS["predict"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("scoring started")
+
+    monkeypatch.setattr(predict.evaluation, "predict", refuse)
+    model = _keras_model(tmp_path / "model.keras", outputs)
+    output = tmp_path / "out"
+    status, lines = run_main("predict", ["--data-dir", tiny_idx, "--model", model, "--output", output], capsys)
+    assert status == 2
+    assert_one_line("predict", lines, str(model), f"outputs shape {found}", "expected (batch, 10)")
+    assert not output.exists()
+
+
 @pytest.mark.parametrize("side, kind", [(40, "warning"), (50, "error")])
 def test_a_decompression_bomb_png_is_refused_in_one_line(monkeypatch, side, kind):
     """Pillow warns above MAX_IMAGE_PIXELS and fails above twice that; both are refused, naming the file."""
