@@ -156,7 +156,12 @@ PNG_COMPRESS_LEVEL = 1
 #: What :func:`read_png_set` can do with a file that is not a PNG of the set.
 ON_BAD_CHOICES = ("fail", "skip")
 
-_PNG_NAME = re.compile(r"^(?P<index>\d+)(?:_(?P<variant>\d+))?\.png$")
+# ASCII digits only: int() also reads other scripts' digits ("٣"), which Spark's path regex does not.
+_PNG_NAME = re.compile(r"^(?P<index>[0-9]+)(?:_(?P<variant>[0-9]+))?\.png$")
+_ANY_DIGITS_PNG_NAME = re.compile(r"^(?P<index>\d+)(?:_(?P<variant>\d+))?\.png$")
+#: Largest index (Spark long) and label or variant (Spark int) a path may carry.
+INDEX_MAX, LABEL_MAX = 2**63 - 1, 2**31 - 1
+_LAYOUT = "not in the set's layout <split>/<label>/<index>[_<variant>].png"
 
 
 def encode_png(pixels: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
@@ -262,12 +267,41 @@ def parse_png_path(relative: str):
     (('train', 3, 12, 2), None)
     """
     parts = relative.split("/")
-    if len(parts) != 3 or not parts[1].isdigit():
+    if len(parts) != 3 or not re.fullmatch(r"[0-9]+", parts[1]):
         return None
     match = _PNG_NAME.match(parts[2])
     if match is None:
         return None
     return parts[0], int(parts[1]), int(match["index"]), int(match["variant"] or 0)
+
+
+def png_path_problem(relative: str, num_classes: int | None = None) -> str | None:
+    """Why the file at ``relative`` (inside a PNG set) is not one of its images, or None.
+
+    The label folder and the numbers of the file name must be ASCII digits;
+    the index must fit in a 64-bit integer, the variant in a 32-bit one, and
+    the label in ``0 .. num_classes - 1`` (a 32-bit integer when not given).
+
+    Examples
+    --------
+    >>> png_path_problem("train/3/12.png") is None, png_path_problem("train/\u0663/12.png")[:31]
+    (True, 'label folder and file name must')
+    """
+    parts = relative.split("/")
+    if len(parts) != 3 or not re.fullmatch(r"\d+", parts[1]) or not _ANY_DIGITS_PNG_NAME.match(parts[2]):
+        return _LAYOUT
+    if parse_png_path(relative) is None:
+        return (f"label folder and file name must use ASCII digits 0-9, found {parts[1]!r}/{parts[2]!r}; "
+                "rename the file")
+    _, label, index, variant = parse_png_path(relative)
+    if index > INDEX_MAX:
+        return f"index {index} does not fit in a 64-bit integer (at most {INDEX_MAX}); rename the file"
+    if variant > LABEL_MAX:
+        return f"variant {variant} does not fit in a 32-bit integer (at most {LABEL_MAX}); rename the file"
+    top = LABEL_MAX if num_classes is None else num_classes - 1
+    if label > top:
+        return f"label {label} is outside 0..{top}; move the file to its class folder"
+    return None
 
 
 def binary_buffers(array):
@@ -507,8 +541,9 @@ def _split_names(filesystem, root: str, location: str, splits) -> list[str]:
     return splits
 
 
-def _list_png_set(filesystem, root: str, splits) -> tuple[int, list[BadFile]]:
-    """List a set's split folders on the driver: file count, and files outside the layout or empty.
+def _list_png_set(filesystem, root: str, splits, num_classes: int | None = None) -> tuple[int, list[BadFile]]:
+    """List a set's split folders on the driver: file count, and files outside the layout
+    (:func:`png_path_problem`) or empty.
 
     Hidden files (``.`` or ``_`` first), which Spark skips too, are not counted.
     """
@@ -522,8 +557,9 @@ def _list_png_set(filesystem, root: str, splits) -> tuple[int, list[BadFile]]:
                 continue
             count += 1
             relative = entry.path[len(root) + 1:]
-            if parse_png_path(relative) is None:
-                bad.append(BadFile(relative, "not in the set's layout <split>/<label>/<index>[_<variant>].png"))
+            problem = png_path_problem(relative, num_classes)
+            if problem is not None:
+                bad.append(BadFile(relative, problem))
             elif entry.size == 0:
                 bad.append(BadFile(relative, "empty file"))
     return count, bad
@@ -537,7 +573,7 @@ def _describe_bad(location: str, bad: list[BadFile], shown: int = 10) -> str:
 
 
 def read_png_set(spark, location: str, *, splits=None, variants: bool = False, on_bad: str = "fail",
-                 partitions: int | None = None):
+                 partitions: int | None = None, num_classes: int | None = None):
     """Read a PNG set back into the DataFrame shape of an ingested dataset.
 
     The images are decoded by ``spark.read.format("image")`` (the JVM's
@@ -566,6 +602,9 @@ def read_png_set(spark, location: str, *, splits=None, variants: bool = False, o
     partitions : int, optional
         Tasks that read the files. Spark would plan a task per few dozen small
         files; they are coalesced into this many. Default: the cluster's task slots.
+    num_classes : int, optional
+        Labels (folder names) must lie in ``0 .. num_classes - 1``. Default:
+        any that fits in a 32-bit integer.
 
     Returns
     -------
@@ -602,7 +641,7 @@ def read_png_set(spark, location: str, *, splits=None, variants: bool = False, o
             raise ValueError(f"PNG set {location}: split folder {split!r} is not a plain name "
                              "(letters, digits, _ and -); rename it")
     started = time.perf_counter()
-    count, bad = _list_png_set(filesystem, root, names)
+    count, bad = _list_png_set(filesystem, root, names, num_classes)
     if bad and on_bad == "fail":
         raise ValueError(_describe_bad(location, bad) + "\nDelete or replace them, or read with on_bad='skip'")
 
@@ -613,6 +652,11 @@ def read_png_set(spark, location: str, *, splits=None, variants: bool = False, o
     origin = F.col("image.origin")
     in_layout = origin.rlike(tail)
     listed = {b.path for b in bad}
+    # Files in the layout refused for their numbers (out of range) are left out by their path.
+    refused = sorted(path for path in listed if parse_png_path(path) is not None)
+    if refused:
+        in_set = F.regexp_extract(origin, r"/((?:" + "|".join(names) + r")/\d+/\d+(?:_\d+)?\.png)$", 1)
+        in_layout = in_layout & ~in_set.isin(refused)
     for row in raw.where((F.col("image.height") < 0) & in_layout).select(origin.alias("origin")).collect():
         relative = _relative(row.origin, root)
         if relative not in listed:
