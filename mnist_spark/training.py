@@ -33,6 +33,7 @@ import math
 import os
 import pickle
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -408,25 +409,20 @@ def shard_files(batches, chunk_bytes: int) -> dict:
         raise
 
 
+@contextmanager
 def _session_conf(spark, settings: dict):
-    """Context manager: SQL settings for the queries planned inside it, restored on exit."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def scope():
-        saved = {key: spark.conf.get(key, None) for key in settings}
-        for key, value in settings.items():
-            spark.conf.set(key, value)
-        try:
-            yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    spark.conf.unset(key)
-                else:
-                    spark.conf.set(key, value)
-
-    return scope()
+    """SQL settings for the queries planned inside the block, restored on exit."""
+    saved = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 #: Spark groups up to 10,000 rows into one cached column batch, and into one Arrow batch for a
@@ -856,36 +852,32 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def training_sample(train_df, count: int, seed: int):
+def training_sample(train_df, count: int, seed: int, total: int | None = None):
     """About ``count`` training images (and labels) as numpy, the same for the same seed.
 
-    Rows are picked by a hash of ``(index, seed)``, so the sample does not
-    depend on how the DataFrame is partitioned and needs no count first.
+    Rows are picked by a hash of ``(index, seed)`` against the number of rows
+    ``total`` (counted when not given), so the sample does not depend on how
+    the DataFrame is partitioned.
     """
     from pyspark.sql import functions as F
 
     from mnist_spark.images import struct_array_to_numpy
 
-    total = train_df.count()
+    total = train_df.count() if total is None else total
     keep = F.pmod(F.xxhash64("index", F.lit(seed)), F.lit(max(total, 1))) < F.lit(count)
     table = train_df.where(keep).select("index", "label", "image").orderBy("index").toArrow()
     images = struct_array_to_numpy(table.column("image").combine_chunks(), "training image")
     return images, table.column("label").to_numpy().astype(np.int32)
 
 
+@contextmanager
 def _timed(seconds: dict, name: str):
-    """Context manager adding the wall time of its block to ``seconds[name]``."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def block():
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
-
-    return block()
+    """Add the wall time of the block to ``seconds[name]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
 
 
 def train(spark, train_df, config: TrainConfig, *, validation=None, state: TrainState | None = None,
@@ -935,7 +927,7 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
     schedule = plan_schedule(config, sizes)
     sample = None
     if config.batchnorm_sample and models.batchnorm_layers(model):
-        sample = training_sample(train_df, config.batchnorm_sample, config.seed)[0].reshape(
+        sample = training_sample(train_df, config.batchnorm_sample, config.seed, total=sum(sizes))[0].reshape(
             -1, *config.input_shape)
     logger.info(
         "training %s on %d images in %d partitions (%s): %d rounds of %s steps, batch %d, "
