@@ -78,8 +78,7 @@ def run(spark, *, model, data_dir=None, images_dir=None, output=None, overwrite=
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
-    folder_model = storage.join(model, "model.keras")
-    path = folder_model if storage.exists(folder_model) else model
+    path = evaluation.model_file(model)
     net = evaluation.load_model(path)
     output = output or storage.default_output("predict")
     target = storage.AtomicOutput(output, overwrite=overwrite, job="predict")

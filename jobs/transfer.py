@@ -43,6 +43,7 @@ import time
 import numpy as np
 
 from mnist_spark import cli, datasets, evaluation, featurizer, images, ingest, report, storage
+from mnist_spark import labels as label_subset
 
 logger = logging.getLogger("transfer")
 
@@ -63,8 +64,17 @@ def _arg_parser():
                         help="a PNG set (<split>/<label>/<index>.png) to read instead of the IDX files")
     parser.add_argument("--model", default=featurizer.DEFAULT_MODEL, choices=featurizer.SUPPORTED_MODELS,
                         help="pretrained network (DeepImageFeaturizer modelName)")
-    parser.add_argument("--image-size", type=cli.positive_int, default=DEFAULT_IMAGE_SIZE,
-                        help="side in pixels the images are resized to (InceptionV3: 75 or more, native 299)")
+    parser.add_argument("--base-model", metavar="RUN_OR_FILE", default=None,
+                        help="featurize with your own network instead of --model: a .keras file or a "
+                        "train_cnn run folder holding model.keras")
+    parser.add_argument("--output-layer", default="",
+                        help="with --base-model: the layer whose output is the feature vector; default: the "
+                        "last layer before the classifier")
+    parser.add_argument("--labels", type=cli.label_list, default=None, metavar="L1,L2,...",
+                        help="use only the images of these labels (e.g. 5,6,7,8,9)")
+    parser.add_argument("--image-size", type=cli.positive_int, default=None,
+                        help="side in pixels the images are resized to (InceptionV3: 75 or more, native 299; "
+                        f"default {DEFAULT_IMAGE_SIZE}); with --base-model, the model's own input size")
     parser.add_argument("--pooling", default=featurizer.DEFAULT_POOLING, choices=featurizer.POOLING_CHOICES,
                         help="avg or max: one value per channel; none: sparkdl's flat output")
     parser.add_argument("--weights", default=featurizer.WEIGHTS_IMAGENET,
@@ -147,14 +157,19 @@ def stratified_sample(df, limit: int | None, seed: int, where: str):
 # --------------------------------------------------------------------------- the job
 
 
-def _check_settings(model, image_size, weights, max_iter, reg_param, elastic_net_param):
-    """Fail on bad settings (and missing weights) before any data is read."""
+def _check_settings(model, image_size, weights, max_iter, reg_param, elastic_net_param, base_model=None,
+                    output_layer=""):
+    """Fail on bad settings (and missing weights, or a base model that cannot featurize) before any data
+    is read."""
     if max_iter <= 0:
         raise ValueError(f"--max-iter must be above 0, found {max_iter}")
     if reg_param < 0:
         raise ValueError(f"--reg-param must be 0 or more, found {reg_param}")
     if not 0 <= elastic_net_param <= 1:
         raise ValueError(f"--elastic-net-param must lie in [0, 1] (0: L2, 1: L1), found {elastic_net_param}")
+    if base_model:
+        featurizer.user_network(base_model, output_layer).input_shape_for(image_size or 0)
+        return
     architecture = featurizer.ARCHITECTURES.get(model)
     if architecture is None:
         raise ValueError(f"{model!r} is not a supported --model; choose one of: "
@@ -183,7 +198,8 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
         model=featurizer.DEFAULT_MODEL, image_size=DEFAULT_IMAGE_SIZE, pooling=featurizer.DEFAULT_POOLING,
         weights=featurizer.WEIGHTS_IMAGENET, batch_size=featurizer.DEFAULT_BATCH_SIZE,
         train_limit=DEFAULT_TRAIN_LIMIT, test_limit=DEFAULT_TEST_LIMIT, max_iter=DEFAULT_MAX_ITER,
-        reg_param=DEFAULT_REG_PARAM, elastic_net_param=DEFAULT_ELASTIC_NET_PARAM, partitions=None):
+        reg_param=DEFAULT_REG_PARAM, elastic_net_param=DEFAULT_ELASTIC_NET_PARAM, partitions=None,
+        base_model=None, output_layer="", labels=None):
     """Featurize, fit LogisticRegression, score the test split and write the run folder.
 
     Returns
@@ -202,12 +218,24 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
     started = time.perf_counter()
     output = output or storage.default_output("transfer")
     target = storage.AtomicOutput(output, overwrite=overwrite, job="transfer")
-    _check_settings(model, image_size, weights, max_iter, reg_param, elastic_net_param)
-    stage = featurizer.DeepImageFeaturizer(modelName=model, imageSize=image_size, pooling=pooling,
-                                           weights=weights, batchSize=batch_size)
+    if base_model:
+        base_model, image_size = evaluation.model_file(base_model), image_size or 0
+        stage = featurizer.DeepImageFeaturizer(modelFile=base_model, outputLayer=output_layer,
+                                               imageSize=image_size, pooling=pooling, batchSize=batch_size)
+    else:
+        image_size = image_size or DEFAULT_IMAGE_SIZE
+        stage = featurizer.DeepImageFeaturizer(modelName=model, imageSize=image_size, pooling=pooling,
+                                               weights=weights, batchSize=batch_size)
+    _check_settings(model, image_size, weights, max_iter, reg_param, elastic_net_param, base_model, output_layer)
+    network = (f"{base_model}, layer {featurizer.user_network(base_model, output_layer).output_layer}"
+               if base_model else model)
     partitions = partitions or 2 * task_slots(spark)
 
     df, num_classes = _load_images(spark, data_dir, images_dir)
+    if labels:
+        if num_classes:
+            label_subset.check_labels(labels, num_classes)
+        df = label_subset.select_labels(df, labels)
     train, train_counts = stratified_sample(df.where(F.col("split") == "train"), train_limit, seed,
                                             "train split")
     test, test_counts = stratified_sample(df.where(F.col("split") == "test"), test_limit, seed, "test split")
@@ -265,8 +293,8 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
             **{name: round(value, 6) for name, value in scores.items()},
             "train_rows": train_rows,
             "test_rows": test_rows,
-            "model_name": model,
-            "image_size": image_size,
+            "model_name": network,
+            "image_size": stage.effectiveImageSize(),
             "pooling": pooling,
             "weights": weights,
             "feature_size": feature_size,
@@ -284,7 +312,9 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
                        "seed": seed, "model": model, "image_size": image_size, "pooling": pooling,
                        "weights": weights, "batch_size": batch_size, "train_limit": train_limit,
                        "test_limit": test_limit, "max_iter": max_iter, "reg_param": reg_param,
-                       "elastic_net_param": elastic_net_param, "partitions": partitions},
+                       "elastic_net_param": elastic_net_param, "partitions": partitions,
+                       "base_model": base_model, "output_layer": output_layer,
+                       "labels": list(labels) if labels else None},
             "environment": report.environment(),
         }
         metrics["seconds"] = round(time.perf_counter() - started, 2)
@@ -319,9 +349,11 @@ def main(argv=None) -> int:
         seed=args.seed, model=args.model, image_size=args.image_size, pooling=args.pooling,
         weights=args.weights, batch_size=args.batch_size, train_limit=args.train_limit,
         test_limit=args.test_limit, max_iter=args.max_iter, reg_param=args.reg_param,
-        elastic_net_param=args.elastic_net_param, partitions=args.partitions,
+        elastic_net_param=args.elastic_net_param, partitions=args.partitions, base_model=args.base_model,
+        output_layer=args.output_layer, labels=args.labels,
     ), before=lambda: cli.prepare_output("transfer", args, [
         *([("--images", args.images)] if args.images else cli.default_data_inputs(args.data_dir)),
+        *([("--base-model", args.base_model)] if args.base_model else []),
         *([("--weights", args.weights)] if args.weights not in (featurizer.WEIGHTS_IMAGENET,
                                                                 featurizer.WEIGHTS_NONE) else [])]))
 

@@ -83,6 +83,16 @@ def split_list(text: str) -> tuple:
     return names
 
 
+def label_list(text: str) -> tuple:
+    """argparse type: distinct labels separated by commas (``--labels 0,1,2,3,4``)."""
+    from mnist_spark.labels import parse_labels
+
+    try:
+        return parse_labels(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer above zero."""
     try:
