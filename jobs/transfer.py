@@ -195,7 +195,7 @@ def _load_images(spark, data_dir, images_dir):
 
 
 def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, seed=0,
-        model=featurizer.DEFAULT_MODEL, image_size=DEFAULT_IMAGE_SIZE, pooling=featurizer.DEFAULT_POOLING,
+        model=featurizer.DEFAULT_MODEL, image_size=None, pooling=featurizer.DEFAULT_POOLING,
         weights=featurizer.WEIGHTS_IMAGENET, batch_size=featurizer.DEFAULT_BATCH_SIZE,
         train_limit=DEFAULT_TRAIN_LIMIT, test_limit=DEFAULT_TEST_LIMIT, max_iter=DEFAULT_MAX_ITER,
         reg_param=DEFAULT_REG_PARAM, elastic_net_param=DEFAULT_ELASTIC_NET_PARAM, partitions=None,
