@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import sys
 import time
 
@@ -116,6 +115,8 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=mod
     """Train, evaluate and write the run folder; return the metrics."""
     from mnist_spark.session import task_slots
 
+    options = dict(locals())
+
     started = time.perf_counter()
     resume = _resume_target(resume, output)
     if resume:
@@ -130,6 +131,7 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=mod
         data_dir, limit, validation_size, checkpoint_every, labels = (
             saved.get("data_dir"), saved.get("limit"), saved.get("validation_size", 0),
             saved.get("checkpoint_every", 1), saved.get("labels"))
+        training.check_resume_settings(resume, {**config.to_dict(), **saved}, options, _run_defaults())
         logger.info("resuming %s from round %d with its saved settings", output, state.round)
     else:
         config = training.TrainConfig(
@@ -137,7 +139,7 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=mod
             seed=seed, steps_per_round=steps_per_round, learning_rate=learning_rate, lr_decay=lr_decay,
             first_round_steps=first_round_steps, lr_scaling=lr_scaling, warmup_epochs=warmup_epochs,
             batchnorm_sample=batchnorm_sample,
-            barrier=barrier, augment=augment, inject_failure=_injected_failure(),
+            barrier=barrier, augment=augment,
         )
     files = datasets.locate(data_dir)
     train_df, infos = ingest.idx_dataframe(spark, files, splits=("train",), limit=limit)
@@ -209,20 +211,19 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=mod
     return metrics
 
 
+def _run_defaults() -> dict:
+    import inspect
+
+    return {name: p.default for name, p in inspect.signature(run).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 def _check_partitions(partitions: int, rows: int, *, given: bool = True) -> None:
     """Every replica needs at least one training image; checked from the IDX headers, before any work."""
     if partitions > rows:
         flag = f"--partitions {partitions}" + ("" if given else " (the cluster's task slots)")
         raise ValueError(f"{flag} needs at least {partitions} training images, found {rows}; "
                          "use fewer --partitions")
-
-
-def _injected_failure():
-    value = os.environ.get(training.ENV_INJECT_FAILURE)
-    if not value:
-        return None
-    partition, _, round_ = value.partition(":")
-    return int(partition), int(round_)
 
 
 def _figures(test_df, staging: str, metrics: dict) -> None:

@@ -368,6 +368,9 @@ def test_job_resume_after_a_stop(spark, small_idx, tmp_path, monkeypatch):
     with pytest.raises(FileExistsError, match="--resume"):
         train_job.run(spark, output=out, **kwargs)
     monkeypatch.setattr(training, "save_checkpoint", real_save)
+    # Other settings than the saved run's are refused, by name.
+    with pytest.raises(ValueError, match=r"--model convnet \(saved: simple_cnn\); --epochs 4 \(saved: 3\)"):
+        train_job.run(spark, output=out, resume="auto", **{**kwargs, "epochs": 4, "model": "convnet"})
     # The command a scheduler re-issues continues the stopped run.
     resumed = train_job.run(spark, output=out, resume="auto", **kwargs)
     assert resumed["test_accuracy"] == whole["test_accuracy"]
@@ -401,6 +404,7 @@ def test_retried_task_gives_identical_weights(spark, small_idx, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "injected failure in partition 1, round 1" in result.stderr
     retried = json.loads((tmp_path / "retried" / "metrics.json").read_text())
+    assert "inject_failure" not in retried["params"]
     assert [h["loss"] for h in retried["history"]] == [h["loss"] for h in reference["history"]]
     a = evaluation.load_model(str(tmp_path / "reference" / "model.keras"))
     b = evaluation.load_model(str(tmp_path / "retried" / "model.keras"))
