@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         base = os.path.join(folder, "base")
         started = time.perf_counter()
-        trained = train_cnn.run(spark, output=base, model=args.model, epochs=args.base_epochs,
+        trained = train_cnn.run(spark, output=base, arch=args.model, epochs=args.base_epochs,
                                 labels=list(BASE_LABELS), seed=0)
         results["base"] = {"test_accuracy_0_4": round(trained["test_accuracy"], 4),
                            "train_rows": trained["train_rows"], "epochs": args.base_epochs,

@@ -17,7 +17,7 @@ executors, and the run folder gets the model, metrics, figures and a report:
 Run it with::
 
     spark-submit jobs/train_cnn.py                      # bn_cnn, full MNIST, local Spark
-    spark-submit jobs/train_cnn.py --model simple_cnn --epochs 3 --partitions 4
+    spark-submit jobs/train_cnn.py --arch simple_cnn --epochs 3 --partitions 4
     spark-submit jobs/train_cnn.py --checkpoint-every 1 --output runs/cnn
     spark-submit jobs/train_cnn.py --resume runs/cnn    # continue a stopped run
     spark-submit jobs/train_cnn.py --labels 0,1,2,3,4 --output runs/digits04   # a base network for transfer
@@ -43,8 +43,9 @@ GRID_SIZE, PROBABILITY_ROWS = 24, 4
 
 def _arg_parser():
     parser = cli.job_parser(__doc__, "train_cnn")
-    parser.add_argument("--model", default=models.DEFAULT_MODEL, choices=sorted(models.ARCHITECTURES),
+    parser.add_argument("--arch", default=models.DEFAULT_MODEL, choices=sorted(models.ARCHITECTURES),
                         help="architecture")
+    cli.deprecated_flag(parser, "--model", "--arch", choices=sorted(models.ARCHITECTURES))
     parser.add_argument("--epochs", type=cli.positive_int, default=training.TrainConfig.epochs)
     parser.add_argument("--batch-size", type=cli.positive_int, default=training.TrainConfig.batch_size,
                         help="per-replica batch size")
@@ -83,9 +84,10 @@ def _arg_parser():
                         help="continue the stopped run RUN (its --output) from its last checkpoint; "
                         "'auto': continue the run at --output if it left a checkpoint, else start it")
     group = parser.add_argument_group(
-        "augmentation", "--augment trains on a new random variant of every image each epoch, the "
+        "augmentation", "--augment-on-the-fly trains on a new random variant of every image each epoch, the "
         "same variant whichever task draws it; each transform applies with its probability P")
-    group.add_argument("--augment", action="store_true", help="augment the training images on the fly")
+    group.add_argument("--augment-on-the-fly", action="store_true", help="augment the training images on the fly")
+    cli.deprecated_flag(group, "--augment", "--augment-on-the-fly", switch=True)
     cli.add_transform_flags(group)
     return parser
 
@@ -105,7 +107,7 @@ def _fields(struct):
     return pd.Series(struct.asDict() if hasattr(struct, "asDict") else struct)
 
 
-def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=models.DEFAULT_MODEL,
+def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, arch=models.DEFAULT_MODEL,
         epochs=training.TrainConfig.epochs, batch_size=training.TrainConfig.batch_size,
         partitions=None, steps_per_round=None, learning_rate=training.TrainConfig.learning_rate,
         lr_decay=training.TrainConfig.lr_decay, first_round_steps=None,
@@ -131,11 +133,12 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=mod
         data_dir, limit, validation_size, checkpoint_every, labels = (
             saved.get("data_dir"), saved.get("limit"), saved.get("validation_size", 0),
             saved.get("checkpoint_every", 1), saved.get("labels"))
-        training.check_resume_settings(resume, {**config.to_dict(), **saved}, options, _run_defaults())
+        training.check_resume_settings(resume, {**config.to_dict(), "arch": config.model, **saved}, options,
+                                       _run_defaults())
         logger.info("resuming %s from round %d with its saved settings", output, state.round)
     else:
         config = training.TrainConfig(
-            model=model, epochs=epochs, batch_size=batch_size, partitions=partitions or task_slots(spark),
+            model=arch, epochs=epochs, batch_size=batch_size, partitions=partitions or task_slots(spark),
             seed=seed, steps_per_round=steps_per_round, learning_rate=learning_rate, lr_decay=lr_decay,
             first_round_steps=first_round_steps, lr_scaling=lr_scaling, warmup_epochs=warmup_epochs,
             batchnorm_sample=batchnorm_sample,
@@ -268,13 +271,13 @@ def main(argv=None) -> int:
     args = _arg_parser().parse_args(argv)
     return cli.run_job("train_cnn", lambda spark: run(
         spark, data_dir=args.data_dir, output=args.output, overwrite=args.overwrite, seed=args.seed,
-        model=args.model, epochs=args.epochs, batch_size=args.batch_size, partitions=args.partitions,
+        arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, partitions=args.partitions,
         steps_per_round=args.steps_per_round, learning_rate=args.learning_rate, lr_decay=args.lr_decay,
         first_round_steps=args.first_round_steps, lr_scaling=args.lr_scaling,
         warmup_epochs=args.warmup_epochs, batchnorm_sample=args.batchnorm_sample,
         barrier=args.barrier, limit=args.limit, validation_size=args.validation_size,
         checkpoint_every=args.checkpoint_every, resume=args.resume, labels=args.labels,
-        augment=dataclasses.asdict(cli.augment_params(args)) if args.augment else None,
+        augment=dataclasses.asdict(cli.augment_params(args)) if args.augment_on_the_fly else None,
     ), before=lambda: _prepare(args))
 
 

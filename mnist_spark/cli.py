@@ -191,6 +191,45 @@ class JobArgumentParser(argparse.ArgumentParser):
         return parsed, extras
 
 
+class _DeprecatedFlag(argparse.Action):
+    """An old flag spelling: works as the new one for one more release, with a warning line."""
+
+    def __init__(self, option_strings, dest, *, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        logger.warning("%s is deprecated and will be removed in the next release; use %s", option_string,
+                       self.new)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def deprecated_flag(parser, old: str, new: str, *, switch: bool = False, **kwargs) -> None:
+    """Accept ``old`` as a deprecated spelling of the flag ``new`` (hidden from ``--help``).
+
+    ``switch=True`` for an ``on/off`` flag (``store_true``).
+    """
+    dest = new.lstrip("-").replace("-", "_")
+    extra = dict(nargs=0, const=True) if switch else kwargs
+    parser.add_argument(old, dest=dest, action=_DeprecatedFlag, new=new, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS, **extra)
+
+
+def in_flag_terms(message: str, flags: dict) -> str:
+    """``message`` of a library error with its param names replaced by the job's flags.
+
+    Examples
+    --------
+    >>> in_flag_terms("imageSize 10 is below 75; set imageSize to 75", {"imageSize": "--image-size"})
+    '--image-size 10 is below 75; set --image-size to 75'
+    """
+    import re
+
+    for name, flag in flags.items():
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, message)
+    return message
+
+
 def job_parser(doc: str | None, job: str) -> argparse.ArgumentParser:
     """An argument parser with the flags every job shares.
 

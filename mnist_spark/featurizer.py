@@ -367,6 +367,32 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
         network = user_network(self.getModelFile(), self.getOutputLayer())
         return network.input_shape_for(self.getImageSize())
 
+    def _check_input_size(self) -> None:
+        if self.getModelFile():
+            self.inputShape()  # loads and checks the model file, the layer and imageSize
+            return
+        architecture = ARCHITECTURES[self.getModelName()]
+        size = self.effectiveImageSize()
+        if size < architecture.min_size:
+            raise ValueError(
+                f"imageSize {size} is below the {architecture.name} minimum of {architecture.min_size} "
+                f"px; set imageSize to {architecture.min_size} or more (its native size is "
+                f"{architecture.native_size}), or 0 for the native size"
+            )
+
+    def checkNetwork(self) -> None:
+        """Check on the driver, before any data is read, that the network can run as set.
+
+        The checks :meth:`transform` makes of the params and the weights (or
+        the ``modelFile``), without a DataFrame; each failure is one
+        ``ValueError``.
+        """
+        self._check_input_size()
+        if not self.getModelFile():
+            weights = resolve_weights(self.getWeights(), self.getModelName())
+            if weights is not None:
+                check_weights(weights, self.getModelName())
+
     @classmethod
     def read(cls):
         return _FeaturizerReader(cls)
@@ -390,17 +416,7 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
 
         from mnist_spark.images import image_struct_type
 
-        if not self.getModelFile():
-            architecture = ARCHITECTURES[self.getModelName()]
-            size = self.effectiveImageSize()
-            if size < architecture.min_size:
-                raise ValueError(
-                    f"imageSize {size} is below the {architecture.name} minimum of {architecture.min_size} "
-                    f"px; set imageSize to {architecture.min_size} or more (its native size is "
-                    f"{architecture.native_size}), or 0 for the native size"
-                )
-        else:
-            self.inputShape()  # loads and checks the model file and the layer
+        self._check_input_size()
         input_col, output_col = self.getInputCol(), self.getOutputCol()
         names = schema.fieldNames()
         if input_col not in names:
@@ -463,6 +479,36 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
                             + [StructField(config.output_col, ArrayType(FloatType(), False), False)])
         column = F.col("`" + config.output_col.replace("`", "``") + "`")
         return dataset.mapInArrow(featurize, schema).withColumn(config.output_col, array_to_vector(column))
+
+
+def featurizer_for(base_model: str, **params) -> DeepImageFeaturizer:
+    """A featurizer of ``base_model``: a network of :data:`SUPPORTED_MODELS` by name, or your own.
+
+    Parameters
+    ----------
+    base_model : str
+        ``InceptionV3`` (or another of :data:`SUPPORTED_MODELS`), a ``.keras``
+        file, or a ``train_cnn`` run folder holding ``model.keras``.
+    **params
+        Other params of :class:`DeepImageFeaturizer`; ``weights`` only
+        applies to a network by name.
+
+    Raises
+    ------
+    ValueError
+        When ``base_model`` is neither a supported name nor an existing path.
+    """
+    from mnist_spark import evaluation, storage
+
+    if base_model in ARCHITECTURES:
+        return DeepImageFeaturizer(modelName=base_model, **params)
+    params.pop("weights", None)
+    if not storage.exists(base_model):
+        raise ValueError(
+            f"base model {base_model!r} is neither a network of keras.applications ({', '.join(SUPPORTED_MODELS)}) "
+            "nor an existing .keras file or train_cnn run folder; check the name or the path"
+        )
+    return DeepImageFeaturizer(modelFile=evaluation.model_file(base_model), **params)
 
 
 # --------------------------------------------------------------------------- weights

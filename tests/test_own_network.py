@@ -158,7 +158,7 @@ def test_parse_labels():
 
 def test_train_cnn_on_a_label_subset_then_transfer(spark, small_idx, tmp_path, capsys):
     base = tmp_path / "base"
-    metrics = load_job("train_cnn").run(spark, data_dir=str(small_idx), output=str(base), model="simple_cnn",
+    metrics = load_job("train_cnn").run(spark, data_dir=str(small_idx), output=str(base), arch="simple_cnn",
                                         epochs=1, labels=[0, 1, 2], validation_size=20, checkpoint_every=0)
     assert json.loads((base / labels.LABELS_FILE).read_text()) == {"labels": [0, 1, 2]}
     assert labels.read_labels(str(base)) == (0, 1, 2)

@@ -320,7 +320,7 @@ def test_evaluation_matches_model_predict(spark, small_idx):
 
 def test_run_folder(spark, small_idx, tmp_path):
     out = tmp_path / "run"
-    metrics = train_job.run(spark, data_dir=str(small_idx), output=str(out), model="simple_cnn",
+    metrics = train_job.run(spark, data_dir=str(small_idx), output=str(out), arch="simple_cnn",
                             epochs=2, batch_size=32, partitions=2, limit=200, validation_size=50)
     names = set(os.listdir(out))
     assert {"_SUCCESS", "model.keras", "model_summary.txt", "metrics.json", "report.html",
@@ -346,7 +346,7 @@ def test_run_folder(spark, small_idx, tmp_path):
 
 
 def test_job_resume_after_a_stop(spark, small_idx, tmp_path, monkeypatch):
-    kwargs = dict(data_dir=str(small_idx), model="simple_cnn", epochs=3, batch_size=32, partitions=2,
+    kwargs = dict(data_dir=str(small_idx), arch="simple_cnn", epochs=3, batch_size=32, partitions=2,
                   limit=128, validation_size=0, checkpoint_every=1)
     # --resume auto with nothing to continue starts the run.
     whole = train_job.run(spark, output=str(tmp_path / "whole"), resume="auto", **kwargs)
@@ -369,8 +369,8 @@ def test_job_resume_after_a_stop(spark, small_idx, tmp_path, monkeypatch):
         train_job.run(spark, output=out, **kwargs)
     monkeypatch.setattr(training, "save_checkpoint", real_save)
     # Other settings than the saved run's are refused, by name.
-    with pytest.raises(ValueError, match=r"--model convnet \(saved: simple_cnn\); --epochs 4 \(saved: 3\)"):
-        train_job.run(spark, output=out, resume="auto", **{**kwargs, "epochs": 4, "model": "convnet"})
+    with pytest.raises(ValueError, match=r"--arch convnet \(saved: simple_cnn\); --epochs 4 \(saved: 3\)"):
+        train_job.run(spark, output=out, resume="auto", **{**kwargs, "epochs": 4, "arch": "convnet"})
     # The command a scheduler re-issues continues the stopped run.
     resumed = train_job.run(spark, output=out, resume="auto", **kwargs)
     assert resumed["test_accuracy"] == whole["test_accuracy"]
@@ -388,10 +388,10 @@ def test_resume_auto_needs_an_output(capsys):
 @pytest.mark.slow
 def test_retried_task_gives_identical_weights(spark, small_idx, tmp_path):
     """A task that fails once (local[2,2] allows one retry) redoes exactly the same work."""
-    kwargs = ["--data-dir", str(small_idx), "--model", "simple_cnn", "--epochs", "2", "--batch-size", "32",
+    kwargs = ["--data-dir", str(small_idx), "--arch", "simple_cnn", "--epochs", "2", "--batch-size", "32",
               "--partitions", "2", "--limit", "128", "--validation-size", "0", "--checkpoint-every", "0"]
     reference = train_job.run(spark, output=str(tmp_path / "reference"), data_dir=str(small_idx),
-                              model="simple_cnn", epochs=2, batch_size=32, partitions=2, limit=128,
+                              arch="simple_cnn", epochs=2, batch_size=32, partitions=2, limit=128,
                               validation_size=0, checkpoint_every=0)
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_CONF_DIR=str(PROJECT / "conf"))
     env[training.ENV_INJECT_FAILURE] = "1:1"
