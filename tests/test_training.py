@@ -417,7 +417,7 @@ def test_predict_job_scores_idx_files_and_a_plain_image_folder(spark, small_idx,
     predict_job = load_job("predict")
     model = models.build_model("simple_cnn", seed=5)
     model.save(tmp_path / "model.keras")
-    metrics = predict_job.run(spark, model=str(tmp_path), data_dir=str(small_idx),
+    metrics = predict_job.run(spark, model_file=str(tmp_path), data_dir=str(small_idx),
                               output=str(tmp_path / "scored"), splits=("test",))
     images = idx.read_idx(small_idx / "t10k-images-idx3-ubyte.gz")
     labels = idx.read_idx(small_idx / "t10k-labels-idx1-ubyte.gz")
@@ -431,10 +431,10 @@ def test_predict_job_scores_idx_files_and_a_plain_image_folder(spark, small_idx,
     folder.mkdir(parents=True)
     for i in range(3):
         Image.fromarray(images[i], mode="L").save(folder / f"digit{i}.png")
-    unlabelled = predict_job.run(spark, model=str(tmp_path / "model.keras"),
+    unlabelled = predict_job.run(spark, model_file=str(tmp_path / "model.keras"),
                                  images_dir=str(tmp_path / "pngs"), output=str(tmp_path / "scored-pngs"))
     assert unlabelled["count"] == 3 and unlabelled["labelled"] == 0 and "accuracy" not in unlabelled
     with pytest.raises(ValueError, match="takes images of 28x28x1 but the input holds 5x7x1"):
         other = write_idx_dataset(tmp_path / "small-images", 4, 2, shape=(5, 7))
-        predict_job.run(spark, model=str(tmp_path), data_dir=str(other), output=str(tmp_path / "bad"))
+        predict_job.run(spark, model_file=str(tmp_path), data_dir=str(other), output=str(tmp_path / "bad"))
     assert not (tmp_path / "bad").exists()
