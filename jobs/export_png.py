@@ -77,26 +77,12 @@ def _arg_parser():
     return parser
 
 
-def _sample(info, count: int):
-    """The first ``count`` images of a split as ``(index, label, pixels)``, read on the driver.
-
-    Reads the IDX files directly (the same reader the Spark tasks use), so the
-    pictures cost no Spark job.
-    """
-    stop = min(count, info.count)
-    rows = []
-    for batch in ingest._read_task_batches(ingest.ReadTask(info.split, info.images, info.labels, 0, stop)):
-        for row in batch.to_pylist():
-            rows.append((row["index"], row["label"], images.struct_to_array(row["image"])))
-    return rows
-
-
 def _pictures(info, staging: str, *, sample: int, variants: int, params, seed: int) -> list:
     """Contact sheet and augmentation grid from the first ``sample`` images; returns (file, caption)."""
     import numpy as np
 
     started = time.perf_counter()
-    rows = _sample(info, sample)
+    rows = ingest.first_images(info, sample)
     if not rows:
         return []
     figures = []

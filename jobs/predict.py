@@ -25,7 +25,7 @@ logger = logging.getLogger("predict")
 
 
 def _arg_parser():
-    parser = cli.job_parser(__doc__, "predict")
+    parser = cli.job_parser(__doc__, "predict", seed=False)
     parser.add_argument("--model-file", default=None,
                         help="a model.keras file, or a train_cnn run folder holding one")
     cli.deprecated_flag(parser, "--model", "--model-file")
@@ -73,9 +73,9 @@ def check_outputs(net, path: str, num_classes: int | None = None) -> None:
                          "give a classifier trained on this dataset")
 
 
-def run(spark, *, model_file, data_dir=None, images_dir=None, output=None, overwrite=False, seed=0,
+def run(spark, *, model_file, data_dir=None, images_dir=None, output=None, overwrite=False,
         splits=("test",), batch_size=512):
-    """Score the images and write the run folder; return the metrics. ``seed`` is recorded only."""
+    """Score the images and write the run folder; return the metrics."""
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
@@ -110,7 +110,7 @@ def run(spark, *, model_file, data_dir=None, images_dir=None, output=None, overw
         metrics = {"job": "predict", "model": path, "count": count, "labelled": known,
                    "seconds": round(time.perf_counter() - started, 2),
                    "params": {"data_dir": data_dir, "images": images_dir, "splits": list(splits),
-                              "batch_size": batch_size, "seed": seed, "output": output},
+                              "batch_size": batch_size, "output": output},
                    "environment": report.environment()}
         if known:
             correct = labelled.where("label = prediction").count()
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
         parser.error("the following arguments are required: --model-file")
     return cli.run_job("predict", lambda spark: run(
         spark, model_file=args.model_file, data_dir=args.data_dir, images_dir=args.images, output=args.output,
-        overwrite=args.overwrite, seed=args.seed, splits=args.splits, batch_size=args.batch_size,
+        overwrite=args.overwrite, splits=args.splits, batch_size=args.batch_size,
     ), before=lambda: cli.prepare_output("predict", args, [
         ("--model-file", args.model_file),
         *([("--images", args.images)] if args.images else cli.default_data_inputs(args.data_dir))]))

@@ -194,13 +194,13 @@ class JobArgumentParser(argparse.ArgumentParser):
 class _DeprecatedFlag(argparse.Action):
     """An old flag spelling: works as the new one for one more release, with a warning line."""
 
-    def __init__(self, option_strings, dest, *, new: str, **kwargs):
-        self.new = new
+    def __init__(self, option_strings, dest, *, advice: str, **kwargs):
+        self.advice = advice
         super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        logger.warning("%s is deprecated and will be removed in the next release; use %s", option_string,
-                       self.new)
+        logger.warning("%s is deprecated and will be removed in the next release; %s", option_string,
+                       self.advice)
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
@@ -211,7 +211,7 @@ def deprecated_flag(parser, old: str, new: str, *, switch: bool = False, **kwarg
     """
     dest = new.lstrip("-").replace("-", "_")
     extra = dict(nargs=0, const=True) if switch else kwargs
-    parser.add_argument(old, dest=dest, action=_DeprecatedFlag, new=new, default=argparse.SUPPRESS,
+    parser.add_argument(old, dest=dest, action=_DeprecatedFlag, advice=f"use {new}", default=argparse.SUPPRESS,
                         help=argparse.SUPPRESS, **extra)
 
 
@@ -230,12 +230,13 @@ def in_flag_terms(message: str, flags: dict) -> str:
     return message
 
 
-def job_parser(doc: str | None, job: str) -> argparse.ArgumentParser:
+def job_parser(doc: str | None, job: str, *, seed: bool = True) -> argparse.ArgumentParser:
     """An argument parser with the flags every job shares.
 
     ``--data-dir``, ``--output``, ``--if-exists`` (``--overwrite`` is short for
-    ``--if-exists overwrite``) and ``--seed``; defaults are shown in
-    ``--help``. The parsed arguments carry ``if_exists`` and ``overwrite``.
+    ``--if-exists overwrite``) and, for a job that draws random numbers
+    (``seed=True``), ``--seed``; defaults are shown in ``--help``. The parsed
+    arguments carry ``if_exists`` and ``overwrite``.
     """
     from mnist_spark.storage import IF_EXISTS
 
@@ -263,7 +264,12 @@ def job_parser(doc: str | None, job: str) -> argparse.ArgumentParser:
         "--overwrite", dest="if_exists", action="store_const", const="overwrite", default=argparse.SUPPRESS,
         help="short for --if-exists overwrite",
     )
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
+    if seed:
+        parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
+    else:
+        parser.add_argument("--seed", dest="unused_seed", action=_DeprecatedFlag, type=non_negative_int,
+                            advice=f"{job} is deterministic and takes no seed", default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)
     return parser
 
 

@@ -577,7 +577,7 @@ def load_state(model, weights, optimizer, *, learning_rate=None, seed=None) -> N
     model.set_weights(weights)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-    for variable, value in zip(model.optimizer.variables, optimizer):
+    for variable, value in zip(model.optimizer.variables, optimizer, strict=True):
         variable.assign(value)
     if learning_rate is not None:
         model.optimizer.learning_rate = learning_rate
@@ -758,8 +758,8 @@ def _add_partial_sums(parts: list[dict]) -> dict:
         total = {
             "count": total["count"] + part["count"],
             "replicas": total["replicas"] + part["replicas"],
-            "weights": [a + b for a, b in zip(total["weights"], part["weights"])],
-            "optimizer": [a + b for a, b in zip(total["optimizer"], part["optimizer"])],
+            "weights": [a + b for a, b in zip(total["weights"], part["weights"], strict=True)],
+            "optimizer": [a + b for a, b in zip(total["optimizer"], part["optimizer"], strict=True)],
             "dtypes": total["dtypes"],
         }
     return total
@@ -771,7 +771,7 @@ def _mean_of(total: dict) -> tuple[list, list]:
     Integer state (the optimizer's step) is rounded back to its integer type.
     """
     means = []
-    for value, dtype in zip((*total["weights"], *total["optimizer"]), total["dtypes"]):
+    for value, dtype in zip((*total["weights"], *total["optimizer"]), total["dtypes"], strict=True):
         dtype = np.dtype(dtype)
         value = value / total["count"]
         if np.issubdtype(dtype, np.integer):
