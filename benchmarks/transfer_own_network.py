@@ -66,12 +66,12 @@ def from_scratch(spark, transfer, size: int, seed: int, model_name: str) -> dict
     import pandas as pd
     from pyspark.sql import functions as F
 
-    from mnist_spark import datasets, images, ingest, labels, models
+    from mnist_spark import datasets, images, ingest, labels, models, sampling
 
     files = datasets.locate(PROJECT / "data" / "mnist")
     df, _ = ingest.idx_dataframe(spark, files)
     df = labels.select_labels(df, NEW_LABELS)
-    train, _ = transfer.stratified_sample(df.where(F.col("split") == "train"), size, seed, "train split")
+    train, _ = sampling.stratified_sample(df.where(F.col("split") == "train"), size, seed, "train split")
 
     def arrays(frame):
         table = labels.select_labels(frame, NEW_LABELS, index=True).orderBy("index").toPandas()

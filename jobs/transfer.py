@@ -43,7 +43,7 @@ import time
 
 import numpy as np
 
-from mnist_spark import cli, datasets, evaluation, featurizer, images, ingest, report, storage
+from mnist_spark import cli, datasets, evaluation, featurizer, images, ingest, report, sampling, storage, tuning
 from mnist_spark import labels as label_subset
 
 logger = logging.getLogger("transfer")
@@ -63,7 +63,7 @@ METRICS = ("accuracy", "f1", "weightedPrecision", "weightedRecall", "logLoss")
 
 def _arg_parser():
     parser = cli.job_parser(__doc__, "transfer")
-    parser.add_argument("--images", metavar="DIR", default=None,
+    parser.add_argument("--images", dest="images_dir", metavar="DIR", default=None,
                         help="a PNG set (<split>/<label>/<index>.png) to read instead of the IDX files")
     parser.add_argument("--base-model", metavar="NAME_OR_FILE", default=featurizer.DEFAULT_MODEL,
                         help="the network that featurizes: one of " + ", ".join(featurizer.SUPPORTED_MODELS)
@@ -97,64 +97,17 @@ def _arg_parser():
                         help="LogisticRegression elasticNetParam (0: L2, 1: L1)")
     parser.add_argument("--partitions", type=cli.positive_int, default=None,
                         help="featurization tasks per split; default: twice the cluster's task slots")
+    group = parser.add_argument_group(
+        "tuning", "--tune cross-validates LogisticRegression over --tune-reg-params x --tune-elastic-net-params "
+        "on the training features (computed once), then refits the best setting on all of them")
+    group.add_argument("--tune", action="store_true", help="pick regParam and elasticNetParam by cross-validation")
+    group.add_argument("--tune-reg-params", type=cli.float_list, default=tuning.DEFAULT_REG_PARAMS,
+                       help="regParam values of the grid")
+    group.add_argument("--tune-elastic-net-params", type=cli.float_list, default=tuning.DEFAULT_ELASTIC_NET_PARAMS,
+                       help="elasticNetParam values of the grid")
+    group.add_argument("--tune-folds", type=cli.positive_int, default=tuning.DEFAULT_FOLDS,
+                       help="cross-validation folds")
     return parser
-
-
-# --------------------------------------------------------------------------- sampling
-
-
-def balanced_quotas(counts: dict, limit: int) -> dict:
-    """Rows to take per label so that ``limit`` rows are spread as evenly as the labels allow.
-
-    Labels with fewer rows than an even share give all they have and the
-    rest is shared among the others.
-
-    Examples
-    --------
-    >>> balanced_quotas({0: 100, 1: 100, 2: 3}, 25)
-    {2: 3, 0: 11, 1: 11}
-    """
-    quotas, remaining = {}, limit
-    ordered = sorted(counts, key=lambda label: (counts[label], label))
-    for position, label in enumerate(ordered):
-        quotas[label] = min(counts[label], remaining // (len(ordered) - position))
-        remaining -= quotas[label]
-    return quotas
-
-
-def stratified_sample(df, limit: int | None, seed: int, where: str):
-    """Up to ``limit`` rows of ``df``, balanced over ``label``, chosen by a hash of ``(seed, split, index)``.
-
-    The same seed always picks the same rows, whatever the partitioning.
-
-    Returns
-    -------
-    (DataFrame, dict)
-        The sample and its rows per label.
-
-    Raises
-    ------
-    ValueError
-        When ``df`` has no rows.
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    counts = {int(r["label"]): int(r["count"]) for r in df.groupBy("label").count().collect()}
-    total = sum(counts.values())
-    if total == 0:
-        raise ValueError(f"the {where} has no images; check --data-dir or --images")
-    if limit is None or limit >= total:
-        if limit is not None and limit > total:
-            logger.warning("the %s has %d images, fewer than the %d asked for; using them all", where,
-                           total, limit)
-        return df, dict(sorted(counts.items()))
-    quotas = balanced_quotas(counts, limit)
-    order = Window.partitionBy("label").orderBy(F.xxhash64(F.lit(seed), "split", "index"), "index")
-    wanted = F.create_map(*[F.lit(value) for pair in sorted(quotas.items()) for value in pair])
-    sample = (df.withColumn("_rank", F.row_number().over(order))
-              .where(F.col("_rank") <= wanted[F.col("label")]).drop("_rank"))
-    return sample, dict(sorted(quotas.items()))
 
 
 # --------------------------------------------------------------------------- the job
@@ -187,7 +140,8 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
         weights=featurizer.WEIGHTS_IMAGENET, batch_size=featurizer.DEFAULT_BATCH_SIZE,
         train_limit=DEFAULT_TRAIN_LIMIT, test_limit=DEFAULT_TEST_LIMIT, max_iter=DEFAULT_MAX_ITER,
         reg_param=DEFAULT_REG_PARAM, elastic_net_param=DEFAULT_ELASTIC_NET_PARAM, partitions=None,
-        output_layer="", labels=None):
+        output_layer="", labels=None, tune=False, tune_reg_params=tuning.DEFAULT_REG_PARAMS,
+        tune_elastic_net_params=tuning.DEFAULT_ELASTIC_NET_PARAMS, tune_folds=tuning.DEFAULT_FOLDS):
     """Featurize, fit LogisticRegression, score the test split and write the run folder.
 
     Returns
@@ -195,9 +149,9 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
     dict
         The metrics written to ``metrics.json``.
     """
+    params = cli.run_params(locals())
     from pyspark import StorageLevel
     from pyspark.ml import PipelineModel
-    from pyspark.ml.classification import LogisticRegression
     from pyspark.ml.evaluation import MulticlassClassificationEvaluator
     from pyspark.sql import functions as F
 
@@ -206,7 +160,10 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
     started = time.perf_counter()
     output = output or storage.default_output("transfer")
     target = storage.AtomicOutput(output, overwrite=overwrite, job="transfer")
-    _check_settings(max_iter, reg_param, elastic_net_param)
+    for value in (reg_param, *(tune_reg_params if tune else ())):
+        _check_settings(max_iter, value, elastic_net_param)
+    for value in tune_elastic_net_params if tune else ():
+        _check_settings(max_iter, reg_param, value)
     if image_size is None:
         image_size = DEFAULT_IMAGE_SIZE if base_model in featurizer.ARCHITECTURES else 0
     try:
@@ -226,9 +183,9 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
         if num_classes:
             label_subset.check_labels(labels, num_classes)
         df = label_subset.select_labels(df, labels)
-    train, train_counts = stratified_sample(df.where(F.col("split") == "train"), train_limit, seed,
+    train, train_counts = sampling.stratified_sample(df.where(F.col("split") == "train"), train_limit, seed,
                                             "train split")
-    test, test_counts = stratified_sample(df.where(F.col("split") == "test"), test_limit, seed, "test split")
+    test, test_counts = sampling.stratified_sample(df.where(F.col("split") == "test"), test_limit, seed, "test split")
     train, test = train.repartition(partitions), test.repartition(partitions)
     train_rows, test_rows = sum(train_counts.values()), sum(test_counts.values())
     logger.info("sampled %d training and %d test images (seed %d), %d tasks each", train_rows, test_rows,
@@ -245,10 +202,10 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
                     feature_seconds, train_rows / feature_seconds, feature_size)
 
         phase = time.perf_counter()
-        classifier = LogisticRegression(featuresCol=stage.getOutputCol(), labelCol="label",
-                                        maxIter=max_iter, regParam=reg_param,
-                                        elasticNetParam=elastic_net_param)
-        fitted = classifier.fit(features)
+        fitted, grid = tuning.fit_logistic_regression(
+            features, features_col=stage.getOutputCol(), max_iter=max_iter, reg_param=reg_param,
+            elastic_net_param=elastic_net_param, tune=tune, reg_params=tune_reg_params,
+            elastic_net_params=tune_elastic_net_params, folds=tune_folds, seed=seed)
         fit_seconds = time.perf_counter() - phase
         iterations = fitted.summary.totalIterations
         features.unpersist()
@@ -266,13 +223,8 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
             evaluator = MulticlassClassificationEvaluator(labelCol="label", predictionCol="prediction",
                                                           probabilityCol="probability", metricName=name)
             scores[name] = float(evaluator.evaluate(predictions))
-        cells = predictions.groupBy("label", "prediction").count().collect()
+        confusion = evaluation.confusion_from_predictions(predictions, num_classes or 0)
         predictions.unpersist()
-        classes = max([num_classes or 0] + [int(c["label"]) + 1 for c in cells]
-                      + [int(c["prediction"]) + 1 for c in cells])
-        confusion = np.zeros((classes, classes), np.int64)
-        for cell in cells:
-            confusion[int(cell["label"]), int(cell["prediction"])] = int(cell["count"])
         logger.info("scored %d test images in %.1f s: accuracy %.4f, f1 %.4f, logLoss %.4f", test_rows,
                     predict_seconds, scores["accuracy"], scores["f1"], scores["logLoss"])
 
@@ -294,17 +246,14 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
             "fit_seconds": round(fit_seconds, 2),
             "predict_seconds": round(predict_seconds, 2),
             "lr_iterations": iterations,
+            "reg_param": fitted.getRegParam(),
+            "elastic_net_param": fitted.getElasticNetParam(),
+            "tuning": grid,
             "label_counts": {"train": {str(k): v for k, v in train_counts.items()},
                              "test": {str(k): v for k, v in test_counts.items()}},
             "confusion_matrix": confusion.tolist(),
             "per_class": evaluation.per_class_scores(confusion),
-            "params": {"data_dir": data_dir, "images": images_dir, "output": output, "overwrite": overwrite,
-                       "seed": seed, "base_model": base_model, "image_size": image_size, "pooling": pooling,
-                       "weights": weights, "batch_size": batch_size, "train_limit": train_limit,
-                       "test_limit": test_limit, "max_iter": max_iter, "reg_param": reg_param,
-                       "elastic_net_param": elastic_net_param, "partitions": partitions,
-                       "output_layer": output_layer,
-                       "labels": list(labels) if labels else None},
+            "params": params,
             "environment": report.environment(),
         }
         metrics["seconds"] = round(time.perf_counter() - started, 2)
@@ -326,7 +275,8 @@ def _report(staging: str, metrics: dict) -> None:
               "LogisticRegression",
         headline=headline,
         figures=[("confusion_matrix.png", "Confusion matrix on the test sample (rows: expected)")],
-        sections=[report.per_class_section(metrics["per_class"]),
+        sections=[*([report.tuning_section(metrics["tuning"])] if metrics["tuning"] else []),
+                  report.per_class_section(metrics["per_class"]),
                   report.files_section([("metrics.json", ""),
                                         ("pipeline_model/", "(pyspark.ml.PipelineModel.load)")])],
     )
@@ -334,15 +284,9 @@ def _report(staging: str, metrics: dict) -> None:
 
 def main(argv=None) -> int:
     args = _arg_parser().parse_args(argv)
-    return cli.run_job("transfer", lambda spark: run(
-        spark, data_dir=args.data_dir, images_dir=args.images, output=args.output, overwrite=args.overwrite,
-        seed=args.seed, base_model=args.base_model, image_size=args.image_size, pooling=args.pooling,
-        weights=args.weights, batch_size=args.batch_size, train_limit=args.train_limit,
-        test_limit=args.test_limit, max_iter=args.max_iter, reg_param=args.reg_param,
-        elastic_net_param=args.elastic_net_param, partitions=args.partitions,
-        output_layer=args.output_layer, labels=args.labels,
-    ), before=lambda: cli.prepare_output("transfer", args, [
-        *([("--images", args.images)] if args.images else cli.default_data_inputs(args.data_dir)),
+    return cli.run_job("transfer", lambda spark: run(spark, **cli.run_options(run, args)),
+                       before=lambda: cli.prepare_output("transfer", args, [
+        *([("--images", args.images_dir)] if args.images_dir else cli.default_data_inputs(args.data_dir)),
         *([("--base-model", args.base_model)] if args.base_model not in featurizer.ARCHITECTURES else []),
         *([("--weights", args.weights)] if args.weights not in (featurizer.WEIGHTS_IMAGENET,
                                                                 featurizer.WEIGHTS_NONE) else [])]))

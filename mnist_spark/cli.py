@@ -215,6 +215,31 @@ def deprecated_flag(parser, old: str, new: str, *, switch: bool = False, **kwarg
                         help=argparse.SUPPRESS, **extra)
 
 
+def float_list(text: str) -> tuple:
+    """argparse type: comma-separated finite numbers (``--tune-reg-params 0.01,0.1``)."""
+    values = tuple(finite_float(part) for part in split_list(text))
+    return values
+
+
+def run_options(run, args) -> dict:
+    """The parsed flags that ``run(spark, **options)`` takes, by its keyword names.
+
+    Each flag's ``dest`` is the keyword of ``run``, so ``main`` is one call
+    and ``metrics.json``'s ``params`` (:func:`run_params`) holds the same
+    names in every job.
+    """
+    import inspect
+
+    names = [name for name, p in inspect.signature(run).parameters.items() if p.kind == p.KEYWORD_ONLY]
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
+def run_params(values: dict) -> dict:
+    """A job's ``run`` arguments (its ``locals()`` on entry) as JSON values, for ``metrics.json``."""
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()
+            if name != "spark"}
+
+
 def in_flag_terms(message: str, flags: dict) -> str:
     """``message`` of a library error with its param names replaced by the job's flags.
 

@@ -231,6 +231,20 @@ def evaluate(df, model, *, num_classes: int = 10, batch_size: int = 512, misclas
     return metrics
 
 
+def confusion_from_predictions(predictions, num_classes: int = 0, *, label_col: str = "label",
+                               prediction_col: str = "prediction") -> np.ndarray:
+    """The confusion matrix (rows: expected) of a DataFrame of labels and predictions, counted in Spark.
+
+    It has ``num_classes`` rows, or more when a label or prediction lies beyond.
+    """
+    cells = predictions.groupBy(label_col, prediction_col).count().collect()
+    classes = max([num_classes] + [int(c[label_col]) + 1 for c in cells] + [int(c[prediction_col]) + 1 for c in cells])
+    confusion = np.zeros((classes, classes), np.int64)
+    for cell in cells:
+        confusion[int(cell[label_col]), int(cell[prediction_col])] = int(cell["count"])
+    return confusion
+
+
 def per_class_scores(confusion: np.ndarray) -> list[dict]:
     """Precision, recall, F1 and support per class from a confusion matrix.
 

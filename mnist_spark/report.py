@@ -361,6 +361,16 @@ def per_class_section(per_class) -> tuple[str, str]:
                          f"<th>support</th></tr>{rows}</table>")
 
 
+def tuning_section(grid) -> tuple[str, str]:
+    """A report section: the cross-validated grid with each setting's accuracy, the chosen one in bold."""
+    rows = "".join(
+        ("<tr><td><b>{}</b></td><td><b>{}</b></td><td><b>{:.4f}</b></td><td><b>{:.4f}</b></td></tr>" if g["best"]
+         else "<tr><td>{}</td><td>{}</td><td>{:.4f}</td><td>{:.4f}</td></tr>").format(
+            g["regParam"], g["elasticNetParam"], g["accuracy"], g["accuracy_std"]) for g in grid)
+    return ("Tuning (cross-validated accuracy)", "<table><tr><th>regParam</th><th>elasticNetParam</th>"
+                                                 f"<th>accuracy</th><th>std</th></tr>{rows}</table>")
+
+
 def files_section(files) -> tuple[str, str]:
     """A report section linking files of the run: ``(relative path, note)`` pairs."""
     from html import escape
