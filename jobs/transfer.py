@@ -1,38 +1,24 @@
-"""Transfer learning on Spark: DeepImageFeaturizer(InceptionV3), then LogisticRegression.
+"""Transfer learning on Spark: DeepImageFeaturizer, then LogisticRegression (README "Transfer learning").
 
-A pretrained network without its top turns every image into a vector
-(``mnist_spark.DeepImageFeaturizer``, sparkdl's API on today's stack), and a
-Spark ML ``LogisticRegression`` learns the classes from those vectors. The
-two stages are saved together as one ``PipelineModel``, which scores image
-DataFrames directly; ``MulticlassClassificationEvaluator`` scores the test split.
-
-The images come from the IDX files (``--data-dir``, default the bundled MNIST)
-or a PNG set written by ``jobs/export_png.py`` (``--images``, labels from the
-paths). ``--train-limit`` and ``--test-limit`` take a sample balanced over the
-labels, chosen by a hash of ``--seed`` and each image's index. The training
-features are computed once and kept (``persist``) while LogisticRegression
-iterates over them.
-
-Defaults: InceptionV3 at 75 px (its minimum, about 19 times cheaper than its
-native 299 px) on up to 60,000 training and 10,000 test images, all of MNIST:
-about 4.5 minutes on 2 cores at 350 images per second (10 minutes at 140).
-``--weights imagenet`` needs Keras' ImageNet file
-(``~/.keras/models`` or ``$MNIST_SPARK_WEIGHTS``); without it the job stops at
-once and says which file to get and where to put it. ``--weights none``
-(random weights) runs offline as a smoke test.
+A pretrained network without its top (``--base-model``: InceptionV3 by
+default, another keras.applications network, or your own .keras file) turns
+every image into a vector, and a Spark ML LogisticRegression learns the
+classes from them; both are saved as one PipelineModel. The images come from
+the IDX files (``--data-dir``) or a PNG set (``--images``); ``--train-limit``
+and ``--test-limit`` take a sample balanced over the labels, by ``--seed``.
+``--weights imagenet`` needs Keras' ImageNet file (``~/.keras/models`` or
+``$MNIST_SPARK_WEIGHTS``); ``--weights none`` (random) runs offline.
 
 Run it with::
 
     spark-submit jobs/transfer.py
-    spark-submit jobs/transfer.py --weights none                 # offline smoke run, random weights
-    spark-submit jobs/transfer.py --weights none --train-limit 2000 --test-limit 500
+    spark-submit jobs/transfer.py --weights none --train-limit 2000 --test-limit 500   # offline smoke run
     spark-submit jobs/transfer.py --images runs/pngs --base-model ResNet50 --image-size 64
     spark-submit jobs/transfer.py --base-model runs/digits04 --labels 5,6,7,8,9   # your own network
-    spark-submit jobs/transfer.py --weights /data/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5
+    spark-submit jobs/transfer.py --weights none --tune     # cross-validate the regularisation
 
-The run folder holds ``pipeline_model/`` (load it with
-``pyspark.ml.PipelineModel.load``), ``metrics.json``, ``confusion_matrix.png``
-and ``report.html``.
+The run folder holds ``pipeline_model/`` (``PipelineModel.load``),
+``metrics.json``, ``confusion_matrix.png`` and ``report.html``.
 """
 
 from __future__ import annotations
@@ -41,9 +27,7 @@ import logging
 import sys
 import time
 
-import numpy as np
-
-from mnist_spark import cli, datasets, evaluation, featurizer, images, ingest, report, sampling, storage, tuning
+from mnist_spark import cli, featurizer, ingest, report, sampling, storage, transfer, tuning
 from mnist_spark import labels as label_subset
 
 logger = logging.getLogger("transfer")
@@ -57,8 +41,6 @@ DEFAULT_TEST_LIMIT = 10000
 DEFAULT_MAX_ITER, DEFAULT_REG_PARAM, DEFAULT_ELASTIC_NET_PARAM = 20, 0.05, 0.3
 #: The featurizer's params by this job's flags, for its error messages.
 FEATURIZER_FLAGS = {"imageSize": "--image-size", "outputLayer": "--output-layer", "base model": "--base-model"}
-#: What MulticlassClassificationEvaluator reports, under its own metric names.
-METRICS = ("accuracy", "f1", "weightedPrecision", "weightedRecall", "logLoss")
 
 
 def _arg_parser():
@@ -110,31 +92,6 @@ def _arg_parser():
     return parser
 
 
-# --------------------------------------------------------------------------- the job
-
-
-def _check_settings(max_iter, reg_param, elastic_net_param):
-    """Fail on bad LogisticRegression settings before any data is read."""
-    if max_iter <= 0:
-        raise ValueError(f"--max-iter must be above 0, found {max_iter}")
-    if reg_param < 0:
-        raise ValueError(f"--reg-param must be 0 or more, found {reg_param}")
-    if not 0 <= elastic_net_param <= 1:
-        raise ValueError(f"--elastic-net-param must lie in [0, 1] (0: L2, 1: L1), found {elastic_net_param}")
-
-
-def _load_images(spark, data_dir, images_dir):
-    """The whole dataset (both splits) and its number of classes, as the DataFrame of an ingest."""
-    if images_dir and data_dir:
-        raise ValueError("give --data-dir (IDX files) or --images (a PNG set), not both")
-    if images_dir:
-        df, _ = images.read_png_set(spark, images_dir, splits=("train", "test"))
-        return df, None
-    files = datasets.locate(data_dir)
-    df, _ = ingest.idx_dataframe(spark, files)
-    return df, files.dataset.num_classes
-
-
 def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, seed=0,
         base_model=featurizer.DEFAULT_MODEL, image_size=None, pooling=featurizer.DEFAULT_POOLING,
         weights=featurizer.WEIGHTS_IMAGENET, batch_size=featurizer.DEFAULT_BATCH_SIZE,
@@ -142,144 +99,57 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
         reg_param=DEFAULT_REG_PARAM, elastic_net_param=DEFAULT_ELASTIC_NET_PARAM, partitions=None,
         output_layer="", labels=None, tune=False, tune_reg_params=tuning.DEFAULT_REG_PARAMS,
         tune_elastic_net_params=tuning.DEFAULT_ELASTIC_NET_PARAMS, tune_folds=tuning.DEFAULT_FOLDS):
-    """Featurize, fit LogisticRegression, score the test split and write the run folder.
-
-    Returns
-    -------
-    dict
-        The metrics written to ``metrics.json``.
-    """
-    params = cli.run_params(locals())
-    from pyspark import StorageLevel
-    from pyspark.ml import PipelineModel
-    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+    """Featurize, fit LogisticRegression, score the test split and write the run folder; return the metrics."""
+    params, started = cli.run_params(locals()), time.perf_counter()
     from pyspark.sql import functions as F
 
     from mnist_spark.session import task_slots
 
-    started = time.perf_counter()
     output = output or storage.default_output("transfer")
     target = storage.AtomicOutput(output, overwrite=overwrite, job="transfer")
-    for value in (reg_param, *(tune_reg_params if tune else ())):
-        _check_settings(max_iter, value, elastic_net_param)
-    for value in tune_elastic_net_params if tune else ():
-        _check_settings(max_iter, reg_param, value)
-    if image_size is None:
-        image_size = DEFAULT_IMAGE_SIZE if base_model in featurizer.ARCHITECTURES else 0
+    transfer.check_regression_settings(max_iter, [reg_param, *(tune_reg_params if tune else ())],
+                                       [elastic_net_param, *(tune_elastic_net_params if tune else ())])
     try:
-        stage = featurizer.featurizer_for(base_model, outputLayer=output_layer, imageSize=image_size,
-                                          pooling=pooling, weights=weights, batchSize=batch_size)
-        stage.checkNetwork()
+        stage, network = transfer.featurizer_stage(
+            base_model, output_layer=output_layer, pooling=pooling, weights=weights, batch_size=batch_size,
+            image_size=(DEFAULT_IMAGE_SIZE if base_model in featurizer.ARCHITECTURES else 0)
+            if image_size is None else image_size)
     except ValueError as error:
         raise ValueError(cli.in_flag_terms(str(error), FEATURIZER_FLAGS)) from None
-    network = base_model
-    if stage.getModelFile():
-        layer = featurizer.user_network(stage.getModelFile(), output_layer).output_layer
-        network = f"{stage.getModelFile()}, layer {layer}"
     partitions = partitions or 2 * task_slots(spark)
 
-    df, num_classes = _load_images(spark, data_dir, images_dir)
+    df, num_classes = ingest.dataset_frame(spark, data_dir, images_dir)
     if labels:
         if num_classes:
             label_subset.check_labels(labels, num_classes)
         df = label_subset.select_labels(df, labels)
     train, train_counts = sampling.stratified_sample(df.where(F.col("split") == "train"), train_limit, seed,
-                                            "train split")
-    test, test_counts = sampling.stratified_sample(df.where(F.col("split") == "test"), test_limit, seed, "test split")
-    train, test = train.repartition(partitions), test.repartition(partitions)
-    train_rows, test_rows = sum(train_counts.values()), sum(test_counts.values())
-    logger.info("sampled %d training and %d test images (seed %d), %d tasks each", train_rows, test_rows,
-                seed, partitions)
+                                                     "train split")
+    test, test_counts = sampling.stratified_sample(df.where(F.col("split") == "test"), test_limit, seed,
+                                                   "test split")
+    logger.info("sampled %d training and %d test images (seed %d), %d tasks each", sum(train_counts.values()),
+                sum(test_counts.values()), seed, partitions)
 
     with target as staging:
-        phase = time.perf_counter()
-        features = (stage.transform(train).select("split", "index", "label", stage.getOutputCol())
-                    .persist(StorageLevel.MEMORY_AND_DISK))
-        features.count()
-        feature_seconds = time.perf_counter() - phase
-        feature_size = len(features.select(stage.getOutputCol()).first()[0])
-        logger.info("featurized %d training images in %.1f s (%.1f img/s): %d values each", train_rows,
-                    feature_seconds, train_rows / feature_seconds, feature_size)
-
-        phase = time.perf_counter()
-        fitted, grid = tuning.fit_logistic_regression(
-            features, features_col=stage.getOutputCol(), max_iter=max_iter, reg_param=reg_param,
-            elastic_net_param=elastic_net_param, tune=tune, reg_params=tune_reg_params,
-            elastic_net_params=tune_elastic_net_params, folds=tune_folds, seed=seed)
-        fit_seconds = time.perf_counter() - phase
-        iterations = fitted.summary.totalIterations
-        features.unpersist()
-        logger.info("fitted LogisticRegression in %.1f s (%d iterations)", fit_seconds, iterations)
-        pipeline_model = PipelineModel(stages=[stage, fitted])
-
-        phase = time.perf_counter()
-        predictions = (pipeline_model.transform(test)
-                       .select("index", "label", "prediction", "probability")
-                       .persist(StorageLevel.MEMORY_AND_DISK))
-        predictions.count()
-        predict_seconds = time.perf_counter() - phase
-        scores = {}
-        for name in METRICS:
-            evaluator = MulticlassClassificationEvaluator(labelCol="label", predictionCol="prediction",
-                                                          probabilityCol="probability", metricName=name)
-            scores[name] = float(evaluator.evaluate(predictions))
-        confusion = evaluation.confusion_from_predictions(predictions, num_classes or 0)
-        predictions.unpersist()
-        logger.info("scored %d test images in %.1f s: accuracy %.4f, f1 %.4f, logLoss %.4f", test_rows,
-                    predict_seconds, scores["accuracy"], scores["f1"], scores["logLoss"])
-
-        pipeline_model.write().save(storage.join(staging, "pipeline_model"))
-        extract_seconds = feature_seconds + predict_seconds
+        model, results = transfer.fit_and_score(
+            stage, train.repartition(partitions), test.repartition(partitions), num_classes=num_classes,
+            seed=seed, max_iter=max_iter, reg_param=reg_param, elastic_net_param=elastic_net_param, tune=tune,
+            reg_params=tune_reg_params, elastic_net_params=tune_elastic_net_params, folds=tune_folds)
+        model.write().save(storage.join(staging, "pipeline_model"))
         metrics = {
-            "job": "transfer",
-            **{name: round(value, 6) for name, value in scores.items()},
-            "train_rows": train_rows,
-            "test_rows": test_rows,
-            "model_name": network,
-            "image_size": stage.effectiveImageSize(),
-            "pooling": pooling,
-            "weights": weights,
-            "feature_size": feature_size,
-            "images_per_second": round((train_rows + test_rows) / extract_seconds, 1),
-            "seconds": None,
-            "feature_seconds": round(feature_seconds, 2),
-            "fit_seconds": round(fit_seconds, 2),
-            "predict_seconds": round(predict_seconds, 2),
-            "lr_iterations": iterations,
-            "reg_param": fitted.getRegParam(),
-            "elastic_net_param": fitted.getElasticNetParam(),
-            "tuning": grid,
+            "job": "transfer", **results, "train_rows": sum(train_counts.values()),
+            "test_rows": sum(test_counts.values()), "model_name": network,
+            "image_size": stage.effectiveImageSize(), "pooling": pooling, "weights": weights,
             "label_counts": {"train": {str(k): v for k, v in train_counts.items()},
                              "test": {str(k): v for k, v in test_counts.items()}},
-            "confusion_matrix": confusion.tolist(),
-            "per_class": evaluation.per_class_scores(confusion),
-            "params": params,
-            "environment": report.environment(),
+            "params": params, "environment": report.environment(),
+            "seconds": round(time.perf_counter() - started, 2),
         }
-        metrics["seconds"] = round(time.perf_counter() - started, 2)
-        _report(staging, metrics)
+        transfer.write_report(staging, metrics)
         report.write_metrics(staging, metrics)
-    logger.info("test accuracy %.4f on %d images; run folder %s (%.0f s)", metrics["accuracy"], test_rows,
-                output, metrics["seconds"])
+    logger.info("test accuracy %.4f on %d images; run folder %s (%.0f s)", metrics["accuracy"],
+                metrics["test_rows"], output, metrics["seconds"])
     return metrics
-
-
-def _report(staging: str, metrics: dict) -> None:
-    report.confusion_matrix_figure(metrics["confusion_matrix"], storage.join(staging, "confusion_matrix.png"))
-    headline = [(name, metrics[name]) for name in (
-        *METRICS, "train_rows", "test_rows", "model_name", "image_size", "pooling", "weights", "feature_size",
-        "images_per_second", "seconds")]
-    report.write_run_report(
-        staging,
-        title=f"transfer: DeepImageFeaturizer({metrics['model_name']}, {metrics['image_size']} px) + "
-              "LogisticRegression",
-        headline=headline,
-        figures=[("confusion_matrix.png", "Confusion matrix on the test sample (rows: expected)")],
-        sections=[*([report.tuning_section(metrics["tuning"])] if metrics["tuning"] else []),
-                  report.per_class_section(metrics["per_class"]),
-                  report.files_section([("metrics.json", ""),
-                                        ("pipeline_model/", "(pyspark.ml.PipelineModel.load)")])],
-    )
 
 
 def main(argv=None) -> int:

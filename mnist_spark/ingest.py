@@ -134,6 +134,24 @@ def plan_tasks(infos: list[SplitInfo], partitions: int) -> list[ReadTask]:
     return tasks
 
 
+def dataset_frame(spark, data_dir=None, images_dir=None, splits=("train", "test")):
+    """A dataset's images as one DataFrame of an ingest, and its number of classes (0 when unknown).
+
+    From the IDX files of ``data_dir`` (:func:`mnist_spark.datasets.locate`)
+    or from a PNG set ``images_dir`` (labels from the paths).
+    """
+    if images_dir and data_dir:
+        raise ValueError("give --data-dir (IDX files) or --images (a PNG set), not both")
+    if images_dir:
+        from mnist_spark.images import read_png_set
+
+        return read_png_set(spark, images_dir, splits=tuple(splits))[0], 0
+    from mnist_spark import datasets
+
+    files = datasets.locate(data_dir)
+    return idx_dataframe(spark, files, splits=tuple(splits))[0], files.dataset.num_classes
+
+
 def first_images(info: SplitInfo, count: int) -> list:
     """The first ``count`` images of a split as ``(index, label, pixels)``, read on the driver.
 
