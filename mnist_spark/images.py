@@ -778,3 +778,79 @@ def struct_array_to_numpy(array, where: str = "image column") -> np.ndarray:
             f"({item} bytes) but its data holds {int(np.diff(offsets)[bad])} bytes"
         )
     return values[offsets[0]:offsets[-1]].reshape(count, *shape)
+
+
+#: Pillow's resampling filters by name, for :func:`fit_images`.
+RESAMPLE_FILTERS = ("NEAREST", "BOX", "BILINEAR", "HAMMING", "BICUBIC", "LANCZOS")
+
+
+def fit_images(images: np.ndarray, height: int, width: int, channels: int, *, resample: str = "BOX",
+               rgb: bool = False) -> np.ndarray:
+    """Spark-order uint8 images made ``(n, height, width, channels)``: channels converted, then resized.
+
+    The one resize routine of the Spark ML stages (:mod:`mnist_spark.ml`):
+    Pillow's ``Image.resize`` with the ``resample`` filter, one image at a
+    time, and nothing at all for images that already fit. Channels follow
+    Pillow's conversions: gray to colour repeats the plane, colour to gray is
+    Pillow's luma (``convert("L")``), BGRA to BGR drops alpha, BGR to BGRA
+    adds an opaque one.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        uint8 ``(n, h, w, c)``, ``c`` 1 (gray), 3 (BGR) or 4 (BGRA), as
+        :func:`struct_array_to_numpy` gives them.
+    height, width, channels : int
+        The shape wanted; ``channels`` 1, 3 or 4.
+    resample : str
+        One of :data:`RESAMPLE_FILTERS`. ``BOX`` averages areas, which suits
+        shrinking.
+    rgb : bool
+        Give colour channels as RGB(A) instead of Spark's BGR(A).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 ``(n, height, width, channels)``; ``images`` itself when nothing changes.
+
+    Examples
+    --------
+    >>> fit_images(np.zeros((2, 28, 28, 1), np.uint8), 32, 32, 3).shape
+    (2, 32, 32, 3)
+    """
+    from PIL import Image
+
+    count, h, w, c = images.shape
+    for name, value in (("images", c), ("channels", channels)):
+        if value not in OCV_MODES:
+            raise ValueError(f"{name}: 1 (gray), 3 (BGR) or 4 (BGRA) channels are supported, found {value}")
+    if resample not in RESAMPLE_FILTERS:
+        raise ValueError(f"{resample!r} is not a resample filter; choose one of: {', '.join(RESAMPLE_FILTERS)}")
+    same_size = (h, w) == (height, width)
+    if same_size and c == channels and (c == 1 or not rgb):
+        return images
+    if c == 1:
+        planes, mode = images[..., 0], "L"
+    else:
+        planes, mode = images[..., [2, 1, 0, 3][:c]], "RGB" if c == 3 else "RGBA"  # Spark's BGR(A) -> RGB(A)
+    target = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+    # Gray stays one plane through the resize (three times cheaper) and is repeated after it.
+    converted = "L" if mode == "L" else target
+    filter_ = getattr(Image.Resampling, resample)
+    out = np.empty((count, height, width) + (() if converted == "L" else (len(converted),)), np.uint8)
+    for i in range(count):
+        picture = Image.fromarray(np.ascontiguousarray(planes[i]))  # mode from the shape: L, RGB, RGBA
+        if converted != mode:
+            picture = picture.convert(converted)
+        if not same_size:
+            picture = picture.resize((width, height), filter_)
+        out[i] = np.asarray(picture)
+    if converted == "L":
+        out = out[..., None]
+        if channels > 1:
+            out = np.repeat(out, 3, axis=3)
+            if channels == 4:
+                out = np.concatenate([out, np.full(out.shape[:3] + (1,), 255, np.uint8)], axis=3)
+    if channels > 1 and not rgb:
+        out = out[..., [2, 1, 0, 3][:channels]]  # back to Spark's order
+    return np.ascontiguousarray(out)
