@@ -153,7 +153,8 @@ def main() -> None:
         runs = []
         for _ in range(args.repeats + 1):  # the first loads the model in every worker
             began = time.perf_counter()
-            spark.sql("SELECT index, digit(image) AS d FROM all_images").write.format("noop").mode("overwrite").save()
+            query = spark.sql("SELECT index, digit(image) AS d FROM all_images")
+            query.write.format("noop").mode("overwrite").save()
             runs.append(round(time.perf_counter() - began, 3))
         steady[name] = {"seconds": runs, "images_per_second": round(udf_images / min(runs[1:]), 1)}
         print(f"{name} on {udf_images} images: {runs}", file=sys.stderr)

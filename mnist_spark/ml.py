@@ -608,7 +608,8 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, _SavesModelFi
         num_classes = self.getNumClasses() or int(stats["high"]) + 1
         if stats["high"] >= num_classes or num_classes < 2:
             raise ValueError(f"{stage}: numClasses {num_classes} does not cover the labels 0 .. "
-                             f"{int(stats['high'])}; set numClasses to at least {max(2, int(stats['high']) + 1)}")
+                             f"{int(stats['high'])}; set numClasses to at least "
+                             f"{max(2, int(stats['high']) + 1)}")
         if partitions > stats["rows"]:
             raise ValueError(f"{stage}: partitions {partitions} needs at least {partitions} training images, "
                              f"found {stats['rows']}; set fewer partitions")
@@ -646,7 +647,8 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, _SavesModelFi
         )
         trained, state = training.train(dataset.sparkSession, prepared.frame, config,
                                         shards=(prepared.shards, prepared.sizes), decode=prepared.decode)
-        trained.compile(optimizer=trained.optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        trained.compile(optimizer=trained.optimizer, loss="sparse_categorical_crossentropy",
+                        metrics=["accuracy"])
         model = KerasImageClassificationModel._of(evaluation.model_bytes(trained), prepared.input_shape,
                                                   state.history)
         self._copyValues(model)
@@ -769,6 +771,8 @@ class KerasImageClassificationModel(Model, _KerasImageClassifierParams, _SavesMo
         from pyspark.sql.types import DoubleType, StructField, StructType
 
         stage = "KerasImageClassificationModel"
+        if self._payload is None:
+            raise ValueError(f"{stage} has no trained model; fit a KerasImageClassifier or load a saved model")
         _image_column(schema, self.getInputCol(), stage)
         fields = list(schema.fields)
         for param, kind in (("probabilityCol", VectorUDT()), ("predictionCol", DoubleType())):
@@ -798,7 +802,8 @@ class KerasImageClassificationModel(Model, _KerasImageClassifierParams, _SavesMo
 
     def _model_payload(self) -> bytes:
         if self._payload is None:
-            raise ValueError("KerasImageClassificationModel has no trained model to save")
+            raise ValueError("KerasImageClassificationModel has no trained model to save; fit a "
+                             "KerasImageClassifier first")
         return self._payload
 
     def _extra_metadata(self) -> dict:
@@ -1010,9 +1015,10 @@ def imagenet_class_names() -> list:
     if location is None:
         raise ValueError(
             f"the ImageNet class index {CLASS_INDEX_FILE} is not on this machine: looked for in {source}, and "
-            "it is not downloaded. Get it where there is internet access, with python -c \"import keras, numpy; "
-            "keras.applications.imagenet_utils.decode_predictions(numpy.zeros((1, 1000)))\" (it lands in "
-            f"~/.keras/models) or from {CLASS_INDEX_URL}; then copy it into Keras' cache folder or into the "
+            "it is not downloaded. Get it where there is internet access, with python -c "
+            "\"import keras, numpy; keras.applications.imagenet_utils.decode_predictions("
+            "numpy.zeros((1, 1000)))\" (it lands in ~/.keras/models) or "
+            f"from {CLASS_INDEX_URL}; then copy it into Keras' cache folder or into the "
             f"folder named by ${featurizer.ENV_WEIGHTS}, or set decodePredictions=False")
     filesystem, path = storage.resolve(location)
     info = filesystem.get_file_info(path)
@@ -1225,9 +1231,9 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
             raise ValueError(f"{stage}: {name}'s classifier takes {architecture.native_size} px images only, "
                              f"found imageSize {size}; set imageSize to 0")
         if size < architecture.min_size:
-            raise ValueError(f"{stage}: imageSize {size} is below the {name} minimum of {architecture.min_size} "
-                             f"px; set imageSize to {architecture.min_size} or more, or 0 for the native "
-                             f"{architecture.native_size}")
+            raise ValueError(f"{stage}: imageSize {size} is below the {name} minimum of "
+                             f"{architecture.min_size} px; set imageSize to {architecture.min_size} or more, "
+                             f"or 0 for the native {architecture.native_size}")
         if self.getDecodePredictions() and self.getTopK() > IMAGENET_CLASSES:
             raise ValueError(f"{stage}: topK {self.getTopK()} is more than the {IMAGENET_CLASSES} classes")
         _image_column(schema, self.getInputCol(), stage)
@@ -1246,9 +1252,9 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
         if self.getDecodePredictions():
             names = imagenet_class_names()
             if len(names) != IMAGENET_CLASSES:
-                raise ValueError(f"DeepImagePredictor: the class index {_find_keras_file(CLASS_INDEX_FILE)[0]} "
-                                 f"names {len(names)} classes but {name} outputs {IMAGENET_CLASSES}; give Keras' "
-                                 f"{CLASS_INDEX_FILE}")
+                location = _find_keras_file(CLASS_INDEX_FILE)[0]
+                raise ValueError(f"DeepImagePredictor: the class index {location} names {len(names)} classes "
+                                 f"but {name} outputs {IMAGENET_CLASSES}; give Keras' {CLASS_INDEX_FILE}")
         weights = resolve_top_weights(self.getWeights(), name)
         broadcast = None
         if weights is not None:
@@ -1273,8 +1279,8 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
                 yield from _predict_imagenet(model, batches, config)
 
         kind = self._decoded_type() if names else ArrayType(FloatType(), False)
-        scored = dataset.mapInArrow(predict_batches, StructType(dataset.schema.fields
-                                                                + [StructField(config.output_col, kind, False)]))
+        schema = StructType(dataset.schema.fields + [StructField(config.output_col, kind, False)])
+        scored = dataset.mapInArrow(predict_batches, schema)
         if names:
             return scored
         return scored.withColumn(config.output_col, array_to_vector(F.col(config.output_col)))
@@ -1323,8 +1329,9 @@ def _predict_imagenet(model, batches, config: _PredictorConfig):
             else:
                 width = config.top_k
                 top = np.argsort(-probabilities, axis=1, kind="stable")[:, :width]
+                chosen = top.reshape(-1)
                 values = pa.StructArray.from_arrays(
-                    [pa.array(ids[top.reshape(-1)], pa.string()), pa.array(descriptions[top.reshape(-1)], pa.string()),
+                    [pa.array(ids[chosen], pa.string()), pa.array(descriptions[chosen], pa.string()),
                      pa.array(np.take_along_axis(probabilities, top, axis=1).reshape(-1))],
                     fields=list(entry))
             offsets = pa.array(np.arange(0, (count + 1) * width, width, dtype=np.int32))
@@ -1463,7 +1470,8 @@ def _predict_batch_udf(spark, model: KerasFile, output, batch_size, scale_hint, 
             else:
                 pixels = np.concatenate([
                     images.fit_images(np.frombuffer(row[5], np.uint8).reshape(1, *shape), height, width,
-                                      channels, resample=resample, rgb=rgb) for row, shape in zip(rows, shapes)])
+                                      channels, resample=resample, rgb=rgb)
+                    for row, shape in zip(rows, shapes)])
             values = np.asarray(net.predict_on_batch(pixels.astype(np.float32)), np.float32)
             values = values.reshape(len(rows), -1)
             return values.argmax(axis=1).astype(np.int32) if output == "prediction" else values

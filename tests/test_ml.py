@@ -35,8 +35,10 @@ def _quadrants(spark, count: int, seed: int, *, index=True):
     for i, k in enumerate(labels):
         row, col = divmod(int(k), 2)
         pixels[i, row * 14:(row + 1) * 14, col * 14:(col + 1) * 14] += 150
-    fields = [StructField("label", IntegerType(), False), StructField("image", images.image_struct_type(), False)]
-    rows = [(int(labels[i]), (f"q:{seed}:{i}", 28, 28, 1, 0, bytearray(pixels[i].tobytes()))) for i in range(count)]
+    fields = [StructField("label", IntegerType(), False),
+              StructField("image", images.image_struct_type(), False)]
+    rows = [(int(labels[i]), (f"q:{seed}:{i}", 28, 28, 1, 0, bytearray(pixels[i].tobytes())))
+            for i in range(count)]
     if index:
         fields.insert(0, StructField("index", LongType(), False))
         rows = [(i, *row) for i, row in enumerate(rows)]
@@ -145,11 +147,13 @@ def test_pipeline_model_predicts_the_same_in_a_fresh_process(spark, quadrants, t
         "spark = get_spark('fresh', master='local[1]', conf={'spark.ui.enabled': 'false'})\n"
         "test = spark.read.parquet(sys.argv[2])\n"
         "rows = PipelineModel.load(sys.argv[1]).transform(test).select('index', 'prediction', 'probability')\n"
-        "print(json.dumps({r['index']: [r['prediction'], *r['probability'].toArray().tolist()] for r in rows.collect()}))\n"
+        "print(json.dumps({r['index']: [r['prediction'], *r['probability'].toArray().tolist()]\n"
+        "                  for r in rows.collect()}))\n"
     )
     test.write.parquet(str(tmp_path / "test.parquet"))
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "pipeline"), str(tmp_path / "test.parquet")],
-                            capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "pipeline"), str(tmp_path / "test.parquet")],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     after = {int(k): v for k, v in json.loads(result.stdout.strip().splitlines()[-1]).items()}
     assert after.keys() == before.keys() and len(after) == 24
@@ -215,13 +219,15 @@ def test_classifier_errors_come_from_the_driver(spark, quadrants, tmp_path):
 
     train, _ = quadrants
     classifier = KerasImageClassifier(**FAST)
-    with pytest.raises(TypeError, match="label column 'label' must be numeric .*pyspark.ml.feature.StringIndexer first"):
+    with pytest.raises(TypeError, match="label column 'label' must be numeric .*StringIndexer first"):
         classifier.fit(train.withColumn("label", F.col("label").cast("string")))
-    with pytest.raises(ValueError, match=r"labels must be whole numbers 0, 1, \.\.\. \(class numbers\), found labels from 0.0 to 1.0, 32 of them not whole"):
+    with pytest.raises(ValueError, match=r"labels must be whole numbers 0, 1, \.\.\. \(class numbers\), "
+                                         r"found labels from 0.0 to 1.0, 32 of them not whole"):
         classifier.fit(train.withColumn("label", F.col("label") / 3))
     with pytest.raises(TypeError, match="column 'index' must be Spark's image struct"):
         classifier.copy().setInputCol("index").fit(train)
-    with pytest.raises(ValueError, match="numClasses 3 does not cover the labels 0 .. 3; set numClasses to at least 4"):
+    with pytest.raises(ValueError, match="numClasses 3 does not cover the labels 0 .. 3; set numClasses to "
+                                         "at least 4"):
         classifier.copy().setNumClasses(3).fit(train)
     ten = _save_model(tmp_path, "ten.keras", "mlp", seed=0)
     with pytest.raises(ValueError, match="ten.keras outputs 10 values per image but the labels need 4 classes"):
@@ -264,8 +270,10 @@ def test_sql_function_equals_the_predict_job(spark, small_idx, digits_model, tmp
     assert {r["index"]: r["d"] for r in df.select("index", other("image").alias("d")).collect()} == {
         i: p for i, (p, _) in expected.items()}
     assert spark.sql("SELECT digit(image) FROM images").schema[0].dataType == IntegerType()
-    assert spark.sql("SELECT digit_scores(image) FROM images").schema[0].dataType == ArrayType(FloatType(), False)
-    with pytest.raises(ValueError, match="'label' is not a supported output; choose one of: prediction, probabilities"):
+    scores_type = spark.sql("SELECT digit_scores(image) FROM images").schema[0].dataType
+    assert scores_type == ArrayType(FloatType(), False)
+    with pytest.raises(ValueError, match="'label' is not a supported output; choose one of: prediction, "
+                                         "probabilities"):
         register_keras_udf(spark, "bad", digits_model, output="label")
     with pytest.raises(ValueError, match="missing.keras does not exist"):
         register_keras_udf(spark, "bad", str(tmp_path / "missing.keras"))
@@ -296,7 +304,8 @@ def test_transformer_resizes_converts_channels_and_persists(spark, tmp_path):
 
     keras.utils.set_random_seed(1)
     inputs = keras.Input((16, 16, 3))
-    net = keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))))
+    flat = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    net = keras.Model(inputs, keras.layers.Dense(5)(flat))
     net.save(tmp_path / "rgb.keras")
     df, pictures = _colour_frame(spark)
     stage = KerasImageTransformer(modelFile=str(tmp_path / "rgb.keras"), outputCol="v", channelOrder="RGB",
@@ -304,12 +313,15 @@ def test_transformer_resizes_converts_channels_and_persists(spark, tmp_path):
     pipeline = Pipeline(stages=[stage]).fit(df)
     pipeline.write().save(str(tmp_path / "saved"))
     (tmp_path / "rgb.keras").unlink()  # the saved pipeline holds its own copy
-    got = {r["index"]: r["v"].toArray() for r in PipelineModel.load(str(tmp_path / "saved")).transform(df).collect()}
-    fitted = np.concatenate([images.fit_images(p[None], 16, 16, 3, resample="BICUBIC", rgb=True) for p in pictures])
+    loaded = PipelineModel.load(str(tmp_path / "saved"))
+    got = {r["index"]: r["v"].toArray() for r in loaded.transform(df).collect()}
+    fitted = np.concatenate([images.fit_images(p[None], 16, 16, 3, resample="BICUBIC", rgb=True)
+                             for p in pictures])
     expected = net.predict(fitted.astype(np.float32), verbose=0)
     assert sorted(got) == list(range(6))
     np.testing.assert_allclose(np.stack([got[i] for i in range(6)]), expected, rtol=1e-5, atol=1e-5)
-    assert np.array_equal(fitted[3], images.fit_images(pictures[3][None], 16, 16, 3, resample="BICUBIC")[0, ..., ::-1])
+    bgr = images.fit_images(pictures[3][None], 16, 16, 3, resample="BICUBIC")
+    assert np.array_equal(fitted[3], bgr[0, ..., ::-1])  # RGB: Spark's BGR reversed
 
     conv = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
     conv.save(tmp_path / "conv.keras")
@@ -365,7 +377,8 @@ def test_deep_image_predictor_errors(spark, class_index):
     with pytest.raises(ValueError) as missing:
         stage.transform(df)
     text = str(missing.value)
-    assert "\n" not in text and text.startswith("the ImageNet class index imagenet_class_index.json is not on this")
+    assert "\n" not in text
+    assert text.startswith("the ImageNet class index imagenet_class_index.json is not on this machine")
     assert "MNIST_SPARK_WEIGHTS" in text and "decode_predictions" in text and "decodePredictions=False" in text
     with pytest.raises(ValueError, match="resnet50_weights_tf_dim_ordering_tf_kernels.h5, looked for in"):
         stage.copy().setWeights("imagenet").setDecodePredictions(False).transform(df)
