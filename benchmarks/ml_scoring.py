@@ -99,7 +99,7 @@ def main() -> None:
         return df
 
     def run_predict_job(out):
-        predict_job.run(spark, model=model, data_dir=args.data_dir, output=str(out), splits=("test",),
+        predict_job.run(spark, model_file=model, data_dir=args.data_dir, output=str(out), splits=("test",),
                         batch_size=args.batch_size)
 
     def run_sql(out, build=ml._worker_cached_udf):

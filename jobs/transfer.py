@@ -26,7 +26,8 @@ Run it with::
     spark-submit jobs/transfer.py
     spark-submit jobs/transfer.py --weights none                 # offline smoke run, random weights
     spark-submit jobs/transfer.py --weights none --train-limit 2000 --test-limit 500
-    spark-submit jobs/transfer.py --images runs/pngs --model ResNet50 --image-size 64
+    spark-submit jobs/transfer.py --images runs/pngs --base-model ResNet50 --image-size 64
+    spark-submit jobs/transfer.py --base-model runs/digits04 --labels 5,6,7,8,9   # your own network
     spark-submit jobs/transfer.py --weights /data/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5
 
 The run folder holds ``pipeline_model/`` (load it with
@@ -43,6 +44,7 @@ import time
 import numpy as np
 
 from mnist_spark import cli, datasets, evaluation, featurizer, images, ingest, report, storage
+from mnist_spark import labels as label_subset
 
 logger = logging.getLogger("transfer")
 
@@ -53,6 +55,8 @@ DEFAULT_TRAIN_LIMIT = 60000
 DEFAULT_TEST_LIMIT = 10000
 #: LogisticRegression settings.
 DEFAULT_MAX_ITER, DEFAULT_REG_PARAM, DEFAULT_ELASTIC_NET_PARAM = 20, 0.05, 0.3
+#: The featurizer's params by this job's flags, for its error messages.
+FEATURIZER_FLAGS = {"imageSize": "--image-size", "outputLayer": "--output-layer", "base model": "--base-model"}
 #: What MulticlassClassificationEvaluator reports, under its own metric names.
 METRICS = ("accuracy", "f1", "weightedPrecision", "weightedRecall", "logLoss")
 
@@ -61,10 +65,19 @@ def _arg_parser():
     parser = cli.job_parser(__doc__, "transfer")
     parser.add_argument("--images", metavar="DIR", default=None,
                         help="a PNG set (<split>/<label>/<index>.png) to read instead of the IDX files")
-    parser.add_argument("--model", default=featurizer.DEFAULT_MODEL, choices=featurizer.SUPPORTED_MODELS,
-                        help="pretrained network (DeepImageFeaturizer modelName)")
-    parser.add_argument("--image-size", type=cli.positive_int, default=DEFAULT_IMAGE_SIZE,
-                        help="side in pixels the images are resized to (InceptionV3: 75 or more, native 299)")
+    parser.add_argument("--base-model", metavar="NAME_OR_FILE", default=featurizer.DEFAULT_MODEL,
+                        help="the network that featurizes: one of " + ", ".join(featurizer.SUPPORTED_MODELS)
+                        + " (keras.applications, --weights), or your own: a .keras file or a train_cnn run "
+                        "folder holding model.keras")
+    cli.deprecated_flag(parser, "--model", "--base-model")
+    parser.add_argument("--output-layer", default="",
+                        help="with your own --base-model: the layer whose output is the feature vector; default: the "
+                        "last layer before the classifier")
+    parser.add_argument("--labels", type=cli.label_list, default=None, metavar="L1,L2,...",
+                        help="use only the images of these labels (e.g. 5,6,7,8,9)")
+    parser.add_argument("--image-size", type=cli.positive_int, default=None,
+                        help="side in pixels the images are resized to (InceptionV3: 75 or more, native 299; "
+                        f"default {DEFAULT_IMAGE_SIZE}); with your own --base-model, the model's own input size")
     parser.add_argument("--pooling", default=featurizer.DEFAULT_POOLING, choices=featurizer.POOLING_CHOICES,
                         help="avg or max: one value per channel; none: sparkdl's flat output")
     parser.add_argument("--weights", default=featurizer.WEIGHTS_IMAGENET,
@@ -147,24 +160,14 @@ def stratified_sample(df, limit: int | None, seed: int, where: str):
 # --------------------------------------------------------------------------- the job
 
 
-def _check_settings(model, image_size, weights, max_iter, reg_param, elastic_net_param):
-    """Fail on bad settings (and missing weights) before any data is read."""
+def _check_settings(max_iter, reg_param, elastic_net_param):
+    """Fail on bad LogisticRegression settings before any data is read."""
     if max_iter <= 0:
         raise ValueError(f"--max-iter must be above 0, found {max_iter}")
     if reg_param < 0:
         raise ValueError(f"--reg-param must be 0 or more, found {reg_param}")
     if not 0 <= elastic_net_param <= 1:
         raise ValueError(f"--elastic-net-param must lie in [0, 1] (0: L2, 1: L1), found {elastic_net_param}")
-    architecture = featurizer.ARCHITECTURES.get(model)
-    if architecture is None:
-        raise ValueError(f"{model!r} is not a supported --model; choose one of: "
-                         f"{', '.join(featurizer.SUPPORTED_MODELS)}")
-    if image_size < architecture.min_size:
-        raise ValueError(f"--image-size {image_size} is below the {model} minimum of {architecture.min_size} "
-                         f"px; use {architecture.min_size} or more (native: {architecture.native_size})")
-    found = featurizer.resolve_weights(weights, model)
-    if found is not None:
-        featurizer.check_weights(found, model)
 
 
 def _load_images(spark, data_dir, images_dir):
@@ -180,10 +183,11 @@ def _load_images(spark, data_dir, images_dir):
 
 
 def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, seed=0,
-        model=featurizer.DEFAULT_MODEL, image_size=DEFAULT_IMAGE_SIZE, pooling=featurizer.DEFAULT_POOLING,
+        base_model=featurizer.DEFAULT_MODEL, image_size=None, pooling=featurizer.DEFAULT_POOLING,
         weights=featurizer.WEIGHTS_IMAGENET, batch_size=featurizer.DEFAULT_BATCH_SIZE,
         train_limit=DEFAULT_TRAIN_LIMIT, test_limit=DEFAULT_TEST_LIMIT, max_iter=DEFAULT_MAX_ITER,
-        reg_param=DEFAULT_REG_PARAM, elastic_net_param=DEFAULT_ELASTIC_NET_PARAM, partitions=None):
+        reg_param=DEFAULT_REG_PARAM, elastic_net_param=DEFAULT_ELASTIC_NET_PARAM, partitions=None,
+        output_layer="", labels=None):
     """Featurize, fit LogisticRegression, score the test split and write the run folder.
 
     Returns
@@ -202,12 +206,26 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
     started = time.perf_counter()
     output = output or storage.default_output("transfer")
     target = storage.AtomicOutput(output, overwrite=overwrite, job="transfer")
-    _check_settings(model, image_size, weights, max_iter, reg_param, elastic_net_param)
-    stage = featurizer.DeepImageFeaturizer(modelName=model, imageSize=image_size, pooling=pooling,
-                                           weights=weights, batchSize=batch_size)
+    _check_settings(max_iter, reg_param, elastic_net_param)
+    if image_size is None:
+        image_size = DEFAULT_IMAGE_SIZE if base_model in featurizer.ARCHITECTURES else 0
+    try:
+        stage = featurizer.featurizer_for(base_model, outputLayer=output_layer, imageSize=image_size,
+                                          pooling=pooling, weights=weights, batchSize=batch_size)
+        stage.checkNetwork()
+    except ValueError as error:
+        raise ValueError(cli.in_flag_terms(str(error), FEATURIZER_FLAGS)) from None
+    network = base_model
+    if stage.getModelFile():
+        layer = featurizer.user_network(stage.getModelFile(), output_layer).output_layer
+        network = f"{stage.getModelFile()}, layer {layer}"
     partitions = partitions or 2 * task_slots(spark)
 
     df, num_classes = _load_images(spark, data_dir, images_dir)
+    if labels:
+        if num_classes:
+            label_subset.check_labels(labels, num_classes)
+        df = label_subset.select_labels(df, labels)
     train, train_counts = stratified_sample(df.where(F.col("split") == "train"), train_limit, seed,
                                             "train split")
     test, test_counts = stratified_sample(df.where(F.col("split") == "test"), test_limit, seed, "test split")
@@ -265,8 +283,8 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
             **{name: round(value, 6) for name, value in scores.items()},
             "train_rows": train_rows,
             "test_rows": test_rows,
-            "model_name": model,
-            "image_size": image_size,
+            "model_name": network,
+            "image_size": stage.effectiveImageSize(),
             "pooling": pooling,
             "weights": weights,
             "feature_size": feature_size,
@@ -281,10 +299,12 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
             "confusion_matrix": confusion.tolist(),
             "per_class": evaluation.per_class_scores(confusion),
             "params": {"data_dir": data_dir, "images": images_dir, "output": output, "overwrite": overwrite,
-                       "seed": seed, "model": model, "image_size": image_size, "pooling": pooling,
+                       "seed": seed, "base_model": base_model, "image_size": image_size, "pooling": pooling,
                        "weights": weights, "batch_size": batch_size, "train_limit": train_limit,
                        "test_limit": test_limit, "max_iter": max_iter, "reg_param": reg_param,
-                       "elastic_net_param": elastic_net_param, "partitions": partitions},
+                       "elastic_net_param": elastic_net_param, "partitions": partitions,
+                       "output_layer": output_layer,
+                       "labels": list(labels) if labels else None},
             "environment": report.environment(),
         }
         metrics["seconds"] = round(time.perf_counter() - started, 2)
@@ -316,12 +336,14 @@ def main(argv=None) -> int:
     args = _arg_parser().parse_args(argv)
     return cli.run_job("transfer", lambda spark: run(
         spark, data_dir=args.data_dir, images_dir=args.images, output=args.output, overwrite=args.overwrite,
-        seed=args.seed, model=args.model, image_size=args.image_size, pooling=args.pooling,
+        seed=args.seed, base_model=args.base_model, image_size=args.image_size, pooling=args.pooling,
         weights=args.weights, batch_size=args.batch_size, train_limit=args.train_limit,
         test_limit=args.test_limit, max_iter=args.max_iter, reg_param=args.reg_param,
         elastic_net_param=args.elastic_net_param, partitions=args.partitions,
+        output_layer=args.output_layer, labels=args.labels,
     ), before=lambda: cli.prepare_output("transfer", args, [
         *([("--images", args.images)] if args.images else cli.default_data_inputs(args.data_dir)),
+        *([("--base-model", args.base_model)] if args.base_model not in featurizer.ARCHITECTURES else []),
         *([("--weights", args.weights)] if args.weights not in (featurizer.WEIGHTS_IMAGENET,
                                                                 featurizer.WEIGHTS_NONE) else [])]))
 

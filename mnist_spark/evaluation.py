@@ -67,7 +67,7 @@ def model_bytes(model) -> bytes:
             return f.read()
 
 
-def _model_from_bytes(payload: bytes, *, compile: bool):
+def model_from_bytes(payload: bytes, *, compile: bool):
     """Keras' safe-mode load of ``.keras`` bytes (it reads models by path only)."""
     import keras
 
@@ -84,7 +84,15 @@ def load_model_bytes(payload: bytes):
     Loading uses Keras' safe mode: no Python code in the file is executed.
     """
     return worker_model(("keras", hashlib.sha256(payload).hexdigest()),
-                        lambda: _model_from_bytes(payload, compile=False))
+                        lambda: model_from_bytes(payload, compile=False))
+
+
+def model_file(location: str) -> str:
+    """The ``model.keras`` of a run folder, or ``location`` itself when it is the file."""
+    from mnist_spark import storage
+
+    inside = storage.join(location, "model.keras")
+    return inside if storage.exists(inside) else location
 
 
 def load_model(location: str):
@@ -97,7 +105,7 @@ def load_model(location: str):
     except OSError:
         raise ValueError(f"model file {location} does not exist; give the model.keras of a training run")
     try:
-        return _model_from_bytes(payload, compile=True)
+        return model_from_bytes(payload, compile=True)
     except Exception as error:  # Keras raises several types for a damaged file
         raise ValueError(
             f"model file {location} could not be loaded ({type(error).__name__}: {error}); it is not "

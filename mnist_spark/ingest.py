@@ -60,10 +60,6 @@ class SplitInfo:
     image_shape: tuple
     label_counts: tuple
 
-    @property
-    def image_bytes(self) -> int:
-        return int(np.prod(self.image_shape))
-
 
 @dataclass(frozen=True)
 class ReadTask:
@@ -136,6 +132,21 @@ def plan_tasks(infos: list[SplitInfo], partitions: int) -> list[ReadTask]:
             for a, b in zip(bounds[:-1], bounds[1:])
         ]
     return tasks
+
+
+def first_images(info: SplitInfo, count: int) -> list:
+    """The first ``count`` images of a split as ``(index, label, pixels)``, read on the driver.
+
+    Reads the IDX files directly with the reader the Spark tasks use, so a
+    few pictures cost no Spark job.
+    """
+    from mnist_spark.images import struct_to_array
+
+    rows = []
+    for batch in _read_task_batches(ReadTask(info.split, info.images, info.labels, 0, min(count, info.count))):
+        for row in batch.to_pylist():
+            rows.append((row["index"], row["label"], struct_to_array(row["image"])))
+    return rows
 
 
 def _read_task_batches(task: ReadTask):

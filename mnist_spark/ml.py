@@ -27,7 +27,7 @@ file is copied into the saved folder, so a loaded pipeline needs nothing else.
 Scoring is :func:`mnist_spark.evaluation.predict` (the model broadcast once,
 loaded once per Python worker, run on Arrow batches of explicit size), and
 images that are not the model's input size or channels are made so by
-:func:`mnist_spark.images.fit_images`, the one resize routine. Params are
+:func:`mnist_spark.featurizer.resize_images`, the one resize routine. Params are
 checked on the driver before any task runs. TensorFlow is imported only
 inside the functions that run a model.
 """
@@ -55,6 +55,7 @@ from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, Default
                              DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter)
 
 from mnist_spark import evaluation, featurizer, images, models, storage, training
+from mnist_spark import labels as label_subset
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,12 @@ def _flag(param: str):
         return bool(value)
 
     return convert
+
+
+def _label_list(value):
+    """Distinct class labels of 0 or more, as a list (the classes of a model trained on a subset)."""
+    values = TypeConverters.toListInt(list(value))
+    return list(label_subset.parse_labels(",".join(map(str, values)))) if values else []
 
 
 def _path(value):
@@ -160,7 +167,7 @@ def read_keras_file(location: str, stage: str, *, payload: bytes | None = None) 
     """Read a ``.keras`` model (path or URI; a folder holding ``model.keras`` works too) and check its shape.
 
     The model must take one batch of images ``(batch, height, width, channels)``
-    with 1, 3 or 4 channels and give one row of values per image
+    with 1 or 3 channels and give one row of values per image
     ``(batch, n)``. Loaded in Keras' safe mode (no code in the file runs),
     once per content on this driver.
 
@@ -183,17 +190,17 @@ def read_keras_file(location: str, stage: str, *, payload: bytes | None = None) 
     digest = hashlib.sha256(payload).hexdigest()
     if digest not in _SHAPES:
         try:
-            net = evaluation._model_from_bytes(payload, compile=False)
+            net = evaluation.model_from_bytes(payload, compile=False)
         except Exception as error:  # Keras raises several types for a damaged file
             text = " ".join(str(error).split())[:300]
             raise ValueError(f"{stage}: model file {location} could not be loaded ({type(error).__name__}: "
                              f"{text}); it is not a complete .keras file saved by Keras 3") from None
         _SHAPES[digest] = (net.input_shape, net.output_shape)
     inputs, outputs = _SHAPES[digest]
-    if (isinstance(inputs, list) or len(inputs) != 4 or inputs[3] not in images.OCV_MODES
+    if (isinstance(inputs, list) or len(inputs) != 4 or inputs[3] not in (1, 3)
             or any(s is None for s in inputs[1:])):
         raise ValueError(f"{stage}: model file {location} takes input {_shape_text(inputs)}; expected one "
-                         "batch of images (batch, height, width, channels) of a fixed size with 1, 3 or 4 "
+                         "batch of images (batch, height, width, channels) of a fixed size with 1 or 3 "
                          "channels")
     several = isinstance(outputs, list) or (bool(outputs) and isinstance(outputs[0], (list, tuple)))
     if several or len(outputs) != 2 or outputs[1] is None:
@@ -203,26 +210,37 @@ def read_keras_file(location: str, stage: str, *, payload: bytes | None = None) 
     return KerasFile(location, payload, tuple(int(s) for s in inputs[1:]), int(outputs[1]))
 
 
+def fit_pixels(pixels: np.ndarray, shape, *, scale_hint: str = featurizer.DEFAULT_SCALE_HINT,
+               rgb: bool = False) -> np.ndarray:
+    """Spark-order uint8 images made ``shape`` ``(height, width, 1 or 3)``; unchanged when they fit.
+
+    :func:`mnist_spark.featurizer.resize_images` (Pillow, the filter of
+    ``scale_hint``) is the one resize routine of the stages. Colour comes
+    out in Spark's BGR order, or RGB with ``rgb``.
+    """
+    shape = tuple(int(s) for s in shape)
+    if pixels.shape[1:] == shape and (shape[2] == 1 or not rgb):
+        return pixels
+    fitted = featurizer.resize_images(pixels, shape, scale_hint)  # colour as RGB
+    return fitted if shape[2] == 1 or rgb else np.ascontiguousarray(fitted[..., ::-1])
+
+
 def image_decoder(shape, *, scale_hint: str = featurizer.DEFAULT_SCALE_HINT, rgb: bool = False,
                   where: str = "image column"):
     """A function from an Arrow array of image structs to a ``shape`` batch of uint8 images.
 
-    Images of other sizes or channels (mixed sizes allowed) are made ``shape``
-    by :func:`mnist_spark.images.fit_images` with the Pillow filter of
-    ``scale_hint`` (sparkdl's names, :data:`mnist_spark.featurizer.SCALE_HINTS`);
-    images that fit pass unchanged. ``rgb`` gives colour as RGB(A) instead
-    of Spark's BGR(A).
+    Mixed sizes and channel counts are allowed: each group is made ``shape``
+    by :func:`fit_pixels`.
     """
-    height, width, channels = (int(s) for s in shape)
-    resample = featurizer.SCALE_HINTS[scale_hint]
+    shape = tuple(int(s) for s in shape)
 
     def decode(column):
         groups = featurizer._decode_groups(column, where)
         if len(groups) == 1:
-            return images.fit_images(groups[0][1], height, width, channels, resample=resample, rgb=rgb)
-        out = np.empty((len(column), height, width, channels), np.uint8)
+            return fit_pixels(groups[0][1], shape, scale_hint=scale_hint, rgb=rgb)
+        out = np.empty((len(column), *shape), np.uint8)
         for positions, pixels in groups:
-            out[positions] = images.fit_images(pixels, height, width, channels, resample=resample, rgb=rgb)
+            out[positions] = fit_pixels(pixels, shape, scale_hint=scale_hint, rgb=rgb)
         return out
 
     return decode
@@ -244,6 +262,7 @@ class _ModelFileWriter(MLWriter):
         DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession, extraMetadata=extra)
         if payload is not None:
             storage.write_bytes(storage.join(path, MODEL_FILE), payload)
+        self.instance._write_beside(path)
 
 
 class _ModelFileReader(MLReader):
@@ -277,6 +296,9 @@ class _SavesModelFile(MLReadable, MLWritable):
 
     def _extra_metadata(self) -> dict:
         return {}
+
+    def _write_beside(self, path: str) -> None:
+        """Files saved beside the model file; none by default."""
 
     def _restore(self, path: str, metadata: dict) -> None:
         """After the params are set: point ``modelFile`` at the copy inside the saved folder."""
@@ -318,6 +340,8 @@ class _KerasImageClassifierParams(HasInputCol, HasLabelCol, HasPredictionCol, Ha
                               "(or modelFile's input)", _whole("imageSize", 0))
     numClasses: Param = _param("numClasses", "classes of the softmax; 0: the largest label + 1",
                                _whole("numClasses", 0))
+    labels: Param = _param("labels", "train on these labels only; class k of the model is labels[k] "
+                           "([]: every label)", _label_list)
     scaleHint: Param = _param(
         "scaleHint", "resize filter, by sparkdl's names: " + ", ".join(featurizer.SCALE_HINTS),
         _choice("scaleHint", tuple(featurizer.SCALE_HINTS)))
@@ -331,7 +355,7 @@ class _KerasImageClassifierParams(HasInputCol, HasLabelCol, HasPredictionCol, Ha
         lrDecay=training.TrainConfig.lr_decay, lrScaling=training.TrainConfig.lr_scaling,
         warmupEpochs=training.TrainConfig.warmup_epochs, partitions=0, stepsPerRound=0, firstRoundSteps=0,
         batchnormSample=training.TrainConfig.batchnorm_sample, barrier=False, imageSize=0, numClasses=0,
-        scaleHint=featurizer.DEFAULT_SCALE_HINT, predictionBatchSize=512,
+        labels=[], scaleHint=featurizer.DEFAULT_SCALE_HINT, predictionBatchSize=512,
     )
 
     def __init__(self, *args):
@@ -382,6 +406,9 @@ class _KerasImageClassifierParams(HasInputCol, HasLabelCol, HasPredictionCol, Ha
 
     def getNumClasses(self) -> int:
         return self.getOrDefault(self.numClasses)
+
+    def getLabels(self) -> list:
+        return list(self.getOrDefault(self.labels))
 
     def getScaleHint(self) -> str:
         return self.getOrDefault(self.scaleHint)
@@ -436,6 +463,11 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, _SavesModelFi
         0 (default): train at the images' own size, which must be one size.
     numClasses : int
         Width of the softmax; 0 (default): the largest label + 1.
+    labels : list of int
+        Train on the rows of these labels only; class ``k`` of the model is
+        ``labels[k]``, the fitted model's ``prediction`` is the label itself,
+        and its saved folder holds ``labels.json`` as ``train_cnn --labels``
+        writes it. Default ``[]``: every label, class ``k`` is label ``k``.
     seed : int
         Initial weights and every random choice of the replicas. Default 0.
     inputCol, labelCol, predictionCol, probabilityCol : str
@@ -452,7 +484,7 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, _SavesModelFi
     label. In a ``CrossValidator`` or ``TrainValidationSplit``,
     :meth:`fitMultiple` decodes the training images once for all the grid
     points that share ``inputCol``, ``labelCol``, ``partitions``,
-    ``imageSize``, ``scaleHint``, ``modelFile`` and ``numClasses``.
+    ``imageSize``, ``scaleHint``, ``modelFile``, ``numClasses`` and ``labels``.
 
     Examples
     --------
@@ -471,8 +503,8 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, _SavesModelFi
                  lrDecay=training.TrainConfig.lr_decay, lrScaling=training.TrainConfig.lr_scaling,
                  warmupEpochs=training.TrainConfig.warmup_epochs, partitions=0, stepsPerRound=0,
                  firstRoundSteps=0, batchnormSample=training.TrainConfig.batchnorm_sample, barrier=False,
-                 imageSize=0, numClasses=0, scaleHint=featurizer.DEFAULT_SCALE_HINT, seed=0, inputCol="image",
-                 labelCol="label", predictionCol="prediction", probabilityCol="probability",
+                 imageSize=0, numClasses=0, labels=(), scaleHint=featurizer.DEFAULT_SCALE_HINT, seed=0,
+                 inputCol="image", labelCol="label", predictionCol="prediction", probabilityCol="probability",
                  predictionBatchSize=512):
         super().__init__()
         self.setParams(**self._input_kwargs)
@@ -483,8 +515,8 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, _SavesModelFi
                   lrDecay=training.TrainConfig.lr_decay, lrScaling=training.TrainConfig.lr_scaling,
                   warmupEpochs=training.TrainConfig.warmup_epochs, partitions=0, stepsPerRound=0,
                   firstRoundSteps=0, batchnormSample=training.TrainConfig.batchnorm_sample, barrier=False,
-                  imageSize=0, numClasses=0, scaleHint=featurizer.DEFAULT_SCALE_HINT, seed=0, inputCol="image",
-                  labelCol="label", predictionCol="prediction", probabilityCol="probability",
+                  imageSize=0, numClasses=0, labels=(), scaleHint=featurizer.DEFAULT_SCALE_HINT, seed=0,
+                  inputCol="image", labelCol="label", predictionCol="prediction", probabilityCol="probability",
                   predictionBatchSize=512):
         """Set any of the params by keyword; returns ``self``."""
         return self._set(**self._input_kwargs)
@@ -534,6 +566,9 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, _SavesModelFi
     def setNumClasses(self, value) -> "KerasImageClassifier":
         return self._set(numClasses=value)
 
+    def setLabels(self, value) -> "KerasImageClassifier":
+        return self._set(labels=value)
+
     def setScaleHint(self, value) -> "KerasImageClassifier":
         return self._set(scaleHint=value)
 
@@ -560,7 +595,8 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, _SavesModelFi
     def _data_key(self) -> tuple:
         """The params that decide the prepared data: fits that share them share the shards."""
         return tuple(self.getOrDefault(name) for name in (
-            "inputCol", "labelCol", "partitions", "imageSize", "scaleHint", "modelFile", "numClasses"))
+            "inputCol", "labelCol", "partitions", "imageSize", "scaleHint", "modelFile", "numClasses")) + (
+            tuple(self.getLabels()),)
 
     def _prepare(self, dataset) -> _Prepared:
         """Check the data and params on the driver, and decode the images into cached shards once."""
@@ -582,7 +618,7 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, _SavesModelFi
         if self.isSet(self.modelName) and self.getModelFile():
             raise ValueError(f"{stage}: set modelName or modelFile, not both")
         source = read_keras_file(self.getModelFile(), stage) if self.getModelFile() else None
-        label = dataset[label_col]
+        label, chosen = dataset[label_col], self.getLabels()
         has_index = "index" in dataset.columns and isinstance(dataset.schema["index"].dataType, IntegralType)
         index = (dataset["index"].cast("long") if has_index
                  else F.xxhash64(dataset[input_col], label).bitwiseAND(F.lit(2**63 - 1)))
@@ -594,6 +630,7 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, _SavesModelFi
             F.first(dataset[input_col + ".height"], ignorenulls=True).alias("height"),
             F.first(dataset[input_col + ".width"], ignorenulls=True).alias("width"),
             F.first(dataset[input_col + ".nChannels"], ignorenulls=True).alias("channels"),
+            F.sum(F.when(label.isin(chosen), 1).otherwise(0) if chosen else F.lit(1)).alias("kept"),
         ).first()
         partitions = self.getPartitions() or task_slots(dataset.sparkSession)
         if stats["rows"] == 0:
@@ -605,14 +642,21 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, _SavesModelFi
             raise ValueError(f"{stage}: labels must be whole numbers 0, 1, ... (class numbers), found "
                              f"labels from {stats['low']} to {stats['high']}"
                              + (f", {stats['fractional']} of them not whole" if stats["fractional"] else ""))
-        num_classes = self.getNumClasses() or int(stats["high"]) + 1
-        if stats["high"] >= num_classes or num_classes < 2:
-            raise ValueError(f"{stage}: numClasses {num_classes} does not cover the labels 0 .. "
-                             f"{int(stats['high'])}; set numClasses to at least "
-                             f"{max(2, int(stats['high']) + 1)}")
-        if partitions > stats["rows"]:
-            raise ValueError(f"{stage}: partitions {partitions} needs at least {partitions} training images, "
-                             f"found {stats['rows']}; set fewer partitions")
+        if chosen:
+            num_classes = len(chosen)
+            if self.getNumClasses() not in (0, num_classes) or num_classes < 2:
+                raise ValueError(f"{stage}: labels {','.join(map(str, chosen))} make {num_classes} classes; "
+                                 f"give at least 2 labels, and numClasses 0 or {num_classes}")
+        else:
+            num_classes = self.getNumClasses() or int(stats["high"]) + 1
+            if stats["high"] >= num_classes or num_classes < 2:
+                raise ValueError(f"{stage}: numClasses {num_classes} does not cover the labels 0 .. "
+                                 f"{int(stats['high'])}; set numClasses to at least "
+                                 f"{max(2, int(stats['high']) + 1)}")
+        if partitions > stats["kept"]:
+            of = f" of labels {','.join(map(str, chosen))}" if chosen else ""
+            raise ValueError(f"{stage}: partitions {partitions} needs at least {partitions} training images"
+                             f"{of}, found {stats['kept']}; set fewer partitions")
         if source is not None:
             shape = source.input_shape
             if source.outputs != num_classes:
@@ -627,6 +671,8 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, _SavesModelFi
                   if source is not None or self.getImageSize() else None)
         frame = dataset.select(index.alias("index"), label.cast("int").alias("label"),
                                dataset[input_col].alias("image"))
+        if chosen:  # the rows of those labels, each label replaced by its class (its position)
+            frame = label_subset.select_labels(frame, chosen, index=True)
         started = time.perf_counter()
         shards, sizes = training.make_shards(frame, partitions, decode=decode)
         logger.info("%s: %d training images of %s in %d shards (%s), %d classes, decoded in %.1f s", stage,
@@ -764,7 +810,7 @@ class KerasImageClassificationModel(Model, _KerasImageClassifierParams, _SavesMo
 
     def kerasModel(self):
         """The trained model as a ``keras.Model`` (loaded in safe mode)."""
-        return evaluation._model_from_bytes(self._payload, compile=True)
+        return evaluation.model_from_bytes(self._payload, compile=True)
 
     def transformSchema(self, schema):
         from pyspark.ml.linalg import VectorUDT
@@ -795,7 +841,10 @@ class KerasImageClassificationModel(Model, _KerasImageClassifierParams, _SavesMo
                                     input_col=self.getInputCol(), output_col=scores,
                                     prediction_col=prediction or None, decode=decode)
         if prediction:
-            scored = scored.withColumn(prediction, F.col(prediction).cast("double"))
+            column = F.col(prediction)
+            if self.getLabels():  # class k stands for the dataset label labels[k]
+                column = F.element_at(F.array(*[F.lit(float(v)) for v in self.getLabels()]), column + 1)
+            scored = scored.withColumn(prediction, column.cast("double"))
         if probability:
             return scored.withColumn(probability, array_to_vector(F.col(probability)))
         return scored.drop(scores)
@@ -808,6 +857,10 @@ class KerasImageClassificationModel(Model, _KerasImageClassifierParams, _SavesMo
 
     def _extra_metadata(self) -> dict:
         return {"inputShape": list(self._input_shape), "history": self._history}
+
+    def _write_beside(self, path: str) -> None:
+        if self.getLabels():  # as train_cnn --labels records it beside its model.keras
+            label_subset.write_labels(path, self.getLabels())
 
     def _restore(self, path: str, metadata: dict) -> None:
         self._payload = storage.read_bytes(storage.join(path, MODEL_FILE))
@@ -1453,25 +1506,23 @@ def _predict_batch_udf(spark, model: KerasFile, output, batch_size, scale_hint, 
     from pyspark.ml.functions import predict_batch_udf
 
     shipped = spark.sparkContext.broadcast(model.payload)
-    height, width, channels = model.input_shape
-    resample, rgb = featurizer.SCALE_HINTS[scale_hint], channel_order == "RGB"
+    shape, rgb = model.input_shape, channel_order == "RGB"
 
     def make_predict_fn():
         from mnist_spark.session import configure_tensorflow_threads
 
         configure_tensorflow_threads()
-        net = evaluation._model_from_bytes(shipped.value, compile=False)
+        net = evaluation.model_from_bytes(shipped.value, compile=False)
 
         def predict(rows):  # predict_batch_udf gives a struct as an object array: one row per image
-            shapes = rows[:, 1:4].astype(np.int64)
-            if (shapes == shapes[0]).all():
-                pixels = np.frombuffer(b"".join(rows[:, 5]), np.uint8).reshape(len(rows), *shapes[0])
-                pixels = images.fit_images(pixels, height, width, channels, resample=resample, rgb=rgb)
+            sizes = rows[:, 1:4].astype(np.int64)
+            if (sizes == sizes[0]).all():
+                pixels = np.frombuffer(b"".join(rows[:, 5]), np.uint8).reshape(len(rows), *sizes[0])
+                pixels = fit_pixels(pixels, shape, scale_hint=scale_hint, rgb=rgb)
             else:
                 pixels = np.concatenate([
-                    images.fit_images(np.frombuffer(row[5], np.uint8).reshape(1, *shape), height, width,
-                                      channels, resample=resample, rgb=rgb)
-                    for row, shape in zip(rows, shapes)])
+                    fit_pixels(np.frombuffer(row[5], np.uint8).reshape(1, *size), shape, scale_hint=scale_hint,
+                               rgb=rgb) for row, size in zip(rows, sizes)])
             values = np.asarray(net.predict_on_batch(pixels.astype(np.float32)), np.float32)
             values = values.reshape(len(rows), -1)
             return values.argmax(axis=1).astype(np.int32) if output == "prediction" else values

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import platform
 import sys
@@ -11,7 +10,6 @@ from importlib import metadata
 
 from mnist_spark import storage
 
-logger = logging.getLogger(__name__)
 
 #: Libraries whose versions every metrics.json records.
 LIBRARIES = ("mnist_spark", "pyspark", "numpy", "pandas", "pyarrow", "pillow", "tensorflow-cpu", "keras")
@@ -64,7 +62,6 @@ def write_metrics(folder: str, metrics: dict) -> str:
     text = json.dumps(metrics, indent=2, sort_keys=False, allow_nan=False)
     storage.write_bytes(location, (text + "\n").encode())
     return location
-
 
 
 # --------------------------------------------------------------------------- pictures of image sets

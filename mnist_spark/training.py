@@ -42,7 +42,8 @@ from mnist_spark import models, storage
 
 logger = logging.getLogger(__name__)
 
-#: Set to ``"PARTITION:ROUND"`` to make that task fail on its first attempt (fault tests).
+#: Set in executors to ``"PARTITION:ROUND"`` (ROUND 0-based) to make that replica's first attempt
+#: fail (fault tests). Read inside the task, so it never enters TrainConfig, metrics or checkpoints.
 ENV_INJECT_FAILURE = "MNIST_SPARK_INJECT_FAILURE"
 
 #: Set in executors to ``"ROUND:FOLDER"`` to hold the first attempt of every replica of round
@@ -50,6 +51,16 @@ ENV_INJECT_FAILURE = "MNIST_SPARK_INJECT_FAILURE"
 ENV_HOLD_REPLICA = "MNIST_SPARK_HOLD_REPLICA"
 #: The longest a replica is held, in seconds, should the test never release it.
 HOLD_TIMEOUT = 600
+
+
+def _fail_if_asked(partition: int, round_: int, attempt: int) -> None:
+    """The fault tests' hook: raise in the first attempt of the replica ``ENV_INJECT_FAILURE`` names."""
+    value = os.environ.get(ENV_INJECT_FAILURE)
+    if not value or attempt != 0:
+        return
+    wanted_partition, _, wanted_round = value.partition(":")
+    if (int(wanted_partition), int(wanted_round)) == (partition, round_):
+        raise RuntimeError(f"injected failure in partition {partition}, round {round_} (attempt 0)")
 
 
 def _hold_if_asked(partition: int, round_: int, attempt: int) -> None:
@@ -101,8 +112,6 @@ class TrainConfig:
         Shape of one image and number of classes.
     augment : dict, optional
         On-the-fly augmentation parameters (:mod:`mnist_spark.augment`).
-    inject_failure : tuple, optional
-        ``(partition, round)`` whose first attempt raises: for fault tests.
     first_round_steps : int, optional
         Length of the first round; each next round is twice as long until a
         round is one local epoch (or ``steps_per_round``). Default: a quarter
@@ -139,7 +148,6 @@ class TrainConfig:
     input_shape: tuple = (28, 28, 1)
     num_classes: int = 10
     augment: dict | None = None
-    inject_failure: tuple | None = None
     first_round_steps: int | None = None
     lr_scaling: str = "linear"
     warmup_epochs: float = 1.0
@@ -174,9 +182,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         values = dict(values)
-        for key in ("input_shape", "inject_failure"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
+        values.pop("inject_failure", None)  # written by earlier versions; a test hook, not a setting
+        if values.get("input_shape") is not None:
+            values["input_shape"] = tuple(values["input_shape"])
         return cls(**values)
 
 
@@ -580,9 +588,9 @@ def file_model(payload: bytes, learning_rate: float):
     """
     import keras
 
-    from mnist_spark.evaluation import _model_from_bytes
+    from mnist_spark.evaluation import model_from_bytes
 
-    model = _model_from_bytes(payload, compile=False)
+    model = model_from_bytes(payload, compile=False)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.optimizer.build(model.trainable_variables)
@@ -605,7 +613,7 @@ def load_state(model, weights, optimizer, *, learning_rate=None, seed=None) -> N
     model.set_weights(weights)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-    for variable, value in zip(model.optimizer.variables, optimizer):
+    for variable, value in zip(model.optimizer.variables, optimizer, strict=True):
         variable.assign(value)
     if learning_rate is not None:
         model.optimizer.learning_rate = learning_rate
@@ -698,8 +706,7 @@ def train_replica(partition: int, shard, state_payload: bytes, round_: int, conf
     from mnist_spark.session import device_scope, task_device
 
     _hold_if_asked(partition, round_, attempt)
-    if config.inject_failure == (partition, round_) and attempt == 0:
-        raise RuntimeError(f"injected failure in partition {partition}, round {round_} (attempt 0)")
+    _fail_if_asked(partition, round_, attempt)
     started = time.perf_counter()
     images, labels, index = shard
     weights, optimizer = pickle.loads(state_payload)
@@ -789,8 +796,8 @@ def _add_partial_sums(parts: list[dict]) -> dict:
         total = {
             "count": total["count"] + part["count"],
             "replicas": total["replicas"] + part["replicas"],
-            "weights": [a + b for a, b in zip(total["weights"], part["weights"])],
-            "optimizer": [a + b for a, b in zip(total["optimizer"], part["optimizer"])],
+            "weights": [a + b for a, b in zip(total["weights"], part["weights"], strict=True)],
+            "optimizer": [a + b for a, b in zip(total["optimizer"], part["optimizer"], strict=True)],
             "dtypes": total["dtypes"],
         }
     return total
@@ -802,7 +809,7 @@ def _mean_of(total: dict) -> tuple[list, list]:
     Integer state (the optimizer's step) is rounded back to its integer type.
     """
     means = []
-    for value, dtype in zip((*total["weights"], *total["optimizer"]), total["dtypes"]):
+    for value, dtype in zip((*total["weights"], *total["optimizer"]), total["dtypes"], strict=True):
         dtype = np.dtype(dtype)
         value = value / total["count"]
         if np.issubdtype(dtype, np.integer):
@@ -1102,6 +1109,32 @@ def _round_lengths(schedule: Schedule) -> str:
         parts.append(f"{lengths[position]}" + (f" x {run}" if run > 1 else ""))
         position += run
     return ", ".join(parts)
+
+
+def check_resume_settings(run: str, saved: dict, given: dict, defaults: dict) -> None:
+    """Refuse to resume ``run`` with settings other than its own.
+
+    A setting counts as given when it differs from its default; each given
+    one must equal the saved run's value (``saved``: the TrainConfig and the
+    job's saved extras).
+
+    Raises
+    ------
+    ValueError
+        Naming every setting that differs, with both values.
+    """
+    differ = []
+    for name, value in given.items():
+        if name not in saved or name not in defaults or value == defaults[name]:
+            continue
+        stored = saved[name]
+        if isinstance(value, tuple):
+            value = list(value)
+        if value != stored:
+            differ.append(f"--{name.replace('_', '-')} {value} (saved: {stored})")
+    if differ:
+        raise ValueError(f"--resume {run}: the run was started with other settings: {'; '.join(differ)}; "
+                         "resume without those flags, or start a new run with another --output")
 
 
 def save_checkpoint(folder: str, state: TrainState, config: TrainConfig, extra: dict | None = None) -> str:

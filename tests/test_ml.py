@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from conftest import PROJECT, load_job
-from mnist_spark import datasets, evaluation, images, ingest, ml, models, training
+from mnist_spark import datasets, evaluation, featurizer, images, ingest, ml, models, training
+from mnist_spark import labels as label_subset
 from mnist_spark.ml import (DeepImagePredictor, KerasImageClassificationModel, KerasImageClassifier,
                             KerasImageTransformer, register_keras_udf)
 
@@ -88,7 +89,7 @@ def test_defaults_setters_and_save_load_of_every_stage(spark, tmp_path):
         KerasImageClassifier: dict(modelFile=path, epochs=3, batchSize=16, learningRate=0.01, lrDecay=0.5,
                                    lrScaling="sqrt", warmupEpochs=0.5, partitions=3, stepsPerRound=7,
                                    firstRoundSteps=2, batchnormSample=100, barrier=True, imageSize=32,
-                                   numClasses=12, scaleHint="SCALE_SMOOTH", seed=5, inputCol="img",
+                                   numClasses=12, labels=[3, 1], scaleHint="SCALE_SMOOTH", seed=5, inputCol="img",
                                    labelCol="y", predictionCol="p", probabilityCol="q", predictionBatchSize=64),
         KerasImageTransformer: dict(modelFile=path, inputCol="img", outputCol="o", batchSize=7,
                                     scaleHint="SCALE_FAST", channelOrder="RGB"),
@@ -214,6 +215,21 @@ def test_model_file_trains_at_its_input_size_and_index_is_optional(spark, quadra
     assert not any(np.array_equal(a, b) for a, b in zip(trained.get_weights(), initial.get_weights()))
 
 
+def test_labels_train_a_subset_and_predict_dataset_labels(spark, quadrants, tmp_path):
+    train, test = quadrants
+    model = KerasImageClassifier(labels=[3, 2], **FAST).fit(train)  # class 0 is label 3, class 1 label 2
+    assert model.getNumClasses() == 2 and model.kerasModel().output_shape == (None, 2)
+    rows = model.transform(test.where("label IN (2, 3)")).select("label", "prediction", "probability").collect()
+    assert len(rows) == 12 and {r["prediction"] for r in rows} <= {2.0, 3.0}
+    assert np.mean([r["label"] == r["prediction"] for r in rows]) > 0.9
+    assert all(r["prediction"] == [3.0, 2.0][int(np.argmax(r["probability"]))] for r in rows)
+    model.write().save(str(tmp_path / "subset"))
+    assert label_subset.read_labels(str(tmp_path / "subset")) == (3, 2)  # labels.json, as train_cnn writes it
+    assert KerasImageClassificationModel.load(str(tmp_path / "subset")).getLabels() == [3, 2]
+    with pytest.raises(ValueError, match="label 2 is given twice"):
+        KerasImageClassifier(labels=[2, 2])
+
+
 def test_classifier_errors_come_from_the_driver(spark, quadrants, tmp_path):
     from pyspark.sql import functions as F
 
@@ -251,8 +267,8 @@ def test_sql_function_equals_the_predict_job(spark, small_idx, digits_model, tmp
     from pyspark.sql.types import ArrayType, FloatType, IntegerType
 
     predict_job = load_job("predict")
-    predict_job.run(spark, model=digits_model, data_dir=str(small_idx), output=str(tmp_path / "scored"),
-                    splits=("test",))
+    predict_job.run(spark, model_file=digits_model, data_dir=str(small_idx),
+                    output=str(tmp_path / "scored"), splits=("test",))
     expected = {r["index"]: (r["prediction"], r["probabilities"])
                 for r in spark.read.parquet(str(tmp_path / "scored" / "predictions.parquet")).collect()}
     df, _ = ingest.idx_dataframe(spark, datasets.locate(small_idx), splits=("test",))
@@ -315,13 +331,13 @@ def test_transformer_resizes_converts_channels_and_persists(spark, tmp_path):
     (tmp_path / "rgb.keras").unlink()  # the saved pipeline holds its own copy
     loaded = PipelineModel.load(str(tmp_path / "saved"))
     got = {r["index"]: r["v"].toArray() for r in loaded.transform(df).collect()}
-    fitted = np.concatenate([images.fit_images(p[None], 16, 16, 3, resample="BICUBIC", rgb=True)
-                             for p in pictures])
+    fitted = np.concatenate([featurizer.resize_images(p[None], (16, 16, 3), "SCALE_SMOOTH") for p in pictures])
     expected = net.predict(fitted.astype(np.float32), verbose=0)
     assert sorted(got) == list(range(6))
     np.testing.assert_allclose(np.stack([got[i] for i in range(6)]), expected, rtol=1e-5, atol=1e-5)
-    bgr = images.fit_images(pictures[3][None], 16, 16, 3, resample="BICUBIC")
-    assert np.array_equal(fitted[3], bgr[0, ..., ::-1])  # RGB: Spark's BGR reversed
+    bgr = ml.fit_pixels(pictures[3][None], (16, 16, 3), scale_hint="SCALE_SMOOTH")  # channelOrder BGR
+    assert np.array_equal(fitted[3], bgr[0, ..., ::-1])
+    assert np.array_equal(ml.fit_pixels(pictures[0][None], (28, 28, 1)), pictures[0][None])
 
     conv = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
     conv.save(tmp_path / "conv.keras")
