@@ -114,7 +114,7 @@ def load_model(location: str):
 
 
 def predict(df, model, *, batch_size: int = 512, input_col: str = "image",
-            output_col: str = "probabilities"):
+            output_col: str = "probabilities", prediction_col: str | None = "prediction", decode=None):
     """Add the model's class probabilities (``array<float>``) to an image DataFrame.
 
     Parameters
@@ -125,11 +125,17 @@ def predict(df, model, *, batch_size: int = 512, input_col: str = "image",
         The model, or the bytes of its ``.keras`` file.
     batch_size : int
         Images per ``predict_on_batch`` call.
+    prediction_col : str or None
+        Name of the argmax column (int); ``None`` adds none.
+    decode : callable, optional
+        Turns an Arrow array of image structs into the model's input batch
+        (e.g. resizing); default :func:`mnist_spark.images.struct_array_to_numpy`.
+        The model's output is flattened to one row of values per image.
 
     Returns
     -------
     DataFrame
-        ``df`` with ``output_col`` added; also ``prediction`` (int), the argmax.
+        ``df`` with ``output_col`` added; also ``prediction_col`` (int), the argmax.
     """
     import pyarrow as pa
     from pyspark.sql.types import ArrayType, FloatType, IntegerType, StructField, StructType
@@ -140,10 +146,8 @@ def predict(df, model, *, batch_size: int = 512, input_col: str = "image",
         raise ValueError(f"batch_size must be above 0, found {batch_size}")
     payload = model if isinstance(model, bytes) else model_bytes(model)
     broadcast = df.sparkSession.sparkContext.broadcast(payload)
-    schema = StructType(df.schema.fields + [
-        StructField(output_col, ArrayType(FloatType(), False), False),
-        StructField("prediction", IntegerType(), False),
-    ])
+    schema = StructType(df.schema.fields + [StructField(output_col, ArrayType(FloatType(), False), False)]
+                        + ([StructField(prediction_col, IntegerType(), False)] if prediction_col else []))
 
     def infer(batches):
         from mnist_spark.session import device_scope
@@ -155,21 +159,23 @@ def predict(df, model, *, batch_size: int = 512, input_col: str = "image",
     def _score(net, batches):
         from mnist_spark.images import struct_array_to_numpy
 
+        to_numpy = decode or (lambda column: struct_array_to_numpy(column, input_col))
         for batch in batches:
             for start in range(0, batch.num_rows, batch_size):
                 part = batch.slice(start, batch_size)
-                images = struct_array_to_numpy(part.column(input_col), input_col)
+                images = to_numpy(part.column(input_col))
                 probabilities = np.asarray(net.predict_on_batch(images.astype(np.float32)), np.float32)
+                probabilities = probabilities.reshape(len(images), -1)
                 classes = probabilities.shape[1]
                 flat = pa.array(probabilities.reshape(-1))
                 offsets = pa.array(np.arange(0, (len(images) + 1) * classes, classes, dtype=np.int32))
-                yield pa.RecordBatch.from_arrays(
-                    part.columns + [pa.ListArray.from_arrays(offsets, flat),
-                                    pa.array(probabilities.argmax(axis=1).astype(np.int32))],
-                    schema=pa.schema(list(part.schema) + [
-                        pa.field(output_col, pa.list_(pa.field("element", pa.float32(), False)), False),
-                        pa.field("prediction", pa.int32(), False)]),
-                )
+                columns = [pa.ListArray.from_arrays(offsets, flat)]
+                fields = [pa.field(output_col, pa.list_(pa.field("element", pa.float32(), False)), False)]
+                if prediction_col:
+                    columns.append(pa.array(probabilities.argmax(axis=1).astype(np.int32)))
+                    fields.append(pa.field(prediction_col, pa.int32(), False))
+                yield pa.RecordBatch.from_arrays(part.columns + columns,
+                                                 schema=pa.schema(list(part.schema) + fields))
 
     return df.mapInArrow(infer, schema)
 

@@ -128,6 +128,12 @@ class TrainConfig:
     batchnorm_sample : int
         Training images on which the driver re-estimates BatchNorm's moving
         statistics after each averaging (0: keep the averaged statistics).
+    model_file : str, optional
+        A saved ``.keras`` model (path or URI) trained instead of the
+        architecture ``model``, from its saved weights: loaded in safe mode,
+        compiled with Adam and sparse categorical cross-entropy, so it must end
+        in a softmax over ``num_classes``. The driver reads it and broadcasts
+        its bytes; executors need no access to it.
     """
 
     model: str = models.DEFAULT_MODEL
@@ -146,6 +152,7 @@ class TrainConfig:
     lr_scaling: str = "linear"
     warmup_epochs: float = 1.0
     batchnorm_sample: int = 2048
+    model_file: str | None = None
 
     def __post_init__(self):
         models.check_model_name(self.model)
@@ -440,7 +447,7 @@ _ONE_CHUNK_CACHED = {"spark.sql.inMemoryColumnarStorage.batchSize": "1"}
 _ONE_CHUNK_TO_PYTHON = {"spark.sql.execution.arrow.maxRecordsPerBatch": "1"}
 
 
-def make_shards(df, partitions: int, *, chunk_bytes: int | None = None):
+def make_shards(df, partitions: int, *, chunk_bytes: int | None = None, decode=None):
     """Split an image DataFrame into ``partitions`` cached numpy shards, one per partition.
 
     Rows go to shard ``index % partitions`` and are ordered by index inside
@@ -456,6 +463,10 @@ def make_shards(df, partitions: int, *, chunk_bytes: int | None = None):
     partitions : int
     chunk_bytes : int, optional
         Pixel bytes per cached row; default :data:`CHUNK_BYTES`.
+    decode : callable, optional
+        Turns an Arrow array of image structs into a uint8 batch (e.g.
+        resizing as it decodes); default
+        :func:`mnist_spark.images.struct_array_to_numpy`.
 
     Returns
     -------
@@ -504,7 +515,8 @@ def make_shards(df, partitions: int, *, chunk_bytes: int | None = None):
             if batch.num_rows == 0:
                 continue
             shard_of = batch.column("shard").to_numpy()
-            images = struct_array_to_numpy(batch.column("image"), "training image")
+            images = (decode(batch.column("image")) if decode is not None
+                      else struct_array_to_numpy(batch.column("image"), "training image"))
             if shape is not None and images.shape[1:] != shape:
                 raise ValueError(
                     f"training images must share one size, found {sorted({shape, images.shape[1:]})}")
@@ -544,13 +556,20 @@ def make_shards(df, partitions: int, *, chunk_bytes: int | None = None):
 # --------------------------------------------------------------------------- replicas
 
 
-def _replica(config: TrainConfig):
+def _replica(config: TrainConfig, architecture: bytes | None = None):
     """This Python worker's model for ``config``, built once and reused across rounds.
 
     Kept in the worker's model cache (:func:`mnist_spark.evaluation.worker_model`),
-    on the task's GPU when Spark assigned one.
+    on the task's GPU when Spark assigned one. ``architecture`` holds the bytes
+    of ``config.model_file``, when the run trains one.
     """
+    import hashlib
+
     from mnist_spark.evaluation import worker_model
+
+    if architecture is not None:
+        return worker_model(("replica-file", hashlib.sha256(architecture).hexdigest()),
+                            lambda: file_model(architecture, config.learning_rate))
 
     def build():
         model = models.build_model(config.model, input_shape=config.input_shape,
@@ -559,6 +578,23 @@ def _replica(config: TrainConfig):
         return model
 
     return worker_model(("replica", config.model, tuple(config.input_shape), config.num_classes), build)
+
+
+def file_model(payload: bytes, learning_rate: float):
+    """A ``.keras`` file's model (safe mode), compiled as :func:`mnist_spark.models.build_model` compiles.
+
+    Adam, sparse categorical cross-entropy and accuracy, the optimizer built,
+    so its state averages like a named architecture's.
+    """
+    import keras
+
+    from mnist_spark.evaluation import model_from_bytes
+
+    model = model_from_bytes(payload, compile=False)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)
+    return model
 
 
 def optimizer_variables(model) -> list:
@@ -660,8 +696,10 @@ class _StepLearningRate:
 
 
 def train_replica(partition: int, shard, state_payload: bytes, round_: int, config: TrainConfig,
-                  schedule: Schedule, attempt: int = 0) -> dict:
+                  schedule: Schedule, attempt: int = 0, architecture: bytes | None = None) -> dict:
     """One replica's work for one round: runs inside a Spark task.
+
+    ``architecture`` holds the bytes of ``config.model_file`` when the run trains one.
 
     Returns the replica's weights, optimizer state, sample count and metrics.
     """
@@ -672,7 +710,7 @@ def train_replica(partition: int, shard, state_payload: bytes, round_: int, conf
     started = time.perf_counter()
     images, labels, index = shard
     weights, optimizer = pickle.loads(state_payload)
-    model = _replica(config)
+    model = _replica(config, architecture)
     first_step = schedule.starts[round_]
     load_state(model, weights, optimizer, learning_rate=learning_rate_at(config, schedule, first_step),
                seed=task_seed(config.seed, partition, round_))
@@ -845,8 +883,15 @@ def tree_average(results, replicas: int, fan_in: int | None = None):
 # --------------------------------------------------------------------------- the driver's loop
 
 
-def initial_state(config: TrainConfig):
-    """The driver's model with seeded initial weights, and its state at round 0."""
+def initial_state(config: TrainConfig, architecture: bytes | None = None):
+    """The driver's model with seeded initial weights, and its state at round 0.
+
+    With ``architecture`` (the bytes of ``config.model_file``) the model is that
+    file's, starting from its saved weights.
+    """
+    if architecture is not None:
+        model = file_model(architecture, config.learning_rate)
+        return model, TrainState(0, model.get_weights(), optimizer_variables(model), [])
     model = models.build_model(config.model, input_shape=config.input_shape,
                                num_classes=config.num_classes, learning_rate=config.learning_rate,
                                seed=config.seed)
@@ -859,12 +904,12 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def training_sample(train_df, count: int, seed: int, total: int | None = None):
+def training_sample(train_df, count: int, seed: int, total: int | None = None, decode=None):
     """About ``count`` training images (and labels) as numpy, the same for the same seed.
 
     Rows are picked by a hash of ``(index, seed)`` against the number of rows
     ``total`` (counted when not given), so the sample does not depend on how
-    the DataFrame is partitioned.
+    the DataFrame is partitioned. ``decode`` as in :func:`make_shards`.
     """
     from pyspark.sql import functions as F
 
@@ -873,7 +918,8 @@ def training_sample(train_df, count: int, seed: int, total: int | None = None):
     total = train_df.count() if total is None else total
     keep = F.pmod(F.xxhash64("index", F.lit(seed)), F.lit(max(total, 1))) < F.lit(count)
     table = train_df.where(keep).select("index", "label", "image").orderBy("index").toArrow()
-    images = struct_array_to_numpy(table.column("image").combine_chunks(), "training image")
+    column = table.column("image").combine_chunks()
+    images = decode(column) if decode is not None else struct_array_to_numpy(column, "training image")
     return images, table.column("label").to_numpy().astype(np.int32)
 
 
@@ -888,7 +934,7 @@ def _timed(seconds: dict, name: str):
 
 
 def train(spark, train_df, config: TrainConfig, *, validation=None, state: TrainState | None = None,
-          on_round=None, chunk_bytes: int | None = None):
+          on_round=None, chunk_bytes: int | None = None, shards=None, decode=None):
     """Train ``config.model`` data-parallel over ``config.partitions`` replicas.
 
     Parameters
@@ -906,6 +952,14 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
     chunk_bytes : int, optional
         Pixel bytes per cached shard row (:func:`make_shards`); the model
         does not depend on it.
+    shards : (DataFrame, list of int), optional
+        Shards already made from ``train_df`` by :func:`make_shards` with
+        ``config.partitions`` (and ``chunk_bytes``), so several runs over the
+        same data decode it once; the caller unpersists them. By default the
+        run makes its own and unpersists them at the end.
+    decode : callable, optional
+        How the images are decoded, for the shards and the BatchNorm sample
+        (:func:`make_shards`), e.g. resizing them to ``config.input_shape``.
 
     Returns
     -------
@@ -918,7 +972,8 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
 
     from mnist_spark.session import task_slots
 
-    model, fresh = initial_state(config)
+    architecture = storage.read_bytes(config.model_file) if config.model_file else None
+    model, fresh = initial_state(config, architecture)
     state = state or fresh
     load_state(model, state.weights, state.optimizer)
     sc = spark.sparkContext
@@ -930,16 +985,23 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
         )
     started = time.perf_counter()
     chunk_bytes = chunk_bytes or CHUNK_BYTES
-    shards, sizes = make_shards(train_df, config.partitions, chunk_bytes=chunk_bytes)
+    own_shards = shards is None
+    shards, sizes = (make_shards(train_df, config.partitions, chunk_bytes=chunk_bytes, decode=decode)
+                     if own_shards else shards)
+    if len(sizes) != config.partitions:
+        raise ValueError(f"{len(sizes)} shards were given for {config.partitions} partitions; make them "
+                         "with make_shards(train_df, config.partitions)")
+    shipped = sc.broadcast(architecture) if architecture is not None else None
     schedule = plan_schedule(config, sizes)
     sample = None
     if config.batchnorm_sample and models.batchnorm_layers(model):
-        sample = training_sample(train_df, config.batchnorm_sample, config.seed, total=sum(sizes))[0].reshape(
+        sample = training_sample(train_df, config.batchnorm_sample, config.seed, total=sum(sizes),
+                                 decode=decode)[0].reshape(
             -1, *config.input_shape)
     logger.info(
         "training %s on %d images in %d partitions (%s): %d rounds of %s steps, batch %d, "
         "peak learning rate %.4g",
-        config.model, sum(sizes), config.partitions, ", ".join(map(str, sizes)), schedule.rounds,
+        config.model_file or config.model, sum(sizes), config.partitions, ", ".join(map(str, sizes)), schedule.rounds,
         _round_lengths(schedule), config.batch_size,
         learning_rate_at(config, schedule, int(config.warmup_epochs * schedule.steps_per_epoch)),
     )
@@ -961,7 +1023,8 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
                     for shard, local in sorted(files.items()):
                         result = train_replica(shard, (local.images, local.labels, local.index),
                                                payload.value, round_, config, schedule,
-                                               attempt=context.attemptNumber() if context else 0)
+                                               attempt=context.attemptNumber() if context else 0,
+                                               architecture=shipped.value if shipped is not None else None)
                         yield pa.RecordBatch.from_pylist([_result_row(result)], schema=_result_arrow())
                 finally:
                     for local in files.values():
@@ -1026,7 +1089,10 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
             if on_round is not None:
                 on_round(state, schedule)
     finally:
-        shards.unpersist()
+        if own_shards:
+            shards.unpersist()
+        if shipped is not None:
+            shipped.destroy()
     logger.info("trained %d rounds in %.1f s (%.1f s preparing shards)",
                 schedule.rounds - first_round, time.perf_counter() - started, loop_started - started)
     return model, state
