@@ -234,6 +234,32 @@ def run_options(run, args) -> dict:
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
+def run_defaults(run) -> dict:
+    """The defaults of ``run``'s keyword arguments."""
+    import inspect
+
+    return {name: p.default for name, p in inspect.signature(run).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def resume_target(resume, output):
+    """The run to continue: ``resume`` itself, or for ``auto`` ``output`` when it left a checkpoint.
+
+    ``auto`` makes the command a scheduler re-issues after a stopped driver
+    finish the run, and start it when there is nothing to continue.
+    """
+    from mnist_spark import storage
+
+    if resume != "auto":
+        return resume
+    if output is None:
+        raise ValueError("--resume auto continues the run at --output; give --output")
+    if storage.has_checkpoint(output):
+        return output
+    logger.info("--resume auto: %s left no checkpoint; starting the run", output)
+    return None
+
+
 def run_params(values: dict) -> dict:
     """A job's ``run`` arguments (its ``locals()`` on entry) as JSON values, for ``metrics.json``."""
     return {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()

@@ -680,31 +680,69 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, _SavesModelFi
                     num_classes, time.perf_counter() - started)
         return _Prepared(frame, shards, sizes, partitions, tuple(shape), num_classes, decode)
 
-    def _train(self, dataset, prepared: _Prepared) -> "KerasImageClassificationModel":
-        """One fit on prepared shards, with this estimator's params."""
-        config = training.TrainConfig(
+    def trainConfig(self, partitions: int, input_shape, num_classes: int, augment=None) -> training.TrainConfig:
+        """The :class:`~mnist_spark.training.TrainConfig` of a fit with these params."""
+        return training.TrainConfig(
             model=self.getModelName(), model_file=self.getModelFile() or None, epochs=self.getEpochs(),
-            batch_size=self.getBatchSize(), partitions=prepared.partitions, seed=self.getSeed(),
+            batch_size=self.getBatchSize(), partitions=partitions, seed=self.getSeed(),
             steps_per_round=self.getStepsPerRound() or None, learning_rate=self.getLearningRate(),
             lr_decay=self.getLrDecay(), first_round_steps=self.getFirstRoundSteps() or None,
             lr_scaling=self.getLrScaling(), warmup_epochs=self.getWarmupEpochs(),
             batchnorm_sample=self.getBatchnormSample(), barrier=self.getBarrier(),
-            input_shape=prepared.input_shape, num_classes=prepared.num_classes,
+            input_shape=tuple(input_shape), num_classes=num_classes, augment=augment,
         )
-        trained, state = training.train(dataset.sparkSession, prepared.frame, config,
-                                        shards=(prepared.shards, prepared.sizes), decode=prepared.decode)
+
+    @classmethod
+    def fromTrainConfig(cls, config: training.TrainConfig, **params) -> "KerasImageClassifier":
+        """The estimator whose fit repeats ``config`` (a saved run's), with ``params`` besides."""
+        return cls(modelName=config.model, modelFile=config.model_file or "", epochs=config.epochs,
+                   batchSize=config.batch_size, partitions=config.partitions, seed=config.seed,
+                   stepsPerRound=config.steps_per_round or 0, learningRate=config.learning_rate,
+                   lrDecay=config.lr_decay, firstRoundSteps=config.first_round_steps or 0,
+                   lrScaling=config.lr_scaling, warmupEpochs=config.warmup_epochs,
+                   batchnormSample=config.batchnorm_sample, barrier=config.barrier, **params)
+
+    def fitRun(self, dataset, *, validation=None, state=None, on_round=None, augment=None):
+        """``fit`` with what a training run adds; returns ``(model, TrainState, TrainConfig)``.
+
+        Parameters
+        ----------
+        validation : (images, labels), optional
+            Scored by the driver after each round (the history's ``val_accuracy``).
+        state : TrainState, optional
+            A checkpoint to continue from.
+        on_round : callable, optional
+            ``on_round(state, schedule, config)`` after each round, e.g. to save a checkpoint.
+        augment : dict, optional
+            On-the-fly augmentation (:class:`mnist_spark.augment.AugmentParams` as a dict).
+        """
+        prepared = self._prepare(dataset)
+        try:
+            return self._train(dataset, prepared, validation=validation, state=state, on_round=on_round,
+                               augment=augment)
+        finally:
+            prepared.release()
+
+    def _train(self, dataset, prepared: _Prepared, *, validation=None, state=None, on_round=None,
+               augment=None):
+        """One fit on prepared shards, with this estimator's params: ``(model, TrainState, TrainConfig)``."""
+        config = self.trainConfig(prepared.partitions, prepared.input_shape, prepared.num_classes, augment)
+        trained, final = training.train(
+            dataset.sparkSession, prepared.frame, config, shards=(prepared.shards, prepared.sizes),
+            decode=prepared.decode, validation=validation, state=state,
+            on_round=None if on_round is None else (lambda done, schedule: on_round(done, schedule, config)))
         trained.compile(optimizer=trained.optimizer, loss="sparse_categorical_crossentropy",
                         metrics=["accuracy"])
         model = KerasImageClassificationModel._of(evaluation.model_bytes(trained), prepared.input_shape,
-                                                  state.history)
+                                                  final.history)
         self._copyValues(model)
         model._set(numClasses=prepared.num_classes, modelFile="")
-        return model
+        return model, final, config
 
     def _fit(self, dataset) -> "KerasImageClassificationModel":
         prepared = self._prepare(dataset)
         try:
-            return self._train(dataset, prepared)
+            return self._train(dataset, prepared)[0]
         finally:
             prepared.release()
 
@@ -747,7 +785,7 @@ class _SharedDataFits:
                 self.prepared[key] = estimator._prepare(self.dataset)
             prepared = self.prepared[key]
         try:
-            model = estimator._train(self.dataset, prepared)
+            model = estimator._train(self.dataset, prepared)[0]
         finally:
             with self.lock:
                 self.remaining[key] -= 1

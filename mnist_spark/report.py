@@ -380,6 +380,42 @@ def files_section(files) -> tuple[str, str]:
     return ("Files", f"<ul>{items}</ul>")
 
 
+#: Misclassified images drawn in the grid, and with their probabilities.
+GRID_SIZE, PROBABILITY_ROWS = 24, 4
+
+
+def write_training_report(folder: str, metrics: dict, pictures) -> None:
+    """Figures and ``report.html`` of a ``train_cnn`` run folder.
+
+    ``pictures`` are the pixels of ``metrics["evaluation"]["misclassified"][:GRID_SIZE]``.
+    """
+    scores = metrics["evaluation"]
+    learning_curves(metrics["history"], storage.join(folder, "learning_curves.png"))
+    confusion_matrix_figure(scores["confusion_matrix"], storage.join(folder, "confusion_matrix.png"))
+    figures = [("learning_curves.png", "Loss and accuracy per round"),
+               ("confusion_matrix.png", "Confusion matrix on the test split (rows: expected)")]
+    wrong = scores["misclassified"][:GRID_SIZE]
+    if wrong:
+        label_of = metrics["labels"] or range(len(scores["confusion_matrix"]))
+        titles = [f"p: {label_of[w['predicted']]}; e: {label_of[w['expected']]}" for w in wrong]
+        contact_sheet(pictures, titles, storage.join(folder, "misclassified.png"),
+                      title="Misclassified test digits (p: predicted; e: expected)")
+        probability_bars(pictures[:PROBABILITY_ROWS], [w["probabilities"] for w in wrong[:PROBABILITY_ROWS]],
+                         titles[:PROBABILITY_ROWS], storage.join(folder, "probabilities.png"))
+        figures += [("misclassified.png", "Misclassified test digits"),
+                    ("probabilities.png", "Predicted probabilities of some misclassified digits")]
+    files = [("metrics.json", ""), ("model.keras", ""), ("model_summary.txt", "")]
+    write_run_report(
+        folder,
+        title=f"train_cnn: {metrics['model']}",
+        headline=[(name, metrics[name]) for name in (
+            "test_accuracy", "test_loss", "epochs", "partitions", "images_per_second", "seconds")],
+        figures=figures,
+        sections=[per_class_section(scores["per_class"]),
+                  files_section(files + ([("labels.json", "the label of each class")] if metrics["labels"] else []))],
+    )
+
+
 def write_run_report(folder: str, *, title: str, headline, figures=(), sections=()) -> str:
     """Write ``report.html`` for a run: headline metrics, figures and extra sections.
 

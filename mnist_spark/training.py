@@ -1111,6 +1111,14 @@ def _round_lengths(schedule: Schedule) -> str:
     return ", ".join(parts)
 
 
+def check_partitions(partitions: int, rows: int, *, given: bool = True) -> None:
+    """Every replica needs at least one training image: one clear error otherwise, before any work."""
+    if partitions > rows:
+        flag = f"--partitions {partitions}" + ("" if given else " (the cluster's task slots)")
+        raise ValueError(f"{flag} needs at least {partitions} training images, found {rows}; "
+                         "use fewer --partitions")
+
+
 def check_resume_settings(run: str, saved: dict, given: dict, defaults: dict) -> None:
     """Refuse to resume ``run`` with settings other than its own.
 

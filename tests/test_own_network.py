@@ -59,7 +59,12 @@ def test_default_layer_is_the_last_before_the_classifier(model_file):
     assert network.input_shape == (28, 28, 1)
     from mnist_spark import models
 
-    assert featurizer.default_feature_layer(models.build_model("bn_cnn")) == "activation_3"
+    import keras
+
+    bn_cnn = models.build_model("bn_cnn")  # ... dense, BN, activation, dropout, classifier
+    assert isinstance(bn_cnn.layers[-2], keras.layers.Dropout)
+    assert isinstance(bn_cnn.layers[-3], keras.layers.Activation)
+    assert featurizer.default_feature_layer(bn_cnn) == bn_cnn.layers[-3].name
 
 
 @pytest.mark.parametrize("layer, pooling, width", [("", "avg", 8), ("conv", "avg", 4), ("conv", "none", 2704)])
