@@ -266,12 +266,25 @@ def prepare_output(job: str, args, inputs=(), *, resumable: bool = False, resume
     return False
 
 
+#: The format of every log line: ``2025-01-31 14:02:07 INFO mnist_spark.training: round 1/9 ...``,
+#: the same as Spark's own lines (``conf/log4j2.properties``), so a scheduler's log reads as one.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
 def configure_logging(level: int = logging.INFO) -> None:
-    """Progress lines on stderr: time, module, message. Only entry points call this."""
+    """Progress lines on stderr: date and time, level, logger, message. Only entry points call this.
+
+    Also quiets the start-up notices of TensorFlow's C++ runtime
+    (:func:`mnist_spark.session.quiet_native_logs`) before anything imports it.
+    """
+    from mnist_spark.session import quiet_native_logs
+
+    quiet_native_logs()
     logging.basicConfig(
         level=level,
-        format="%(asctime)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+        format=LOG_FORMAT,
+        datefmt=LOG_DATE_FORMAT,
         stream=sys.stderr,
     )
     for noisy in ("py4j", "matplotlib", "PIL", "urllib3", "absl", "tensorflow", "h5py"):
