@@ -234,7 +234,8 @@ def default_data_inputs(data_dir) -> list:
 def prepare_output(job: str, args, inputs=(), *, resumable: bool = False, resume: bool = False) -> bool:
     """The checks of ``--output`` that need no Spark; True when the job has nothing to do.
 
-    Fills in the default ``args.output``, refuses an output that collides with
+    Fills in the default ``args.output``, refuses locations no file system here
+    serves (:func:`mnist_spark.storage.check_location`), an output that collides with
     ``inputs`` or a whole folder (:func:`mnist_spark.storage.check_output_location`),
     and applies ``--if-exists``: ``skip`` returns True (and logs one line) when
     the output is a complete output of ``job``; otherwise an existing output
@@ -251,6 +252,11 @@ def prepare_output(job: str, args, inputs=(), *, resumable: bool = False, resume
 
     if args.output is None:
         args.output = storage.default_output(job)
+    storage.check_location(args.output, "--output")
+    for item in inputs:
+        name, location = item if isinstance(item, tuple) else (None, item)
+        if location is not None:
+            storage.check_location(location, name)
     storage.check_output_location(args.output, inputs)
     if args.if_exists == "skip":
         marker = storage.finished_output(args.output)
