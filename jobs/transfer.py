@@ -16,10 +16,11 @@ iterates over them.
 Defaults: InceptionV3 at 75 px (its minimum, about 19 times cheaper than its
 native 299 px) on up to 60,000 training and 10,000 test images, all of MNIST:
 about 4.5 minutes on 2 cores at 350 images per second (10 minutes at 140).
-``--weights imagenet`` needs Keras' ImageNet file
-(``~/.keras/models`` or ``$MNIST_SPARK_WEIGHTS``); without it the job stops at
-once and says which file to get and where to put it. ``--weights none``
-(random weights) runs offline as a smoke test.
+``--weights imagenet`` takes Keras' ImageNet file from ``$MNIST_SPARK_WEIGHTS``
+or Keras' cache (``~/.keras/models``), else downloads it there once;
+with ``--offline`` a missing file stops the job at once, saying which file to
+get and where to put it. ``--weights none`` (random weights) runs offline as a
+smoke test.
 
 Run it with::
 
@@ -70,6 +71,8 @@ def _arg_parser():
     parser.add_argument("--weights", default=featurizer.WEIGHTS_IMAGENET,
                         help="imagenet (Keras' cache or $MNIST_SPARK_WEIGHTS), none (random, offline "
                         "smoke runs) or the path of a weights file")
+    parser.add_argument("--offline", action="store_true",
+                        help="never download ImageNet weights (also $MNIST_SPARK_OFFLINE=1)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=featurizer.DEFAULT_BATCH_SIZE,
                         help="images per call of the network")
     parser.add_argument("--train-limit", type=cli.positive_int, default=DEFAULT_TRAIN_LIMIT,
@@ -314,6 +317,7 @@ def _report(staging: str, metrics: dict) -> None:
 
 def main(argv=None) -> int:
     args = _arg_parser().parse_args(argv)
+    featurizer.forbid_downloads(args.offline)
     return cli.run_job("transfer", lambda spark: run(
         spark, data_dir=args.data_dir, images_dir=args.images, output=args.output, overwrite=args.overwrite,
         seed=args.seed, model=args.model, image_size=args.image_size, pooling=args.pooling,
