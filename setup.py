@@ -21,6 +21,8 @@ setup(
         "scipy>=1.11,<2",
         "tensorflow-cpu>=2.16,<3",  # 2.16 is the first release on Keras 3
     ],
+    # mlflow: experiment tracking (--mlflow, MLFLOW_TRACKING_URI); the skinny client is enough.
     # moto[server]: a local S3 endpoint for the shared-storage tests.
-    extras_require={"test": ["pytest>=8,<10", "moto[server]>=5,<6"]},
+    extras_require={"mlflow": ["mlflow-skinny>=3.17,<4"],
+                    "test": ["pytest>=8,<10", "moto[server]>=5,<6", "mlflow-skinny>=3.17,<4"]},
 )

@@ -149,7 +149,12 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=mod
         validation = (images.reshape(len(images), *config.input_shape), labels)
 
     with target as staging:
+        from mnist_spark.tracking import TensorBoardScalars
+
+        scalars = TensorBoardScalars(storage.join(staging, "tensorboard"))
+
         def on_round(state, schedule):
+            scalars.add(state.history[-1])
             if checkpoint_every and (state.round % checkpoint_every == 0 or state.round == schedule.rounds):
                 training.save_checkpoint(checkpoints, state, config, extra={
                     "data_dir": data_dir, "limit": limit, "validation_size": validation_size,
@@ -157,6 +162,7 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, model=mod
 
         trained, state = training.train(spark, train_df, config, validation=validation, state=state,
                                         on_round=on_round)
+        scalars.close()
         train_seconds = time.perf_counter() - started
         trained.compile(optimizer=trained.optimizer, loss="sparse_categorical_crossentropy",
                         metrics=["accuracy"])

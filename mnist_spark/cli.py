@@ -178,6 +178,10 @@ class JobArgumentParser(argparse.ArgumentParser):
         parsed, extras = super().parse_known_args(args, namespace)
         if hasattr(parsed, "if_exists"):
             parsed.overwrite = parsed.if_exists == "overwrite"
+        if hasattr(parsed, "mlflow"):
+            from mnist_spark import tracking
+
+            tracking.request(parsed.mlflow)
         return parsed, extras
 
 
@@ -185,7 +189,7 @@ def job_parser(doc: str | None, job: str) -> argparse.ArgumentParser:
     """An argument parser with the flags every job shares.
 
     ``--data-dir``, ``--output``, ``--if-exists`` (``--overwrite`` is short for
-    ``--if-exists overwrite``) and ``--seed``; defaults are shown in
+    ``--if-exists overwrite``), ``--seed`` and ``--mlflow``; defaults are shown in
     ``--help``. The parsed arguments carry ``if_exists`` and ``overwrite``.
     """
     from mnist_spark.storage import IF_EXISTS
@@ -215,6 +219,11 @@ def job_parser(doc: str | None, job: str) -> argparse.ArgumentParser:
         help="short for --if-exists overwrite",
     )
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
+    parser.add_argument(
+        "--mlflow", nargs="?", const="", default=None, metavar="URI",
+        help="log params, metrics, figures and the model to MLflow at URI (default: "
+        "$MLFLOW_TRACKING_URI); on whenever MLFLOW_TRACKING_URI is set",
+    )
     return parser
 
 
@@ -430,12 +439,31 @@ def _raise_terminated(signum, frame):
     raise Terminated(f"stopped by signal {signum}")
 
 
+def _track(job: str, metrics: dict, uri: str) -> None:
+    """Log a finished run to MLflow; a failure there is logged, the run folder being complete."""
+    from mnist_spark import tracking
+
+    try:
+        tracking.log_job(job, metrics, uri=uri or None)
+    except Exception as error:
+        if os.environ.get("MNIST_SPARK_DEBUG"):
+            logger.exception("logging to MLflow failed")
+        logger.error("the run folder %s is complete, but logging it to MLflow (%s) failed: %s",
+                     metrics.get("params", {}).get("output"), uri or "MLflow's default",
+                     _one_line(error) or type(error).__name__)
+
+
 def run_job(job: str, work: Callable, *, spark=None, before: Callable | None = None) -> int:
     """Run ``work(spark)`` as a job's entry point and return the exit status.
 
     ``before()``, when given, runs first, before any SparkSession exists: the
     checks that need no Spark. When it returns True the job has nothing to do
     and exits 0 without starting Spark.
+
+    With ``--mlflow`` or ``MLFLOW_TRACKING_URI``, the metrics ``work``
+    returns (with the run folder in ``params["output"]``) are logged to
+    MLflow (:func:`mnist_spark.tracking.log_job`); a failure there is logged
+    as an error and leaves the exit status to the job, whose output is complete.
 
     Every failure prints one line, ``<job>: error: <message>``, and returns 2
     when a retry cannot help (bad input or settings, an existing output; see
@@ -444,18 +472,24 @@ def run_job(job: str, work: Callable, *, spark=None, before: Callable | None = N
     :class:`Terminated` in the main thread, so open outputs are cleaned up.
     Set ``MNIST_SPARK_DEBUG=1`` to see the traceback too.
     """
+    from mnist_spark import tracking
     from mnist_spark.session import get_spark
 
     configure_logging()
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    tracking_uri = tracking.tracking_uri()
     try:
         if before is not None and before():
             return 0
+        if tracking_uri is not None:
+            tracking.check_available()
         if spark is None:
             spark = get_spark(job)
-        work(spark)
+        metrics = work(spark)
+        if tracking_uri is not None and isinstance(metrics, dict):
+            _track(job, metrics, tracking_uri)
     except Terminated:
         print(f"{job}: error: stopped by SIGTERM", file=sys.stderr)
         return EXIT_SIGTERM
