@@ -387,9 +387,9 @@ def classify(error: BaseException) -> tuple[int, str]:
     2 when a retry cannot help (bad input or settings, raised on the driver,
     in a Python task or by Spark's own argument checks), 1 otherwise.
     """
-    from mnist_spark.session import JavaNotFoundError
+    from mnist_spark.session import JavaNotFoundError, TensorFlowNotFoundError
 
-    if isinstance(error, (JavaNotFoundError, *BAD_INPUT_ERRORS)):
+    if isinstance(error, (JavaNotFoundError, TensorFlowNotFoundError, *BAD_INPUT_ERRORS)):
         return EXIT_BAD_INPUT, _one_line(error)
     try:
         from py4j.protocol import Py4JJavaError
@@ -402,7 +402,7 @@ def classify(error: BaseException) -> tuple[int, str]:
             name, message = found
             cls = _python_class(name)
             short = name.rpartition(".")[2]
-            if isinstance(cls, type) and issubclass(cls, BAD_INPUT_ERRORS):
+            if isinstance(cls, type) and issubclass(cls, (TensorFlowNotFoundError, *BAD_INPUT_ERRORS)):
                 return EXIT_BAD_INPUT, _one_line(message) or short
             return EXIT_FAILED, _one_line(f"{short}: {message}" if message else short)
     if isinstance(error, (IllegalArgumentException, AnalysisException)):

@@ -470,7 +470,9 @@ def resolve_weights(weights: str, model_name: str, *, offline: bool | None = Non
         When the download fails or its MD5 differs from Keras' (a retry may help).
     """
     from mnist_spark import storage
+    from mnist_spark.session import require_tensorflow
 
+    require_tensorflow()  # every featurizer runs a network: say so before any task
     architecture = ARCHITECTURES[model_name]
     if weights == WEIGHTS_NONE:
         return None

@@ -14,7 +14,8 @@ from mnist_spark import storage
 logger = logging.getLogger(__name__)
 
 #: Libraries whose versions every metrics.json records.
-LIBRARIES = ("mnist_spark", "pyspark", "numpy", "pandas", "pyarrow", "pillow", "tensorflow-cpu", "keras")
+LIBRARIES = ("mnist_spark", "pyspark", "numpy", "pandas", "pyarrow", "pillow", "tensorflow-cpu", "tensorflow",
+             "keras")
 
 
 def environment() -> dict:

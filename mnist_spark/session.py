@@ -54,6 +54,26 @@ class JavaNotFoundError(RuntimeError):
     """Spark needs a Java runtime and none was found."""
 
 
+class TensorFlowNotFoundError(RuntimeError):
+    """A job needs TensorFlow, and neither ``tensorflow-cpu`` nor ``tensorflow`` is installed."""
+
+
+def require_tensorflow() -> None:
+    """Raise one line naming the extras to install when TensorFlow cannot be imported.
+
+    ``mnist_spark`` requires no TensorFlow build of its own: the ``[cpu]``
+    extra brings ``tensorflow-cpu``, ``[gpu]`` brings ``tensorflow``, and
+    either one already installed serves.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise TensorFlowNotFoundError(
+            f"this needs TensorFlow, which is not installed for {sys.executable}: "
+            "pip install 'mnist_spark[cpu]' (tensorflow-cpu) or 'mnist_spark[gpu]' (tensorflow), "
+            "on the driver and on every executor")
+
+
 def conf_dir() -> Path | None:
     """The folder holding ``spark-defaults.conf`` and ``log4j2.properties``.
 
@@ -281,6 +301,7 @@ def configure_tensorflow_threads(threads: int | None = None) -> int:
     for var in TF_THREAD_VARS:
         os.environ[var] = str(threads)
     quiet_native_logs()
+    require_tensorflow()
     import tensorflow as tf
 
     quiet_keras()
