@@ -11,10 +11,15 @@ export SPARK_CONF_DIR := $(abspath conf)
 
 .PHONY: install run ingest export-png train test test-fast bench clean
 
-$(VENV)/.installed: setup.py
+# TensorFlow through the [cpu] extra (EXTRAS=gpu,test for the tensorflow package instead);
+# CONSTRAINTS=constraints.txt installs the exact versions of the last full test run (Python 3.11).
+EXTRAS      ?= cpu,test
+CONSTRAINTS ?=
+
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[$(EXTRAS)]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -59,10 +64,10 @@ dist/mnist_spark.zip: $(wildcard mnist_spark/*.py)
 # A packed virtualenv with mnist_spark and its dependencies, for spark-submit --archives.
 # Nodes need the same Python at the same path as this machine (venv-pack keeps the link to it).
 dist-env: dist/mnist_spark_env.tar.gz
-dist/mnist_spark_env.tar.gz: setup.py $(wildcard mnist_spark/*.py)
+dist/mnist_spark_env.tar.gz: pyproject.toml $(wildcard mnist_spark/*.py)
 	rm -rf build/env && $(PYTHON) -m venv build/env
 	build/env/bin/python -m pip install --quiet --upgrade pip
-	build/env/bin/python -m pip install --quiet . venv-pack
+	build/env/bin/python -m pip install --quiet '.[cpu]' venv-pack
 	mkdir -p dist && rm -f $@
 	build/env/bin/venv-pack --quiet --prefix build/env --output $@
 

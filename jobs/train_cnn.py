@@ -30,7 +30,7 @@ import logging
 import sys
 import time
 
-from mnist_spark import cli, datasets, evaluation, images, ingest, ml, models, report, storage, training
+from mnist_spark import cli, datasets, evaluation, images, ingest, ml, models, report, storage, tracking, training
 from mnist_spark import labels as label_subset
 
 logger = logging.getLogger("train_cnn")
@@ -133,7 +133,10 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, arch=mode
         validation = (pixels if pixels.ndim == 4 else pixels[..., None], expected)
 
     with target as staging:
+        scalars = tracking.TensorBoardScalars(storage.join(staging, "tensorboard"))
+
         def on_round(done, schedule, config):
+            scalars.add(done.history[-1])
             if checkpoint_every and (done.round % checkpoint_every == 0 or done.round == schedule.rounds):
                 training.save_checkpoint(checkpoints, done, config, extra={
                     "data_dir": data_dir, "limit": limit, "validation_size": validation_size,
@@ -141,6 +144,7 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, arch=mode
 
         model, state, config = estimator.fitRun(train_df, validation=validation, state=state,
                                                 on_round=on_round, augment=augment)
+        scalars.close()
         train_seconds = time.perf_counter() - started
         storage.write_bytes(storage.join(staging, "model.keras"), model.modelBytes())
         if labels:

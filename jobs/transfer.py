@@ -6,8 +6,9 @@ every image into a vector, and a Spark ML LogisticRegression learns the
 classes from them; both are saved as one PipelineModel. The images come from
 the IDX files (``--data-dir``) or a PNG set (``--images``); ``--train-limit``
 and ``--test-limit`` take a sample balanced over the labels, by ``--seed``.
-``--weights imagenet`` needs Keras' ImageNet file (``~/.keras/models`` or
-``$MNIST_SPARK_WEIGHTS``); ``--weights none`` (random) runs offline.
+``--weights imagenet`` takes Keras' ImageNet file from ``$MNIST_SPARK_WEIGHTS``
+or Keras' cache, else downloads it there once (``--offline`` forbids it);
+``--weights none`` (random) runs offline.
 
 Run it with::
 
@@ -65,6 +66,8 @@ def _arg_parser():
     parser.add_argument("--weights", default=featurizer.WEIGHTS_IMAGENET,
                         help="imagenet (Keras' cache or $MNIST_SPARK_WEIGHTS), none (random, offline "
                         "smoke runs) or the path of a weights file")
+    parser.add_argument("--offline", action="store_true",
+                        help="never download ImageNet weights (also $MNIST_SPARK_OFFLINE=1)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=featurizer.DEFAULT_BATCH_SIZE,
                         help="images per call of the network")
     parser.add_argument("--train-limit", type=cli.positive_int, default=DEFAULT_TRAIN_LIMIT,
@@ -154,6 +157,7 @@ def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, 
 
 def main(argv=None) -> int:
     args = _arg_parser().parse_args(argv)
+    featurizer.forbid_downloads(args.offline)
     return cli.run_job("transfer", lambda spark: run(spark, **cli.run_options(run, args)),
                        before=lambda: cli.prepare_output("transfer", args, [
         *([("--images", args.images_dir)] if args.images_dir else cli.default_data_inputs(args.data_dir)),

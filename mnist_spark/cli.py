@@ -188,6 +188,10 @@ class JobArgumentParser(argparse.ArgumentParser):
         parsed, extras = super().parse_known_args(args, namespace)
         if hasattr(parsed, "if_exists"):
             parsed.overwrite = parsed.if_exists == "overwrite"
+        if hasattr(parsed, "mlflow"):
+            from mnist_spark import tracking
+
+            tracking.request(parsed.mlflow)
         return parsed, extras
 
 
@@ -285,9 +289,9 @@ def job_parser(doc: str | None, job: str, *, seed: bool = True) -> argparse.Argu
     """An argument parser with the flags every job shares.
 
     ``--data-dir``, ``--output``, ``--if-exists`` (``--overwrite`` is short for
-    ``--if-exists overwrite``) and, for a job that draws random numbers
-    (``seed=True``), ``--seed``; defaults are shown in ``--help``. The parsed
-    arguments carry ``if_exists`` and ``overwrite``.
+    ``--if-exists overwrite``), ``--mlflow`` and, for a job that draws random
+    numbers (``seed=True``), ``--seed``; defaults are shown in ``--help``. The
+    parsed arguments carry ``if_exists`` and ``overwrite``.
     """
     from mnist_spark.storage import IF_EXISTS
 
@@ -321,6 +325,11 @@ def job_parser(doc: str | None, job: str, *, seed: bool = True) -> argparse.Argu
         parser.add_argument("--seed", dest="unused_seed", action=_DeprecatedFlag, type=non_negative_int,
                             advice=f"{job} is deterministic and takes no seed", default=argparse.SUPPRESS,
                             help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--mlflow", nargs="?", const="", default=None, metavar="URI",
+        help="log params, metrics, figures and the model to MLflow at URI (default: "
+        "$MLFLOW_TRACKING_URI); on whenever MLFLOW_TRACKING_URI is set",
+    )
     return parser
 
 
@@ -340,7 +349,8 @@ def default_data_inputs(data_dir) -> list:
 def prepare_output(job: str, args, inputs=(), *, resumable: bool = False, resume: bool = False) -> bool:
     """The checks of ``--output`` that need no Spark; True when the job has nothing to do.
 
-    Fills in the default ``args.output``, refuses an output that collides with
+    Fills in the default ``args.output``, refuses locations no file system here
+    serves (:func:`mnist_spark.storage.check_location`), an output that collides with
     ``inputs`` or a whole folder (:func:`mnist_spark.storage.check_output_location`),
     and applies ``--if-exists``: ``skip`` returns True (and logs one line) when
     the output is a complete output of ``job``; otherwise an existing output
@@ -357,6 +367,11 @@ def prepare_output(job: str, args, inputs=(), *, resumable: bool = False, resume
 
     if args.output is None:
         args.output = storage.default_output(job)
+    storage.check_location(args.output, "--output")
+    for item in inputs:
+        name, location = item if isinstance(item, tuple) else (None, item)
+        if location is not None:
+            storage.check_location(location, name)
     storage.check_output_location(args.output, inputs)
     if args.if_exists == "skip":
         marker = storage.finished_output(args.output)
@@ -372,12 +387,25 @@ def prepare_output(job: str, args, inputs=(), *, resumable: bool = False, resume
     return False
 
 
+#: The format of every log line: ``2025-01-31 14:02:07 INFO mnist_spark.training: round 1/9 ...``,
+#: the same as Spark's own lines (``conf/log4j2.properties``), so a scheduler's log reads as one.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
 def configure_logging(level: int = logging.INFO) -> None:
-    """Progress lines on stderr: time, module, message. Only entry points call this."""
+    """Progress lines on stderr: date and time, level, logger, message. Only entry points call this.
+
+    Also quiets the start-up notices of TensorFlow's C++ runtime
+    (:func:`mnist_spark.session.quiet_native_logs`) before anything imports it.
+    """
+    from mnist_spark.session import quiet_native_logs
+
+    quiet_native_logs()
     logging.basicConfig(
         level=level,
-        format="%(asctime)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+        format=LOG_FORMAT,
+        datefmt=LOG_DATE_FORMAT,
         stream=sys.stderr,
     )
     for noisy in ("py4j", "matplotlib", "PIL", "urllib3", "absl", "tensorflow", "h5py"):
@@ -465,9 +493,9 @@ def classify(error: BaseException) -> tuple[int, str]:
     2 when a retry cannot help (bad input or settings, raised on the driver,
     in a Python task or by Spark's own argument checks), 1 otherwise.
     """
-    from mnist_spark.session import JavaNotFoundError
+    from mnist_spark.session import JavaNotFoundError, TensorFlowNotFoundError
 
-    if isinstance(error, (JavaNotFoundError, *BAD_INPUT_ERRORS)):
+    if isinstance(error, (JavaNotFoundError, TensorFlowNotFoundError, *BAD_INPUT_ERRORS)):
         return EXIT_BAD_INPUT, _one_line(error)
     try:
         from py4j.protocol import Py4JJavaError
@@ -480,7 +508,7 @@ def classify(error: BaseException) -> tuple[int, str]:
             name, message = found
             cls = _python_class(name)
             short = name.rpartition(".")[2]
-            if isinstance(cls, type) and issubclass(cls, BAD_INPUT_ERRORS):
+            if isinstance(cls, type) and issubclass(cls, (TensorFlowNotFoundError, *BAD_INPUT_ERRORS)):
                 return EXIT_BAD_INPUT, _one_line(message) or short
             return EXIT_FAILED, _one_line(f"{short}: {message}" if message else short)
     if isinstance(error, (IllegalArgumentException, AnalysisException)):
@@ -517,12 +545,31 @@ def _raise_terminated(signum, frame):
     raise Terminated(f"stopped by signal {signum}")
 
 
+def _track(job: str, metrics: dict, uri: str) -> None:
+    """Log a finished run to MLflow; a failure there is logged, the run folder being complete."""
+    from mnist_spark import tracking
+
+    try:
+        tracking.log_job(job, metrics, uri=uri or None)
+    except Exception as error:
+        if os.environ.get("MNIST_SPARK_DEBUG"):
+            logger.exception("logging to MLflow failed")
+        logger.error("the run folder %s is complete, but logging it to MLflow (%s) failed: %s",
+                     metrics.get("params", {}).get("output"), uri or "MLflow's default",
+                     _one_line(error) or type(error).__name__)
+
+
 def run_job(job: str, work: Callable, *, spark=None, before: Callable | None = None) -> int:
     """Run ``work(spark)`` as a job's entry point and return the exit status.
 
     ``before()``, when given, runs first, before any SparkSession exists: the
     checks that need no Spark. When it returns True the job has nothing to do
     and exits 0 without starting Spark.
+
+    With ``--mlflow`` or ``MLFLOW_TRACKING_URI``, the metrics ``work``
+    returns (with the run folder in ``params["output"]``) are logged to
+    MLflow (:func:`mnist_spark.tracking.log_job`); a failure there is logged
+    as an error and leaves the exit status to the job, whose output is complete.
 
     Every failure prints one line, ``<job>: error: <message>``, and returns 2
     when a retry cannot help (bad input or settings, an existing output; see
@@ -531,18 +578,24 @@ def run_job(job: str, work: Callable, *, spark=None, before: Callable | None = N
     :class:`Terminated` in the main thread, so open outputs are cleaned up.
     Set ``MNIST_SPARK_DEBUG=1`` to see the traceback too.
     """
+    from mnist_spark import tracking
     from mnist_spark.session import get_spark
 
     configure_logging()
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    tracking_uri = tracking.tracking_uri()
     try:
         if before is not None and before():
             return 0
+        if tracking_uri is not None:
+            tracking.check_available()
         if spark is None:
             spark = get_spark(job)
-        work(spark)
+        metrics = work(spark)
+        if tracking_uri is not None and isinstance(metrics, dict):
+            _track(job, metrics, tracking_uri)
     except Terminated:
         print(f"{job}: error: stopped by SIGTERM", file=sys.stderr)
         return EXIT_SIGTERM

@@ -99,7 +99,9 @@ def load_model(location: str):
     """Load a saved ``.keras`` model (a local path or URI) in safe mode, with a clear error
     for a missing or damaged file."""
     from mnist_spark import storage
+    from mnist_spark.session import require_tensorflow
 
+    require_tensorflow()
     try:
         payload = storage.read_bytes(location)
     except OSError:

@@ -113,6 +113,10 @@ POOLING_CHOICES = ("avg", "max", "none")
 WEIGHTS_IMAGENET, WEIGHTS_NONE = "imagenet", "none"
 #: A folder of Keras weight files (by Keras' names) for clusters without internet access.
 ENV_WEIGHTS = "MNIST_SPARK_WEIGHTS"
+#: ``1`` forbids downloading weights (``--offline``): ``imagenet`` must be found on the machine.
+ENV_OFFLINE = "MNIST_SPARK_OFFLINE"
+#: A mirror of Keras' weight files (the same folders and names) to download from instead.
+ENV_WEIGHTS_URL = "MNIST_SPARK_WEIGHTS_URL"
 #: The seed of the random weights of ``weights="none"``: every worker builds the same network.
 RANDOM_WEIGHTS_SEED = 0
 
@@ -523,7 +527,7 @@ class WeightsFile:
     digest: str  #: SHA-256 of the content: the weights' identity in the worker cache
     suffix: str  #: how Keras loads it: ``.h5`` (legacy, as Keras publishes ImageNet weights),
     #: ``.weights.h5`` (``save_weights``) or ``.keras`` (a saved model)
-    source: str  #: how it was found: ``path``, ``$MNIST_SPARK_WEIGHTS`` or ``keras cache``
+    source: str  #: how it was found: ``path``, ``$MNIST_SPARK_WEIGHTS``, ``keras cache`` or ``download``
 
     def describe(self) -> str:
         return f"{self.location} ({self.source}, {self.size / 2**20:.1f} MiB, sha256 {self.digest[:12]})"
@@ -572,22 +576,29 @@ _CHECKED: set = set()  # (modelName, digest) pairs loaded into their network on 
 _BROADCASTS: dict = {}  # (application id, digest) -> Broadcast of the file's bytes
 
 
-def resolve_weights(weights: str, model_name: str) -> WeightsFile | None:
+def resolve_weights(weights: str, model_name: str, *, offline: bool | None = None) -> WeightsFile | None:
     """Find the weights on the driver; ``None`` for ``weights="none"``.
 
     ``imagenet`` looks for Keras' file name (:attr:`Architecture.weights_file`)
-    in ``$MNIST_SPARK_WEIGHTS``, then in Keras' cache (:func:`keras_cache_dirs`).
-    It never downloads: a file Keras would have to fetch is an error that says
-    which file is needed, where to put it and how to get it. Anything else is
-    a path or URI of a file, or of a folder holding the file under Keras' name.
+    in ``$MNIST_SPARK_WEIGHTS``, then in Keras' cache (:func:`keras_cache_dirs`),
+    and when it is in neither, downloads it into Keras' cache, once, here on
+    the driver (:func:`download_weights`: ``keras.utils.get_file`` with
+    Keras' published MD5). Offline (``offline=True``, or
+    ``$MNIST_SPARK_OFFLINE=1``) a missing file is an error that says which
+    file is needed, where to put it and how to get it. Anything else is a
+    path or URI of a file, or of a folder holding the file under Keras' name.
 
     Raises
     ------
     ValueError
-        When the file is not found.
+        When the file is not found (and may not be downloaded).
+    WeightsDownloadError
+        When the download fails or its MD5 differs from Keras' (a retry may help).
     """
     from mnist_spark import storage
+    from mnist_spark.session import require_tensorflow
 
+    require_tensorflow()  # every featurizer runs a network: say so before any task
     architecture = ARCHITECTURES[model_name]
     if weights == WEIGHTS_NONE:
         return None
@@ -600,12 +611,14 @@ def resolve_weights(weights: str, model_name: str) -> WeightsFile | None:
         for location, source in candidates:
             if storage.exists(location):
                 return _read_weights(location, source, architecture)
+        if not (is_offline() if offline is None else offline):
+            return _read_weights(download_weights(architecture), "download", architecture)
         places = [f"${ENV_WEIGHTS} ({folder})" if folder else f"${ENV_WEIGHTS} (not set)"]
         places.append(f"Keras' cache {keras_cache_dirs()[0]}")
         raise ValueError(
             f"the ImageNet weights of {model_name} are not on this machine: it needs "
-            f"{architecture.weights_file}, looked for in {' and '.join(places)}, and does not download "
-            f"them. Get the file where there is internet access, with python -c \"import keras; "
+            f"{architecture.weights_file}, looked for in {' and '.join(places)}, and may not download "
+            f"them (--offline or ${ENV_OFFLINE}). Get the file where there is internet access, with python -c \"import keras; "
             f"keras.applications.{model_name}(include_top=False)\" (it lands in ~/.keras/models) or "
             f"from {architecture.weights_url}; then copy it into Keras' cache folder or into a folder "
             f"named by ${ENV_WEIGHTS}, or pass its path as weights. weights='none' gives random "
@@ -629,6 +642,97 @@ def resolve_weights(weights: str, model_name: str) -> WeightsFile | None:
             )
         location = inside
     return _read_weights(location, "path", architecture)
+
+
+class WeightsDownloadError(OSError):
+    """Downloading ImageNet weights failed, or gave a file other than Keras' (a retry may help)."""
+
+
+def is_offline() -> bool:
+    """True when ``$MNIST_SPARK_OFFLINE`` forbids downloads (``1``, ``true``, ``yes``)."""
+    return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def forbid_downloads(forbid: bool = True) -> None:
+    """``--offline``: set ``$MNIST_SPARK_OFFLINE`` in this process (a job's entry point), so
+    missing ImageNet weights are an error instead of a download."""
+    if forbid:
+        os.environ[ENV_OFFLINE] = "1"
+
+
+def weights_origin(architecture: Architecture) -> str:
+    """Where the ImageNet weights of a network are downloaded from: Keras' storage or
+    ``$MNIST_SPARK_WEIGHTS_URL``, a mirror with the same folders and file names."""
+    base = os.environ.get(ENV_WEIGHTS_URL) or KERAS_WEIGHTS_URL
+    return f"{base.rstrip('/')}/{architecture.url_folder}/{architecture.weights_file}"
+
+
+def _writable_cache_dir() -> str:
+    """The first of Keras' cache folders (:func:`keras_cache_dirs`) this process can write."""
+    for folder in keras_cache_dirs():
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    raise WeightsDownloadError(f"none of Keras' cache folders ({', '.join(keras_cache_dirs())}) can be "
+                               "written; set KERAS_HOME to a writable folder")
+
+
+def download_weights(architecture: Architecture) -> str:
+    """Download a network's ImageNet weights into Keras' cache; return the file's path.
+
+    ``keras.utils.get_file`` fetches the file with Keras' published MD5 into a
+    scratch folder beside the cache; only a file whose MD5 matches is moved
+    into the cache (atomically), so a corrupted download is never found there
+    later, and two processes downloading at once each move a whole file.
+
+    Raises
+    ------
+    WeightsDownloadError
+        One line naming the file, the address and what went wrong.
+    """
+    import shutil
+
+    import keras
+
+    from mnist_spark.session import quiet_keras
+
+    origin = weights_origin(architecture)
+    folder = _writable_cache_dir()
+    target = os.path.join(folder, architecture.weights_file)
+    quiet_keras()
+    logger.info("downloading the ImageNet weights of %s from %s into %s", architecture.name, origin, folder)
+    started = time.perf_counter()
+    scratch = tempfile.mkdtemp(prefix=".download-", dir=folder)
+    try:
+        try:
+            fetched = keras.utils.get_file(architecture.weights_file, origin, file_hash=architecture.weights_md5,
+                                           hash_algorithm="md5", cache_dir=scratch, cache_subdir="")
+        except ValueError:
+            fetched = os.path.join(scratch, architecture.weights_file)
+            if not os.path.isfile(fetched):
+                raise
+            with open(fetched, "rb") as stream:
+                md5 = hashlib.md5(stream.read(), usedforsecurity=False).hexdigest()
+            raise WeightsDownloadError(
+                f"{origin}: the downloaded {architecture.weights_file} has MD5 {md5}, not {architecture.weights_md5} "
+                f"as Keras publishes it (a broken download, or not Keras' file); it was not kept. Run again, or "
+                f"put the file in {folder} or in ${ENV_WEIGHTS} yourself") from None
+        except Exception as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise WeightsDownloadError(
+                f"could not download the ImageNet weights of {architecture.name} from {origin}: {reason}. "
+                f"Without internet access, put {architecture.weights_file} in {folder} or in ${ENV_WEIGHTS} "
+                f"(or name a mirror in ${ENV_WEIGHTS_URL}); --offline ({ENV_OFFLINE}=1) says which file "
+                "is missing without trying") from None
+        os.replace(fetched, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    logger.info("downloaded %s (%.1f MiB, MD5 checked) in %.1f s", target, os.path.getsize(target) / 2**20,
+                time.perf_counter() - started)
+    return target
 
 
 def _read_weights(location: str, source: str, architecture: Architecture) -> WeightsFile:

@@ -132,6 +132,9 @@ def build_model(name: str = DEFAULT_MODEL, *, input_shape=(28, 28, 1), num_class
     >>> model.output_shape  # doctest: +SKIP
     (None, 10)
     """
+    from mnist_spark.session import require_tensorflow
+
+    require_tensorflow()
     import keras
 
     check_model_name(name)

@@ -12,7 +12,8 @@ from mnist_spark import storage
 
 
 #: Libraries whose versions every metrics.json records.
-LIBRARIES = ("mnist_spark", "pyspark", "numpy", "pandas", "pyarrow", "pillow", "tensorflow-cpu", "keras")
+LIBRARIES = ("mnist_spark", "pyspark", "numpy", "pandas", "pyarrow", "pillow", "tensorflow-cpu", "tensorflow",
+             "keras")
 
 
 def environment() -> dict:

@@ -38,9 +38,40 @@ REQUIRED_CONF = {
 #: Environment variables that bound the threads of TensorFlow and its BLAS.
 TF_THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 
+#: Settings that silence native libraries' start-up notices, applied (driver and executors)
+#: only where the user has not set them: TensorFlow's C++ INFO and WARNING lines (CPU
+#: features, XLA, ...). TensorFlow 2.21 prints its "oneDNN custom operations are on" notice
+#: before it reads any setting; only ``TF_ENABLE_ONEDNN_OPTS=0`` removes it, by turning the
+#: oneDNN kernels off, which this project leaves to the user.
+QUIET_NATIVE_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+
+#: Settings the driver's JVM reads when it starts: under spark-submit they come too late from here.
+LAUNCH_ONLY_CONF = ("spark.driver.memory", "spark.driver.extraJavaOptions", "spark.driver.extraClassPath",
+                    "spark.driver.extraLibraryPath")
+
 
 class JavaNotFoundError(RuntimeError):
     """Spark needs a Java runtime and none was found."""
+
+
+class TensorFlowNotFoundError(RuntimeError):
+    """A job needs TensorFlow, and neither ``tensorflow-cpu`` nor ``tensorflow`` is installed."""
+
+
+def require_tensorflow() -> None:
+    """Raise one line naming the extras to install when TensorFlow cannot be imported.
+
+    ``mnist_spark`` requires no TensorFlow build of its own: the ``[cpu]``
+    extra brings ``tensorflow-cpu``, ``[gpu]`` brings ``tensorflow``, and
+    either one already installed serves.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise TensorFlowNotFoundError(
+            f"this needs TensorFlow, which is not installed for {sys.executable}: "
+            "pip install 'mnist_spark[cpu]' (tensorflow-cpu) or 'mnist_spark[gpu]' (tensorflow), "
+            "on the driver and on every executor")
 
 
 def conf_dir() -> Path | None:
@@ -107,6 +138,20 @@ def check_java() -> str:
     return java
 
 
+def quiet_native_logs() -> None:
+    """Apply :data:`QUIET_NATIVE_ENV` to this process where unset; call before TensorFlow is imported."""
+    for var, value in QUIET_NATIVE_ENV.items():
+        os.environ.setdefault(var, value)
+
+
+def stderr_is_terminal() -> bool:
+    """True when stderr is a terminal (a person watching), False for a file or a pipe (a scheduler)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def under_spark_submit() -> bool:
     """True when this Python process was started by ``spark-submit``."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
@@ -165,7 +210,9 @@ def get_spark(
     # spark-submit set and our defaults only fill the gaps.
     SparkContext._ensure_initialized()
     existing = SparkConf()
-    settings = dict(read_spark_defaults(folder / "spark-defaults.conf")) if folder else {}
+    defaults_file = folder / "spark-defaults.conf" if folder else None
+    from_conf_dir = read_spark_defaults(defaults_file) if defaults_file else {}
+    settings = dict(from_conf_dir)
     settings.update(REQUIRED_CONF)
     settings.update(conf or {})
     if master:
@@ -183,15 +230,27 @@ def get_spark(
     task_cpus = existing.get("spark.task.cpus", settings.get("spark.task.cpus", "1"))
     for var in TF_THREAD_VARS:
         settings.setdefault(f"spark.executorEnv.{var}", task_cpus)
-    # TensorFlow's C++ start-up notices (oneDNN, CPU features) are not progress.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    settings.setdefault("spark.executorEnv.TF_CPP_MIN_LOG_LEVEL", os.environ["TF_CPP_MIN_LOG_LEVEL"])
+    # TensorFlow's C++ start-up notices (CPU features) are not progress.
+    quiet_native_logs()
+    for var in QUIET_NATIVE_ENV:
+        settings.setdefault(f"spark.executorEnv.{var}", os.environ[var])
+
+    # Spark's console progress bar redraws one line with \r: it is for a person at a terminal.
+    # spark-submit turns it on for every Python application, so it is set here, not defaulted.
+    forced = {} if stderr_is_terminal() else {"spark.ui.showConsoleProgress": "false"}
 
     builder = SparkSession.builder.appName(app_name)
     for key, value in settings.items():
         if key in (conf or {}) or key == "spark.master" or not existing.contains(key):
             builder = builder.config(key, value)
+    for key, value in forced.items():
+        if key not in (conf or {}):
+            builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    _log_conf_dir_settings(defaults_file, {
+        key: value for key, value in from_conf_dir.items()
+        if key not in (conf or {}) and spark.sparkContext.getConf().get(key, None) == value},
+        late=[key for key in LAUNCH_ONLY_CONF if key in from_conf_dir and not existing.contains(key)])
     logger.info(
         "Spark %s session on %s (%d task slots, python %s)",
         spark.version,
@@ -200,6 +259,22 @@ def get_spark(
         os.environ.get("PYSPARK_PYTHON", user_python),
     )
     return spark
+
+
+def _log_conf_dir_settings(defaults_file, filled: dict, late=()) -> None:
+    """One line naming the settings of the session that the project's ``spark-defaults.conf`` gave.
+
+    ``late`` are its settings that only the launch of the driver's JVM reads, and
+    that the JVM did not get: they are logged as a warning with the fix.
+    """
+    if filled:
+        logger.info("settings from %s: %s", defaults_file,
+                    ", ".join(f"{key}={value}" for key, value in sorted(filled.items())))
+    if late:
+        logger.warning("%s from %s cannot take effect: the driver's JVM started without it; give it to "
+                       "spark-submit (--driver-memory, --conf, or SPARK_CONF_DIR=%s, with "
+                       "--load-spark-defaults when --properties-file is given)",
+                       ", ".join(late), defaults_file, defaults_file.parent)
 
 
 def task_slots(spark) -> int:
@@ -225,7 +300,11 @@ def configure_tensorflow_threads(threads: int | None = None) -> int:
             threads = int(os.environ.get("TF_NUM_INTRAOP_THREADS", "0")) or os.cpu_count() or 1
     for var in TF_THREAD_VARS:
         os.environ[var] = str(threads)
+    quiet_native_logs()
+    require_tensorflow()
     import tensorflow as tf
+
+    quiet_keras()
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -240,6 +319,14 @@ def configure_tensorflow_threads(threads: int | None = None) -> int:
         except RuntimeError:
             pass
     return threads
+
+
+def quiet_keras() -> None:
+    """Keras' progress bars off when stderr is not a terminal (a log file has no use for \\r)."""
+    if not stderr_is_terminal():
+        import keras
+
+        keras.utils.disable_interactive_logging()
 
 
 def task_gpus() -> tuple:

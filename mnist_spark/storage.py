@@ -52,6 +52,65 @@ def is_uri(location: str) -> bool:
 #: Hadoop's names for S3 (what Spark's own readers and writers take) and pyarrow's.
 _SCHEME_ALIASES = {"s3a": "s3", "s3n": "s3"}
 
+#: The URI schemes ``pyarrow.fs`` serves, with the pyarrow module each needs.
+SCHEMES = {"file": None, "s3": "pyarrow._s3fs", "s3a": "pyarrow._s3fs", "s3n": "pyarrow._s3fs",
+           "gs": "pyarrow._gcsfs", "gcs": "pyarrow._gcsfs", "abfs": "pyarrow._azurefs",
+           "abfss": "pyarrow._azurefs", "hdfs": "pyarrow._hdfs", "viewfs": "pyarrow._hdfs"}
+_SERVED = "local paths, file://, s3:// (s3a://), gs://, abfs:// (abfss://) and hdfs://"
+#: ``scheme:`` at the start of a location; one letter is a Windows drive, not a scheme.
+_SCHEME_PREFIX = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
+
+
+def check_location(location: str | os.PathLike, what: str | None = None) -> None:
+    """Refuse a location whose scheme no file system here serves, in one line with the fix.
+
+    Every file a job reads or writes goes through ``pyarrow.fs``, so a URI it
+    cannot open (Databricks' ``dbfs:``, ``wasbs://``, ``http://``, a typo)
+    would fail only once Spark has started, or be taken for a relative folder
+    named ``dbfs:``. Jobs call this for every input and output before Spark
+    starts; :func:`resolve` calls it too. ``what`` names the flag.
+
+    Raises
+    ------
+    ValueError
+        Naming the location, why it cannot be used and what to use instead.
+
+    Examples
+    --------
+    >>> check_location("s3a://bucket/runs/a")
+    >>> check_location("dbfs:/mnt/runs/a", "--output")
+    Traceback (most recent call last):
+    ...
+    ValueError: --output dbfs:/mnt/runs/a: dbfs: is Databricks' file system, ...
+    """
+    location = os.fspath(location)
+    found = _SCHEME_PREFIX.match(location)
+    if found is None:
+        return
+    scheme = found.group(1).lower()
+    name = f"{what} {location}" if what else location
+    if scheme == "dbfs":
+        fuse = "/dbfs/" + location[found.end():].lstrip("/")
+        raise ValueError(
+            f"{name}: dbfs: is Databricks' file system, which pyarrow (through which every file of a "
+            f"job is read and written) cannot open; use its local mount {fuse}, or the cloud storage "
+            "URI behind it (s3a://, abfss://, gs://)")
+    if scheme not in SCHEMES:
+        raise ValueError(f"{name}: {scheme}: locations cannot be read or written here (pyarrow serves "
+                         f"{_SERVED}); copy the data to one of those, or give a local path")
+    if not location[found.end():].startswith("//"):
+        raise ValueError(f"{name}: a {scheme} URI starts with {scheme}://; write it in full, "
+                         f"{scheme}://<bucket or host>/<path> (or {scheme}:///<path>)")
+    module = SCHEMES[scheme]
+    if module is not None:
+        import importlib
+
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ValueError(f"{name}: this pyarrow was built without {scheme}:// support; install "
+                             "pyarrow's wheel from PyPI, which has it") from None
+
 
 def resolve(location: str | os.PathLike):
     """Return ``(filesystem, path)`` for a local path or a URI.
@@ -60,7 +119,9 @@ def resolve(location: str | os.PathLike):
     whose working folder differs. ``s3a://`` (Hadoop's name, which Spark's
     readers and writers need) means ``s3://`` here, so one URI serves both.
     S3 settings come from the environment as for any AWS client
-    (``AWS_ACCESS_KEY_ID``, ``AWS_REGION``, ``AWS_ENDPOINT_URL_S3``...).
+    (``AWS_ACCESS_KEY_ID``, ``AWS_REGION``, ``AWS_ENDPOINT_URL_S3``...);
+    ``gs://`` and ``abfss://`` take Google's and Azure's default credentials.
+    Other schemes are refused (:func:`check_location`).
 
     Examples
     --------
@@ -71,6 +132,7 @@ def resolve(location: str | os.PathLike):
     from pyarrow import fs as pafs
 
     location = os.fspath(location)
+    check_location(location)
     if is_uri(location):
         scheme, rest = location.split("://", 1)
         return pafs.FileSystem.from_uri(f"{_SCHEME_ALIASES.get(scheme.lower(), scheme)}://{rest}")
@@ -80,6 +142,7 @@ def resolve(location: str | os.PathLike):
 def to_uri(location: str | os.PathLike) -> str:
     """A location Spark and executors can both use: URIs unchanged, local paths absolute."""
     location = os.fspath(location)
+    check_location(location)
     return location if is_uri(location) else str(Path(location).expanduser().absolute())
 
 
@@ -154,8 +217,12 @@ def default_output(job: str, root: str = "runs") -> str:
 
 
 def _renames_folders(filesystem) -> bool:
-    """False for object stores, where a folder is a key prefix and cannot be renamed."""
-    return type(filesystem).__name__ not in ("S3FileSystem", "GcsFileSystem")
+    """False for object stores, where a folder is a key prefix and cannot be renamed.
+
+    Azure renames folders only on accounts with a hierarchical namespace, which
+    pyarrow cannot tell beforehand: it counts as an object store.
+    """
+    return type(filesystem).__name__ not in ("S3FileSystem", "GcsFileSystem", "AzureFileSystem")
 
 
 # --------------------------------------------------------------------------- where an output may go
@@ -178,6 +245,12 @@ def _place(location) -> tuple[str, str]:
         return "local", os.path.realpath(parts.path or "/")
     if scheme in ("s3", "gs", "gcs"):
         return scheme, "/" + posixpath.normpath(f"{parts.netloc}/{parts.path}").strip("/")
+    if scheme in ("abfs", "abfss"):
+        # <container>@<account>.dfs.core.windows.net/<path>, or <account>.../<container>/<path>
+        container, at, account = parts.netloc.rpartition("@")
+        if not at:
+            account, container = parts.netloc, ""
+        return f"abfs:{account.lower()}", "/" + posixpath.normpath(f"{container}/{parts.path}").strip("/")
     return f"{scheme}://{parts.netloc}", posixpath.normpath(parts.path or "/")
 
 
@@ -234,7 +307,8 @@ def check_output_location(output: str | os.PathLike, inputs=()) -> None:
             if relation in ("is", "contains"):
                 raise ValueError(f"--output {output} {relation} {name} ({folder}); choose a folder of its "
                                  "own, such as runs/<name>")
-    elif path.strip("/") == "" or (kind in ("s3", "gs", "gcs") and "/" not in path.strip("/")):
+    elif path.strip("/") == "" or ((kind in ("s3", "gs", "gcs") or kind.startswith("abfs:"))
+                                   and "/" not in path.strip("/")):
         raise ValueError(f"--output {output} is the root of a file system or bucket; choose a folder below it")
     for item in inputs:
         name, location = item if isinstance(item, tuple) else (None, item)
@@ -386,6 +460,13 @@ class AtomicOutput:
     owner is gone; folders without a valid ``_OWNER``, or whose owner is on
     another host, are left alone.
 
+    On object stores (S3, GCS), where a folder cannot be renamed and moving
+    one means copying every file, a new output (not resumable, not replacing
+    one) is written in place instead (:attr:`in_place`; :attr:`staging` is
+    the location itself): it holds ``_OWNER`` while it is written, is
+    deleted if the job fails, and is complete when ``_SUCCESS`` appears. A
+    later run removes one whose owner is gone, as it removes staging folders.
+
     Parameters
     ----------
     location : str or PathLike
@@ -435,12 +516,24 @@ class AtomicOutput:
         self.resumable = resumable or resume
         self.job = job
         self.filesystem, self.path = resolve(self.location)
+        self._leftover = None
         suffix = ".partial" if self.resumable else f".tmp-{uuid.uuid4().hex[:8]}"
         self.staging_path = f"{self.path.rstrip('/')}{suffix}"
         self.staging = f"{self.location.rstrip('/')}{suffix}"
         self.check()
+        # On an object store a folder cannot be renamed: a new output is written where it
+        # belongs, so what Spark's committer writes is never copied again.
+        self.in_place = (not self.resumable and not _renames_folders(self.filesystem)
+                         and (self._leftover is not None or not self._exists()))
+        if self.in_place:
+            self.staging_path, self.staging = self.path, self.location
         if self.resumable:
             self._check_partial(resume)
+
+    def _exists(self) -> bool:
+        from pyarrow import fs as pafs
+
+        return self.filesystem.get_file_info(self.path).type != pafs.FileType.NotFound
 
     def _busy(self, path: str, owner: dict) -> str:
         return (f"output {self.location} is being written by another run ({_describe_owner(owner)}, "
@@ -510,7 +603,18 @@ class AtomicOutput:
                 f"output {self.location} is a file, not a run folder, and is never replaced; choose "
                 "another --output or move the file away"
             )
-        if info.type != pafs.FileType.NotFound:
+        if info.type == pafs.FileType.Directory and output_marker(self.location) is None:
+            owner, state = _staging_owner(self.filesystem, self.path)
+            if state == "alive":
+                raise FileExistsError(self._busy(self.location, owner))
+            if state == "unknown":
+                raise FileExistsError(
+                    f"output {self.location} is being written, or was left unfinished, by "
+                    f"{_describe_owner(owner)}, which cannot be checked from here; if that run has "
+                    f"stopped, delete {self.location} and run again")
+            if state == "gone":
+                self._leftover = owner  # an unfinished output written in place; removed on entry
+        if info.type != pafs.FileType.NotFound and self._leftover is None:
             if not self.overwrite:
                 raise FileExistsError(
                     f"output {self.location} already exists; choose another --output, pass "
@@ -543,6 +647,15 @@ class AtomicOutput:
     def __enter__(self) -> str:
         if not self.resumable:
             self._sweep(remove=True)
+        if self.in_place:
+            if self._leftover is not None:
+                logger.warning("removing %s, left unfinished by a run that was killed (%s)", self.location,
+                               _describe_owner(self._leftover))
+                self._delete(self.path)
+                self._leftover = None
+            elif self._exists():
+                raise FileExistsError(f"output {self.location} appeared before this job began writing "
+                                      "it; nothing was written")
         self.filesystem.create_dir(self.staging_path, recursive=True)
         _WRITING.add(self.staging_path)
         _write_json(self.filesystem, posixpath.join(self.staging_path, OWNER_MARKER), owner_record())
@@ -591,9 +704,10 @@ class AtomicOutput:
         try:
             from mnist_spark import __version__
 
-            self.filesystem.delete_file(posixpath.join(self.staging_path, OWNER_MARKER))
+            # The marker first: an output written in place is never without one of the two.
             _write_json(self.filesystem, posixpath.join(self.staging_path, OUTPUT_MARKER),
                         {"writer": "mnist_spark", "job": self.job, "version": __version__, "created": _now()})
+            self.filesystem.delete_file(posixpath.join(self.staging_path, OWNER_MARKER))
             with self.filesystem.open_output_stream(posixpath.join(self.staging_path, SUCCESS_MARKER)):
                 pass
         except BaseException:
@@ -605,12 +719,18 @@ class AtomicOutput:
     def commit(self) -> None:
         """Move the staging folder into position, replacing an old output if allowed.
 
-        On object stores (S3, GCS), which cannot rename a folder, the files are
-        copied and ``_SUCCESS`` is written last: a reader that checks for it
-        never takes a half-copied output for a finished one.
+        On object stores (S3, GCS), which cannot rename a folder, a new output
+        was written in place (:attr:`in_place`) and is complete as it is. One
+        that replaces an existing output (``overwrite``) or continues a stopped
+        run was staged beside it, and its files are copied; either way
+        ``_SUCCESS`` is written last, so a reader that checks for it never
+        takes an unfinished output for a finished one.
         """
         from pyarrow import fs as pafs
 
+        if self.in_place:
+            logger.info("output complete: %s", self.location)
+            return
         previous = None
         kind = self.filesystem.get_file_info(self.path).type
         if kind != pafs.FileType.NotFound:

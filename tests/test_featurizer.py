@@ -228,6 +228,7 @@ def test_validation_errors_come_from_the_driver(spark, test_df, monkeypatch, tmp
 def test_missing_imagenet_weights_say_what_to_do(spark, test_df, monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.delenv(featurizer.ENV_WEIGHTS, raising=False)
+    monkeypatch.setenv(featurizer.ENV_OFFLINE, "1")
     with pytest.raises(ValueError) as caught:
         DeepImageFeaturizer(imageSize=SIZE).transform(test_df)
     message = str(caught.value)

@@ -78,3 +78,37 @@ def test_a_resumable_output_keeps_its_partial_folder(tmp_path):
     assert sorted(os.listdir(out)) == ["_MNIST_SPARK", "_SUCCESS", "checkpoints"]
     with pytest.raises(ValueError, match="nothing to resume"):
         storage.AtomicOutput(tmp_path / "never", resume=True)
+
+
+@pytest.mark.parametrize("location, words", [
+    ("dbfs:/mnt/runs/a", ["dbfs: is Databricks' file system", "/dbfs/mnt/runs/a", "abfss://"]),
+    ("wasbs://box@acct.blob.core.windows.net/runs", ["wasbs: locations cannot be read or written", "gs://"]),
+    ("s3:bucket/runs", ["s3://<bucket or host>/<path>"]),
+])
+def test_locations_no_file_system_serves_are_refused_in_one_line(location, words):
+    with pytest.raises(ValueError) as error:
+        storage.check_location(location, "--output")
+    message = str(error.value)
+    assert message.startswith(f"--output {location}: ") and "\n" not in message
+    for word in words:
+        assert word in message
+    with pytest.raises(ValueError, match="Databricks"):
+        storage.resolve("dbfs:/mnt/runs/a")  # every path goes through the same check
+    for served in ("s3a://bucket/runs", "gs://bucket/runs", "abfss://box@acct.dfs.core.windows.net/runs",
+                   "hdfs://namenode:8020/runs", "file:///tmp/runs", "runs/a", "C:/runs"):
+        storage.check_location(served)
+
+
+@pytest.mark.parametrize("flag", ["--output", "--data-dir"])
+def test_a_job_refuses_an_unserved_scheme_before_spark_starts(tmp_path, capsys, monkeypatch, flag):
+    import mnist_spark.session
+    from conftest import load_job, run_main
+
+    monkeypatch.setattr(mnist_spark.session, "get_spark", lambda *a, **k: pytest.fail("Spark was started"))
+    monkeypatch.chdir(tmp_path)
+    argv = {"--output": ["--output", "dbfs:/mnt/runs/a"],
+            "--data-dir": ["--data-dir", "dbfs:/mnt/mnist", "--output", "runs/a"]}[flag]
+    status, lines = run_main(load_job("ingest"), argv, capsys)
+    assert status == 2
+    assert lines[-1].startswith(f"ingest: error: {flag} dbfs:/mnt/") and "/dbfs/mnt/" in lines[-1]
+    assert os.listdir(tmp_path) == []  # no folder named "dbfs:" made in the working folder

@@ -110,8 +110,9 @@ def test_png_set_through_main(spark, tiny_idx, tmp_path, capsys):
 def test_missing_imagenet_weights_stop_the_job_at_once(spark, small_idx, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.delenv(featurizer.ENV_WEIGHTS, raising=False)
+    monkeypatch.setenv(featurizer.ENV_OFFLINE, "0")  # downloads allowed; --offline forbids them
     out = tmp_path / "run"
-    status = transfer.main(["--data-dir", str(small_idx), "--output", str(out)])
+    status = transfer.main(["--data-dir", str(small_idx), "--output", str(out), "--offline"])
     err = capsys.readouterr().err
     assert status == 2
     assert "transfer: error: the ImageNet weights of InceptionV3 are not on this machine" in err
