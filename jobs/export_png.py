@@ -25,7 +25,6 @@ Run it with::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import sys
@@ -39,19 +38,6 @@ logger = logging.getLogger("export_png")
 
 #: Write tasks per task slot when --partitions is not given.
 TASKS_PER_SLOT = 3
-#: Images in the contact sheet, and originals in the augmentation grid.
-SHEET_COLUMNS = 6
-GRID_ROWS = 6
-GRID_VARIANTS = 5
-
-
-def _compress_level(text: str) -> int:
-    value = cli.non_negative_int(text)
-    if value > 9:
-        raise argparse.ArgumentTypeError(f"expected a zlib level from 0 to 9, found {value}")
-    return value
-
-
 def _arg_parser():
     parser = cli.job_parser(__doc__, "export_png")
     parser.add_argument("--splits", type=cli.split_list, default="train,test",
@@ -63,7 +49,7 @@ def _arg_parser():
                         "finish together")
     parser.add_argument("--num-classes", type=cli.positive_int, default=None,
                         help="labels must lie in [0, N); default: the dataset's (10 for MNIST)")
-    parser.add_argument("--compress-level", type=_compress_level, default=images.PNG_COMPRESS_LEVEL,
+    parser.add_argument("--compress-level", type=cli.compress_level, default=images.PNG_COMPRESS_LEVEL,
                         help="zlib level of the PNG files, 0 (none) to 9 (smallest)")
     parser.add_argument("--sample", type=cli.non_negative_int, default=24,
                         help="images in the contact sheet; 0 leaves out the pictures")
@@ -77,43 +63,11 @@ def _arg_parser():
     return parser
 
 
-def _pictures(info, staging: str, *, sample: int, variants: int, params, seed: int) -> list:
-    """Contact sheet and augmentation grid from the first ``sample`` images; returns (file, caption)."""
-    import numpy as np
-
-    started = time.perf_counter()
-    rows = ingest.first_images(info, sample)
-    if not rows:
-        return []
-    figures = []
-    titles = [f"{label}  (#{index})" for index, label, _ in rows]
-    report.contact_sheet([pixels for _, _, pixels in rows], titles,
-                         storage.join(staging, "contact_sheet.png"), columns=SHEET_COLUMNS,
-                         title=f"{info.split}: the first {len(rows)} images, label (#index)")
-    figures.append(("contact_sheet.png", f"The first {len(rows)} {info.split} images with their labels"))
-    if variants:
-        shown = min(variants, GRID_VARIANTS)
-        chosen = rows[:GRID_ROWS]
-        originals = np.stack([pixels if pixels.shape[2] > 1 else pixels[..., 0] for _, _, pixels in chosen])
-        copies, texts = [[] for _ in chosen], [[titles[i]] for i in range(len(chosen))]
-        for variant in range(1, shown + 1):
-            # The same function and seed as the Spark step: these are the files in the set.
-            out, done = augment.augment_batch(
-                originals, [(info.split, index, variant) for index, _, _ in chosen], params, seed=seed)
-            for position, transform in enumerate(done):
-                copies[position].append(out[position])
-                texts[position].append(transform.describe())
-        report.variant_grid(list(originals), copies, texts, storage.join(staging, "augmentations.png"),
-                            title=f"Originals and variants 1-{shown} (seed {seed})")
-        figures.append(("augmentations.png", f"Originals beside their variants 1-{shown}"))
-    logger.info("drew %s in %.1f s", ", ".join(name for name, _ in figures), time.perf_counter() - started)
-    return figures
-
-
 def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, splits=("train", "test"),
         limit=None, partitions=None, num_classes=None, augment_variants=0, params=None,
         compress_level=images.PNG_COMPRESS_LEVEL, sample=24):
     """Export the dataset as a PNG set into ``output``; return the metrics written to ``metrics.json``.
+
 
     Parameters
     ----------
@@ -130,7 +84,7 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, splits=("
 
     The other parameters are those of ``jobs/ingest.py``.
     """
-    started = time.perf_counter()
+    params_given, started = cli.run_params(locals()), time.perf_counter()
     splits = tuple(splits)
     if not splits:
         raise ValueError("no splits to export; give --splits train,test or a part of it")
@@ -151,8 +105,9 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, splits=("
     with target as staging, ThreadPoolExecutor(max_workers=1) as pool:
         # The driver draws the pictures while the executors write the set; leaving
         # the pool waits for it, so nothing writes into a staging folder being removed.
-        pictures = pool.submit(_pictures, infos[0], staging, sample=sample, variants=augment_variants,
-                               params=params, seed=seed) if sample else None
+        pictures = pool.submit(report.set_pictures, ingest.first_images(infos[0], sample), staging,
+                               split=infos[0].split, variants=augment_variants, params=params,
+                               seed=seed) if sample else None
         write_started = time.perf_counter()
         images.write_png_set(full, staging, compress_level=compress_level,
                              label_width=len(str(max(classes - 1, 0))))
@@ -182,11 +137,8 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, splits=("
             "seconds": round(time.perf_counter() - started, 3),
             "write_seconds": round(write_seconds, 3),
             "images_per_second": round(ingest.rate(written, write_seconds), 1),
-            "params": {"data_dir": data_dir, "output": output, "overwrite": overwrite, "seed": seed,
-                       "splits": list(splits), "limit": limit, "partitions": partitions,
-                       "num_classes": num_classes, "augment": augment_variants,
-                       "augmentation": dataclasses.asdict(params) if augment_variants else None,
-                       "compress_level": compress_level, "sample": sample},
+            "params": {**params_given, "output": output, "params": None,
+                       "augmentation": dataclasses.asdict(params) if augment_variants else None},
             "environment": report.environment(),
         }
         report.write_metrics(staging, metrics)
@@ -197,11 +149,7 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, splits=("
 def main(argv=None) -> int:
     args = _arg_parser().parse_args(argv)
     return cli.run_job("export_png", lambda spark: run(
-        spark, data_dir=args.data_dir, output=args.output, overwrite=args.overwrite, seed=args.seed,
-        splits=args.splits, limit=args.limit,
-        partitions=args.partitions, num_classes=args.num_classes, augment_variants=args.augment_variants,
-        params=cli.augment_params(args), compress_level=args.compress_level, sample=args.sample,
-    ), before=lambda: cli.prepare_output("export_png", args, cli.default_data_inputs(args.data_dir)))
+        spark, **cli.run_options(run, args), params=cli.augment_params(args)), before=lambda: cli.prepare_output("export_png", args, cli.default_data_inputs(args.data_dir)))
 
 
 if __name__ == "__main__":

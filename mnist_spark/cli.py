@@ -219,6 +219,14 @@ def deprecated_flag(parser, old: str, new: str, *, switch: bool = False, **kwarg
                         help=argparse.SUPPRESS, **extra)
 
 
+def compress_level(text: str) -> int:
+    """argparse type: a zlib level, 0 (none) to 9 (smallest)."""
+    value = non_negative_int(text)
+    if value > 9:
+        raise argparse.ArgumentTypeError(f"expected a zlib level from 0 to 9, found {value}")
+    return value
+
+
 def float_list(text: str) -> tuple:
     """argparse type: comma-separated finite numbers (``--tune-reg-params 0.01,0.1``)."""
     values = tuple(finite_float(part) for part in split_list(text))

@@ -6,9 +6,12 @@ import json
 import math
 import platform
 import sys
+import logging
 from importlib import metadata
 
 from mnist_spark import storage
+
+logger = logging.getLogger(__name__)
 
 
 #: Libraries whose versions every metrics.json records.
@@ -197,6 +200,50 @@ def variant_grid(originals, variants, descriptions, location: str, *, title: str
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return _save_png(figure, location)
+
+
+#: Images in a set's contact sheet, and originals and variants in its augmentation grid.
+SHEET_COLUMNS, GRID_ROWS, GRID_VARIANTS = 6, 6, 5
+
+
+def set_pictures(rows, folder: str, *, split: str, variants: int, params, seed: int) -> list:
+    """Contact sheet and augmentation grid of a PNG set's first images; returns ``(file, caption)`` pairs.
+
+    ``rows`` are ``(index, label, pixels)`` (:func:`mnist_spark.ingest.first_images`); the variants
+    come from the same function and seed as the set's files (:func:`mnist_spark.augment.augment_batch`).
+    """
+    import time
+
+    import numpy as np
+
+    from mnist_spark import augment
+
+    started = time.perf_counter()
+    if not rows:
+        return []
+    figures = []
+    titles = [f"{label}  (#{index})" for index, label, _ in rows]
+    contact_sheet([pixels for _, _, pixels in rows], titles,
+                         storage.join(folder, "contact_sheet.png"), columns=SHEET_COLUMNS,
+                         title=f"{split}: the first {len(rows)} images, label (#index)")
+    figures.append(("contact_sheet.png", f"The first {len(rows)} {split} images with their labels"))
+    if variants:
+        shown = min(variants, GRID_VARIANTS)
+        chosen = rows[:GRID_ROWS]
+        originals = np.stack([pixels if pixels.shape[2] > 1 else pixels[..., 0] for _, _, pixels in chosen])
+        copies, texts = [[] for _ in chosen], [[titles[i]] for i in range(len(chosen))]
+        for variant in range(1, shown + 1):
+            # The same function and seed as the Spark step: these are the files in the set.
+            out, done = augment.augment_batch(
+                originals, [(split, index, variant) for index, _, _ in chosen], params, seed=seed)
+            for position, transform in enumerate(done):
+                copies[position].append(out[position])
+                texts[position].append(transform.describe())
+        variant_grid(list(originals), copies, texts, storage.join(folder, "augmentations.png"),
+                            title=f"Originals and variants 1-{shown} (seed {seed})")
+        figures.append(("augmentations.png", f"Originals beside their variants 1-{shown}"))
+    logger.info("drew %s in %.1f s", ", ".join(name for name, _ in figures), time.perf_counter() - started)
+    return figures
 
 
 def write_set_index(folder: str, *, title: str, counts: dict, figures=(), links=(), labels=None) -> str:
