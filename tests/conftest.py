@@ -38,20 +38,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker("unit")
 
 
-@pytest.fixture(scope="session")
-def spark():
-    """One real local[2] SparkSession for the whole test run."""
-    from mnist_spark.session import get_spark
-
-    session = get_spark(
-        "mnist_spark-tests",
-        master="local[2]",
-        conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"},
-    )
-    yield session
-    session.stop()
-
-
 def load_job(name: str):
     """Import ``jobs/<name>.py`` as a module, so tests call its ``run`` and ``main``."""
     spec = importlib.util.spec_from_file_location(f"jobs_{name}", PROJECT / "jobs" / f"{name}.py")
