@@ -182,6 +182,10 @@ class JobArgumentParser(argparse.ArgumentParser):
             from mnist_spark import tracking
 
             tracking.request(parsed.mlflow)
+        if hasattr(parsed, "remote"):
+            from mnist_spark import session
+
+            session.request_remote(parsed.remote)
         return parsed, extras
 
 
@@ -189,7 +193,7 @@ def job_parser(doc: str | None, job: str) -> argparse.ArgumentParser:
     """An argument parser with the flags every job shares.
 
     ``--data-dir``, ``--output``, ``--if-exists`` (``--overwrite`` is short for
-    ``--if-exists overwrite``), ``--seed`` and ``--mlflow``; defaults are shown in
+    ``--if-exists overwrite``), ``--seed``, ``--remote`` and ``--mlflow``; defaults are shown in
     ``--help``. The parsed arguments carry ``if_exists`` and ``overwrite``.
     """
     from mnist_spark.storage import IF_EXISTS
@@ -219,6 +223,11 @@ def job_parser(doc: str | None, job: str) -> argparse.ArgumentParser:
         help="short for --if-exists overwrite",
     )
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
+    parser.add_argument(
+        "--remote", default=None, metavar="URL",
+        help="run on a Spark Connect server, sc://host:port (default: $SPARK_REMOTE; local[N] starts "
+        "one in this process)",
+    )
     parser.add_argument(
         "--mlflow", nargs="?", const="", default=None, metavar="URI",
         help="log params, metrics, figures and the model to MLflow at URI (default: "
@@ -421,16 +430,21 @@ def _raise_terminated(signum, frame):
     """SIGTERM: cancel the running Spark jobs (as pyspark does on SIGINT) and stop like Ctrl-C.
 
     The cancel goes through another thread's connection to the JVM: the main
-    thread may be inside a call on its own.
+    thread may be inside a call on its own. A Spark Connect session interrupts
+    its running queries on the server.
     """
     from pyspark import SparkContext
 
     context = SparkContext._active_spark_context
-    if context is not None:
+    stop = context.cancelAllJobs if context is not None else None
+    if stop is None and "pyspark.sql.connect.session" in sys.modules:
+        remote = sys.modules["pyspark.sql.connect.session"].SparkSession.getActiveSession()
+        stop = remote.interruptAll if remote is not None else None
+    if stop is not None:
         def cancel():
             try:
-                context.cancelAllJobs()
-            except Exception:  # its JVM is gone: nothing to cancel
+                stop()
+            except Exception:  # its JVM or server is gone: nothing to cancel
                 pass
 
         canceller = threading.Thread(target=cancel, name="cancel-on-sigterm", daemon=True)
