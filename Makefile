@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export SPARK_CONF_DIR := $(abspath conf)
 
-.PHONY: install run ingest export-png train test test-fast bench clean
+.PHONY: install run ingest export-png train test test-unit test-fast bench clean
 
 # TensorFlow through the [cpu] extra (EXTRAS=gpu,test for the tensorflow package instead);
 # CONSTRAINTS=constraints.txt installs the exact versions of the last full test run (Python 3.11).
@@ -79,8 +79,12 @@ browser:
 test: install browser
 	$(BIN)/python -m pytest $(ARGS)
 
+# The inner loop: tests without Spark (under a minute), then all but the slow, cluster and browser ones.
+test-unit: install
+	$(BIN)/python -m pytest -m unit $(ARGS)
+
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -m "not slow and not cluster and not browser" $(ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/ingest.py

@@ -106,7 +106,7 @@ def spark_run(model_name: str, epochs: int, partitions: int, output: Path) -> di
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.setdefault("SPARK_CONF_DIR", str(PROJECT / "conf"))
     submit = Path(sys.executable).parent / "spark-submit"
-    command = [str(submit), str(PROJECT / "jobs" / "train_cnn.py"), "--model", model_name,
+    command = [str(submit), str(PROJECT / "jobs" / "train_cnn.py"), "--arch", model_name,
                "--epochs", str(epochs), "--partitions", str(partitions), "--validation-size", "10000",
                "--checkpoint-every", "0", "--output", str(output)]
     launched = time.time()

@@ -93,7 +93,7 @@ def distributed(data_dir: Path, model_name: str, epochs: int, batch_size: int, o
     env.setdefault("SPARK_CONF_DIR", str(PROJECT / "conf"))
     submit = Path(sys.executable).parent / "spark-submit"
     command = [str(submit), str(PROJECT / "jobs" / "train_cnn.py"), "--data-dir", str(data_dir),
-               "--model", model_name, "--epochs", str(epochs), "--batch-size", str(batch_size),
+               "--arch", model_name, "--epochs", str(epochs), "--batch-size", str(batch_size),
                "--output", str(output), "--checkpoint-every", "0"]
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

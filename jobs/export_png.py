@@ -5,7 +5,7 @@ image, in the folder-per-class layout ``keras.utils.image_dataset_from_directory
 reads::
 
     <output>/<split>/<label>/<index>.png              the originals
-    <output>/<split>/<label>/<index>_<variant>.png    --augment N variants each
+    <output>/<split>/<label>/<index>_<variant>.png    --augment-variants N variants each
     <output>/manifest.parquet/                        path, split, index, label, variant, augmentation
     <output>/contact_sheet.png, augmentations.png     pictures of the set
     <output>/index.html, metrics.json, _SUCCESS
@@ -19,7 +19,7 @@ the same ``--seed`` gives the same images.
 Run it with::
 
     spark-submit jobs/export_png.py --output runs/mnist-png
-    spark-submit jobs/export_png.py --splits train --augment 4 --rotate 0.9,25,25 --output runs/aug
+    spark-submit jobs/export_png.py --splits train --augment-variants 4 --rotate 0.9,25,25 --output runs/aug
     python jobs/export_png.py --limit 100 --output file:///tmp/mnist-sample
 """
 
@@ -68,26 +68,13 @@ def _arg_parser():
     parser.add_argument("--sample", type=cli.non_negative_int, default=24,
                         help="images in the contact sheet; 0 leaves out the pictures")
     group = parser.add_argument_group(
-        "augmentation", "--augment N adds N variants of every image; each transform is applied "
+        "augmentation", "--augment-variants N adds N variants of every image; each transform is applied "
         "with its probability P (0 turns it off)")
-    group.add_argument("--augment", type=cli.non_negative_int, default=0,
+    group.add_argument("--augment-variants", type=cli.non_negative_int, default=0,
                        help="augmented variants per image")
+    cli.deprecated_flag(group, "--augment", "--augment-variants", type=cli.non_negative_int)
     cli.add_transform_flags(group)
     return parser
-
-
-def _sample(info, count: int):
-    """The first ``count`` images of a split as ``(index, label, pixels)``, read on the driver.
-
-    Reads the IDX files directly (the same reader the Spark tasks use), so the
-    pictures cost no Spark job.
-    """
-    stop = min(count, info.count)
-    rows = []
-    for batch in ingest._read_task_batches(ingest.ReadTask(info.split, info.images, info.labels, 0, stop)):
-        for row in batch.to_pylist():
-            rows.append((row["index"], row["label"], images.struct_to_array(row["image"])))
-    return rows
 
 
 def _pictures(info, staging: str, *, sample: int, variants: int, params, seed: int) -> list:
@@ -95,7 +82,7 @@ def _pictures(info, staging: str, *, sample: int, variants: int, params, seed: i
     import numpy as np
 
     started = time.perf_counter()
-    rows = _sample(info, sample)
+    rows = ingest.first_images(info, sample)
     if not rows:
         return []
     figures = []
@@ -131,7 +118,7 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, splits=("
     Parameters
     ----------
     augment_variants : int
-        Augmented variants per image (``--augment``).
+        Augmented variants per image (``--augment-variants``).
     params : mnist_spark.augment.AugmentParams, optional
         The transforms; default :meth:`AugmentParams.mnist`.
     compress_level : int
@@ -212,7 +199,7 @@ def main(argv=None) -> int:
     return cli.run_job("export_png", lambda spark: run(
         spark, data_dir=args.data_dir, output=args.output, overwrite=args.overwrite, seed=args.seed,
         splits=args.splits, limit=args.limit,
-        partitions=args.partitions, num_classes=args.num_classes, augment_variants=args.augment,
+        partitions=args.partitions, num_classes=args.num_classes, augment_variants=args.augment_variants,
         params=cli.augment_params(args), compress_level=args.compress_level, sample=args.sample,
     ), before=lambda: cli.prepare_output("export_png", args, cli.default_data_inputs(args.data_dir)))
 

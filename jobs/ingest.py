@@ -24,7 +24,7 @@ logger = logging.getLogger("ingest")
 
 
 def _arg_parser():
-    parser = cli.job_parser(__doc__, "ingest")
+    parser = cli.job_parser(__doc__, "ingest", seed=False)
     parser.add_argument("--splits", type=cli.split_list, default="train,test",
                         help="comma-separated splits to ingest")
     parser.add_argument("--limit", type=cli.positive_int, default=None,
@@ -36,11 +36,10 @@ def _arg_parser():
     return parser
 
 
-def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, splits=("train", "test"),
+def run(spark, *, data_dir=None, output=None, overwrite=False, splits=("train", "test"),
         limit=None, partitions=None, num_classes=None):
     """Ingest the dataset into ``output``; return the metrics written to ``metrics.json``.
 
-    ``seed`` is recorded only: ingest is deterministic.
     """
     started = time.perf_counter()
     output = output or storage.default_output("ingest")
@@ -65,7 +64,7 @@ def run(spark, *, data_dir=None, output=None, overwrite=False, seed=0, splits=("
             "image_shape": {info.split: list(info.image_shape) for info in infos},
             "seconds": round(time.perf_counter() - started, 3),
             "write_seconds": round(write_seconds, 3),
-            "params": {"data_dir": data_dir, "output": output, "overwrite": overwrite, "seed": seed,
+            "params": {"data_dir": data_dir, "output": output, "overwrite": overwrite,
                        "splits": list(splits), "limit": limit, "partitions": partitions,
                        "num_classes": num_classes},
             "environment": report.environment(),
@@ -79,7 +78,7 @@ def main(argv=None) -> int:
     args = _arg_parser().parse_args(argv)
     return cli.run_job("ingest", lambda spark: run(
         spark, data_dir=args.data_dir, output=args.output, overwrite=args.overwrite,
-        seed=args.seed, splits=args.splits,
+        splits=args.splits,
         limit=args.limit, partitions=args.partitions, num_classes=args.num_classes,
     ), before=lambda: cli.prepare_output("ingest", args, cli.default_data_inputs(args.data_dir)))
 

@@ -9,8 +9,8 @@ confusion matrix where labels are known).
 
 Run it with::
 
-    spark-submit jobs/predict.py --model runs/cnn/model.keras --images runs/pngs --output runs/scored
-    spark-submit jobs/predict.py --model runs/cnn --splits test --output runs/scored-idx
+    spark-submit jobs/predict.py --model-file runs/cnn/model.keras --images runs/pngs --output runs/scored
+    spark-submit jobs/predict.py --model-file runs/cnn --splits test --output runs/scored-idx
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ logger = logging.getLogger("predict")
 
 
 def _arg_parser():
-    parser = cli.job_parser(__doc__, "predict")
-    parser.add_argument("--model", required=True,
+    parser = cli.job_parser(__doc__, "predict", seed=False)
+    parser.add_argument("--model-file", default=None,
                         help="a model.keras file, or a train_cnn run folder holding one")
+    cli.deprecated_flag(parser, "--model", "--model-file")
     parser.add_argument("--images", default=None,
                         help="a PNG set or any folder of images; default: the IDX files of --data-dir")
     parser.add_argument("--splits", type=cli.split_list, default="test",
@@ -72,14 +73,13 @@ def check_outputs(net, path: str, num_classes: int | None = None) -> None:
                          "give a classifier trained on this dataset")
 
 
-def run(spark, *, model, data_dir=None, images_dir=None, output=None, overwrite=False, seed=0,
+def run(spark, *, model_file, data_dir=None, images_dir=None, output=None, overwrite=False,
         splits=("test",), batch_size=512):
-    """Score the images and write the run folder; return the metrics. ``seed`` is recorded only."""
+    """Score the images and write the run folder; return the metrics."""
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
-    folder_model = storage.join(model, "model.keras")
-    path = folder_model if storage.exists(folder_model) else model
+    path = evaluation.model_file(model_file)
     net = evaluation.load_model(path)
     output = output or storage.default_output("predict")
     target = storage.AtomicOutput(output, overwrite=overwrite, job="predict")
@@ -110,7 +110,7 @@ def run(spark, *, model, data_dir=None, images_dir=None, output=None, overwrite=
         metrics = {"job": "predict", "model": path, "count": count, "labelled": known,
                    "seconds": round(time.perf_counter() - started, 2),
                    "params": {"data_dir": data_dir, "images": images_dir, "splits": list(splits),
-                              "batch_size": batch_size, "seed": seed, "output": output},
+                              "batch_size": batch_size, "output": output},
                    "environment": report.environment()}
         if known:
             correct = labelled.where("label = prediction").count()
@@ -122,12 +122,15 @@ def run(spark, *, model, data_dir=None, images_dir=None, output=None, overwrite=
 
 
 def main(argv=None) -> int:
-    args = _arg_parser().parse_args(argv)
+    parser = _arg_parser()
+    args = parser.parse_args(argv)
+    if not args.model_file:
+        parser.error("the following arguments are required: --model-file")
     return cli.run_job("predict", lambda spark: run(
-        spark, model=args.model, data_dir=args.data_dir, images_dir=args.images, output=args.output,
-        overwrite=args.overwrite, seed=args.seed, splits=args.splits, batch_size=args.batch_size,
+        spark, model_file=args.model_file, data_dir=args.data_dir, images_dir=args.images, output=args.output,
+        overwrite=args.overwrite, splits=args.splits, batch_size=args.batch_size,
     ), before=lambda: cli.prepare_output("predict", args, [
-        ("--model", args.model),
+        ("--model-file", args.model_file),
         *([("--images", args.images)] if args.images else cli.default_data_inputs(args.data_dir))]))
 
 

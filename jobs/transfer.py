@@ -1,38 +1,25 @@
-"""Transfer learning on Spark: DeepImageFeaturizer(InceptionV3), then LogisticRegression.
+"""Transfer learning on Spark: DeepImageFeaturizer, then LogisticRegression (README "Transfer learning").
 
-A pretrained network without its top turns every image into a vector
-(``mnist_spark.DeepImageFeaturizer``, sparkdl's API on today's stack), and a
-Spark ML ``LogisticRegression`` learns the classes from those vectors. The
-two stages are saved together as one ``PipelineModel``, which scores image
-DataFrames directly; ``MulticlassClassificationEvaluator`` scores the test split.
-
-The images come from the IDX files (``--data-dir``, default the bundled MNIST)
-or a PNG set written by ``jobs/export_png.py`` (``--images``, labels from the
-paths). ``--train-limit`` and ``--test-limit`` take a sample balanced over the
-labels, chosen by a hash of ``--seed`` and each image's index. The training
-features are computed once and kept (``persist``) while LogisticRegression
-iterates over them.
-
-Defaults: InceptionV3 at 75 px (its minimum, about 19 times cheaper than its
-native 299 px) on up to 60,000 training and 10,000 test images, all of MNIST:
-about 4.5 minutes on 2 cores at 350 images per second (10 minutes at 140).
+A pretrained network without its top (``--base-model``: InceptionV3 by
+default, another keras.applications network, or your own .keras file) turns
+every image into a vector, and a Spark ML LogisticRegression learns the
+classes from them; both are saved as one PipelineModel. The images come from
+the IDX files (``--data-dir``) or a PNG set (``--images``); ``--train-limit``
+and ``--test-limit`` take a sample balanced over the labels, by ``--seed``.
 ``--weights imagenet`` takes Keras' ImageNet file from ``$MNIST_SPARK_WEIGHTS``
-or Keras' cache (``~/.keras/models``), else downloads it there once;
-with ``--offline`` a missing file stops the job at once, saying which file to
-get and where to put it. ``--weights none`` (random weights) runs offline as a
-smoke test.
+or Keras' cache, else downloads it there once (``--offline`` forbids it);
+``--weights none`` (random) runs offline.
 
 Run it with::
 
     spark-submit jobs/transfer.py
-    spark-submit jobs/transfer.py --weights none                 # offline smoke run, random weights
-    spark-submit jobs/transfer.py --weights none --train-limit 2000 --test-limit 500
-    spark-submit jobs/transfer.py --images runs/pngs --model ResNet50 --image-size 64
-    spark-submit jobs/transfer.py --weights /data/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5
+    spark-submit jobs/transfer.py --weights none --train-limit 2000 --test-limit 500   # offline smoke run
+    spark-submit jobs/transfer.py --images runs/pngs --base-model ResNet50 --image-size 64
+    spark-submit jobs/transfer.py --base-model runs/digits04 --labels 5,6,7,8,9   # your own network
+    spark-submit jobs/transfer.py --weights none --tune     # cross-validate the regularisation
 
-The run folder holds ``pipeline_model/`` (load it with
-``pyspark.ml.PipelineModel.load``), ``metrics.json``, ``confusion_matrix.png``
-and ``report.html``.
+The run folder holds ``pipeline_model/`` (``PipelineModel.load``),
+``metrics.json``, ``confusion_matrix.png`` and ``report.html``.
 """
 
 from __future__ import annotations
@@ -41,9 +28,8 @@ import logging
 import sys
 import time
 
-import numpy as np
-
-from mnist_spark import cli, datasets, evaluation, featurizer, images, ingest, report, storage
+from mnist_spark import cli, featurizer, ingest, report, sampling, storage, transfer, tuning
+from mnist_spark import labels as label_subset
 
 logger = logging.getLogger("transfer")
 
@@ -54,18 +40,27 @@ DEFAULT_TRAIN_LIMIT = 60000
 DEFAULT_TEST_LIMIT = 10000
 #: LogisticRegression settings.
 DEFAULT_MAX_ITER, DEFAULT_REG_PARAM, DEFAULT_ELASTIC_NET_PARAM = 20, 0.05, 0.3
-#: What MulticlassClassificationEvaluator reports, under its own metric names.
-METRICS = ("accuracy", "f1", "weightedPrecision", "weightedRecall", "logLoss")
+#: The featurizer's params by this job's flags, for its error messages.
+FEATURIZER_FLAGS = {"imageSize": "--image-size", "outputLayer": "--output-layer", "base model": "--base-model"}
 
 
 def _arg_parser():
     parser = cli.job_parser(__doc__, "transfer")
-    parser.add_argument("--images", metavar="DIR", default=None,
+    parser.add_argument("--images", dest="images_dir", metavar="DIR", default=None,
                         help="a PNG set (<split>/<label>/<index>.png) to read instead of the IDX files")
-    parser.add_argument("--model", default=featurizer.DEFAULT_MODEL, choices=featurizer.SUPPORTED_MODELS,
-                        help="pretrained network (DeepImageFeaturizer modelName)")
-    parser.add_argument("--image-size", type=cli.positive_int, default=DEFAULT_IMAGE_SIZE,
-                        help="side in pixels the images are resized to (InceptionV3: 75 or more, native 299)")
+    parser.add_argument("--base-model", metavar="NAME_OR_FILE", default=featurizer.DEFAULT_MODEL,
+                        help="the network that featurizes: one of " + ", ".join(featurizer.SUPPORTED_MODELS)
+                        + " (keras.applications, --weights), or your own: a .keras file or a train_cnn run "
+                        "folder holding model.keras")
+    cli.deprecated_flag(parser, "--model", "--base-model")
+    parser.add_argument("--output-layer", default="",
+                        help="with your own --base-model: the layer whose output is the feature vector; default: the "
+                        "last layer before the classifier")
+    parser.add_argument("--labels", type=cli.label_list, default=None, metavar="L1,L2,...",
+                        help="use only the images of these labels (e.g. 5,6,7,8,9)")
+    parser.add_argument("--image-size", type=cli.positive_int, default=None,
+                        help="side in pixels the images are resized to (InceptionV3: 75 or more, native 299; "
+                        f"default {DEFAULT_IMAGE_SIZE}); with your own --base-model, the model's own input size")
     parser.add_argument("--pooling", default=featurizer.DEFAULT_POOLING, choices=featurizer.POOLING_CHOICES,
                         help="avg or max: one value per channel; none: sparkdl's flat output")
     parser.add_argument("--weights", default=featurizer.WEIGHTS_IMAGENET,
@@ -87,245 +82,86 @@ def _arg_parser():
                         help="LogisticRegression elasticNetParam (0: L2, 1: L1)")
     parser.add_argument("--partitions", type=cli.positive_int, default=None,
                         help="featurization tasks per split; default: twice the cluster's task slots")
+    group = parser.add_argument_group(
+        "tuning", "--tune cross-validates LogisticRegression over --tune-reg-params x --tune-elastic-net-params "
+        "on the training features (computed once), then refits the best setting on all of them")
+    group.add_argument("--tune", action="store_true", help="pick regParam and elasticNetParam by cross-validation")
+    group.add_argument("--tune-reg-params", type=cli.float_list, default=tuning.DEFAULT_REG_PARAMS,
+                       help="regParam values of the grid")
+    group.add_argument("--tune-elastic-net-params", type=cli.float_list, default=tuning.DEFAULT_ELASTIC_NET_PARAMS,
+                       help="elasticNetParam values of the grid")
+    group.add_argument("--tune-folds", type=cli.positive_int, default=tuning.DEFAULT_FOLDS,
+                       help="cross-validation folds")
     return parser
 
 
-# --------------------------------------------------------------------------- sampling
-
-
-def balanced_quotas(counts: dict, limit: int) -> dict:
-    """Rows to take per label so that ``limit`` rows are spread as evenly as the labels allow.
-
-    Labels with fewer rows than an even share give all they have and the
-    rest is shared among the others.
-
-    Examples
-    --------
-    >>> balanced_quotas({0: 100, 1: 100, 2: 3}, 25)
-    {2: 3, 0: 11, 1: 11}
-    """
-    quotas, remaining = {}, limit
-    ordered = sorted(counts, key=lambda label: (counts[label], label))
-    for position, label in enumerate(ordered):
-        quotas[label] = min(counts[label], remaining // (len(ordered) - position))
-        remaining -= quotas[label]
-    return quotas
-
-
-def stratified_sample(df, limit: int | None, seed: int, where: str):
-    """Up to ``limit`` rows of ``df``, balanced over ``label``, chosen by a hash of ``(seed, split, index)``.
-
-    The same seed always picks the same rows, whatever the partitioning.
-
-    Returns
-    -------
-    (DataFrame, dict)
-        The sample and its rows per label.
-
-    Raises
-    ------
-    ValueError
-        When ``df`` has no rows.
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    counts = {int(r["label"]): int(r["count"]) for r in df.groupBy("label").count().collect()}
-    total = sum(counts.values())
-    if total == 0:
-        raise ValueError(f"the {where} has no images; check --data-dir or --images")
-    if limit is None or limit >= total:
-        if limit is not None and limit > total:
-            logger.warning("the %s has %d images, fewer than the %d asked for; using them all", where,
-                           total, limit)
-        return df, dict(sorted(counts.items()))
-    quotas = balanced_quotas(counts, limit)
-    order = Window.partitionBy("label").orderBy(F.xxhash64(F.lit(seed), "split", "index"), "index")
-    wanted = F.create_map(*[F.lit(value) for pair in sorted(quotas.items()) for value in pair])
-    sample = (df.withColumn("_rank", F.row_number().over(order))
-              .where(F.col("_rank") <= wanted[F.col("label")]).drop("_rank"))
-    return sample, dict(sorted(quotas.items()))
-
-
-# --------------------------------------------------------------------------- the job
-
-
-def _check_settings(model, image_size, weights, max_iter, reg_param, elastic_net_param):
-    """Fail on bad settings (and missing weights) before any data is read."""
-    if max_iter <= 0:
-        raise ValueError(f"--max-iter must be above 0, found {max_iter}")
-    if reg_param < 0:
-        raise ValueError(f"--reg-param must be 0 or more, found {reg_param}")
-    if not 0 <= elastic_net_param <= 1:
-        raise ValueError(f"--elastic-net-param must lie in [0, 1] (0: L2, 1: L1), found {elastic_net_param}")
-    architecture = featurizer.ARCHITECTURES.get(model)
-    if architecture is None:
-        raise ValueError(f"{model!r} is not a supported --model; choose one of: "
-                         f"{', '.join(featurizer.SUPPORTED_MODELS)}")
-    if image_size < architecture.min_size:
-        raise ValueError(f"--image-size {image_size} is below the {model} minimum of {architecture.min_size} "
-                         f"px; use {architecture.min_size} or more (native: {architecture.native_size})")
-    found = featurizer.resolve_weights(weights, model)
-    if found is not None:
-        featurizer.check_weights(found, model)
-
-
-def _load_images(spark, data_dir, images_dir):
-    """The whole dataset (both splits) and its number of classes, as the DataFrame of an ingest."""
-    if images_dir and data_dir:
-        raise ValueError("give --data-dir (IDX files) or --images (a PNG set), not both")
-    if images_dir:
-        df, _ = images.read_png_set(spark, images_dir, splits=("train", "test"))
-        return df, None
-    files = datasets.locate(data_dir)
-    df, _ = ingest.idx_dataframe(spark, files)
-    return df, files.dataset.num_classes
-
-
 def run(spark, *, data_dir=None, images_dir=None, output=None, overwrite=False, seed=0,
-        model=featurizer.DEFAULT_MODEL, image_size=DEFAULT_IMAGE_SIZE, pooling=featurizer.DEFAULT_POOLING,
+        base_model=featurizer.DEFAULT_MODEL, image_size=None, pooling=featurizer.DEFAULT_POOLING,
         weights=featurizer.WEIGHTS_IMAGENET, batch_size=featurizer.DEFAULT_BATCH_SIZE,
         train_limit=DEFAULT_TRAIN_LIMIT, test_limit=DEFAULT_TEST_LIMIT, max_iter=DEFAULT_MAX_ITER,
-        reg_param=DEFAULT_REG_PARAM, elastic_net_param=DEFAULT_ELASTIC_NET_PARAM, partitions=None):
-    """Featurize, fit LogisticRegression, score the test split and write the run folder.
-
-    Returns
-    -------
-    dict
-        The metrics written to ``metrics.json``.
-    """
-    from pyspark import StorageLevel
-    from pyspark.ml import PipelineModel
-    from pyspark.ml.classification import LogisticRegression
-    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+        reg_param=DEFAULT_REG_PARAM, elastic_net_param=DEFAULT_ELASTIC_NET_PARAM, partitions=None,
+        output_layer="", labels=None, tune=False, tune_reg_params=tuning.DEFAULT_REG_PARAMS,
+        tune_elastic_net_params=tuning.DEFAULT_ELASTIC_NET_PARAMS, tune_folds=tuning.DEFAULT_FOLDS):
+    """Featurize, fit LogisticRegression, score the test split and write the run folder; return the metrics."""
+    params, started = cli.run_params(locals()), time.perf_counter()
     from pyspark.sql import functions as F
 
     from mnist_spark.session import task_slots
 
-    started = time.perf_counter()
     output = output or storage.default_output("transfer")
     target = storage.AtomicOutput(output, overwrite=overwrite, job="transfer")
-    _check_settings(model, image_size, weights, max_iter, reg_param, elastic_net_param)
-    stage = featurizer.DeepImageFeaturizer(modelName=model, imageSize=image_size, pooling=pooling,
-                                           weights=weights, batchSize=batch_size)
+    transfer.check_regression_settings(max_iter, [reg_param, *(tune_reg_params if tune else ())],
+                                       [elastic_net_param, *(tune_elastic_net_params if tune else ())])
+    try:
+        stage, network = transfer.featurizer_stage(
+            base_model, output_layer=output_layer, pooling=pooling, weights=weights, batch_size=batch_size,
+            image_size=(DEFAULT_IMAGE_SIZE if base_model in featurizer.ARCHITECTURES else 0)
+            if image_size is None else image_size)
+    except ValueError as error:
+        raise ValueError(cli.in_flag_terms(str(error), FEATURIZER_FLAGS)) from None
     partitions = partitions or 2 * task_slots(spark)
 
-    df, num_classes = _load_images(spark, data_dir, images_dir)
-    train, train_counts = stratified_sample(df.where(F.col("split") == "train"), train_limit, seed,
-                                            "train split")
-    test, test_counts = stratified_sample(df.where(F.col("split") == "test"), test_limit, seed, "test split")
-    train, test = train.repartition(partitions), test.repartition(partitions)
-    train_rows, test_rows = sum(train_counts.values()), sum(test_counts.values())
-    logger.info("sampled %d training and %d test images (seed %d), %d tasks each", train_rows, test_rows,
-                seed, partitions)
+    df, num_classes = ingest.dataset_frame(spark, data_dir, images_dir)
+    if labels:
+        if num_classes:
+            label_subset.check_labels(labels, num_classes)
+        df = label_subset.select_labels(df, labels)
+    train, train_counts = sampling.stratified_sample(df.where(F.col("split") == "train"), train_limit, seed,
+                                                     "train split")
+    test, test_counts = sampling.stratified_sample(df.where(F.col("split") == "test"), test_limit, seed,
+                                                   "test split")
+    logger.info("sampled %d training and %d test images (seed %d), %d tasks each", sum(train_counts.values()),
+                sum(test_counts.values()), seed, partitions)
 
     with target as staging:
-        phase = time.perf_counter()
-        features = (stage.transform(train).select("split", "index", "label", stage.getOutputCol())
-                    .persist(StorageLevel.MEMORY_AND_DISK))
-        features.count()
-        feature_seconds = time.perf_counter() - phase
-        feature_size = len(features.select(stage.getOutputCol()).first()[0])
-        logger.info("featurized %d training images in %.1f s (%.1f img/s): %d values each", train_rows,
-                    feature_seconds, train_rows / feature_seconds, feature_size)
-
-        phase = time.perf_counter()
-        classifier = LogisticRegression(featuresCol=stage.getOutputCol(), labelCol="label",
-                                        maxIter=max_iter, regParam=reg_param,
-                                        elasticNetParam=elastic_net_param)
-        fitted = classifier.fit(features)
-        fit_seconds = time.perf_counter() - phase
-        iterations = fitted.summary.totalIterations
-        features.unpersist()
-        logger.info("fitted LogisticRegression in %.1f s (%d iterations)", fit_seconds, iterations)
-        pipeline_model = PipelineModel(stages=[stage, fitted])
-
-        phase = time.perf_counter()
-        predictions = (pipeline_model.transform(test)
-                       .select("index", "label", "prediction", "probability")
-                       .persist(StorageLevel.MEMORY_AND_DISK))
-        predictions.count()
-        predict_seconds = time.perf_counter() - phase
-        scores = {}
-        for name in METRICS:
-            evaluator = MulticlassClassificationEvaluator(labelCol="label", predictionCol="prediction",
-                                                          probabilityCol="probability", metricName=name)
-            scores[name] = float(evaluator.evaluate(predictions))
-        cells = predictions.groupBy("label", "prediction").count().collect()
-        predictions.unpersist()
-        classes = max([num_classes or 0] + [int(c["label"]) + 1 for c in cells]
-                      + [int(c["prediction"]) + 1 for c in cells])
-        confusion = np.zeros((classes, classes), np.int64)
-        for cell in cells:
-            confusion[int(cell["label"]), int(cell["prediction"])] = int(cell["count"])
-        logger.info("scored %d test images in %.1f s: accuracy %.4f, f1 %.4f, logLoss %.4f", test_rows,
-                    predict_seconds, scores["accuracy"], scores["f1"], scores["logLoss"])
-
-        pipeline_model.write().save(storage.join(staging, "pipeline_model"))
-        extract_seconds = feature_seconds + predict_seconds
+        model, results = transfer.fit_and_score(
+            stage, train.repartition(partitions), test.repartition(partitions), num_classes=num_classes,
+            seed=seed, max_iter=max_iter, reg_param=reg_param, elastic_net_param=elastic_net_param, tune=tune,
+            reg_params=tune_reg_params, elastic_net_params=tune_elastic_net_params, folds=tune_folds)
+        model.write().save(storage.join(staging, "pipeline_model"))
         metrics = {
-            "job": "transfer",
-            **{name: round(value, 6) for name, value in scores.items()},
-            "train_rows": train_rows,
-            "test_rows": test_rows,
-            "model_name": model,
-            "image_size": image_size,
-            "pooling": pooling,
-            "weights": weights,
-            "feature_size": feature_size,
-            "images_per_second": round((train_rows + test_rows) / extract_seconds, 1),
-            "seconds": None,
-            "feature_seconds": round(feature_seconds, 2),
-            "fit_seconds": round(fit_seconds, 2),
-            "predict_seconds": round(predict_seconds, 2),
-            "lr_iterations": iterations,
+            "job": "transfer", **results, "train_rows": sum(train_counts.values()),
+            "test_rows": sum(test_counts.values()), "model_name": network,
+            "image_size": stage.effectiveImageSize(), "pooling": pooling, "weights": weights,
             "label_counts": {"train": {str(k): v for k, v in train_counts.items()},
                              "test": {str(k): v for k, v in test_counts.items()}},
-            "confusion_matrix": confusion.tolist(),
-            "per_class": evaluation.per_class_scores(confusion),
-            "params": {"data_dir": data_dir, "images": images_dir, "output": output, "overwrite": overwrite,
-                       "seed": seed, "model": model, "image_size": image_size, "pooling": pooling,
-                       "weights": weights, "batch_size": batch_size, "train_limit": train_limit,
-                       "test_limit": test_limit, "max_iter": max_iter, "reg_param": reg_param,
-                       "elastic_net_param": elastic_net_param, "partitions": partitions},
-            "environment": report.environment(),
+            "params": params, "environment": report.environment(),
+            "seconds": round(time.perf_counter() - started, 2),
         }
-        metrics["seconds"] = round(time.perf_counter() - started, 2)
-        _report(staging, metrics)
+        transfer.write_report(staging, metrics)
         report.write_metrics(staging, metrics)
-    logger.info("test accuracy %.4f on %d images; run folder %s (%.0f s)", metrics["accuracy"], test_rows,
-                output, metrics["seconds"])
+    logger.info("test accuracy %.4f on %d images; run folder %s (%.0f s)", metrics["accuracy"],
+                metrics["test_rows"], output, metrics["seconds"])
     return metrics
-
-
-def _report(staging: str, metrics: dict) -> None:
-    report.confusion_matrix_figure(metrics["confusion_matrix"], storage.join(staging, "confusion_matrix.png"))
-    headline = [(name, metrics[name]) for name in (
-        *METRICS, "train_rows", "test_rows", "model_name", "image_size", "pooling", "weights", "feature_size",
-        "images_per_second", "seconds")]
-    report.write_run_report(
-        staging,
-        title=f"transfer: DeepImageFeaturizer({metrics['model_name']}, {metrics['image_size']} px) + "
-              "LogisticRegression",
-        headline=headline,
-        figures=[("confusion_matrix.png", "Confusion matrix on the test sample (rows: expected)")],
-        sections=[report.per_class_section(metrics["per_class"]),
-                  report.files_section([("metrics.json", ""),
-                                        ("pipeline_model/", "(pyspark.ml.PipelineModel.load)")])],
-    )
 
 
 def main(argv=None) -> int:
     args = _arg_parser().parse_args(argv)
     featurizer.forbid_downloads(args.offline)
-    return cli.run_job("transfer", lambda spark: run(
-        spark, data_dir=args.data_dir, images_dir=args.images, output=args.output, overwrite=args.overwrite,
-        seed=args.seed, model=args.model, image_size=args.image_size, pooling=args.pooling,
-        weights=args.weights, batch_size=args.batch_size, train_limit=args.train_limit,
-        test_limit=args.test_limit, max_iter=args.max_iter, reg_param=args.reg_param,
-        elastic_net_param=args.elastic_net_param, partitions=args.partitions,
-    ), before=lambda: cli.prepare_output("transfer", args, [
-        *([("--images", args.images)] if args.images else cli.default_data_inputs(args.data_dir)),
+    return cli.run_job("transfer", lambda spark: run(spark, **cli.run_options(run, args)),
+                       before=lambda: cli.prepare_output("transfer", args, [
+        *([("--images", args.images_dir)] if args.images_dir else cli.default_data_inputs(args.data_dir)),
+        *([("--base-model", args.base_model)] if args.base_model not in featurizer.ARCHITECTURES else []),
         *([("--weights", args.weights)] if args.weights not in (featurizer.WEIGHTS_IMAGENET,
                                                                 featurizer.WEIGHTS_NONE) else [])]))
 

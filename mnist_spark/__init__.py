@@ -3,16 +3,21 @@
 Ingest IDX files into DataFrames of Spark's image struct, write PNG image sets,
 train Keras models data-parallel, and build transfer-learning pipelines.
 TensorFlow is imported only by the modules that need it, so ``import mnist_spark``
-stays fast; ``from mnist_spark import DeepImageFeaturizer`` loads its module on
-first use.
+stays fast; ``from mnist_spark import DeepImageFeaturizer`` (or ``KerasImageClassifier``,
+``KerasImageTransformer``, ``DeepImagePredictor``, ``register_keras_udf``) loads its
+module on first use.
 """
 
 __version__ = "0.1.0"
 
 #: Names importable from the package itself, loaded from their module on first use.
-_LAZY = {"DeepImageFeaturizer": "mnist_spark.featurizer"}
+_LAZY = {"DeepImageFeaturizer": "mnist_spark.featurizer",
+         **{name: "mnist_spark.ml" for name in ("KerasImageClassifier", "KerasImageClassificationModel",
+                                                 "KerasImageTransformer", "DeepImagePredictor",
+                                                 "register_keras_udf")}}
 
-__all__ = ["DeepImageFeaturizer", "__version__"]
+__all__ = ["DeepImageFeaturizer", "KerasImageClassifier", "KerasImageClassificationModel",
+           "KerasImageTransformer", "DeepImagePredictor", "register_keras_udf", "__version__"]
 
 
 def __getattr__(name: str):

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 import zlib
 from dataclasses import dataclass
@@ -41,7 +40,6 @@ import numpy as np
 
 from mnist_spark.images import binary_buffers, image_struct_array, mode_for_channels
 
-logger = logging.getLogger(__name__)
 
 #: Separator of the transforms in an ``augmentation`` string.
 SEPARATOR = ";"

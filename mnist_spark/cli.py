@@ -83,6 +83,16 @@ def split_list(text: str) -> tuple:
     return names
 
 
+def label_list(text: str) -> tuple:
+    """argparse type: distinct labels separated by commas (``--labels 0,1,2,3,4``)."""
+    from mnist_spark.labels import parse_labels
+
+    try:
+        return parse_labels(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer above zero."""
     try:
@@ -189,12 +199,103 @@ class JobArgumentParser(argparse.ArgumentParser):
         return parsed, extras
 
 
-def job_parser(doc: str | None, job: str) -> argparse.ArgumentParser:
+class _DeprecatedFlag(argparse.Action):
+    """An old flag spelling: works as the new one for one more release, with a warning line."""
+
+    def __init__(self, option_strings, dest, *, advice: str, **kwargs):
+        self.advice = advice
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        logger.warning("%s is deprecated and will be removed in the next release; %s", option_string,
+                       self.advice)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def deprecated_flag(parser, old: str, new: str, *, switch: bool = False, **kwargs) -> None:
+    """Accept ``old`` as a deprecated spelling of the flag ``new`` (hidden from ``--help``).
+
+    ``switch=True`` for an ``on/off`` flag (``store_true``).
+    """
+    dest = new.lstrip("-").replace("-", "_")
+    extra = dict(nargs=0, const=True) if switch else kwargs
+    parser.add_argument(old, dest=dest, action=_DeprecatedFlag, advice=f"use {new}", default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS, **extra)
+
+
+def float_list(text: str) -> tuple:
+    """argparse type: comma-separated finite numbers (``--tune-reg-params 0.01,0.1``)."""
+    values = tuple(finite_float(part) for part in split_list(text))
+    return values
+
+
+def run_options(run, args) -> dict:
+    """The parsed flags that ``run(spark, **options)`` takes, by its keyword names.
+
+    Each flag's ``dest`` is the keyword of ``run``, so ``main`` is one call
+    and ``metrics.json``'s ``params`` (:func:`run_params`) holds the same
+    names in every job.
+    """
+    import inspect
+
+    names = [name for name, p in inspect.signature(run).parameters.items() if p.kind == p.KEYWORD_ONLY]
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
+def run_defaults(run) -> dict:
+    """The defaults of ``run``'s keyword arguments."""
+    import inspect
+
+    return {name: p.default for name, p in inspect.signature(run).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def resume_target(resume, output):
+    """The run to continue: ``resume`` itself, or for ``auto`` ``output`` when it left a checkpoint.
+
+    ``auto`` makes the command a scheduler re-issues after a stopped driver
+    finish the run, and start it when there is nothing to continue.
+    """
+    from mnist_spark import storage
+
+    if resume != "auto":
+        return resume
+    if output is None:
+        raise ValueError("--resume auto continues the run at --output; give --output")
+    if storage.has_checkpoint(output):
+        return output
+    logger.info("--resume auto: %s left no checkpoint; starting the run", output)
+    return None
+
+
+def run_params(values: dict) -> dict:
+    """A job's ``run`` arguments (its ``locals()`` on entry) as JSON values, for ``metrics.json``."""
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()
+            if name != "spark"}
+
+
+def in_flag_terms(message: str, flags: dict) -> str:
+    """``message`` of a library error with its param names replaced by the job's flags.
+
+    Examples
+    --------
+    >>> in_flag_terms("imageSize 10 is below 75; set imageSize to 75", {"imageSize": "--image-size"})
+    '--image-size 10 is below 75; set --image-size to 75'
+    """
+    import re
+
+    for name, flag in flags.items():
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, message)
+    return message
+
+
+def job_parser(doc: str | None, job: str, *, seed: bool = True) -> argparse.ArgumentParser:
     """An argument parser with the flags every job shares.
 
     ``--data-dir``, ``--output``, ``--if-exists`` (``--overwrite`` is short for
-    ``--if-exists overwrite``), ``--seed``, ``--remote`` and ``--mlflow``; defaults are shown in
-    ``--help``. The parsed arguments carry ``if_exists`` and ``overwrite``.
+    ``--if-exists overwrite``), ``--remote``, ``--mlflow`` and, for a job that draws
+    random numbers (``seed=True``), ``--seed``; defaults are shown in ``--help``. The
+    parsed arguments carry ``if_exists`` and ``overwrite``.
     """
     from mnist_spark.storage import IF_EXISTS
 
@@ -222,7 +323,12 @@ def job_parser(doc: str | None, job: str) -> argparse.ArgumentParser:
         "--overwrite", dest="if_exists", action="store_const", const="overwrite", default=argparse.SUPPRESS,
         help="short for --if-exists overwrite",
     )
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
+    if seed:
+        parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
+    else:
+        parser.add_argument("--seed", dest="unused_seed", action=_DeprecatedFlag, type=non_negative_int,
+                            advice=f"{job} is deterministic and takes no seed", default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)
     parser.add_argument(
         "--remote", default=None, metavar="URL",
         help="run on a Spark Connect server, sc://host:port (default: $SPARK_REMOTE; local[N] starts "

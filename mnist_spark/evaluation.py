@@ -67,7 +67,7 @@ def model_bytes(model) -> bytes:
             return f.read()
 
 
-def _model_from_bytes(payload: bytes, *, compile: bool):
+def model_from_bytes(payload: bytes, *, compile: bool):
     """Keras' safe-mode load of ``.keras`` bytes (it reads models by path only)."""
     import keras
 
@@ -84,7 +84,15 @@ def load_model_bytes(payload: bytes):
     Loading uses Keras' safe mode: no Python code in the file is executed.
     """
     return worker_model(("keras", hashlib.sha256(payload).hexdigest()),
-                        lambda: _model_from_bytes(payload, compile=False))
+                        lambda: model_from_bytes(payload, compile=False))
+
+
+def model_file(location: str) -> str:
+    """The ``model.keras`` of a run folder, or ``location`` itself when it is the file."""
+    from mnist_spark import storage
+
+    inside = storage.join(location, "model.keras")
+    return inside if storage.exists(inside) else location
 
 
 def load_model(location: str):
@@ -99,7 +107,7 @@ def load_model(location: str):
     except OSError:
         raise ValueError(f"model file {location} does not exist; give the model.keras of a training run")
     try:
-        return _model_from_bytes(payload, compile=True)
+        return model_from_bytes(payload, compile=True)
     except Exception as error:  # Keras raises several types for a damaged file
         raise ValueError(
             f"model file {location} could not be loaded ({type(error).__name__}: {error}); it is not "
@@ -108,7 +116,7 @@ def load_model(location: str):
 
 
 def predict(df, model, *, batch_size: int = 512, input_col: str = "image",
-            output_col: str = "probabilities"):
+            output_col: str = "probabilities", prediction_col: str | None = "prediction", decode=None):
     """Add the model's class probabilities (``array<float>``) to an image DataFrame.
 
     Parameters
@@ -119,11 +127,17 @@ def predict(df, model, *, batch_size: int = 512, input_col: str = "image",
         The model, or the bytes of its ``.keras`` file.
     batch_size : int
         Images per ``predict_on_batch`` call.
+    prediction_col : str or None
+        Name of the argmax column (int); ``None`` adds none.
+    decode : callable, optional
+        Turns an Arrow array of image structs into the model's input batch
+        (e.g. resizing); default :func:`mnist_spark.images.struct_array_to_numpy`.
+        The model's output is flattened to one row of values per image.
 
     Returns
     -------
     DataFrame
-        ``df`` with ``output_col`` added; also ``prediction`` (int), the argmax.
+        ``df`` with ``output_col`` added; also ``prediction_col`` (int), the argmax.
     """
     import pyarrow as pa
     from pyspark.sql.types import ArrayType, FloatType, IntegerType, StructField, StructType
@@ -136,10 +150,8 @@ def predict(df, model, *, batch_size: int = 512, input_col: str = "image",
     from mnist_spark.payloads import ship
 
     broadcast = ship(df.sparkSession, payload, "model")  # a broadcast, or on Spark Connect the closure
-    schema = StructType(df.schema.fields + [
-        StructField(output_col, ArrayType(FloatType(), False), False),
-        StructField("prediction", IntegerType(), False),
-    ])
+    schema = StructType(df.schema.fields + [StructField(output_col, ArrayType(FloatType(), False), False)]
+                        + ([StructField(prediction_col, IntegerType(), False)] if prediction_col else []))
 
     def infer(batches):
         from mnist_spark.session import device_scope
@@ -151,21 +163,23 @@ def predict(df, model, *, batch_size: int = 512, input_col: str = "image",
     def _score(net, batches):
         from mnist_spark.images import struct_array_to_numpy
 
+        to_numpy = decode or (lambda column: struct_array_to_numpy(column, input_col))
         for batch in batches:
             for start in range(0, batch.num_rows, batch_size):
                 part = batch.slice(start, batch_size)
-                images = struct_array_to_numpy(part.column(input_col), input_col)
+                images = to_numpy(part.column(input_col))
                 probabilities = np.asarray(net.predict_on_batch(images.astype(np.float32)), np.float32)
+                probabilities = probabilities.reshape(len(images), -1)
                 classes = probabilities.shape[1]
                 flat = pa.array(probabilities.reshape(-1))
                 offsets = pa.array(np.arange(0, (len(images) + 1) * classes, classes, dtype=np.int32))
-                yield pa.RecordBatch.from_arrays(
-                    part.columns + [pa.ListArray.from_arrays(offsets, flat),
-                                    pa.array(probabilities.argmax(axis=1).astype(np.int32))],
-                    schema=pa.schema(list(part.schema) + [
-                        pa.field(output_col, pa.list_(pa.field("element", pa.float32(), False)), False),
-                        pa.field("prediction", pa.int32(), False)]),
-                )
+                columns = [pa.ListArray.from_arrays(offsets, flat)]
+                fields = [pa.field(output_col, pa.list_(pa.field("element", pa.float32(), False)), False)]
+                if prediction_col:
+                    columns.append(pa.array(probabilities.argmax(axis=1).astype(np.int32)))
+                    fields.append(pa.field(prediction_col, pa.int32(), False))
+                yield pa.RecordBatch.from_arrays(part.columns + columns,
+                                                 schema=pa.schema(list(part.schema) + fields))
 
     return df.mapInArrow(infer, schema)
 
@@ -225,6 +239,20 @@ def evaluate(df, model, *, num_classes: int = 10, batch_size: int = 512, misclas
     logger.info("evaluated %d images in %.1f s (%.0f img/s): accuracy %.4f, loss %.4f",
                 count, seconds, count / seconds, metrics["accuracy"], metrics["loss"])
     return metrics
+
+
+def confusion_from_predictions(predictions, num_classes: int = 0, *, label_col: str = "label",
+                               prediction_col: str = "prediction") -> np.ndarray:
+    """The confusion matrix (rows: expected) of a DataFrame of labels and predictions, counted in Spark.
+
+    It has ``num_classes`` rows, or more when a label or prediction lies beyond.
+    """
+    cells = predictions.groupBy(label_col, prediction_col).count().collect()
+    classes = max([num_classes] + [int(c[label_col]) + 1 for c in cells] + [int(c[prediction_col]) + 1 for c in cells])
+    confusion = np.zeros((classes, classes), np.int64)
+    for cell in cells:
+        confusion[int(cell[label_col]), int(cell[prediction_col])] = int(cell["count"])
+    return confusion
 
 
 def per_class_scores(confusion: np.ndarray) -> list[dict]:

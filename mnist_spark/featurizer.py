@@ -24,6 +24,10 @@ How a DataFrame is featurized:
    (:func:`preprocess_images`) and runs it on ``batchSize`` images at a time.
    The output column is a dense ``VectorUDT``.
 
+With ``modelFile`` (and ``outputLayer``) the network is your own ``.keras``
+file instead (:func:`user_network`): loaded in safe mode and checked on the
+driver, shipped like the weights, cut at the feature layer in the workers.
+
 TensorFlow is imported only inside the functions that run the network, so
 importing this module (or ``from mnist_spark import DeepImageFeaturizer``) is
 cheap.
@@ -38,14 +42,14 @@ import random
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from pyspark import keyword_only
 from pyspark.ml import Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsReader, DefaultParamsWritable, DefaultParamsWriter
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +121,10 @@ ENV_WEIGHTS_URL = "MNIST_SPARK_WEIGHTS_URL"
 RANDOM_WEIGHTS_SEED = 0
 
 DEFAULT_MODEL = "InceptionV3"
+#: ``FeaturizerConfig.model_name`` of a network from ``modelFile``.
+MODEL_FILE = "modelFile"
+#: The file name of the ``modelFile`` network inside a saved featurizer's folder.
+SAVED_MODEL_FILE = "model.keras"
 DEFAULT_SCALE_HINT = "SCALE_AREA_AVERAGING"
 DEFAULT_POOLING = "avg"
 DEFAULT_BATCH_SIZE = 32
@@ -150,6 +158,10 @@ def _whole(param: str, minimum: int):
         return value
 
     return convert
+
+
+def _path_value(value):
+    return TypeConverters.toString(os.fspath(value) if isinstance(value, os.PathLike) else value).strip()
 
 
 def _weights_value(value):
@@ -202,6 +214,18 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
         (``.h5`` as Keras publishes them, ``.weights.h5`` from ``save_weights``,
         or a folder holding the file under Keras' name); or ``none``: random
         weights from a fixed seed, for offline smoke tests only.
+    modelFile : str
+        A ``.keras`` file of your own network (path or URI), used instead of
+        ``modelName`` and ``weights``. It is loaded in Keras' safe mode, must
+        take one image input ``(batch, height, width, 1 or 3)`` and receives
+        the pixels 0-255 resized to its input (grayscale or RGB as it
+        expects), with no ``preprocess_input``: the network scales them
+        itself, as the models of ``train_cnn`` do. A saved featurizer or
+        ``PipelineModel`` keeps a copy of the file inside its folder.
+    outputLayer : str
+        With ``modelFile``: the layer whose output is the feature vector
+        (pooled by ``pooling`` when it is spatial). Default: the last layer
+        before the classifier.
 
     Raises
     ------
@@ -247,21 +271,29 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
         Params._dummy(), "weights",
         "imagenet (Keras' cache or $MNIST_SPARK_WEIGHTS), a weights file path, or none (random)",
         typeConverter=_weights_value)
+    modelFile: Param = Param(
+        Params._dummy(), "modelFile",
+        "a .keras file (path or URI) of your own network, loaded in safe mode; used instead of modelName",
+        typeConverter=_path_value)
+    outputLayer: Param = Param(
+        Params._dummy(), "outputLayer",
+        "with modelFile: the layer whose output is the feature vector; '': the last layer before the classifier",
+        typeConverter=TypeConverters.toString)
 
     @keyword_only
     def __init__(self, *, inputCol="image", outputCol="features", modelName=DEFAULT_MODEL,
                  scaleHint=DEFAULT_SCALE_HINT, pooling=DEFAULT_POOLING, imageSize=0,
-                 batchSize=DEFAULT_BATCH_SIZE, weights=WEIGHTS_IMAGENET):
+                 batchSize=DEFAULT_BATCH_SIZE, weights=WEIGHTS_IMAGENET, modelFile="", outputLayer=""):
         super().__init__()
         self._setDefault(inputCol="image", outputCol="features", modelName=DEFAULT_MODEL,
                          scaleHint=DEFAULT_SCALE_HINT, pooling=DEFAULT_POOLING, imageSize=0,
-                         batchSize=DEFAULT_BATCH_SIZE, weights=WEIGHTS_IMAGENET)
+                         batchSize=DEFAULT_BATCH_SIZE, weights=WEIGHTS_IMAGENET, modelFile="", outputLayer="")
         self.setParams(**self._input_kwargs)
 
     @keyword_only
     def setParams(self, *, inputCol="image", outputCol="features", modelName=DEFAULT_MODEL,
                   scaleHint=DEFAULT_SCALE_HINT, pooling=DEFAULT_POOLING, imageSize=0,
-                  batchSize=DEFAULT_BATCH_SIZE, weights=WEIGHTS_IMAGENET):
+                  batchSize=DEFAULT_BATCH_SIZE, weights=WEIGHTS_IMAGENET, modelFile="", outputLayer=""):
         """Set any of the params by keyword; returns ``self``."""
         return self._set(**self._input_kwargs)
 
@@ -307,9 +339,70 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
     def getWeights(self) -> str:
         return self.getOrDefault(self.weights)
 
+    def setModelFile(self, value: str) -> "DeepImageFeaturizer":
+        return self._set(modelFile=value)
+
+    def getModelFile(self) -> str:
+        return self.getOrDefault(self.modelFile)
+
+    def setOutputLayer(self, value: str) -> "DeepImageFeaturizer":
+        return self._set(outputLayer=value)
+
+    def getOutputLayer(self) -> str:
+        return self.getOrDefault(self.outputLayer)
+
     def effectiveImageSize(self) -> int:
-        """The input size used: ``imageSize``, or the network's native size when it is 0."""
-        return self.getImageSize() or ARCHITECTURES[self.getModelName()].native_size
+        """The input size used: ``imageSize``, or the network's native size when it is 0.
+
+        With ``modelFile``, the larger side of the model's input.
+        """
+        return max(self.inputShape()[:2])
+
+    def inputShape(self) -> tuple:
+        """``(height, width, channels)`` that the network receives.
+
+        A ``keras.applications`` network takes RGB squares of ``imageSize``
+        (or its native size); a ``modelFile`` network takes its own input
+        shape, with ``imageSize`` filling in a side the model leaves open.
+        """
+        if not self.getModelFile():
+            size = self.getImageSize() or ARCHITECTURES[self.getModelName()].native_size
+            return (size, size, 3)
+        network = user_network(self.getModelFile(), self.getOutputLayer())
+        return network.input_shape_for(self.getImageSize())
+
+    def _check_input_size(self) -> None:
+        if self.getModelFile():
+            self.inputShape()  # loads and checks the model file, the layer and imageSize
+            return
+        architecture = ARCHITECTURES[self.getModelName()]
+        size = self.effectiveImageSize()
+        if size < architecture.min_size:
+            raise ValueError(
+                f"imageSize {size} is below the {architecture.name} minimum of {architecture.min_size} "
+                f"px; set imageSize to {architecture.min_size} or more (its native size is "
+                f"{architecture.native_size}), or 0 for the native size"
+            )
+
+    def checkNetwork(self) -> None:
+        """Check on the driver, before any data is read, that the network can run as set.
+
+        The checks :meth:`transform` makes of the params and the weights (or
+        the ``modelFile``), without a DataFrame; each failure is one
+        ``ValueError``.
+        """
+        self._check_input_size()
+        if not self.getModelFile():
+            weights = resolve_weights(self.getWeights(), self.getModelName())
+            if weights is not None:
+                check_weights(weights, self.getModelName())
+
+    @classmethod
+    def read(cls):
+        return _FeaturizerReader(cls)
+
+    def write(self):
+        return _FeaturizerWriter(self)
 
     def transformSchema(self, schema):
         """Check the input schema and the params on the driver; return the output schema.
@@ -327,14 +420,7 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
 
         from mnist_spark.images import image_struct_type
 
-        architecture = ARCHITECTURES[self.getModelName()]
-        size = self.effectiveImageSize()
-        if size < architecture.min_size:
-            raise ValueError(
-                f"imageSize {size} is below the {architecture.name} minimum of {architecture.min_size} px; "
-                f"set imageSize to {architecture.min_size} or more (its native size is "
-                f"{architecture.native_size}), or 0 for the native size"
-            )
+        self._check_input_size()
         input_col, output_col = self.getInputCol(), self.getOutputCol()
         names = schema.fieldNames()
         if input_col not in names:
@@ -370,15 +456,24 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
             model_name=self.getModelName(), image_size=self.effectiveImageSize(),
             pooling=self.getPooling(), scale_hint=self.getScaleHint(), batch_size=self.getBatchSize(),
             input_col=self.getInputCol(), output_col=self.getOutputCol(), weights_id=WEIGHTS_NONE,
+            input_shape=self.inputShape(),
         )
-        weights = resolve_weights(self.getWeights(), config.model_name)
+        if self.getModelFile():
+            network = user_network(self.getModelFile(), self.getOutputLayer())
+            weights = network.file
+            config = replace(config, model_name=MODEL_FILE, output_layer=network.output_layer)
+            described = f"{network.file.location}, layer {network.output_layer!r}"
+        else:
+            weights = resolve_weights(self.getWeights(), config.model_name)
+            if weights is not None:
+                check_weights(weights, config.model_name)
+            described = config.model_name
         broadcast = None
         if weights is not None:
-            check_weights(weights, config.model_name)
             broadcast = _broadcast_weights(dataset.sparkSession, weights)
             config = config.with_weights(weights)
-        logger.info("DeepImageFeaturizer: %s at %d px, pooling %s, batches of %d, weights %s",
-                    config.model_name, config.image_size, config.pooling, config.batch_size,
+        logger.info("DeepImageFeaturizer: %s at %s, pooling %s, batches of %d, weights %s", described,
+                    "x".join(map(str, config.input_shape)), config.pooling, config.batch_size,
                     weights.describe() if weights is not None else "none (random, seed 0)")
 
         def featurize(batches):
@@ -388,6 +483,36 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
                             + [StructField(config.output_col, ArrayType(FloatType(), False), False)])
         column = F.col("`" + config.output_col.replace("`", "``") + "`")
         return dataset.mapInArrow(featurize, schema).withColumn(config.output_col, array_to_vector(column))
+
+
+def featurizer_for(base_model: str, **params) -> DeepImageFeaturizer:
+    """A featurizer of ``base_model``: a network of :data:`SUPPORTED_MODELS` by name, or your own.
+
+    Parameters
+    ----------
+    base_model : str
+        ``InceptionV3`` (or another of :data:`SUPPORTED_MODELS`), a ``.keras``
+        file, or a ``train_cnn`` run folder holding ``model.keras``.
+    **params
+        Other params of :class:`DeepImageFeaturizer`; ``weights`` only
+        applies to a network by name.
+
+    Raises
+    ------
+    ValueError
+        When ``base_model`` is neither a supported name nor an existing path.
+    """
+    from mnist_spark import evaluation, storage
+
+    if base_model in ARCHITECTURES:
+        return DeepImageFeaturizer(modelName=base_model, **params)
+    params.pop("weights", None)
+    if not storage.exists(base_model):
+        raise ValueError(
+            f"base model {base_model!r} is neither a network of keras.applications ({', '.join(SUPPORTED_MODELS)}) "
+            "nor an existing .keras file or train_cnn run folder; check the name or the path"
+        )
+    return DeepImageFeaturizer(modelFile=evaluation.model_file(base_model), **params)
 
 
 # --------------------------------------------------------------------------- weights
@@ -419,17 +544,18 @@ class FeaturizerConfig:
     batch_size: int
     input_col: str
     output_col: str
-    weights_id: str  #: ``none``, or the SHA-256 of the weights file
+    weights_id: str  #: ``none``, or the SHA-256 of the weights file (or of the model file)
     weights_suffix: str = ""
+    input_shape: tuple = ()  #: ``(height, width, channels)`` the network receives
+    output_layer: str = ""  #: the feature layer of a ``modelFile`` network
 
     def with_weights(self, weights: WeightsFile) -> "FeaturizerConfig":
-        from dataclasses import replace
-
         return replace(self, weights_id=weights.digest, weights_suffix=weights.suffix)
 
     @property
     def cache_key(self) -> tuple:
-        return ("featurizer", self.model_name, self.image_size, self.pooling, self.weights_id)
+        return ("featurizer", self.model_name, self.input_shape, self.pooling, self.weights_id,
+                self.output_layer)
 
 
 def keras_cache_dirs() -> list[str]:
@@ -732,6 +858,181 @@ def _broadcast_weights(spark, weights: WeightsFile):
     return broadcast
 
 
+# --------------------------------------------------------------------------- your own network
+
+
+@dataclass(frozen=True)
+class UserNetwork:
+    """A ``modelFile`` network, loaded and checked on the driver."""
+
+    file: WeightsFile  #: the ``.keras`` file, read and hashed once; shipped like weights
+    output_layer: str  #: the feature layer, named or found (:func:`default_feature_layer`)
+    input_shape: tuple  #: ``(height, width, channels)``; ``None`` for a side the model leaves open
+    layers: tuple  #: every layer's name, for error messages
+
+    def input_shape_for(self, image_size: int = 0) -> tuple:
+        """The input shape with open sides set to ``image_size``; checks that they agree."""
+        height, width, channels = self.input_shape
+        if image_size and any(side not in (None, image_size) for side in (height, width)):
+            raise ValueError(
+                f"imageSize {image_size} does not fit model file {self.file.location}, whose input is "
+                f"{height}x{width}; leave imageSize at 0 to use the model's size"
+            )
+        if (height is None or width is None) and not image_size:
+            raise ValueError(
+                f"model file {self.file.location} takes images of any size ({height}x{width}); "
+                "set imageSize to the side the network should see"
+            )
+        return (height or image_size, width or image_size, channels)
+
+
+_NETWORKS: dict = {}  # (location, size, mtime, outputLayer) -> UserNetwork
+
+
+def user_network(location: str, output_layer: str = "") -> UserNetwork:
+    """Load a ``.keras`` file in safe mode on the driver and check that it can featurize images.
+
+    Parameters
+    ----------
+    location : str
+        Path or URI of a ``.keras`` file (``model.save``); no Python code in
+        it runs (Keras' ``safe_mode``).
+    output_layer : str
+        The layer whose output is the feature vector; ``""`` picks the last
+        layer before the classifier (:func:`default_feature_layer`).
+
+    Raises
+    ------
+    ValueError
+        When the file is missing or is not a ``.keras`` model, when the model
+        does not take one batch of images (``(batch, height, width, 1 or 3)``),
+        or when it has no layer ``output_layer``.
+    """
+    from mnist_spark import storage
+    from mnist_spark.evaluation import model_from_bytes
+
+    if not storage.exists(location):
+        raise ValueError(f"model file {location} does not exist; give the path of a .keras file "
+                         "(a train_cnn run folder's model.keras, or your own model.save output)")
+    filesystem, path = storage.resolve(location)
+    info = filesystem.get_file_info(path)
+    key = (storage.to_uri(location), info.size, info.mtime_ns, output_layer)
+    if key in _NETWORKS:
+        return _NETWORKS[key]
+    payload = _read_bytes(location)
+    if not payload.startswith(_ZIP_SIGNATURE):
+        raise ValueError(f"model file {location} is not a .keras file (a zip archive written by "
+                         "model.save); save the network with model.save('name.keras')")
+    try:
+        model = model_from_bytes(payload, compile=False)
+    except Exception as error:  # Keras raises several types for files it cannot rebuild
+        text = " ".join(str(error).split())[:300]
+        raise ValueError(f"model file {location} could not be loaded in safe mode ({type(error).__name__}: "
+                         f"{text}); save it again with model.save, using only built-in Keras layers") from None
+    layers = tuple(layer.name for layer in model.layers)
+    inputs = getattr(model, "inputs", None) or []
+    shape = tuple(inputs[0].shape) if len(inputs) == 1 else ()
+    if len(shape) != 4 or shape[3] not in (1, 3):
+        found = ", ".join(_shape_text(i.shape) for i in inputs) or "none"
+        raise ValueError(
+            f"model file {location} does not take images: its input is {found}; the featurizer feeds "
+            "(batch, height, width, 1 or 3) pixels 0-255, so give a model whose one input is an image"
+        )
+    name = output_layer or default_feature_layer(model)
+    if name not in layers:
+        raise ValueError(f"model file {location} has no layer {name!r}; set outputLayer to one of: "
+                         f"{', '.join(layers)}")
+    file = WeightsFile(storage.to_uri(location), len(payload), hashlib.sha256(payload).hexdigest(), ".keras",
+                       "modelFile")
+    network = UserNetwork(file, name, tuple(shape[1:]), layers)
+    _NETWORKS.clear()  # keep one file's record at a time
+    _NETWORKS[key] = network
+    return network
+
+
+def _shape_text(shape) -> str:
+    return "(" + ", ".join("batch" if side is None else str(side) for side in shape) + ")"
+
+
+def default_feature_layer(model) -> str:
+    """The last layer before the classifier: the one feeding the last layer, past any Dropout.
+
+    For the models of :mod:`mnist_spark.models` this is the activation of the
+    last hidden dense layer (128 values).
+    """
+    import keras
+
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if len(layers) < 2:
+        raise ValueError(f"model {model.name!r} has a single layer and nothing below its classifier; "
+                         "set outputLayer")
+    position = len(layers) - 2
+    while position > 0 and isinstance(layers[position], keras.layers.Dropout):
+        position -= 1
+    return layers[position].name
+
+
+def feature_model(model, output_layer: str, pooling: str = DEFAULT_POOLING):
+    """``model`` cut at ``output_layer``; a spatial output is pooled (``avg``, ``max``) or flattened.
+
+    Examples
+    --------
+    >>> import keras
+    >>> net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+    ...                         keras.layers.Flatten(), keras.layers.Dense(2)])
+    >>> feature_model(net, "conv", "avg").output_shape
+    (None, 4)
+    >>> feature_model(net, "conv", "none").output_shape
+    (None, 144)
+    """
+    import keras
+
+    output = model.get_layer(output_layer).output
+    if len(output.shape) == 4 and pooling != "none":
+        pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
+        output = pool(name="feature_pooling")(output)
+    elif len(output.shape) > 2:
+        output = keras.layers.Flatten(name="feature_flatten")(output)
+    return keras.Model(model.inputs, output, name=f"{model.name}_features")
+
+
+def _load_network(payload: bytes):
+    from mnist_spark.evaluation import model_from_bytes
+
+    return model_from_bytes(payload, compile=False)
+
+
+class _FeaturizerWriter(DefaultParamsWriter):
+    """Saves the params and, with ``modelFile``, a copy of the network inside the folder."""
+
+    def saveImpl(self, path: str) -> None:
+        from mnist_spark import storage
+
+        instance = self.instance
+        model_file = instance.getModelFile()
+        if not model_file:
+            return super().saveImpl(path)
+        params = {param.name: value for param, value in instance._paramMap.items()}
+        params["modelFile"] = SAVED_MODEL_FILE
+        DefaultParamsWriter.saveMetadata(instance, path, self.sparkSession, paramMap=params,
+                                         extraMetadata={"modelFileInside": SAVED_MODEL_FILE})
+        storage.write_bytes(storage.join(path, SAVED_MODEL_FILE), _read_bytes(model_file))
+
+
+class _FeaturizerReader(DefaultParamsReader):
+    """Loads the params; a ``modelFile`` saved inside the folder is used from there."""
+
+    def load(self, path: str):
+        from mnist_spark import storage
+
+        instance = super().load(path)
+        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+        inside = metadata.get("modelFileInside")
+        if inside:
+            instance.setModelFile(storage.join(path, inside))
+        return instance
+
+
 # --------------------------------------------------------------------------- the network
 
 
@@ -833,12 +1134,48 @@ def preprocess_images(images: np.ndarray, model_name: str = DEFAULT_MODEL, image
     """
     import importlib
 
-    from PIL import Image
-
     architecture = ARCHITECTURES[model_name]
     size = image_size or architecture.native_size
-    resample = getattr(Image.Resampling, SCALE_HINTS[scale_hint])
-    count, height, width, channels = images.shape
+    pixels = resize_images(images, (size, size, 3), scale_hint).astype(np.float32)
+    module = importlib.import_module(f"keras.applications.{architecture.module}")
+    return np.asarray(module.preprocess_input(pixels), dtype=np.float32)
+
+
+def resize_images(images: np.ndarray, shape, scale_hint: str = DEFAULT_SCALE_HINT) -> np.ndarray:
+    """Spark-order uint8 images as a network's ``(height, width, channels)`` input, still uint8.
+
+    Grayscale becomes RGB by repeating the plane, Spark's BGR(A) becomes RGB
+    (alpha dropped) or, for a one-channel network, luma as Pillow's ``L``
+    mode computes it; each image is resized with the Pillow filter of
+    ``scale_hint``.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        uint8 ``(n, height, width, channels)`` with 1 (gray), 3 (BGR) or 4
+        (BGRA) channels.
+    shape : tuple
+        ``(height, width, channels)`` of the output; channels 1 or 3.
+    scale_hint : str
+        One of :data:`SCALE_HINTS`.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 ``(n, *shape)``.
+
+    Examples
+    --------
+    >>> bgr = np.zeros((1, 2, 2, 3), np.uint8); bgr[..., 2] = 255  # pure red in Spark's BGR
+    >>> resize_images(bgr, (4, 4, 3))[0, 0, 0].tolist()
+    [255, 0, 0]
+    >>> resize_images(bgr, (2, 2, 1))[0, 0, 0].tolist()
+    [76]
+    """
+    from PIL import Image
+
+    height, width, wanted = (int(v) for v in shape)
+    count, _, _, channels = images.shape
     if channels not in (1, 3, 4):
         raise ValueError(
             f"images must have 1 (gray), 3 (BGR) or 4 (BGRA) channels, found {channels}; "
@@ -848,18 +1185,22 @@ def preprocess_images(images: np.ndarray, model_name: str = DEFAULT_MODEL, image
         plane = images[..., 0]
     else:
         plane = images[..., 2::-1]  # Spark's BGR(A) -> RGB, alpha dropped
-    if (height, width) == (size, size):
+        if wanted == 1:  # Pillow's RGB -> L: ITU-R 601-2 luma, in 16-bit fixed point
+            weights = np.array([19595, 38470, 7471], np.uint32)
+            plane = ((plane.astype(np.uint32) @ weights + 0x8000) >> 16).astype(np.uint8)
+    if plane.shape[1:3] == (height, width):
         resized = np.ascontiguousarray(plane)
     else:
-        resized = np.empty((count, size, size) + plane.shape[3:], np.uint8)
+        resample = getattr(Image.Resampling, SCALE_HINTS[scale_hint])
+        resized = np.empty((count, height, width) + plane.shape[3:], np.uint8)
         for i in range(count):
             image = Image.fromarray(np.ascontiguousarray(plane[i]))
-            resized[i] = np.asarray(image.resize((size, size), resample))
-    pixels = resized.astype(np.float32)
-    if channels == 1:
-        pixels = np.repeat(pixels[..., None], 3, axis=3)
-    module = importlib.import_module(f"keras.applications.{architecture.module}")
-    return np.asarray(module.preprocess_input(pixels), dtype=np.float32)
+            resized[i] = np.asarray(image.resize((width, height), resample))
+    if resized.ndim == 3:
+        resized = resized[..., None]
+    if resized.shape[3] != wanted:
+        resized = np.repeat(resized, wanted, axis=3)
+    return resized
 
 
 def _decode_groups(column, where: str):
@@ -906,6 +1247,8 @@ def featurize_batches(batches, config: FeaturizerConfig, broadcast=None):
 
     def build():
         payload = None if broadcast is None else broadcast.value
+        if config.model_name == MODEL_FILE:
+            return feature_model(_load_network(payload), config.output_layer, config.pooling)
         return _build(config.model_name, config.image_size, config.pooling, payload, config.weights_suffix)
 
     from mnist_spark.session import device_scope
@@ -927,10 +1270,14 @@ def _featurize(model, batches, config):
             part = batch.slice(start, config.batch_size)
             count = part.num_rows
             images = part.column(column_at)
-            inputs = np.empty((count, config.image_size, config.image_size, 3), np.float32)
+            inputs = np.empty((count, *config.input_shape), np.float32)
             for positions, pixels in _decode_groups(images, where):
-                inputs[positions] = preprocess_images(pixels, config.model_name, config.image_size,
-                                                      config.scale_hint)
+                if config.model_name == MODEL_FILE:
+                    # A model of ours (and most user models) scales its raw pixels itself.
+                    inputs[positions] = resize_images(pixels, config.input_shape, config.scale_hint)
+                else:
+                    inputs[positions] = preprocess_images(pixels, config.model_name, config.image_size,
+                                                          config.scale_hint)
             features = np.asarray(model.predict_on_batch(inputs), np.float32).reshape(count, -1)
             width = features.shape[1]
             offsets = pa.array(np.arange(0, (count + 1) * width, width, dtype=np.int32))

@@ -707,6 +707,28 @@ def _relative(origin: str, root: str) -> str:
     return path[len(marker):] if path.startswith(marker) else origin
 
 
+def first_rows_numpy(df, limit: int):
+    """The first ``limit`` rows of an image DataFrame by ``index`` as numpy, collected to the driver.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray, numpy.ndarray)
+        uint8 images, int32 labels and int64 indices.
+    """
+    import pandas as pd
+
+    rows = df.select("index", "label", "image").orderBy("index").limit(limit).toPandas()
+    fields = rows["image"].apply(lambda s: pd.Series(s.asDict() if hasattr(s, "asDict") else s))
+    return (struct_frame_to_numpy(fields), rows["label"].to_numpy(np.int32), rows["index"].to_numpy(np.int64))
+
+
+def images_by_index(df, indices) -> list:
+    """The pixels of the rows of ``df`` with these ``index`` values, in that order (a few, collected)."""
+    wanted = [int(i) for i in indices]
+    rows = {r["index"]: r["image"] for r in df.where(df["index"].isin(wanted)).select("index", "image").collect()}
+    return [struct_to_array(rows[i]) for i in wanted]
+
+
 def struct_frame_to_numpy(frame, where: str = "image column") -> np.ndarray:
     """A batch of image structs (a pandas DataFrame of the struct's fields) as one uint8 array.
 

@@ -60,10 +60,6 @@ class SplitInfo:
     image_shape: tuple
     label_counts: tuple
 
-    @property
-    def image_bytes(self) -> int:
-        return int(np.prod(self.image_shape))
-
 
 @dataclass(frozen=True)
 class ReadTask:
@@ -136,6 +132,39 @@ def plan_tasks(infos: list[SplitInfo], partitions: int) -> list[ReadTask]:
             for a, b in zip(bounds[:-1], bounds[1:])
         ]
     return tasks
+
+
+def dataset_frame(spark, data_dir=None, images_dir=None, splits=("train", "test")):
+    """A dataset's images as one DataFrame of an ingest, and its number of classes (0 when unknown).
+
+    From the IDX files of ``data_dir`` (:func:`mnist_spark.datasets.locate`)
+    or from a PNG set ``images_dir`` (labels from the paths).
+    """
+    if images_dir and data_dir:
+        raise ValueError("give --data-dir (IDX files) or --images (a PNG set), not both")
+    if images_dir:
+        from mnist_spark.images import read_png_set
+
+        return read_png_set(spark, images_dir, splits=tuple(splits))[0], 0
+    from mnist_spark import datasets
+
+    files = datasets.locate(data_dir)
+    return idx_dataframe(spark, files, splits=tuple(splits))[0], files.dataset.num_classes
+
+
+def first_images(info: SplitInfo, count: int) -> list:
+    """The first ``count`` images of a split as ``(index, label, pixels)``, read on the driver.
+
+    Reads the IDX files directly with the reader the Spark tasks use, so a
+    few pictures cost no Spark job.
+    """
+    from mnist_spark.images import struct_to_array
+
+    rows = []
+    for batch in _read_task_batches(ReadTask(info.split, info.images, info.labels, 0, min(count, info.count))):
+        for row in batch.to_pylist():
+            rows.append((row["index"], row["label"], struct_to_array(row["image"])))
+    return rows
 
 
 def _read_task_batches(task: ReadTask):

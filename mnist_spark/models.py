@@ -20,11 +20,9 @@ bn_cnn     conv 32 5x5, BN, pool; 2x conv 64 3x3 + BN, pool;        default
 
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "bn_cnn"
 

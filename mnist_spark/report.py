@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import platform
 import sys
@@ -11,7 +10,6 @@ from importlib import metadata
 
 from mnist_spark import storage
 
-logger = logging.getLogger(__name__)
 
 #: Libraries whose versions every metrics.json records.
 LIBRARIES = ("mnist_spark", "pyspark", "numpy", "pandas", "pyarrow", "pillow", "tensorflow-cpu", "tensorflow",
@@ -65,7 +63,6 @@ def write_metrics(folder: str, metrics: dict) -> str:
     text = json.dumps(metrics, indent=2, sort_keys=False, allow_nan=False)
     storage.write_bytes(location, (text + "\n").encode())
     return location
-
 
 
 # --------------------------------------------------------------------------- pictures of image sets
@@ -365,6 +362,16 @@ def per_class_section(per_class) -> tuple[str, str]:
                          f"<th>support</th></tr>{rows}</table>")
 
 
+def tuning_section(grid) -> tuple[str, str]:
+    """A report section: the cross-validated grid with each setting's accuracy, the chosen one in bold."""
+    rows = "".join(
+        ("<tr><td><b>{}</b></td><td><b>{}</b></td><td><b>{:.4f}</b></td><td><b>{:.4f}</b></td></tr>" if g["best"]
+         else "<tr><td>{}</td><td>{}</td><td>{:.4f}</td><td>{:.4f}</td></tr>").format(
+            g["regParam"], g["elasticNetParam"], g["accuracy"], g["accuracy_std"]) for g in grid)
+    return ("Tuning (cross-validated accuracy)", "<table><tr><th>regParam</th><th>elasticNetParam</th>"
+                                                 f"<th>accuracy</th><th>std</th></tr>{rows}</table>")
+
+
 def files_section(files) -> tuple[str, str]:
     """A report section linking files of the run: ``(relative path, note)`` pairs."""
     from html import escape
@@ -372,6 +379,42 @@ def files_section(files) -> tuple[str, str]:
     items = "".join(f'<li><a href="{escape(path)}">{escape(path)}</a>{" " + escape(note) if note else ""}</li>'
                     for path, note in files)
     return ("Files", f"<ul>{items}</ul>")
+
+
+#: Misclassified images drawn in the grid, and with their probabilities.
+GRID_SIZE, PROBABILITY_ROWS = 24, 4
+
+
+def write_training_report(folder: str, metrics: dict, pictures) -> None:
+    """Figures and ``report.html`` of a ``train_cnn`` run folder.
+
+    ``pictures`` are the pixels of ``metrics["evaluation"]["misclassified"][:GRID_SIZE]``.
+    """
+    scores = metrics["evaluation"]
+    learning_curves(metrics["history"], storage.join(folder, "learning_curves.png"))
+    confusion_matrix_figure(scores["confusion_matrix"], storage.join(folder, "confusion_matrix.png"))
+    figures = [("learning_curves.png", "Loss and accuracy per round"),
+               ("confusion_matrix.png", "Confusion matrix on the test split (rows: expected)")]
+    wrong = scores["misclassified"][:GRID_SIZE]
+    if wrong:
+        label_of = metrics["labels"] or range(len(scores["confusion_matrix"]))
+        titles = [f"p: {label_of[w['predicted']]}; e: {label_of[w['expected']]}" for w in wrong]
+        contact_sheet(pictures, titles, storage.join(folder, "misclassified.png"),
+                      title="Misclassified test digits (p: predicted; e: expected)")
+        probability_bars(pictures[:PROBABILITY_ROWS], [w["probabilities"] for w in wrong[:PROBABILITY_ROWS]],
+                         titles[:PROBABILITY_ROWS], storage.join(folder, "probabilities.png"))
+        figures += [("misclassified.png", "Misclassified test digits"),
+                    ("probabilities.png", "Predicted probabilities of some misclassified digits")]
+    files = [("metrics.json", ""), ("model.keras", ""), ("model_summary.txt", "")]
+    write_run_report(
+        folder,
+        title=f"train_cnn: {metrics['model']}",
+        headline=[(name, metrics[name]) for name in (
+            "test_accuracy", "test_loss", "epochs", "partitions", "images_per_second", "seconds")],
+        figures=figures,
+        sections=[per_class_section(scores["per_class"]),
+                  files_section(files + ([("labels.json", "the label of each class")] if metrics["labels"] else []))],
+    )
 
 
 def write_run_report(folder: str, *, title: str, headline, figures=(), sections=()) -> str:

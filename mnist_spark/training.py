@@ -42,7 +42,8 @@ from mnist_spark import models, storage
 
 logger = logging.getLogger(__name__)
 
-#: Set to ``"PARTITION:ROUND"`` to make that task fail on its first attempt (fault tests).
+#: Set in executors to ``"PARTITION:ROUND"`` (ROUND 0-based) to make that replica's first attempt
+#: fail (fault tests). Read inside the task, so it never enters TrainConfig, metrics or checkpoints.
 ENV_INJECT_FAILURE = "MNIST_SPARK_INJECT_FAILURE"
 
 #: Set in executors to ``"ROUND:FOLDER"`` to hold the first attempt of every replica of round
@@ -50,6 +51,16 @@ ENV_INJECT_FAILURE = "MNIST_SPARK_INJECT_FAILURE"
 ENV_HOLD_REPLICA = "MNIST_SPARK_HOLD_REPLICA"
 #: The longest a replica is held, in seconds, should the test never release it.
 HOLD_TIMEOUT = 600
+
+
+def _fail_if_asked(partition: int, round_: int, attempt: int) -> None:
+    """The fault tests' hook: raise in the first attempt of the replica ``ENV_INJECT_FAILURE`` names."""
+    value = os.environ.get(ENV_INJECT_FAILURE)
+    if not value or attempt != 0:
+        return
+    wanted_partition, _, wanted_round = value.partition(":")
+    if (int(wanted_partition), int(wanted_round)) == (partition, round_):
+        raise RuntimeError(f"injected failure in partition {partition}, round {round_} (attempt 0)")
 
 
 def _hold_if_asked(partition: int, round_: int, attempt: int) -> None:
@@ -101,8 +112,6 @@ class TrainConfig:
         Shape of one image and number of classes.
     augment : dict, optional
         On-the-fly augmentation parameters (:mod:`mnist_spark.augment`).
-    inject_failure : tuple, optional
-        ``(partition, round)`` whose first attempt raises: for fault tests.
     first_round_steps : int, optional
         Length of the first round; each next round is twice as long until a
         round is one local epoch (or ``steps_per_round``). Default: a quarter
@@ -119,6 +128,12 @@ class TrainConfig:
     batchnorm_sample : int
         Training images on which the driver re-estimates BatchNorm's moving
         statistics after each averaging (0: keep the averaged statistics).
+    model_file : str, optional
+        A saved ``.keras`` model (path or URI) trained instead of the
+        architecture ``model``, from its saved weights: loaded in safe mode,
+        compiled with Adam and sparse categorical cross-entropy, so it must end
+        in a softmax over ``num_classes``. The driver reads it and broadcasts
+        its bytes; executors need no access to it.
     """
 
     model: str = models.DEFAULT_MODEL
@@ -133,11 +148,11 @@ class TrainConfig:
     input_shape: tuple = (28, 28, 1)
     num_classes: int = 10
     augment: dict | None = None
-    inject_failure: tuple | None = None
     first_round_steps: int | None = None
     lr_scaling: str = "linear"
     warmup_epochs: float = 1.0
     batchnorm_sample: int = 2048
+    model_file: str | None = None
 
     def __post_init__(self):
         models.check_model_name(self.model)
@@ -167,9 +182,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         values = dict(values)
-        for key in ("input_shape", "inject_failure"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
+        values.pop("inject_failure", None)  # written by earlier versions; a test hook, not a setting
+        if values.get("input_shape") is not None:
+            values["input_shape"] = tuple(values["input_shape"])
         return cls(**values)
 
 
@@ -432,7 +447,7 @@ _ONE_CHUNK_CACHED = {"spark.sql.inMemoryColumnarStorage.batchSize": "1"}
 _ONE_CHUNK_TO_PYTHON = {"spark.sql.execution.arrow.maxRecordsPerBatch": "1"}
 
 
-def make_shards(df, partitions: int, *, chunk_bytes: int | None = None):
+def make_shards(df, partitions: int, *, chunk_bytes: int | None = None, decode=None):
     """Split an image DataFrame into ``partitions`` cached numpy shards, one per partition.
 
     Rows go to shard ``index % partitions`` and are ordered by index inside
@@ -448,6 +463,10 @@ def make_shards(df, partitions: int, *, chunk_bytes: int | None = None):
     partitions : int
     chunk_bytes : int, optional
         Pixel bytes per cached row; default :data:`CHUNK_BYTES`.
+    decode : callable, optional
+        Turns an Arrow array of image structs into a uint8 batch (e.g.
+        resizing as it decodes); default
+        :func:`mnist_spark.images.struct_array_to_numpy`.
 
     Returns
     -------
@@ -496,7 +515,8 @@ def make_shards(df, partitions: int, *, chunk_bytes: int | None = None):
             if batch.num_rows == 0:
                 continue
             shard_of = batch.column("shard").to_numpy()
-            images = struct_array_to_numpy(batch.column("image"), "training image")
+            images = (decode(batch.column("image")) if decode is not None
+                      else struct_array_to_numpy(batch.column("image"), "training image"))
             if shape is not None and images.shape[1:] != shape:
                 raise ValueError(
                     f"training images must share one size, found {sorted({shape, images.shape[1:]})}")
@@ -536,13 +556,20 @@ def make_shards(df, partitions: int, *, chunk_bytes: int | None = None):
 # --------------------------------------------------------------------------- replicas
 
 
-def _replica(config: TrainConfig):
+def _replica(config: TrainConfig, architecture: bytes | None = None):
     """This Python worker's model for ``config``, built once and reused across rounds.
 
     Kept in the worker's model cache (:func:`mnist_spark.evaluation.worker_model`),
-    on the task's GPU when Spark assigned one.
+    on the task's GPU when Spark assigned one. ``architecture`` holds the bytes
+    of ``config.model_file``, when the run trains one.
     """
+    import hashlib
+
     from mnist_spark.evaluation import worker_model
+
+    if architecture is not None:
+        return worker_model(("replica-file", hashlib.sha256(architecture).hexdigest()),
+                            lambda: file_model(architecture, config.learning_rate))
 
     def build():
         model = models.build_model(config.model, input_shape=config.input_shape,
@@ -551,6 +578,23 @@ def _replica(config: TrainConfig):
         return model
 
     return worker_model(("replica", config.model, tuple(config.input_shape), config.num_classes), build)
+
+
+def file_model(payload: bytes, learning_rate: float):
+    """A ``.keras`` file's model (safe mode), compiled as :func:`mnist_spark.models.build_model` compiles.
+
+    Adam, sparse categorical cross-entropy and accuracy, the optimizer built,
+    so its state averages like a named architecture's.
+    """
+    import keras
+
+    from mnist_spark.evaluation import model_from_bytes
+
+    model = model_from_bytes(payload, compile=False)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)
+    return model
 
 
 def optimizer_variables(model) -> list:
@@ -569,7 +613,7 @@ def load_state(model, weights, optimizer, *, learning_rate=None, seed=None) -> N
     model.set_weights(weights)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-    for variable, value in zip(model.optimizer.variables, optimizer):
+    for variable, value in zip(model.optimizer.variables, optimizer, strict=True):
         variable.assign(value)
     if learning_rate is not None:
         model.optimizer.learning_rate = learning_rate
@@ -652,20 +696,21 @@ class _StepLearningRate:
 
 
 def train_replica(partition: int, shard, state_payload: bytes, round_: int, config: TrainConfig,
-                  schedule: Schedule, attempt: int = 0) -> dict:
+                  schedule: Schedule, attempt: int = 0, architecture: bytes | None = None) -> dict:
     """One replica's work for one round: runs inside a Spark task.
+
+    ``architecture`` holds the bytes of ``config.model_file`` when the run trains one.
 
     Returns the replica's weights, optimizer state, sample count and metrics.
     """
     from mnist_spark.session import device_scope, task_device
 
     _hold_if_asked(partition, round_, attempt)
-    if config.inject_failure == (partition, round_) and attempt == 0:
-        raise RuntimeError(f"injected failure in partition {partition}, round {round_} (attempt 0)")
+    _fail_if_asked(partition, round_, attempt)
     started = time.perf_counter()
     images, labels, index = shard
     weights, optimizer = pickle.loads(state_payload)
-    model = _replica(config)
+    model = _replica(config, architecture)
     first_step = schedule.starts[round_]
     load_state(model, weights, optimizer, learning_rate=learning_rate_at(config, schedule, first_step),
                seed=task_seed(config.seed, partition, round_))
@@ -751,8 +796,8 @@ def _add_partial_sums(parts: list[dict]) -> dict:
         total = {
             "count": total["count"] + part["count"],
             "replicas": total["replicas"] + part["replicas"],
-            "weights": [a + b for a, b in zip(total["weights"], part["weights"])],
-            "optimizer": [a + b for a, b in zip(total["optimizer"], part["optimizer"])],
+            "weights": [a + b for a, b in zip(total["weights"], part["weights"], strict=True)],
+            "optimizer": [a + b for a, b in zip(total["optimizer"], part["optimizer"], strict=True)],
             "dtypes": total["dtypes"],
         }
     return total
@@ -764,7 +809,7 @@ def _mean_of(total: dict) -> tuple[list, list]:
     Integer state (the optimizer's step) is rounded back to its integer type.
     """
     means = []
-    for value, dtype in zip((*total["weights"], *total["optimizer"]), total["dtypes"]):
+    for value, dtype in zip((*total["weights"], *total["optimizer"]), total["dtypes"], strict=True):
         dtype = np.dtype(dtype)
         value = value / total["count"]
         if np.issubdtype(dtype, np.integer):
@@ -860,8 +905,15 @@ def tree_average(results, replicas: int, fan_in: int | None = None):
 # --------------------------------------------------------------------------- the driver's loop
 
 
-def initial_state(config: TrainConfig):
-    """The driver's model with seeded initial weights, and its state at round 0."""
+def initial_state(config: TrainConfig, architecture: bytes | None = None):
+    """The driver's model with seeded initial weights, and its state at round 0.
+
+    With ``architecture`` (the bytes of ``config.model_file``) the model is that
+    file's, starting from its saved weights.
+    """
+    if architecture is not None:
+        model = file_model(architecture, config.learning_rate)
+        return model, TrainState(0, model.get_weights(), optimizer_variables(model), [])
     model = models.build_model(config.model, input_shape=config.input_shape,
                                num_classes=config.num_classes, learning_rate=config.learning_rate,
                                seed=config.seed)
@@ -874,12 +926,12 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def training_sample(train_df, count: int, seed: int, total: int | None = None):
+def training_sample(train_df, count: int, seed: int, total: int | None = None, decode=None):
     """About ``count`` training images (and labels) as numpy, the same for the same seed.
 
     Rows are picked by a hash of ``(index, seed)`` against the number of rows
     ``total`` (counted when not given), so the sample does not depend on how
-    the DataFrame is partitioned.
+    the DataFrame is partitioned. ``decode`` as in :func:`make_shards`.
     """
     from pyspark.sql import functions as F
 
@@ -888,7 +940,8 @@ def training_sample(train_df, count: int, seed: int, total: int | None = None):
     total = train_df.count() if total is None else total
     keep = F.pmod(F.xxhash64("index", F.lit(seed)), F.lit(max(total, 1))) < F.lit(count)
     table = train_df.where(keep).select("index", "label", "image").orderBy("index").toArrow()
-    images = struct_array_to_numpy(table.column("image").combine_chunks(), "training image")
+    column = table.column("image").combine_chunks()
+    images = decode(column) if decode is not None else struct_array_to_numpy(column, "training image")
     return images, table.column("label").to_numpy().astype(np.int32)
 
 
@@ -903,7 +956,7 @@ def _timed(seconds: dict, name: str):
 
 
 def train(spark, train_df, config: TrainConfig, *, validation=None, state: TrainState | None = None,
-          on_round=None, chunk_bytes: int | None = None):
+          on_round=None, chunk_bytes: int | None = None, shards=None, decode=None):
     """Train ``config.model`` data-parallel over ``config.partitions`` replicas.
 
     Parameters
@@ -921,6 +974,14 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
     chunk_bytes : int, optional
         Pixel bytes per cached shard row (:func:`make_shards`); the model
         does not depend on it.
+    shards : (DataFrame, list of int), optional
+        Shards already made from ``train_df`` by :func:`make_shards` with
+        ``config.partitions`` (and ``chunk_bytes``), so several runs over the
+        same data decode it once; the caller unpersists them. By default the
+        run makes its own and unpersists them at the end.
+    decode : callable, optional
+        How the images are decoded, for the shards and the BatchNorm sample
+        (:func:`make_shards`), e.g. resizing them to ``config.input_shape``.
 
     Returns
     -------
@@ -934,7 +995,8 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
     from mnist_spark.payloads import ship
     from mnist_spark.session import set_job_description, task_slots
 
-    model, fresh = initial_state(config)
+    architecture = storage.read_bytes(config.model_file) if config.model_file else None
+    model, fresh = initial_state(config, architecture)
     state = state or fresh
     load_state(model, state.weights, state.optimizer)
     slots = task_slots(spark)
@@ -945,16 +1007,23 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
         )
     started = time.perf_counter()
     chunk_bytes = chunk_bytes or CHUNK_BYTES
-    shards, sizes = make_shards(train_df, config.partitions, chunk_bytes=chunk_bytes)
+    own_shards = shards is None
+    shards, sizes = (make_shards(train_df, config.partitions, chunk_bytes=chunk_bytes, decode=decode)
+                     if own_shards else shards)
+    if len(sizes) != config.partitions:
+        raise ValueError(f"{len(sizes)} shards were given for {config.partitions} partitions; make them "
+                         "with make_shards(train_df, config.partitions)")
+    shipped = ship(spark, architecture, "network") if architecture is not None else None
     schedule = plan_schedule(config, sizes)
     sample = None
     if config.batchnorm_sample and models.batchnorm_layers(model):
-        sample = training_sample(train_df, config.batchnorm_sample, config.seed, total=sum(sizes))[0].reshape(
+        sample = training_sample(train_df, config.batchnorm_sample, config.seed, total=sum(sizes),
+                                 decode=decode)[0].reshape(
             -1, *config.input_shape)
     logger.info(
         "training %s on %d images in %d partitions (%s): %d rounds of %s steps, batch %d, "
         "peak learning rate %.4g",
-        config.model, sum(sizes), config.partitions, ", ".join(map(str, sizes)), schedule.rounds,
+        config.model_file or config.model, sum(sizes), config.partitions, ", ".join(map(str, sizes)), schedule.rounds,
         _round_lengths(schedule), config.batch_size,
         learning_rate_at(config, schedule, int(config.warmup_epochs * schedule.steps_per_epoch)),
     )
@@ -976,7 +1045,8 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
                     for shard, local in sorted(files.items()):
                         result = train_replica(shard, (local.images, local.labels, local.index),
                                                payload.value, round_, config, schedule,
-                                               attempt=context.attemptNumber() if context else 0)
+                                               attempt=context.attemptNumber() if context else 0,
+                                               architecture=shipped.value if shipped is not None else None)
                         yield pa.RecordBatch.from_pylist([_result_row(result)], schema=_result_arrow())
                 finally:
                     for local in files.values():
@@ -1041,7 +1111,10 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
             if on_round is not None:
                 on_round(state, schedule)
     finally:
-        shards.unpersist()
+        if own_shards:
+            shards.unpersist()
+        if shipped is not None:
+            shipped.destroy()
     logger.info("trained %d rounds in %.1f s (%.1f s preparing shards)",
                 schedule.rounds - first_round, time.perf_counter() - started, loop_started - started)
     return model, state
@@ -1058,6 +1131,40 @@ def _round_lengths(schedule: Schedule) -> str:
         parts.append(f"{lengths[position]}" + (f" x {run}" if run > 1 else ""))
         position += run
     return ", ".join(parts)
+
+
+def check_partitions(partitions: int, rows: int, *, given: bool = True) -> None:
+    """Every replica needs at least one training image: one clear error otherwise, before any work."""
+    if partitions > rows:
+        flag = f"--partitions {partitions}" + ("" if given else " (the cluster's task slots)")
+        raise ValueError(f"{flag} needs at least {partitions} training images, found {rows}; "
+                         "use fewer --partitions")
+
+
+def check_resume_settings(run: str, saved: dict, given: dict, defaults: dict) -> None:
+    """Refuse to resume ``run`` with settings other than its own.
+
+    A setting counts as given when it differs from its default; each given
+    one must equal the saved run's value (``saved``: the TrainConfig and the
+    job's saved extras).
+
+    Raises
+    ------
+    ValueError
+        Naming every setting that differs, with both values.
+    """
+    differ = []
+    for name, value in given.items():
+        if name not in saved or name not in defaults or value == defaults[name]:
+            continue
+        stored = saved[name]
+        if isinstance(value, tuple):
+            value = list(value)
+        if value != stored:
+            differ.append(f"--{name.replace('_', '-')} {value} (saved: {stored})")
+    if differ:
+        raise ValueError(f"--resume {run}: the run was started with other settings: {'; '.join(differ)}; "
+                         "resume without those flags, or start a new run with another --output")
 
 
 def save_checkpoint(folder: str, state: TrainState, config: TrainConfig, extra: dict | None = None) -> str:

@@ -14,6 +14,30 @@ PROJECT = Path(__file__).resolve().parents[1]
 MNIST_DIR = PROJECT / "data" / "mnist"
 
 
+#: Test files whose every test needs more than the shared local[2] session.
+_FILE_MARKERS = {"test_cluster.py": "cluster", "standalone_cluster.py": "cluster",
+                 "test_report_browser.py": "browser"}
+#: Fixtures that mean a test starts Spark (or a Spark job in another process).
+_SPARK_FIXTURES = {"spark", "spark_submit", "cluster", "connect_server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test ``unit``, ``spark``, ``cluster``, ``browser`` and/or ``slow`` by what it uses.
+
+    ``unit``: no Spark and no subprocess job (``make test-unit``); ``spark``:
+    uses the shared session or runs a job; ``cluster``: a standalone
+    cluster; ``browser``: headless Chromium. ``slow`` is set by hand on long tests.
+    """
+    for item in items:
+        kind = _FILE_MARKERS.get(item.path.name)
+        if kind:
+            item.add_marker(kind)
+        if kind or _SPARK_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("spark"):
+            item.add_marker("spark")
+        elif not item.get_closest_marker("slow"):
+            item.add_marker("unit")
+
+
 @pytest.fixture(scope="session")
 def spark():
     """One real local[2] SparkSession for the whole test run."""

@@ -305,7 +305,7 @@ def demo() -> int:
     cluster = StandaloneCluster().start()
     print(f"standalone cluster at {cluster.url} (logs in {cluster.folder})")
     try:
-        for job, args in (("train_cnn", ["--limit", "2000", "--epochs", "2", "--model", "simple_cnn"]),
+        for job, args in (("train_cnn", ["--limit", "2000", "--epochs", "2", "--arch", "simple_cnn"]),
                           ("transfer", ["--weights", "none", "--image-size", "75", "--train-limit", "200",
                                         "--test-limit", "100"])):
             output = cluster.folder / f"run-{job}"

@@ -30,7 +30,7 @@ TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
 FAST = {
     "ingest": ["--limit", "10"],
     "export_png": ["--limit", "5", "--sample", "0"],
-    "train_cnn": ["--model", "simple_cnn", "--epochs", "1", "--limit", "20", "--validation-size", "0",
+    "train_cnn": ["--arch", "simple_cnn", "--epochs", "1", "--limit", "20", "--validation-size", "0",
                   "--checkpoint-every", "0"],
     "transfer": ["--weights", "none", "--image-size", "75", "--train-limit", "20", "--test-limit", "10"],
 }
@@ -193,7 +193,7 @@ def test_corrupt_png_transfer(spark, tmp_path, capsys, png_set):
 
 def test_corrupt_png_predict(spark, tmp_path, capsys, png_set, saved_model):
     folder, victim = png_set
-    check_case("predict", ["--model", saved_model, "--images", folder], tmp_path / "out", capsys, victim.name)
+    check_case("predict", ["--model-file", saved_model, "--images", folder], tmp_path / "out", capsys, victim.name)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -228,7 +228,7 @@ def test_unwritable_output(spark, tmp_path, capsys, tiny_idx, job):
 def test_unwritable_output_predict(spark, tmp_path, capsys, tiny_idx, saved_model):
     output = _unwritable_parent(tmp_path)
     try:
-        check_case("predict", ["--model", saved_model, "--data-dir", tiny_idx], output, capsys, str(output))
+        check_case("predict", ["--model-file", saved_model, "--data-dir", tiny_idx], output, capsys, str(output))
     finally:
         os.chmod(tmp_path / "locked", 0o755)
 
@@ -240,7 +240,7 @@ def test_existing_output(spark, tmp_path, capsys, tiny_idx, saved_model, job):
     (output / "keep.txt").write_text("an earlier run\n")
     argv = ["--data-dir", tiny_idx, *FAST.get(job, []), "--output", output]
     if job == "predict":
-        argv += ["--model", saved_model]
+        argv += ["--model-file", saved_model]
     status, lines = run_main(job, argv, capsys)
     message = assert_one_error(job, status, lines, str(output), "already exists")
     assert "--overwrite" in message
@@ -252,8 +252,8 @@ def test_existing_output(spark, tmp_path, capsys, tiny_idx, saved_model, job):
 
 
 FLAG_CASES = [
-    ("train_cnn", ["--model", "nope"], "--model"),
-    ("transfer", ["--model", "Incepshun"], "--model"),
+    ("train_cnn", ["--arch", "nope"], "--arch"),
+    ("transfer", ["--base-model", "Incepshun"], "--base-model"),
     ("train_cnn", ["--epochs", "0"], "--epochs"),
     ("train_cnn", ["--batch-size", "-1"], "--batch-size"),
     ("train_cnn", ["--limit", "0"], "--limit"),
@@ -267,7 +267,7 @@ FLAG_CASES = [
 
 @pytest.mark.parametrize("job, flags, name", FLAG_CASES, ids=[f"{j}{' '.join(f)}" for j, f, _ in FLAG_CASES])
 def test_bad_flag(spark, tmp_path, capsys, tiny_idx, job, flags, name):
-    base = ["--data-dir", tiny_idx, *FAST.get(job, [])] + (["--model", "m.keras"] if job == "predict" else [])
+    base = ["--data-dir", tiny_idx, *FAST.get(job, [])] + (["--model-file", "m.keras"] if job == "predict" else [])
     status, lines = run_main(job, [*base, *flags, "--output", tmp_path / "out"], capsys)
     assert status == 2
     assert_one_error(job, status, lines, name)
@@ -283,7 +283,7 @@ def test_transfer_image_size_below_the_minimum(spark, tmp_path, capsys, tiny_idx
 @pytest.mark.parametrize("job", ["ingest", "export_png", "train_cnn", "transfer", "predict"])
 def test_data_dir_missing(spark, tmp_path, capsys, saved_model, job):
     missing = tmp_path / "no-such-folder"
-    argv = ["--data-dir", missing, *FAST.get(job, [])] + (["--model", saved_model] if job == "predict" else [])
+    argv = ["--data-dir", missing, *FAST.get(job, [])] + (["--model-file", saved_model] if job == "predict" else [])
     check_case(job, argv, tmp_path / "out", capsys, str(missing))
 
 
@@ -304,11 +304,33 @@ def test_transfer_weights_truncated(spark, tmp_path, capsys, tiny_idx):
 
 def test_predict_model_missing(spark, tmp_path, capsys, tiny_idx):
     missing = tmp_path / "nope.keras"
-    check_case("predict", ["--data-dir", tiny_idx, "--model", missing], tmp_path / "out", capsys,
+    check_case("predict", ["--data-dir", tiny_idx, "--model-file", missing], tmp_path / "out", capsys,
                str(missing))
 
 
 def test_predict_model_truncated(spark, tmp_path, capsys, tiny_idx, saved_model):
     broken = tmp_path / "broken.keras"
     broken.write_bytes(saved_model.read_bytes()[:2000])
-    check_case("predict", ["--data-dir", tiny_idx, "--model", broken], tmp_path / "out", capsys, str(broken))
+    check_case("predict", ["--data-dir", tiny_idx, "--model-file", broken], tmp_path / "out", capsys, str(broken))
+
+
+DEPRECATED = [
+    ("train_cnn", ["--model", "convnet"], "arch", "convnet", "--arch"),
+    ("train_cnn", ["--augment"], "augment_on_the_fly", True, "--augment-on-the-fly"),
+    ("export_png", ["--augment", "3"], "augment_variants", 3, "--augment-variants"),
+    ("predict", ["--model", "runs/cnn"], "model_file", "runs/cnn", "--model-file"),
+    ("transfer", ["--model", "ResNet50"], "base_model", "ResNet50", "--base-model"),
+]
+
+
+@pytest.mark.parametrize("job, argv, dest, value, new", DEPRECATED, ids=[f"{d[0]}{d[1][0]}" for d in DEPRECATED])
+def test_old_flag_spellings_still_work_with_a_warning(job, argv, dest, value, new, caplog):
+    args = load_job(job)._arg_parser().parse_args(argv)
+    assert getattr(args, dest) == value
+    assert f"{argv[0]} is deprecated and will be removed in the next release; use {new}" in caplog.text
+
+
+def test_old_flag_spellings_keep_their_checks(capsys):
+    with pytest.raises(SystemExit):
+        load_job("train_cnn")._arg_parser().parse_args(["--model", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err

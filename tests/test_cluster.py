@@ -22,11 +22,11 @@ pytestmark = pytest.mark.slow
 
 #: Two epochs of 12,000 images per replica in three rounds (a quarter epoch, the rest of the
 #: first, the second): each round runs a few seconds on one core.
-TRAIN = ("--data-dir", str(MNIST_DIR), "--limit", "24000", "--epochs", "2", "--model", "simple_cnn",
+TRAIN = ("--data-dir", str(MNIST_DIR), "--limit", "24000", "--epochs", "2", "--arch", "simple_cnn",
          "--validation-size", "0")
 ROUNDS = 3
 #: 10,000 test images and 3 variants each: 40,000 PNG files.
-EXPORT = ("--data-dir", str(MNIST_DIR), "--splits", "test", "--augment", "3", "--partitions", "8",
+EXPORT = ("--data-dir", str(MNIST_DIR), "--splits", "test", "--augment-variants", "3", "--partitions", "8",
           "--sample", "0")
 EXPORT_FILES = 40_000
 #: Seconds any one job may take here before the test fails.

@@ -261,7 +261,7 @@ def test_write_checks_columns_on_the_driver(spark, tmp_path):
 
 
 @pytest.mark.parametrize("argv", [
-    ["--augment", "-1"], ["--rotate", "2,10,10"], ["--rotate", "0.5,10"], ["--zoom", "0.5,1.2,0.9"],
+    ["--augment-variants", "-1"], ["--rotate", "2,10,10"], ["--rotate", "0.5,10"], ["--zoom", "0.5,1.2,0.9"],
     ["--compress-level", "12"], ["--limit", "0"], ["--shift", "x,y"],
 ])
 def test_job_rejects_bad_flags(argv, capsys):

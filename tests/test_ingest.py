@@ -155,6 +155,12 @@ def test_job_rejects_bad_flags(argv, capsys):
     assert "error: argument" in capsys.readouterr().err
 
 
+def test_seed_is_gone_with_a_warning(caplog):
+    args = ingest_job._arg_parser().parse_args(["--seed", "3"])
+    assert not hasattr(args, "seed")
+    assert "--seed is deprecated and will be removed in the next release; ingest is deterministic" in caplog.text
+
+
 def test_full_mnist(spark, tmp_path):
     """All 70,000 MNIST images: row and class counts, and the pixels byte for byte."""
     out = tmp_path / "mnist"

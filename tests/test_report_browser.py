@@ -107,7 +107,7 @@ def _need_chromium():
 
 def test_train_cnn_report_in_chromium(spark, small_idx, tmp_path):
     run = tmp_path / "train"
-    load_job("train_cnn").run(spark, data_dir=str(small_idx), output=str(run), model="simple_cnn", epochs=1,
+    load_job("train_cnn").run(spark, data_dir=str(small_idx), output=str(run), arch="simple_cnn", epochs=1,
                               limit=200, validation_size=50, partitions=2)
     shown = check_in_browser(run, tmp_path, "train_cnn", ("test_accuracy", "test_loss"))
     assert 0 <= float(shown["test_accuracy"]) <= 1

@@ -92,7 +92,7 @@ def job_argv(job: str, data: Path, model: Path | None = None) -> list:
     """Arguments every job accepts here: a data folder, and a model for predict."""
     argv = ["--data-dir", data]
     if job == "predict":
-        argv += ["--model", model or data / "model.keras"]
+        argv += ["--model-file", model or data / "model.keras"]
     if job == "transfer":
         argv += ["--weights", "none"]
     return argv
@@ -197,8 +197,8 @@ def test_predict_never_writes_over_its_images_or_its_model(tmp_path, capsys, no_
     run.mkdir()
     (run / "model.keras").write_bytes(b"PK\x03\x04 a trained model")
     before_run = snapshot(run)
-    for output, name in ((images, "--images"), (run, "--model")):
-        argv = ["--model", run / "model.keras", "--images", images, "--output", output, "--overwrite"]
+    for output, name in ((images, "--images"), (run, "--model-file")):
+        argv = ["--model-file", run / "model.keras", "--images", images, "--output", output, "--overwrite"]
         status, lines = run_main("predict", argv, capsys)
         assert status == 2
         assert_one_line("predict", lines, f"the input {name}")
@@ -550,8 +550,8 @@ FLOAT_CASES = [
     ("train_cnn", ["--learning-rate", "nan"], "--learning-rate"),
     ("train_cnn", ["--learning-rate", "inf"], "--learning-rate"),
     ("train_cnn", ["--lr-decay=-inf"], "--lr-decay"),
-    ("train_cnn", ["--augment", "--rotate", "0.5,nan,10"], "--rotate"),
-    ("export_png", ["--augment", "2", "--zoom", "0.5,1,inf"], "--zoom"),
+    ("train_cnn", ["--augment-on-the-fly", "--rotate", "0.5,nan,10"], "--rotate"),
+    ("export_png", ["--augment-variants", "2", "--zoom", "0.5,1,inf"], "--zoom"),
     ("transfer", ["--reg-param", "nan"], "--reg-param"),
     ("transfer", ["--elastic-net-param", "inf"], "--elastic-net-param"),
 ]
@@ -642,7 +642,7 @@ def test_predict_refuses_a_model_whose_outputs_are_not_the_classes(spark, tiny_i
     monkeypatch.setattr(predict.evaluation, "predict", refuse)
     model = _keras_model(tmp_path / "model.keras", outputs)
     output = tmp_path / "out"
-    status, lines = run_main("predict", ["--data-dir", tiny_idx, "--model", model, "--output", output], capsys)
+    status, lines = run_main("predict", ["--data-dir", tiny_idx, "--model-file", model, "--output", output], capsys)
     assert status == 2
     assert_one_line("predict", lines, str(model), f"outputs shape {found}", "expected (batch, 10)")
     assert not output.exists()

@@ -77,7 +77,7 @@ def test_missing_s3_folder_is_one_clear_error(s3):
 
 def test_train_cnn_reads_and_writes_s3(spark, s3):
     """Hadoop's s3a:// names work too: the same URI serves Spark and pyarrow."""
-    metrics = train_job.run(spark, data_dir="s3a://data/mnist", output="s3a://runs/cnn", model="simple_cnn",
+    metrics = train_job.run(spark, data_dir="s3a://data/mnist", output="s3a://runs/cnn", arch="simple_cnn",
                             epochs=2, batch_size=32, partitions=2, limit=200, validation_size=0)
     assert metrics["rounds"] == 3 and metrics["train_rows"] == 200  # a quarter epoch, the rest, an epoch
     keys = _keys(s3, "runs")

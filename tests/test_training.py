@@ -320,7 +320,7 @@ def test_evaluation_matches_model_predict(spark, small_idx):
 
 def test_run_folder(spark, small_idx, tmp_path):
     out = tmp_path / "run"
-    metrics = train_job.run(spark, data_dir=str(small_idx), output=str(out), model="simple_cnn",
+    metrics = train_job.run(spark, data_dir=str(small_idx), output=str(out), arch="simple_cnn",
                             epochs=2, batch_size=32, partitions=2, limit=200, validation_size=50)
     names = set(os.listdir(out))
     assert {"_SUCCESS", "model.keras", "model_summary.txt", "metrics.json", "report.html",
@@ -346,7 +346,7 @@ def test_run_folder(spark, small_idx, tmp_path):
 
 
 def test_job_resume_after_a_stop(spark, small_idx, tmp_path, monkeypatch):
-    kwargs = dict(data_dir=str(small_idx), model="simple_cnn", epochs=3, batch_size=32, partitions=2,
+    kwargs = dict(data_dir=str(small_idx), arch="simple_cnn", epochs=3, batch_size=32, partitions=2,
                   limit=128, validation_size=0, checkpoint_every=1)
     # --resume auto with nothing to continue starts the run.
     whole = train_job.run(spark, output=str(tmp_path / "whole"), resume="auto", **kwargs)
@@ -368,6 +368,9 @@ def test_job_resume_after_a_stop(spark, small_idx, tmp_path, monkeypatch):
     with pytest.raises(FileExistsError, match="--resume"):
         train_job.run(spark, output=out, **kwargs)
     monkeypatch.setattr(training, "save_checkpoint", real_save)
+    # Other settings than the saved run's are refused, by name.
+    with pytest.raises(ValueError, match=r"--arch convnet \(saved: simple_cnn\); --epochs 4 \(saved: 3\)"):
+        train_job.run(spark, output=out, resume="auto", **{**kwargs, "epochs": 4, "arch": "convnet"})
     # The command a scheduler re-issues continues the stopped run.
     resumed = train_job.run(spark, output=out, resume="auto", **kwargs)
     assert resumed["test_accuracy"] == whole["test_accuracy"]
@@ -385,10 +388,10 @@ def test_resume_auto_needs_an_output(capsys):
 @pytest.mark.slow
 def test_retried_task_gives_identical_weights(spark, small_idx, tmp_path):
     """A task that fails once (local[2,2] allows one retry) redoes exactly the same work."""
-    kwargs = ["--data-dir", str(small_idx), "--model", "simple_cnn", "--epochs", "2", "--batch-size", "32",
+    kwargs = ["--data-dir", str(small_idx), "--arch", "simple_cnn", "--epochs", "2", "--batch-size", "32",
               "--partitions", "2", "--limit", "128", "--validation-size", "0", "--checkpoint-every", "0"]
     reference = train_job.run(spark, output=str(tmp_path / "reference"), data_dir=str(small_idx),
-                              model="simple_cnn", epochs=2, batch_size=32, partitions=2, limit=128,
+                              arch="simple_cnn", epochs=2, batch_size=32, partitions=2, limit=128,
                               validation_size=0, checkpoint_every=0)
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_CONF_DIR=str(PROJECT / "conf"))
     env[training.ENV_INJECT_FAILURE] = "1:1"
@@ -401,6 +404,7 @@ def test_retried_task_gives_identical_weights(spark, small_idx, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "injected failure in partition 1, round 1" in result.stderr
     retried = json.loads((tmp_path / "retried" / "metrics.json").read_text())
+    assert "inject_failure" not in retried["params"]
     assert [h["loss"] for h in retried["history"]] == [h["loss"] for h in reference["history"]]
     a = evaluation.load_model(str(tmp_path / "reference" / "model.keras"))
     b = evaluation.load_model(str(tmp_path / "retried" / "model.keras"))
@@ -413,7 +417,7 @@ def test_predict_job_scores_idx_files_and_a_plain_image_folder(spark, small_idx,
     predict_job = load_job("predict")
     model = models.build_model("simple_cnn", seed=5)
     model.save(tmp_path / "model.keras")
-    metrics = predict_job.run(spark, model=str(tmp_path), data_dir=str(small_idx),
+    metrics = predict_job.run(spark, model_file=str(tmp_path), data_dir=str(small_idx),
                               output=str(tmp_path / "scored"), splits=("test",))
     images = idx.read_idx(small_idx / "t10k-images-idx3-ubyte.gz")
     labels = idx.read_idx(small_idx / "t10k-labels-idx1-ubyte.gz")
@@ -427,10 +431,10 @@ def test_predict_job_scores_idx_files_and_a_plain_image_folder(spark, small_idx,
     folder.mkdir(parents=True)
     for i in range(3):
         Image.fromarray(images[i], mode="L").save(folder / f"digit{i}.png")
-    unlabelled = predict_job.run(spark, model=str(tmp_path / "model.keras"),
+    unlabelled = predict_job.run(spark, model_file=str(tmp_path / "model.keras"),
                                  images_dir=str(tmp_path / "pngs"), output=str(tmp_path / "scored-pngs"))
     assert unlabelled["count"] == 3 and unlabelled["labelled"] == 0 and "accuracy" not in unlabelled
     with pytest.raises(ValueError, match="takes images of 28x28x1 but the input holds 5x7x1"):
         other = write_idx_dataset(tmp_path / "small-images", 4, 2, shape=(5, 7))
-        predict_job.run(spark, model=str(tmp_path), data_dir=str(other), output=str(tmp_path / "bad"))
+        predict_job.run(spark, model_file=str(tmp_path), data_dir=str(other), output=str(tmp_path / "bad"))
     assert not (tmp_path / "bad").exists()

@@ -7,32 +7,32 @@ import os
 
 import pytest
 
-from conftest import load_job
-from mnist_spark import datasets, featurizer, images, ingest
+from conftest import load_job, run_main
+from mnist_spark import datasets, featurizer, images, ingest, sampling
 
 transfer = load_job("transfer")
 
 
 def test_balanced_quotas():
-    assert transfer.balanced_quotas({k: 100 for k in range(10)}, 25) == {
+    assert sampling.balanced_quotas({k: 100 for k in range(10)}, 25) == {
         0: 2, 1: 2, 2: 2, 3: 2, 4: 2, 5: 3, 6: 3, 7: 3, 8: 3, 9: 3}
-    assert transfer.balanced_quotas({0: 100, 1: 100, 2: 3}, 25) == {2: 3, 0: 11, 1: 11}
-    assert transfer.balanced_quotas({0: 4, 1: 5}, 100) == {0: 4, 1: 5}
+    assert sampling.balanced_quotas({0: 100, 1: 100, 2: 3}, 25) == {2: 3, 0: 11, 1: 11}
+    assert sampling.balanced_quotas({0: 4, 1: 5}, 100) == {0: 4, 1: 5}
 
 
 def test_stratified_sample_is_balanced_and_seeded(spark, small_idx):
     df, _ = ingest.idx_dataframe(spark, datasets.locate(small_idx), splits=("train",))
-    sample, counts = transfer.stratified_sample(df, 50, 7, "train split")
+    sample, counts = sampling.stratified_sample(df, 50, 7, "train split")
     rows = sample.select("index", "label").collect()
     assert len(rows) == 50 and counts == {k: 5 for k in range(10)}
     assert sorted({r["label"] for r in rows}) == list(range(10))
     assert all(sum(r["label"] == k for r in rows) == 5 for k in range(10))
-    again, _ = transfer.stratified_sample(df.repartition(3), 50, 7, "train split")
-    other, _ = transfer.stratified_sample(df, 50, 8, "train split")
+    again, _ = sampling.stratified_sample(df.repartition(3), 50, 7, "train split")
+    other, _ = sampling.stratified_sample(df, 50, 8, "train split")
     picked = {r["index"] for r in rows}
     assert {r["index"] for r in again.collect()} == picked
     assert {r["index"] for r in other.collect()} != picked
-    whole, counts = transfer.stratified_sample(df, 10_000, 7, "train split")
+    whole, counts = sampling.stratified_sample(df, 10_000, 7, "train split")
     assert whole is df and sum(counts.values()) == 600
 
 
@@ -66,6 +66,31 @@ def test_run_folder(spark, small_idx, tmp_path):
         transfer.run(spark, data_dir=str(small_idx), output=str(out), weights="none")
 
 
+def test_tune_cross_validates_the_grid(spark, small_idx, tmp_path, capsys):
+    import keras
+
+    inputs = keras.Input((28, 28, 1))
+    hidden = keras.layers.Dense(6, activation="relu", name="hidden")(keras.layers.Flatten()(inputs))
+    keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(hidden)).save(tmp_path / "net.keras")
+    out = tmp_path / "tuned"
+    status, err = run_main(transfer, [
+        "--data-dir", small_idx, "--base-model", tmp_path / "net.keras", "--train-limit", 80, "--test-limit", 20,
+        "--max-iter", 5, "--tune", "--tune-reg-params", "0.001,10", "--tune-elastic-net-params", "0,1",
+        "--tune-folds", 2, "--output", out], capsys)
+    assert status == 0, err
+    saved = json.loads((out / "metrics.json").read_text())
+    grid = saved["tuning"]
+    assert [(g["regParam"], g["elasticNetParam"]) for g in grid] == [(0.001, 0.0), (0.001, 1.0), (10.0, 0.0),
+                                                                     (10.0, 1.0)]
+    best = [g for g in grid if g["best"]]
+    assert len(best) == 1 and best[0]["accuracy"] == max(g["accuracy"] for g in grid)
+    assert (saved["reg_param"], saved["elastic_net_param"]) == (best[0]["regParam"], best[0]["elasticNetParam"])
+    # An L1 penalty of 10 on 6 features leaves no coefficient: chance level, never the best.
+    assert not grid[3]["best"] and grid[3]["accuracy"] < 0.3
+    assert saved["params"]["tune"] is True and saved["params"]["tune_reg_params"] == [0.001, 10.0]
+    assert "Tuning (cross-validated accuracy)" in (out / "report.html").read_text()
+
+
 def test_png_set_through_main(spark, tiny_idx, tmp_path, capsys):
     df, _ = ingest.idx_dataframe(spark, datasets.locate(tiny_idx))
     images.write_png_set(df, str(tmp_path / "pngs"))
@@ -76,7 +101,7 @@ def test_png_set_through_main(spark, tiny_idx, tmp_path, capsys):
     assert status == 0, capsys.readouterr().err
     saved = json.loads((out / "metrics.json").read_text())
     assert (saved["train_rows"], saved["test_rows"]) == (20, 5)
-    assert saved["params"]["images"] == str(tmp_path / "pngs")
+    assert saved["params"]["images_dir"] == str(tmp_path / "pngs")
     params = saved["params"]
     assert (params["max_iter"], params["reg_param"], params["elastic_net_param"], params["batch_size"]) == (
         3, 0.1, 0.0, 8)

@@ -1,0 +1,139 @@
+"""The transfer-learning pipeline behind ``jobs/transfer.py``: features, LogisticRegression, scores.
+
+:func:`fit_and_score` featurizes the training images once and keeps the
+vectors while LogisticRegression fits (or cross-validates, :mod:`mnist_spark.tuning`),
+joins the two stages into one ``PipelineModel`` and scores the test images
+with ``MulticlassClassificationEvaluator``. :func:`write_report` draws the
+run folder's figure and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from mnist_spark import evaluation, report, storage, tuning
+
+logger = logging.getLogger(__name__)
+
+#: What MulticlassClassificationEvaluator reports, under its own metric names.
+METRICS = ("accuracy", "f1", "weightedPrecision", "weightedRecall", "logLoss")
+
+
+def check_regression_settings(max_iter: int, reg_params, elastic_net_params) -> None:
+    """Fail on LogisticRegression settings it would refuse, naming the job's flags, before any data is read."""
+    if max_iter <= 0:
+        raise ValueError(f"--max-iter must be above 0, found {max_iter}")
+    for value in reg_params:
+        if value < 0:
+            raise ValueError(f"--reg-param must be 0 or more, found {value}")
+    for value in elastic_net_params:
+        if not 0 <= value <= 1:
+            raise ValueError(f"--elastic-net-param must lie in [0, 1] (0: L2, 1: L1), found {value}")
+
+
+def featurizer_stage(base_model: str, *, output_layer: str = "", **params) -> tuple:
+    """The checked featurizer of ``--base-model`` and a description of its network.
+
+    ``params``: ``image_size``, ``pooling``, ``weights``, ``batch_size``. The
+    network is checked on the driver (:meth:`DeepImageFeaturizer.checkNetwork`).
+    """
+    from mnist_spark import featurizer
+
+    stage = featurizer.featurizer_for(base_model, outputLayer=output_layer, imageSize=params["image_size"],
+                                      pooling=params["pooling"], weights=params["weights"],
+                                      batchSize=params["batch_size"])
+    stage.checkNetwork()
+    if not stage.getModelFile():
+        return stage, base_model
+    layer = featurizer.user_network(stage.getModelFile(), output_layer).output_layer
+    return stage, f"{stage.getModelFile()}, layer {layer}"
+
+
+def fit_and_score(stage, train, test, *, num_classes: int = 0, seed: int = 0, **regression) -> tuple:
+    """Featurize ``train`` once, fit LogisticRegression on the vectors, score ``test``.
+
+    Parameters
+    ----------
+    stage : DeepImageFeaturizer
+    train, test : DataFrame
+        ``split``, ``index``, ``label`` and the stage's input column.
+    num_classes : int
+        Rows of the confusion matrix at least (0: from the data).
+    **regression
+        :func:`mnist_spark.tuning.fit_logistic_regression`'s settings
+        (``max_iter``, ``reg_param``, ``elastic_net_param``, ``tune``, ...).
+
+    Returns
+    -------
+    (PipelineModel, dict)
+        The featurizer and the fitted LogisticRegression as one model, and
+        the results: the evaluator's scores, feature size, timings,
+        iterations, the chosen regularisation, the tuning grid, the
+        confusion matrix and per-class scores.
+    """
+    from pyspark import StorageLevel
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+
+    started = time.perf_counter()
+    column = stage.getOutputCol()
+    features = stage.transform(train).select("split", "index", "label", column).persist(StorageLevel.MEMORY_AND_DISK)
+    train_rows = features.count()
+    feature_seconds = time.perf_counter() - started
+    feature_size = len(features.select(column).first()[0])
+    logger.info("featurized %d training images in %.1f s (%.1f img/s): %d values each", train_rows,
+                feature_seconds, train_rows / feature_seconds, feature_size)
+
+    started = time.perf_counter()
+    fitted, grid = tuning.fit_logistic_regression(features, features_col=column, seed=seed, **regression)
+    fit_seconds = time.perf_counter() - started
+    features.unpersist()
+    iterations = fitted.summary.totalIterations
+    logger.info("fitted LogisticRegression in %.1f s (%d iterations)", fit_seconds, iterations)
+    model = PipelineModel(stages=[stage, fitted])
+
+    started = time.perf_counter()
+    predictions = (model.transform(test).select("index", "label", "prediction", "probability")
+                   .persist(StorageLevel.MEMORY_AND_DISK))
+    test_rows = predictions.count()
+    predict_seconds = time.perf_counter() - started
+    scores = {name: float(MulticlassClassificationEvaluator(metricName=name).evaluate(predictions))
+              for name in METRICS}
+    confusion = evaluation.confusion_from_predictions(predictions, num_classes)
+    predictions.unpersist()
+    logger.info("scored %d test images in %.1f s: accuracy %.4f, f1 %.4f, logLoss %.4f", test_rows,
+                predict_seconds, scores["accuracy"], scores["f1"], scores["logLoss"])
+    return model, {
+        **{name: round(value, 6) for name, value in scores.items()},
+        "feature_size": feature_size,
+        "images_per_second": round((train_rows + test_rows) / (feature_seconds + predict_seconds), 1),
+        "feature_seconds": round(feature_seconds, 2),
+        "fit_seconds": round(fit_seconds, 2),
+        "predict_seconds": round(predict_seconds, 2),
+        "lr_iterations": iterations,
+        "reg_param": fitted.getRegParam(),
+        "elastic_net_param": fitted.getElasticNetParam(),
+        "tuning": grid,
+        "confusion_matrix": confusion.tolist(),
+        "per_class": evaluation.per_class_scores(confusion),
+    }
+
+
+def write_report(folder: str, metrics: dict) -> None:
+    """``confusion_matrix.png`` and ``report.html`` of a transfer run folder."""
+    report.confusion_matrix_figure(metrics["confusion_matrix"], storage.join(folder, "confusion_matrix.png"))
+    headline = [(name, metrics[name]) for name in (
+        *METRICS, "train_rows", "test_rows", "model_name", "image_size", "pooling", "weights", "feature_size",
+        "images_per_second", "seconds")]
+    report.write_run_report(
+        folder,
+        title=f"transfer: DeepImageFeaturizer({metrics['model_name']}, {metrics['image_size']} px) + "
+              "LogisticRegression",
+        headline=headline,
+        figures=[("confusion_matrix.png", "Confusion matrix on the test sample (rows: expected)")],
+        sections=[*([report.tuning_section(metrics["tuning"])] if metrics["tuning"] else []),
+                  report.per_class_section(metrics["per_class"]),
+                  report.files_section([("metrics.json", ""),
+                                        ("pipeline_model/", "(pyspark.ml.PipelineModel.load)")])],
+    )
