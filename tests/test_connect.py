@@ -95,10 +95,10 @@ def test_train_predict_and_transfer_run_on_spark_connect(connect_server, tiny_id
     url, token = connect_server
     common = ["--remote", url, "--data-dir", str(tiny_idx)]
     runs = [
-        ["train_cnn", [*common, "--model", "mlp", "--epochs", "1", "--batch-size", "8", "--validation-size", "5",
+        ["train_cnn", [*common, "--arch", "mlp", "--epochs", "1", "--batch-size", "8", "--validation-size", "5",
                        "--output", str(tmp_path / "cnn")]],
-        ["predict", [*common, "--model", str(tmp_path / "cnn"), "--output", str(tmp_path / "scored")]],
-        ["transfer", [*common, "--weights", "none", "--model", "VGG16", "--image-size", "32",
+        ["predict", [*common, "--model-file", str(tmp_path / "cnn"), "--output", str(tmp_path / "scored")]],
+        ["transfer", [*common, "--weights", "none", "--base-model", "VGG16", "--image-size", "32",
                       "--train-limit", "20", "--test-limit", "5", "--max-iter", "2", "--batch-size", "8",
                       "--output", str(tmp_path / "transfer")]],
     ]

@@ -33,7 +33,7 @@ def test_a_job_logged_to_a_file_has_dated_lines_and_no_progress_bars(tiny_idx, t
     with open(log, "wb") as stderr:
         done = subprocess.run(
             [sys.executable, str(PROJECT / "jobs" / "train_cnn.py"), "--data-dir", str(tiny_idx),
-             "--model", "mlp", "--epochs", "1", "--batch-size", "8", "--validation-size", "0",
+             "--arch", "mlp", "--epochs", "1", "--batch-size", "8", "--validation-size", "0",
              "--output", str(tmp_path / "run")],
             env=job_env(), cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=stderr, timeout=300)
