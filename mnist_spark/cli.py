@@ -192,6 +192,10 @@ class JobArgumentParser(argparse.ArgumentParser):
             from mnist_spark import tracking
 
             tracking.request(parsed.mlflow)
+        if hasattr(parsed, "remote"):
+            from mnist_spark import session
+
+            session.request_remote(parsed.remote)
         return parsed, extras
 
 
@@ -297,8 +301,8 @@ def job_parser(doc: str | None, job: str, *, seed: bool = True) -> argparse.Argu
     """An argument parser with the flags every job shares.
 
     ``--data-dir``, ``--output``, ``--if-exists`` (``--overwrite`` is short for
-    ``--if-exists overwrite``), ``--mlflow`` and, for a job that draws random
-    numbers (``seed=True``), ``--seed``; defaults are shown in ``--help``. The
+    ``--if-exists overwrite``), ``--remote``, ``--mlflow`` and, for a job that draws
+    random numbers (``seed=True``), ``--seed``; defaults are shown in ``--help``. The
     parsed arguments carry ``if_exists`` and ``overwrite``.
     """
     from mnist_spark.storage import IF_EXISTS
@@ -333,6 +337,11 @@ def job_parser(doc: str | None, job: str, *, seed: bool = True) -> argparse.Argu
         parser.add_argument("--seed", dest="unused_seed", action=_DeprecatedFlag, type=non_negative_int,
                             advice=f"{job} is deterministic and takes no seed", default=argparse.SUPPRESS,
                             help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--remote", default=None, metavar="URL",
+        help="run on a Spark Connect server, sc://host:port (default: $SPARK_REMOTE; local[N] starts "
+        "one in this process)",
+    )
     parser.add_argument(
         "--mlflow", nargs="?", const="", default=None, metavar="URI",
         help="log params, metrics, figures and the model to MLflow at URI (default: "
@@ -535,16 +544,21 @@ def _raise_terminated(signum, frame):
     """SIGTERM: cancel the running Spark jobs (as pyspark does on SIGINT) and stop like Ctrl-C.
 
     The cancel goes through another thread's connection to the JVM: the main
-    thread may be inside a call on its own.
+    thread may be inside a call on its own. A Spark Connect session interrupts
+    its running queries on the server.
     """
     from pyspark import SparkContext
 
     context = SparkContext._active_spark_context
-    if context is not None:
+    stop = context.cancelAllJobs if context is not None else None
+    if stop is None and "pyspark.sql.connect.session" in sys.modules:
+        remote = sys.modules["pyspark.sql.connect.session"].SparkSession.getActiveSession()
+        stop = remote.interruptAll if remote is not None else None
+    if stop is not None:
         def cancel():
             try:
-                context.cancelAllJobs()
-            except Exception:  # its JVM is gone: nothing to cancel
+                stop()
+            except Exception:  # its JVM or server is gone: nothing to cancel
                 pass
 
         canceller = threading.Thread(target=cancel, name="cancel-on-sigterm", daemon=True)

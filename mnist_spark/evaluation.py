@@ -147,7 +147,9 @@ def predict(df, model, *, batch_size: int = 512, input_col: str = "image",
     if batch_size <= 0:
         raise ValueError(f"batch_size must be above 0, found {batch_size}")
     payload = model if isinstance(model, bytes) else model_bytes(model)
-    broadcast = df.sparkSession.sparkContext.broadcast(payload)
+    from mnist_spark.payloads import ship
+
+    broadcast = ship(df.sparkSession, payload, "model")  # a broadcast, or on Spark Connect the closure
     schema = StructType(df.schema.fields + [StructField(output_col, ArrayType(FloatType(), False), False)]
                         + ([StructField(prediction_col, IntegerType(), False)] if prediction_col else []))
 

@@ -833,7 +833,16 @@ def check_weights(weights: WeightsFile, model_name: str) -> None:
 
 
 def _broadcast_weights(spark, weights: WeightsFile):
-    """The weight file's bytes as a broadcast: shipped once per executor, read once per worker."""
+    """The weight file's bytes as a broadcast: shipped once per executor, read once per worker.
+
+    On Spark Connect (no broadcasts) they travel with the query, or through
+    shared storage when large (:func:`mnist_spark.payloads.ship`).
+    """
+    from mnist_spark.payloads import ship
+    from mnist_spark.session import is_connect
+
+    if is_connect(spark):
+        return ship(spark, _read_bytes(weights.location), "weights")
     context = spark.sparkContext
     key = (context.applicationId, weights.digest)
     broadcast = _BROADCASTS.get(key)

@@ -1508,7 +1508,9 @@ def _worker_cached_udf(spark, model: KerasFile, output, batch_size, scale_hint, 
     """A scalar-iterator Arrow UDF: the broadcast model, loaded once per Python worker."""
     from pyspark.sql.functions import ArrowUDFType, arrow_udf
 
-    shipped = spark.sparkContext.broadcast(model.payload)
+    from mnist_spark.payloads import ship
+
+    shipped = ship(spark, model.payload, "model")  # a broadcast, or on Spark Connect the closure
     decode = image_decoder(model.input_shape, scale_hint=scale_hint, rgb=channel_order == "RGB",
                            where="SQL function argument")
     width = model.outputs
@@ -1543,7 +1545,9 @@ def _predict_batch_udf(spark, model: KerasFile, output, batch_size, scale_hint, 
     """The same function on ``pyspark.ml.functions.predict_batch_udf`` (measured against the other)."""
     from pyspark.ml.functions import predict_batch_udf
 
-    shipped = spark.sparkContext.broadcast(model.payload)
+    from mnist_spark.payloads import ship
+
+    shipped = ship(spark, model.payload, "model")  # a broadcast, or on Spark Connect the closure
     shape, rgb = model.input_shape, channel_order == "RGB"
 
     def make_predict_fn():

@@ -152,6 +152,26 @@ def stderr_is_terminal() -> bool:
         return False
 
 
+#: ``--remote`` of the job command line parsed last (None: not given).
+_requested_remote: str | None = None
+
+
+def request_remote(url: str | None) -> None:
+    """Record the ``--remote`` of a parsed job command line (None when it was not given)."""
+    global _requested_remote
+    _requested_remote = url
+
+
+def remote_url() -> str | None:
+    """The Spark Connect address to use: ``--remote``, else ``$SPARK_REMOTE``; None for classic Spark."""
+    return _requested_remote or os.environ.get("SPARK_REMOTE") or None
+
+
+def is_connect(spark) -> bool:
+    """True for a Spark Connect session (no SparkContext, no RDDs, no broadcasts)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
 def under_spark_submit() -> bool:
     """True when this Python process was started by ``spark-submit``."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
@@ -162,8 +182,16 @@ def get_spark(
     *,
     master: str | None = None,
     conf: Mapping[str, str] | None = None,
+    remote: str | None = None,
 ):
     """Build (or return the running) SparkSession, configured for this project.
+
+    A Spark Connect session when ``remote`` (``--remote``), ``$SPARK_REMOTE``
+    or ``spark.api.mode=connect`` says so: ``sc://host:port`` connects to a
+    Connect server, and needs neither Java nor Spark's settings here (the
+    server has them); ``local[N]`` (or ``spark.api.mode=connect`` with any
+    master) starts a Connect server in this process with this project's
+    settings, as a classic session would get them.
 
     Parameters
     ----------
@@ -174,6 +202,9 @@ def get_spark(
     conf : mapping, optional
         Settings that override both ``conf/spark-defaults.conf`` and
         :data:`REQUIRED_CONF` (but not what spark-submit was told).
+    remote : str, optional
+        A Spark Connect address (``sc://host:port``, or ``local[N]``);
+        default :func:`remote_url`.
 
     Returns
     -------
@@ -194,6 +225,9 @@ def get_spark(
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    remote = remote or remote_url()
+    if remote and remote.startswith("sc://"):
+        return _connect_session(app_name, remote, conf)
     if not under_spark_submit():
         check_java()
     folder = conf_dir()
@@ -246,18 +280,47 @@ def get_spark(
     for key, value in forced.items():
         if key not in (conf or {}):
             builder = builder.config(key, value)
+    # A Connect server in this process, on the master: --remote local[N], or spark.api.mode=connect.
+    if remote:
+        builder = builder.config("spark.remote", remote)
+    elif (conf or {}).get("spark.api.mode", existing.get("spark.api.mode", "classic")).lower() == "connect":
+        builder = builder.config("spark.api.mode", "connect").config(
+            "spark.master", settings.get("spark.master") or existing.get("spark.master"))
     spark = builder.getOrCreate()
+    from pyspark import SparkContext as _Context
+
+    started = _Context._active_spark_context.getConf()  # the classic context, or the Connect server's here
     _log_conf_dir_settings(defaults_file, {
         key: value for key, value in from_conf_dir.items()
-        if key not in (conf or {}) and spark.sparkContext.getConf().get(key, None) == value},
+        if key not in (conf or {}) and started.get(key, None) == value},
         late=[key for key in LAUNCH_ONLY_CONF if key in from_conf_dir and not existing.contains(key)])
     logger.info(
-        "Spark %s session on %s (%d task slots, python %s)",
+        "Spark %s %ssession on %s (%d task slots, python %s)",
         spark.version,
-        spark.sparkContext.master,
-        spark.sparkContext.defaultParallelism,
+        "Connect " if is_connect(spark) else "",
+        started.get("spark.master"),
+        task_slots(spark),
         os.environ.get("PYSPARK_PYTHON", user_python),
     )
+    return spark
+
+
+def _connect_session(app_name: str, url: str, conf: Mapping[str, str] | None):
+    """A Spark Connect session at ``url``: the server owns Spark's settings; ``conf`` sets SQL ones."""
+    from pyspark.sql import SparkSession
+
+    try:
+        import pyspark.sql.connect.session  # noqa: F401  (grpc and the other client libraries)
+    except ImportError as error:
+        raise ValueError(f"--remote {url} needs Spark Connect's client libraries ({error}); "
+                         "pip install 'mnist_spark[connect]' (pyspark[connect])") from None
+    # pyspark's own builder also switches pyspark.sql.functions to Spark Connect.
+    builder = SparkSession.builder.remote(url).appName(app_name)
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    logger.info("Spark Connect session at %s (server Spark %s, %d task slots)", url, spark.version,
+                task_slots(spark))
     return spark
 
 
@@ -278,9 +341,60 @@ def _log_conf_dir_settings(defaults_file, filled: dict, late=()) -> None:
 
 
 def task_slots(spark) -> int:
-    """How many tasks the cluster runs at once: cores divided by ``spark.task.cpus``."""
+    """How many tasks the cluster runs at once: cores divided by ``spark.task.cpus``.
+
+    On Spark Connect, which has no SparkContext to ask, the cores come from
+    the server's settings (:func:`cores_from_conf`).
+    """
     cpus = int(spark.conf.get("spark.task.cpus", "1"))
+    if is_connect(spark):
+        cores = cores_from_conf(lambda key: spark.conf.get(key, None))
+        if cores is None:
+            logger.warning("the Spark Connect server's settings do not say how many cores it has; "
+                           "assuming %d task slots (set spark.default.parallelism on the server, or "
+                           "give --partitions)", DEFAULT_CONNECT_SLOTS * cpus)
+            cores = DEFAULT_CONNECT_SLOTS * cpus
+        return max(1, cores // cpus)
     return max(1, spark.sparkContext.defaultParallelism // cpus)
+
+
+#: Task slots assumed on a Spark Connect server whose settings name no cores.
+DEFAULT_CONNECT_SLOTS = 2
+
+
+def cores_from_conf(get) -> int | None:
+    """A cluster's cores from its settings (``get(key)`` is None when unset); None when they do not say.
+
+    ``spark.default.parallelism``, else the master (``local[N]``, ``local[*]``:
+    this machine's cores), else ``spark.cores.max``, else
+    ``spark.executor.instances`` x ``spark.executor.cores``.
+
+    Examples
+    --------
+    >>> cores_from_conf({"spark.master": "local[3]"}.get)
+    3
+    >>> cores_from_conf({"spark.master": "yarn", "spark.executor.instances": "4",
+    ...                  "spark.executor.cores": "8"}.get)
+    32
+    """
+    import re
+
+    if get("spark.default.parallelism"):
+        return int(get("spark.default.parallelism"))
+    local = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\s*\d+)?\])?", (get("spark.master") or "").strip())
+    if local:
+        return (os.cpu_count() or 1) if local.group(1) == "*" else int(local.group(1) or 1)
+    if get("spark.cores.max"):
+        return int(get("spark.cores.max"))
+    if get("spark.executor.instances") and get("spark.executor.cores"):
+        return int(get("spark.executor.instances")) * int(get("spark.executor.cores"))
+    return None
+
+
+def set_job_description(spark, text: str) -> None:
+    """Name the next Spark jobs in the UI (classic Spark; Spark Connect has no SparkContext to tell)."""
+    if not is_connect(spark):
+        spark.sparkContext.setJobDescription(text)
 
 
 def configure_tensorflow_threads(threads: int | None = None) -> int:

@@ -842,40 +842,62 @@ def tree_fan_in(replicas: int) -> int:
     return max(2, math.ceil(math.sqrt(replicas)))
 
 
+#: One partial sum of :func:`tree_average` between its levels: its group, and the sum pickled.
+_PART_FIELDS = (("id", "int32"), ("part", "binary"))
+
+
+def _add_group(key, table):
+    """Group ``key`` of a level of :func:`tree_average` (an Arrow table): its sum, added in ``id`` order.
+
+    The first level's rows are replica results (:func:`_result_schema`), the
+    next levels' rows partial sums (``id``, ``part``).
+    """
+    import pyarrow as pa
+
+    if "part" in table.column_names:
+        items = [(row["id"], pickle.loads(row["part"])) for row in table.to_pylist()]
+    else:
+        items = [(row["partition"], _result_from_row(row)) for row in table.to_pylist()]
+    items.sort(key=lambda item: item[0])
+    total = _add_partial_sums([_as_partial_sum(part) for _, part in items])
+    return pa.Table.from_pylist([{"id": key[0].as_py(), "part": pickle.dumps(total, protocol=5)}],
+                                schema=pa.schema([(n, getattr(pa, k)()) for n, k in _PART_FIELDS]))
+
+
 def tree_average(results, replicas: int, fan_in: int | None = None):
     """Average replica results in the executors; the driver receives a single sum.
 
     ``results`` is a DataFrame of replica rows (:func:`_result_schema`). Each
-    level groups the partial sums by ``id // fan_in`` into one task per group,
-    which adds them in ``id`` order, so the result is the same bit for bit
-    whatever order the shuffle delivers them in. With the default fan-in,
-    ``sqrt(replicas)``, two levels reach one sum for up to ``fan_in ** 2``
-    replicas, and no task or driver holds more than ``fan_in`` models.
+    level groups the partial sums by ``id // fan_in`` (``groupBy`` and
+    ``applyInArrow``: DataFrames only, so it runs on Spark Connect too), and
+    each group's task adds them in ``id`` order, so the result is the same bit
+    for bit whatever order the shuffle delivers them in. With the default
+    fan-in, ``sqrt(replicas)``, two levels reach one sum for up to
+    ``fan_in ** 2`` replicas, and no task or driver holds more than
+    ``fan_in`` models.
 
     Returns
     -------
     (weights, optimizer, replicas)
         The averaged state, and each replica's metrics sorted by partition.
     """
+    from pyspark.sql import functions as F
+
     fan_in = fan_in or tree_fan_in(replicas)
+    schema = ", ".join(f"{name} {'int' if kind == 'int32' else kind}" for name, kind in _PART_FIELDS)
     # Replicas travel as they are (float32) to the first level, which makes them float64 sums.
-    level = results.rdd.map(lambda row: (row["partition"], _result_from_row(row)))
+    level, key = results, "partition"
     groups = replicas
     while groups > 1:
         groups = math.ceil(groups / fan_in)
-
-        def add_group(items):
-            items = sorted(items, key=lambda item: item[1][0])
-            if items:
-                yield items[0][0], _add_partial_sums([_as_partial_sum(part) for _, (_, part) in items])
-
-        level = (level.map(lambda item, f=fan_in: (item[0] // f, item))
-                 .partitionBy(groups, lambda key: key)
-                 .mapPartitions(add_group))
-    sums = level.collect()
-    if len(sums) != 1:
-        raise RuntimeError(f"averaging ended with {len(sums)} partial sums instead of 1")
-    total = _as_partial_sum(sums[0][1])
+        level = (level.groupBy(F.floor(F.col(key) / F.lit(fan_in)).alias("_group"))
+                 .applyInArrow(_add_group, schema))
+        key = "id"
+    rows = level.collect()
+    if len(rows) != 1:
+        raise RuntimeError(f"averaging ended with {len(rows)} partial sums instead of 1")
+    row = rows[0].asDict()
+    total = _as_partial_sum(pickle.loads(row["part"]) if "part" in row else _result_from_row(row))
     weights, optimizer = _mean_of(total)
     return weights, optimizer, sorted(total["replicas"], key=lambda r: r["partition"])
 
@@ -970,13 +992,13 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
     """
     from pyspark import BarrierTaskContext, TaskContext
 
-    from mnist_spark.session import task_slots
+    from mnist_spark.payloads import ship
+    from mnist_spark.session import set_job_description, task_slots
 
     architecture = storage.read_bytes(config.model_file) if config.model_file else None
     model, fresh = initial_state(config, architecture)
     state = state or fresh
     load_state(model, state.weights, state.optimizer)
-    sc = spark.sparkContext
     slots = task_slots(spark)
     if config.barrier and config.partitions > slots:
         raise ValueError(
@@ -991,7 +1013,7 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
     if len(sizes) != config.partitions:
         raise ValueError(f"{len(sizes)} shards were given for {config.partitions} partitions; make them "
                          "with make_shards(train_df, config.partitions)")
-    shipped = sc.broadcast(architecture) if architecture is not None else None
+    shipped = ship(spark, architecture, "network") if architecture is not None else None
     schedule = plan_schedule(config, sizes)
     sample = None
     if config.batchnorm_sample and models.batchnorm_layers(model):
@@ -1012,7 +1034,7 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
             round_started = time.perf_counter()
             overheads: dict = {}
             with _timed(overheads, "broadcast"):
-                payload = sc.broadcast(pickle.dumps((state.weights, state.optimizer), protocol=5))
+                payload = ship(spark, pickle.dumps((state.weights, state.optimizer), protocol=5), "model state")
 
             def run_round(batches, payload=payload, round_=round_):
                 import pyarrow as pa
@@ -1030,7 +1052,7 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
                     for local in files.values():
                         local.close()
 
-            sc.setJobDescription(f"training round {round_ + 1}/{schedule.rounds}")
+            set_job_description(spark, f"training round {round_ + 1}/{schedule.rounds}")
             with _timed(overheads, "tasks"), _session_conf(spark, _ONE_CHUNK_TO_PYTHON):
                 replicas = shards.mapInArrow(run_round, _result_schema(), barrier=config.barrier)
                 weights, optimizer, results = tree_average(replicas, config.partitions)

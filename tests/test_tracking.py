@@ -41,7 +41,7 @@ def test_train_cnn_logs_params_rounds_metrics_figures_and_model(spark, tiny_idx,
 
     out = tmp_path / "run"
     status, lines = run_main(load_job("train_cnn"), [
-        "--data-dir", tiny_idx, "--model", "mlp", "--epochs", "1", "--batch-size", "8",
+        "--data-dir", tiny_idx, "--arch", "mlp", "--epochs", "1", "--batch-size", "8",
         "--validation-size", "5", "--output", out, "--mlflow", store], capsys)
     assert status == 0, lines
     written = json.loads((out / "metrics.json").read_text())
