@@ -1038,25 +1038,32 @@ class _FeaturizerReader(DefaultParamsReader):
 
 def _build(model_name: str, image_size: int, pooling: str, payload: bytes | None, suffix: str = ""):
     """Build the network without its top; load ``payload`` (bytes of a weights file) or seed it."""
+    return build_application(model_name, payload, suffix, include_top=False,
+                             input_shape=(image_size, image_size, 3), pooling=None if pooling == "none" else pooling)
+
+
+def build_application(model_name: str, payload: bytes | None, suffix: str = "", **arguments):
+    """``keras.applications.<model_name>(weights=None, **arguments)`` with ``payload`` loaded into it.
+
+    ``payload`` holds the bytes of a weights file (``suffix`` says how Keras
+    loads it); without it the weights are random from
+    :data:`RANDOM_WEIGHTS_SEED`, the same in every worker, and the caller's
+    random generators are left as they were.
+    """
     import keras
 
-    architecture = ARCHITECTURES[model_name]
     constructor = getattr(keras.applications, model_name)
-    arguments = dict(include_top=False, weights=None, input_shape=(image_size, image_size, 3),
-                     pooling=None if pooling == "none" else pooling)
     if payload is None:
-        # Every worker must build the same random network: seed Keras, keep the caller's generators.
         python_state, numpy_state = random.getstate(), np.random.get_state()
         keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
         try:
-            model = constructor(**arguments)
+            return constructor(weights=None, **arguments)
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
-        return model
-    model = constructor(**arguments)
+    model = constructor(weights=None, **arguments)
     with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, architecture.weights_file.rsplit(".", 1)[0] + suffix)
+        path = os.path.join(folder, f"{model_name}_weights{suffix}")
         with open(path, "wb") as f:
             f.write(payload)
         with warnings.catch_warnings():

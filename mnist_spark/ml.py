@@ -1131,32 +1131,9 @@ def imagenet_class_names() -> list:
 
 def _build_top(model_name: str, image_size: int, payload: bytes | None, suffix: str = ""):
     """The network with its ImageNet classifier (softmax over 1000 classes); ``payload``: weights file bytes."""
-    import random
-    import tempfile
-    import warnings
-
-    import keras
-
-    constructor = getattr(keras.applications, model_name)
-    arguments = dict(include_top=True, weights=None, input_shape=(image_size, image_size, 3),
-                     classes=IMAGENET_CLASSES, classifier_activation="softmax")
-    if payload is None:
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        keras.utils.set_random_seed(featurizer.RANDOM_WEIGHTS_SEED)
-        try:
-            return constructor(**arguments)
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
-    model = constructor(**arguments)
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, top_architecture(model_name).weights_file.rsplit(".", 1)[0] + suffix)
-        with open(path, "wb") as f:
-            f.write(payload)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Skipping nested container")
-            model.load_weights(path)
-    return model
+    return featurizer.build_application(model_name, payload, suffix, include_top=True,
+                                        input_shape=(image_size, image_size, 3), classes=IMAGENET_CLASSES,
+                                        classifier_activation="softmax")
 
 
 _TOP_CHECKED: set = set()  # (modelName, size, digest) loaded into their network on this driver
