@@ -49,7 +49,7 @@ from pyspark import keyword_only
 from pyspark.ml import Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsReader, DefaultParamsWritable, DefaultParamsWriter
+from mnist_spark.persistence import SavesModelFile
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +123,6 @@ RANDOM_WEIGHTS_SEED = 0
 DEFAULT_MODEL = "InceptionV3"
 #: ``FeaturizerConfig.model_name`` of a network from ``modelFile``.
 MODEL_FILE = "modelFile"
-#: The file name of the ``modelFile`` network inside a saved featurizer's folder.
-SAVED_MODEL_FILE = "model.keras"
 DEFAULT_SCALE_HINT = "SCALE_AREA_AVERAGING"
 DEFAULT_POOLING = "avg"
 DEFAULT_BATCH_SIZE = 32
@@ -174,15 +172,15 @@ def _weights_value(value):
 # --------------------------------------------------------------------------- the Transformer
 
 
-class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable,
-                          DefaultParamsWritable):
+class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, SavesModelFile):
     """Features of images from a pretrained network without its top layers.
 
     Applies ``modelName`` (a ``keras.applications`` network, its classifier
     removed) to Spark's image struct column ``inputCol`` and writes a dense
     vector per image to ``outputCol``, so that a ``LogisticRegression`` can be
     trained on it in the same ``Pipeline``. Saves and loads with the pipeline
-    (``DefaultParamsWritable``); the weights are found again when a loaded
+    (:mod:`mnist_spark.persistence`, which keeps a ``modelFile`` inside the saved
+    folder); the weights are found again when a loaded
     model first transforms.
 
     Parameters
@@ -397,12 +395,6 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
             if weights is not None:
                 check_weights(weights, self.getModelName())
 
-    @classmethod
-    def read(cls):
-        return _FeaturizerReader(cls)
-
-    def write(self):
-        return _FeaturizerWriter(self)
 
     def transformSchema(self, schema):
         """Check the input schema and the params on the driver; return the output schema.
@@ -1000,37 +992,6 @@ def _load_network(payload: bytes):
     from mnist_spark.evaluation import model_from_bytes
 
     return model_from_bytes(payload, compile=False)
-
-
-class _FeaturizerWriter(DefaultParamsWriter):
-    """Saves the params and, with ``modelFile``, a copy of the network inside the folder."""
-
-    def saveImpl(self, path: str) -> None:
-        from mnist_spark import storage
-
-        instance = self.instance
-        model_file = instance.getModelFile()
-        if not model_file:
-            return super().saveImpl(path)
-        params = {param.name: value for param, value in instance._paramMap.items()}
-        params["modelFile"] = SAVED_MODEL_FILE
-        DefaultParamsWriter.saveMetadata(instance, path, self.sparkSession, paramMap=params,
-                                         extraMetadata={"modelFileInside": SAVED_MODEL_FILE})
-        storage.write_bytes(storage.join(path, SAVED_MODEL_FILE), _read_bytes(model_file))
-
-
-class _FeaturizerReader(DefaultParamsReader):
-    """Loads the params; a ``modelFile`` saved inside the folder is used from there."""
-
-    def load(self, path: str):
-        from mnist_spark import storage
-
-        instance = super().load(path)
-        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
-        inside = metadata.get("modelFileInside")
-        if inside:
-            instance.setModelFile(storage.join(path, inside))
-        return instance
 
 
 # --------------------------------------------------------------------------- the network

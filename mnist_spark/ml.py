@@ -51,16 +51,15 @@ from pyspark.ml import Estimator, Model, Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import (HasInputCol, HasLabelCol, HasOutputCol, HasPredictionCol,
                                      HasProbabilityCol, HasSeed)
-from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, DefaultParamsWritable,
-                             DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter)
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
-from mnist_spark import evaluation, featurizer, images, models, storage, training
+from mnist_spark import evaluation, featurizer, images, models, persistence, storage, training
 from mnist_spark import labels as label_subset
 
 logger = logging.getLogger(__name__)
 
 #: The name of the model file inside a saved stage's folder.
-MODEL_FILE = "model.keras"
+MODEL_FILE = persistence.MODEL_FILE
 #: Keras' ImageNet class index, read by :class:`DeepImagePredictor` (never downloaded).
 CLASS_INDEX_FILE = "imagenet_class_index.json"
 CLASS_INDEX_URL = "https://storage.googleapis.com/download.tensorflow.org/data/" + CLASS_INDEX_FILE
@@ -249,63 +248,6 @@ def image_decoder(shape, *, scale_hint: str = featurizer.DEFAULT_SCALE_HINT, rgb
 # --------------------------------------------------------------------------- persistence
 
 
-class _ModelFileWriter(MLWriter):
-    """Params as ``DefaultParamsWriter`` writes them, and the model file inside the folder."""
-
-    def __init__(self, instance):
-        super().__init__()
-        self.instance = instance
-
-    def saveImpl(self, path: str) -> None:
-        payload = self.instance._model_payload()
-        extra = dict(self.instance._extra_metadata(), modelFileEmbedded=payload is not None)
-        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession, extraMetadata=extra)
-        if payload is not None:
-            storage.write_bytes(storage.join(path, MODEL_FILE), payload)
-        self.instance._write_beside(path)
-
-
-class _ModelFileReader(MLReader):
-    def __init__(self, cls):
-        super().__init__()
-        self.cls = cls
-
-    def load(self, path: str):
-        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
-        instance = self.cls()
-        instance._resetUid(metadata["uid"])
-        DefaultParamsReader.getAndSetParams(instance, metadata)
-        instance._restore(path, metadata)
-        return instance
-
-
-class _SavesModelFile(MLReadable, MLWritable):
-    """A stage whose saved folder holds its ``.keras`` file (``model.keras``) beside its params."""
-
-    def write(self) -> MLWriter:
-        return _ModelFileWriter(self)
-
-    @classmethod
-    def read(cls) -> MLReader:
-        return _ModelFileReader(cls)
-
-    def _model_payload(self) -> bytes | None:
-        """The model file's bytes to save, or None. Stages with a ``modelFile`` param save that file."""
-        location = self.getOrDefault("modelFile")
-        return read_keras_file(location, type(self).__name__).payload if location else None
-
-    def _extra_metadata(self) -> dict:
-        return {}
-
-    def _write_beside(self, path: str) -> None:
-        """Files saved beside the model file; none by default."""
-
-    def _restore(self, path: str, metadata: dict) -> None:
-        """After the params are set: point ``modelFile`` at the copy inside the saved folder."""
-        if metadata.get("modelFileEmbedded"):
-            self._set(modelFile=storage.join(path, MODEL_FILE))
-
-
 # --------------------------------------------------------------------------- the classifier
 
 
@@ -433,7 +375,7 @@ class _Prepared:
         self.shards.unpersist()
 
 
-class KerasImageClassifier(Estimator, _KerasImageClassifierParams, _SavesModelFile):
+class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.SavesModelFile):
     """Train a Keras image classifier data-parallel on Spark: a Spark ML ``Estimator``.
 
     ``fit`` runs :func:`mnist_spark.training.train`, the trainer of
@@ -795,7 +737,7 @@ class _SharedDataFits:
         return index, model
 
 
-class KerasImageClassificationModel(Model, _KerasImageClassifierParams, _SavesModelFile):
+class KerasImageClassificationModel(Model, _KerasImageClassifierParams, persistence.SavesModelFile):
     """A fitted :class:`KerasImageClassifier`: scores images with the trained Keras model.
 
     ``transform`` adds ``predictionCol`` (double, the most probable class) and
@@ -909,7 +851,7 @@ class KerasImageClassificationModel(Model, _KerasImageClassifierParams, _SavesMo
 # --------------------------------------------------------------------------- any saved model
 
 
-class KerasImageTransformer(Transformer, HasInputCol, HasOutputCol, _SavesModelFile):
+class KerasImageTransformer(Transformer, HasInputCol, HasOutputCol, persistence.SavesModelFile):
     """Score a saved ``.keras`` model on an image column; the output is a vector column.
 
     sparkdl's ``KerasImageFileTransformer`` on Spark's image structs: the model

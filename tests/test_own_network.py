@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import load_job, run_main
-from mnist_spark import datasets, featurizer, idx, ingest, labels
+from mnist_spark import datasets, featurizer, idx, ingest, labels, persistence
 from mnist_spark.featurizer import DeepImageFeaturizer
 
 
@@ -114,7 +114,7 @@ def test_pipeline_carries_the_model_inside_its_folder(spark, test_df, model_file
     model.write().save(str(saved))
     own.unlink()
     loaded = PipelineModel.load(str(saved))
-    inside = saved / "stages" / f"0_{stage.uid}" / featurizer.SAVED_MODEL_FILE
+    inside = saved / "stages" / f"0_{stage.uid}" / persistence.MODEL_FILE
     assert loaded.stages[0].getModelFile() == str(inside) and inside.read_bytes() == model_file.read_bytes()
     assert loaded.stages[0].getOutputLayer() == "hidden"
     after = {r["index"]: r["probability"].toArray() for r in loaded.transform(test_df).collect()}
