@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export SPARK_CONF_DIR := $(abspath conf)
 
-.PHONY: install run ingest export-png train test test-unit test-fast bench clean
+.PHONY: install run ingest export-png train test test-unit test-fast lint mypy-baseline bench clean
 
 # TensorFlow through the [cpu] extra (EXTRAS=gpu,test for the tensorflow package instead);
 # CONSTRAINTS=constraints.txt installs the exact versions of the last full test run (Python 3.11).
@@ -85,6 +85,16 @@ test-unit: install
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not cluster and not browser" $(ARGS)
+
+# Style and types, before the tests in CI: ruff's lint and format, mypy against its baseline.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy | $(BIN)/mypy-baseline filter --no-colors
+
+# After fixing type errors: rewrite the baseline without them (it may only shrink).
+mypy-baseline: install
+	$(BIN)/mypy | $(BIN)/mypy-baseline sync
 
 bench: install
 	$(BIN)/python benchmarks/ingest.py

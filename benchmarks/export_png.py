@@ -80,8 +80,12 @@ def pillow_loop(data_dir: Path, out: Path, compress_level: int | None, limit: in
         count += len(pixels)
     seconds = time.perf_counter() - started
     sizes = [f.stat().st_size for f in out.rglob("*.png")]
-    return {"images": count, "seconds": round(seconds, 3), "images_per_second": round(count / seconds, 1),
-            "mean_png_bytes": round(float(np.mean(sizes)), 1)}
+    return {
+        "images": count,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(count / seconds, 1),
+        "mean_png_bytes": round(float(np.mean(sizes)), 1),
+    }
 
 
 def augment_speed(data_dir: Path) -> dict:
@@ -93,8 +97,11 @@ def augment_speed(data_dir: Path) -> dict:
     settings = {
         "mnist_defaults": augment.AugmentParams.mnist(),
         "rotate_only": augment.AugmentParams().rotate(1.0, 15, 15),
-        "rotate_shear_zoom_shift": augment.AugmentParams().rotate(1.0, 15, 15).shear(1.0, 10)
-        .zoom(1.0, 0.9, 1.1).shift(1.0, 0.1),
+        "rotate_shear_zoom_shift": augment.AugmentParams()
+        .rotate(1.0, 15, 15)
+        .shear(1.0, 10)
+        .zoom(1.0, 0.9, 1.1)
+        .shift(1.0, 0.1),
         "elastic_only": augment.AugmentParams().elastic(1.0, 8, 3),
     }
     rates = {}
@@ -151,8 +158,11 @@ def filesystem_type(folder: str) -> str:
     except OSError:
         return "unknown"
     real = os.path.realpath(folder)
-    best = max((m for m in mounts if real == m[1] or real.startswith(m[1].rstrip("/") + "/")),
-               key=lambda m: len(m[1]), default=None)
+    best = max(
+        (m for m in mounts if real == m[1] or real.startswith(m[1].rstrip("/") + "/")),
+        key=lambda m: len(m[1]),
+        default=None,
+    )
     return best[2] if best else "unknown"
 
 
@@ -160,11 +170,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(PROJECT / "data" / "mnist"))
     default_dirs = [tempfile.gettempdir()] + (["/dev/shm"] if os.path.isdir("/dev/shm") else [])
-    parser.add_argument("--workdirs", default=",".join(default_dirs),
-                        help="comma-separated scratch folders to measure in; the first one is "
-                        "judged against the target")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="runs of the export and of the Pillow loop, alternating; the best of each counts")
+    parser.add_argument(
+        "--workdirs",
+        default=",".join(default_dirs),
+        help="comma-separated scratch folders to measure in; the first one is judged against the target",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="runs of the export and of the Pillow loop, alternating; the best of each counts",
+    )
     args = parser.parse_args()
     data_dir = Path(args.data_dir)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -177,8 +193,7 @@ def main() -> None:
     export_job = load_job("export_png")
     workdirs = [d for d in args.workdirs.split(",") if d]
     start = time.perf_counter()
-    spark = get_spark("bench-export-png", conf={"spark.ui.enabled": "false",
-                                                "spark.ui.showConsoleProgress": "false"})
+    spark = get_spark("bench-export-png", conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"})
     spark_start = time.perf_counter() - start
     warm_dir = Path(tempfile.mkdtemp(prefix="bench-export-png-warm-"))
     warm = time.perf_counter()

@@ -56,8 +56,9 @@ def _best(function, repeats: int) -> float:
 def measure(spark, df, pixels: np.ndarray, size: int, batch_size: int, repeats: int) -> dict:
     """Images per second of the Spark featurizer and of plain Keras at one size."""
     count = len(pixels)
-    stage = featurizer.DeepImageFeaturizer(modelName="InceptionV3", imageSize=size, weights="none",
-                                           batchSize=batch_size)
+    stage = featurizer.DeepImageFeaturizer(
+        modelName="InceptionV3", imageSize=size, weights="none", batchSize=batch_size
+    )
 
     def spark_run():
         stage.transform(df).write.format("noop").mode("overwrite").save()
@@ -66,7 +67,7 @@ def measure(spark, df, pixels: np.ndarray, size: int, batch_size: int, repeats: 
     spark_seconds = _best(spark_run, repeats)
 
     model = featurizer.build_model("InceptionV3", size, "avg", "none")
-    warm = featurizer.preprocess_images(pixels[:batch_size * 2], "InceptionV3", size)
+    warm = featurizer.preprocess_images(pixels[: batch_size * 2], "InceptionV3", size)
     model.predict(warm, batch_size=batch_size, verbose=0)
     timings = {}
 
@@ -96,9 +97,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(PROJECT / "data" / "mnist"))
     parser.add_argument("--sizes", default="75,139,299", help="comma-separated image sizes")
-    parser.add_argument("--images", type=int, default=None,
-                        help="images per size; default: " + ", ".join(f"{k} px: {v}" for k, v in
-                                                                     DEFAULT_COUNTS.items()))
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="images per size; default: " + ", ".join(f"{k} px: {v}" for k, v in DEFAULT_COUNTS.items()),
+    )
     parser.add_argument("--batch-size", type=int, default=featurizer.DEFAULT_BATCH_SIZE)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--master", default="local[*]")

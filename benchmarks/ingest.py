@@ -61,7 +61,8 @@ def timed_submit(args: list[str]) -> float:
 def numpy_parse(data_dir: Path) -> float:
     started = time.perf_counter()
     for name in sorted(data_dir.glob("*-ubyte.gz")):
-        raw = gzip.open(name).read()
+        with gzip.open(name) as f:
+            raw = f.read()
         ndim = raw[3]
         shape = np.frombuffer(raw, ">u4", count=ndim, offset=4)
         np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
@@ -90,10 +91,17 @@ def main() -> None:
         start_times, ingest_times = [], []
         for repeat in range(args.repeats):
             start_times.append(timed_submit([str(script)]))
-            ingest_times.append(timed_submit([
-                str(PROJECT / "jobs" / "ingest.py"), "--data-dir", str(data_dir),
-                "--output", str(Path(tmp) / f"ingest-{repeat}"),
-            ]))
+            ingest_times.append(
+                timed_submit(
+                    [
+                        str(PROJECT / "jobs" / "ingest.py"),
+                        "--data-dir",
+                        str(data_dir),
+                        "--output",
+                        str(Path(tmp) / f"ingest-{repeat}"),
+                    ]
+                )
+            )
         metrics = json.loads((Path(tmp) / "ingest-0" / "metrics.json").read_text())
 
     numpy_seconds = min(numpy_parse(data_dir) for _ in range(3))

@@ -75,18 +75,27 @@ def synthetic(spark, images: int, partitions: int = 64):
         for batch in batches:
             ids = batch.column("id").to_numpy()
             for start in range(0, len(ids), 8192):
-                part = ids[start:start + 8192]
+                part = ids[start : start + 8192]
                 rng = np.random.default_rng(int(part[0]))
                 pixels = rng.integers(0, 256, size=(len(part), 28, 28, 1), dtype=np.uint8)
                 yield pa.RecordBatch.from_arrays(
-                    [pa.array(part), pa.array(rng.integers(0, 10, len(part)).astype(np.int32)),
-                     image_struct_array(pixels, [f"synthetic:{i}" for i in part])],
-                    names=["index", "label", "image"])
+                    [
+                        pa.array(part),
+                        pa.array(rng.integers(0, 10, len(part)).astype(np.int32)),
+                        image_struct_array(pixels, [f"synthetic:{i}" for i in part]),
+                    ],
+                    names=["index", "label", "image"],
+                )
 
     from pyspark.sql.types import IntegerType, LongType, StructField, StructType
 
-    schema = StructType([StructField("index", LongType(), False), StructField("label", IntegerType(), False),
-                         StructField("image", image_struct_type(), False)])
+    schema = StructType(
+        [
+            StructField("index", LongType(), False),
+            StructField("label", IntegerType(), False),
+            StructField("image", image_struct_type(), False),
+        ]
+    )
     return spark.range(0, images, numPartitions=partitions).mapInArrow(generate, schema)
 
 
@@ -98,8 +107,9 @@ def main() -> None:
     from mnist_spark import training
     from mnist_spark.session import get_spark
 
-    spark = get_spark("large_shards", master="local[2]",
-                      conf={"spark.driver.memory": args.heap, "spark.ui.enabled": "false"})
+    spark = get_spark(
+        "large_shards", master="local[2]", conf={"spark.driver.memory": args.heap, "spark.ui.enabled": "false"}
+    )
     stop, peaks = threading.Event(), {}
     sampler = threading.Thread(target=_sample, args=(stop, peaks), daemon=True)
     sampler.start()
@@ -112,9 +122,14 @@ def main() -> None:
     spark.stop()
     pixels = args.images * 784
     result = {
-        "benchmark": "large_shards", "images": args.images, "pixel_bytes": pixels,
-        "shard_bytes": pixels // 2, "chunk_bytes": training.CHUNK_BYTES, "jvm_heap": args.heap,
-        "seconds": round(seconds, 1), "rounds": state.round,
+        "benchmark": "large_shards",
+        "images": args.images,
+        "pixel_bytes": pixels,
+        "shard_bytes": pixels // 2,
+        "chunk_bytes": training.CHUNK_BYTES,
+        "jvm_heap": args.heap,
+        "seconds": round(seconds, 1),
+        "rounds": state.round,
         "images_per_second": round(sum(h["images"] for h in state.history) / seconds, 1),
         "peak_gib": {key: round(value / 2**30, 3) for key, value in sorted(peaks.items())},
     }

@@ -99,8 +99,14 @@ def main() -> None:
         return df
 
     def run_predict_job(out):
-        predict_job.run(spark, model_file=model, data_dir=args.data_dir, output=str(out), splits=("test",),
-                        batch_size=args.batch_size)
+        predict_job.run(
+            spark,
+            model_file=model,
+            data_dir=args.data_dir,
+            output=str(out),
+            splits=("test",),
+            batch_size=args.batch_size,
+        )
 
     def run_sql(out, build=ml._worker_cached_udf):
         keras_file = ml._udf_model(model, "prediction", args.batch_size, "SCALE_AREA_AVERAGING", "BGR")
@@ -129,15 +135,18 @@ def main() -> None:
             print(f"{name} run {repeat + 1}: {seconds[name][-1]:.2f} s", file=sys.stderr)
 
     last = args.repeats - 1
-    job = {r["index"]: (r["prediction"], r["probabilities"]) for r in
-           spark.read.parquet(str(work / f"predict_job-{last}" / "predictions.parquet")).collect()}
+    job = {
+        r["index"]: (r["prediction"], r["probabilities"])
+        for r in spark.read.parquet(str(work / f"predict_job-{last}" / "predictions.parquet")).collect()
+    }
     checks = {}
     for name in ("sql_udf", "sql_predict_batch_udf"):
         rows = spark.read.parquet(str(work / f"{name}-{last}")).collect()
         checks[f"{name}_equal_predictions"] = sum(job[r["index"]][0] == r["prediction"] for r in rows)
     rows = spark.read.parquet(str(work / f"transformer-{last}")).collect()
-    checks["transformer_max_abs_difference"] = float(max(
-        np.abs(r["probabilities"].toArray() - np.asarray(job[r["index"]][1])).max() for r in rows))
+    checks["transformer_max_abs_difference"] = float(
+        max(np.abs(r["probabilities"].toArray() - np.asarray(job[r["index"]][1])).max() for r in rows)
+    )
     labels = idx.read_idx(files.labels("test"))
     checks["test_accuracy"] = float(np.mean([job[i][0] == labels[i] for i in range(count)]))
 
@@ -148,8 +157,9 @@ def main() -> None:
     steady = {}
     keras_file = ml._udf_model(model, "prediction", args.batch_size, "SCALE_AREA_AVERAGING", "BGR")
     for name, build in (("sql_udf", ml._worker_cached_udf), ("sql_predict_batch_udf", ml._predict_batch_udf)):
-        spark.udf.register("digit", build(spark, keras_file, "prediction", args.batch_size,
-                                          "SCALE_AREA_AVERAGING", "BGR"))
+        spark.udf.register(
+            "digit", build(spark, keras_file, "prediction", args.batch_size, "SCALE_AREA_AVERAGING", "BGR")
+        )
         runs = []
         for _ in range(args.repeats + 1):  # the first loads the model in every worker
             began = time.perf_counter()
@@ -176,10 +186,13 @@ def main() -> None:
         "ratio_to_predict_job": {name: round(count / s / baseline, 3) for name, s in best.items()},
         "checks": checks,
         "target_ratio": 0.9,
-        "udf_steady_state": {"images": udf_images, **steady,
-                             "worker_cached_over_predict_batch_udf": round(
-                                 steady["sql_udf"]["images_per_second"]
-                                 / steady["sql_predict_batch_udf"]["images_per_second"], 3)},
+        "udf_steady_state": {
+            "images": udf_images,
+            **steady,
+            "worker_cached_over_predict_batch_udf": round(
+                steady["sql_udf"]["images_per_second"] / steady["sql_predict_batch_udf"]["images_per_second"], 3
+            ),
+        },
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ml_scoring.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -66,19 +66,19 @@ def plain_keras(model_name: str, epochs: int, launched: float) -> dict:
         def on_epoch_end(self, epoch, logs=None):
             started = time.perf_counter()
             accuracy = self.model.evaluate(xt, yt, batch_size=512, verbose=0)[1]
-            curve.append({"epoch": epoch + 1, "accuracy": float(accuracy),
-                          "time": round(time.time() - launched, 2)})
+            curve.append({"epoch": epoch + 1, "accuracy": float(accuracy), "time": round(time.time() - launched, 2)})
             scoring[0] += time.perf_counter() - started
 
-    schedule = keras.callbacks.LearningRateScheduler(
-        lambda epoch: config.learning_rate * config.lr_decay ** epoch)
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch: config.learning_rate * config.lr_decay**epoch)
     started = time.perf_counter()
-    model.fit(x, y, batch_size=config.batch_size, epochs=epochs, shuffle=True, verbose=0,
-              callbacks=[schedule, Score()])
+    model.fit(x, y, batch_size=config.batch_size, epochs=epochs, shuffle=True, verbose=0, callbacks=[schedule, Score()])
     fit_seconds = time.perf_counter() - started - scoring[0]  # scoring is not training
-    return {"curve": curve, "test_accuracy": curve[-1]["accuracy"],
-            "wall_seconds": round(time.time() - launched, 2),
-            "images_per_second": round(epochs * len(y) / fit_seconds, 1)}
+    return {
+        "curve": curve,
+        "test_accuracy": curve[-1]["accuracy"],
+        "wall_seconds": round(time.time() - launched, 2),
+        "images_per_second": round(epochs * len(y) / fit_seconds, 1),
+    }
 
 
 def _peak_rss(pattern: str, stop: threading.Event, peak: list) -> None:
@@ -106,9 +106,22 @@ def spark_run(model_name: str, epochs: int, partitions: int, output: Path) -> di
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.setdefault("SPARK_CONF_DIR", str(PROJECT / "conf"))
     submit = Path(sys.executable).parent / "spark-submit"
-    command = [str(submit), str(PROJECT / "jobs" / "train_cnn.py"), "--arch", model_name,
-               "--epochs", str(epochs), "--partitions", str(partitions), "--validation-size", "10000",
-               "--checkpoint-every", "0", "--output", str(output)]
+    command = [
+        str(submit),
+        str(PROJECT / "jobs" / "train_cnn.py"),
+        "--arch",
+        model_name,
+        "--epochs",
+        str(epochs),
+        "--partitions",
+        str(partitions),
+        "--validation-size",
+        "10000",
+        "--checkpoint-every",
+        "0",
+        "--output",
+        str(output),
+    ]
     launched = time.time()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stop, peak = threading.Event(), [0]
@@ -121,8 +134,9 @@ def spark_run(model_name: str, epochs: int, partitions: int, output: Path) -> di
         raise RuntimeError(f"train_cnn --partitions {partitions} failed:\n{stderr[-3000:]}")
     metrics = json.loads((output / "metrics.json").read_text())
     history = metrics["history"]
-    curve = [{"epoch": h["epoch"], "accuracy": h["val_accuracy"], "time": round(h["time"] - launched, 2)}
-             for h in history]
+    curve = [
+        {"epoch": h["epoch"], "accuracy": h["val_accuracy"], "time": round(h["time"] - launched, 2)} for h in history
+    ]
     longest = max(h["steps"] for h in history)
     full = [h["images_per_second"] for h in history if h["steps"] == longest]
     overheads: dict = {}
@@ -130,8 +144,11 @@ def spark_run(model_name: str, epochs: int, partitions: int, output: Path) -> di
         for name, seconds in h["overhead_seconds"].items():
             overheads.setdefault(name, []).append(seconds)
     return {
-        "partitions": partitions, "rounds": len(history), "curve": curve,
-        "test_accuracy": metrics["test_accuracy"], "round1_val_accuracy": history[0]["val_accuracy"],
+        "partitions": partitions,
+        "rounds": len(history),
+        "curve": curve,
+        "test_accuracy": metrics["test_accuracy"],
+        "round1_val_accuracy": history[0]["val_accuracy"],
         "wall_seconds": round(time.time() - launched, 2),
         "images_per_second": metrics["images_per_second"],
         "round_images_per_second": [h["images_per_second"] for h in history],
@@ -157,9 +174,8 @@ def _figure(model_name: str, epochs: int, plain: dict, runs: list) -> Path:
         accuracy = [100 * p["accuracy"] for p in run["curve"]]
         style = "k--" if run["label"] == "plain Keras" else "-"
         axes[0].plot(epochs_axis, accuracy, style, marker="o", markersize=3, label=run["label"])
-        axes[1].plot([p["time"] for p in run["curve"]], accuracy, style, marker="o", markersize=3,
-                     label=run["label"])
-    for axis, xlabel in zip(axes, ("epoch", "seconds since launch")):
+        axes[1].plot([p["time"] for p in run["curve"]], accuracy, style, marker="o", markersize=3, label=run["label"])
+    for axis, xlabel in zip(axes, ("epoch", "seconds since launch"), strict=True):
         axis.set_xlabel(xlabel)
         axis.set_ylabel("test accuracy (%)")
         axis.set_ylim(97.0, 99.7)
@@ -186,15 +202,21 @@ def main() -> None:
     for item in args.runs.split(","):
         model_name, epochs = item.split(":")
         launched = time.time()
-        plain = json.loads(subprocess.run(
-            [sys.executable, __file__, "--plain", model_name, epochs, str(launched)],
-            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        plain = json.loads(
+            subprocess.run(
+                [sys.executable, __file__, "--plain", model_name, epochs, str(launched)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         runs = []
         for partitions in map(int, args.replicas.split(",")):
             with tempfile.TemporaryDirectory() as tmp:
                 runs.append(spark_run(model_name, int(epochs), partitions, Path(tmp) / "run"))
-            print(json.dumps({"model": model_name, **{k: v for k, v in runs[-1].items() if k != "curve"}}),
-                  flush=True)
+            print(json.dumps({"model": model_name, **{k: v for k, v in runs[-1].items() if k != "curve"}}), flush=True)
         for run in runs:
             run["accuracy_gap_points"] = round(100 * (run["test_accuracy"] - plain["test_accuracy"]), 2)
             run["throughput_ratio"] = round(run["images_per_second"] / plain["images_per_second"], 3)
@@ -203,24 +225,38 @@ def main() -> None:
         for threshold in THRESHOLDS:
             plain[f"seconds_to_{threshold}"] = _time_to(plain["curve"], threshold)
         figure = _figure(model_name, int(epochs), plain, runs)
-        results.append({"model": model_name, "epochs": int(epochs), "plain_keras": plain, "spark": runs,
-                        "figure": str(figure.relative_to(PROJECT))})
+        results.append(
+            {
+                "model": model_name,
+                "epochs": int(epochs),
+                "plain_keras": plain,
+                "spark": runs,
+                "figure": str(figure.relative_to(PROJECT)),
+            }
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "scaling.json").write_text(json.dumps(
-        {"benchmark": "scaling", "cores": os.cpu_count(), "results": results}, indent=2) + "\n")
-    print("| model | replicas | test accuracy | plain Keras | gap (points) | round-1 val | to 99.0% | "
-          "to 99.3% | img/s | ratio | spread | driver peak |")
+    (RESULTS / "scaling.json").write_text(
+        json.dumps({"benchmark": "scaling", "cores": os.cpu_count(), "results": results}, indent=2) + "\n"
+    )
+    print(
+        "| model | replicas | test accuracy | plain Keras | gap (points) | round-1 val | to 99.0% | "
+        "to 99.3% | img/s | ratio | spread | driver peak |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for result in results:
         plain = result["plain_keras"]
-        print(f"| {result['model']} ({result['epochs']} ep) | plain | | {100 * plain['test_accuracy']:.2f}% | | | "
-              f"{plain['seconds_to_0.99']} s | {plain['seconds_to_0.993']} s | {plain['images_per_second']:.0f} | "
-              "1 | | |")
+        print(
+            f"| {result['model']} ({result['epochs']} ep) | plain | | {100 * plain['test_accuracy']:.2f}% | | | "
+            f"{plain['seconds_to_0.99']} s | {plain['seconds_to_0.993']} s | {plain['images_per_second']:.0f} | "
+            "1 | | |"
+        )
         for run in result["spark"]:
-            print(f"| | {run['partitions']} | {100 * run['test_accuracy']:.2f}% | | {run['accuracy_gap_points']:+.2f} | "
-                  f"{run['round1_val_accuracy']:.3f} | {run['seconds_to_0.99']} s | {run['seconds_to_0.993']} s | "
-                  f"{run['images_per_second']:.0f} | {run['throughput_ratio']:.2f} | "
-                  f"{run['spread_full_rounds']:.2f} | {run['driver_peak_rss_gib']:.2f} GiB |")
+            print(
+                f"| | {run['partitions']} | {100 * run['test_accuracy']:.2f}% | | {run['accuracy_gap_points']:+.2f} | "
+                f"{run['round1_val_accuracy']:.3f} | {run['seconds_to_0.99']} s | {run['seconds_to_0.993']} s | "
+                f"{run['images_per_second']:.0f} | {run['throughput_ratio']:.2f} | "
+                f"{run['spread_full_rounds']:.2f} | {run['driver_peak_rss_gib']:.2f} GiB |"
+            )
 
 
 if __name__ == "__main__":

@@ -53,16 +53,19 @@ def plain_keras(data_dir: Path, model_name: str, epochs: int, batch_size: int) -
     xt = idx.read_idx(data_dir / "t10k-images-idx3-ubyte.gz")[..., None].astype(np.float32)
     yt = idx.read_idx(data_dir / "t10k-labels-idx1-ubyte.gz").astype(np.int32)
     model = models.build_model(model_name, seed=config.seed, learning_rate=config.learning_rate)
-    schedule = keras.callbacks.LearningRateScheduler(
-        lambda epoch: config.learning_rate * config.lr_decay ** epoch)
-    model.fit(x[:batch_size * 4], y[:batch_size * 4], batch_size=batch_size, epochs=1, verbose=0)
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch: config.learning_rate * config.lr_decay**epoch)
+    model.fit(x[: batch_size * 4], y[: batch_size * 4], batch_size=batch_size, epochs=1, verbose=0)
     model = models.build_model(model_name, seed=config.seed, learning_rate=config.learning_rate)
     started = time.perf_counter()
     model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0, callbacks=[schedule])
     seconds = time.perf_counter() - started
     loss, accuracy = model.evaluate(xt, yt, batch_size=512, verbose=0)
-    return {"seconds": round(seconds, 2), "images_per_second": round(epochs * len(y) / seconds, 1),
-            "test_accuracy": float(accuracy), "test_loss": float(loss)}
+    return {
+        "seconds": round(seconds, 2),
+        "images_per_second": round(epochs * len(y) / seconds, 1),
+        "test_accuracy": float(accuracy),
+        "test_loss": float(loss),
+    }
 
 
 def _tree_rss(root_pid: int) -> int:
@@ -92,9 +95,22 @@ def distributed(data_dir: Path, model_name: str, epochs: int, batch_size: int, o
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.setdefault("SPARK_CONF_DIR", str(PROJECT / "conf"))
     submit = Path(sys.executable).parent / "spark-submit"
-    command = [str(submit), str(PROJECT / "jobs" / "train_cnn.py"), "--data-dir", str(data_dir),
-               "--arch", model_name, "--epochs", str(epochs), "--batch-size", str(batch_size),
-               "--output", str(output), "--checkpoint-every", "0"]
+    command = [
+        str(submit),
+        str(PROJECT / "jobs" / "train_cnn.py"),
+        "--data-dir",
+        str(data_dir),
+        "--arch",
+        model_name,
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        str(batch_size),
+        "--output",
+        str(output),
+        "--checkpoint-every",
+        "0",
+    ]
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = [0]
@@ -111,13 +127,16 @@ def distributed(data_dir: Path, model_name: str, epochs: int, batch_size: int, o
     if process.returncode != 0:
         raise RuntimeError(f"train_cnn failed:\n{stderr[-3000:]}")
     metrics = json.loads((output / "metrics.json").read_text())
-    return {"wall_seconds": round(time.perf_counter() - started, 2),
-            "train_seconds": metrics["train_seconds"],
-            "round_seconds": round(sum(h["seconds"] for h in metrics["history"]), 2),
-            "images_per_second": metrics["images_per_second"],
-            "partitions": metrics["partitions"],
-            "test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"],
-            "peak_memory_gib": round(peak[0] / 2**30, 3)}
+    return {
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "train_seconds": metrics["train_seconds"],
+        "round_seconds": round(sum(h["seconds"] for h in metrics["history"]), 2),
+        "images_per_second": metrics["images_per_second"],
+        "partitions": metrics["partitions"],
+        "test_accuracy": metrics["test_accuracy"],
+        "test_loss": metrics["test_loss"],
+        "peak_memory_gib": round(peak[0] / 2**30, 3),
+    }
 
 
 def main() -> None:

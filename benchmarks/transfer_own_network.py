@@ -75,8 +75,7 @@ def from_scratch(spark, transfer, size: int, seed: int, model_name: str) -> dict
 
     def arrays(frame):
         table = labels.select_labels(frame, NEW_LABELS, index=True).orderBy("index").toPandas()
-        return images.struct_frame_to_numpy(table["image"].apply(pd.Series)), \
-            table["label"].to_numpy(np.int32)
+        return images.struct_frame_to_numpy(table["image"].apply(pd.Series)), table["label"].to_numpy(np.int32)
 
     x, y = arrays(train)
     xt, yt = arrays(df.where(F.col("split") == "test"))
@@ -87,8 +86,13 @@ def from_scratch(spark, transfer, size: int, seed: int, model_name: str) -> dict
     model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, shuffle=True)
     models.reestimate_batchnorm(model, x.astype(np.float32))
     _, accuracy = model.evaluate(xt, yt, batch_size=512, verbose=0)
-    return {"accuracy": round(float(accuracy), 4), "seconds": round(time.perf_counter() - started, 1),
-            "epochs": epochs, "train_rows": len(x), "test_rows": len(xt)}
+    return {
+        "accuracy": round(float(accuracy), 4),
+        "seconds": round(time.perf_counter() - started, 1),
+        "epochs": epochs,
+        "train_rows": len(x),
+        "test_rows": len(xt),
+    }
 
 
 def main(argv=None) -> int:
@@ -111,26 +115,43 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         base = os.path.join(folder, "base")
         started = time.perf_counter()
-        trained = train_cnn.run(spark, output=base, arch=args.model, epochs=args.base_epochs,
-                                labels=list(BASE_LABELS), seed=0)
-        results["base"] = {"test_accuracy_0_4": round(trained["test_accuracy"], 4),
-                           "train_rows": trained["train_rows"], "epochs": args.base_epochs,
-                           "seconds": round(time.perf_counter() - started, 1)}
+        trained = train_cnn.run(
+            spark, output=base, arch=args.model, epochs=args.base_epochs, labels=list(BASE_LABELS), seed=0
+        )
+        results["base"] = {
+            "test_accuracy_0_4": round(trained["test_accuracy"], 4),
+            "train_rows": trained["train_rows"],
+            "epochs": args.base_epochs,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
         print(json.dumps(results["base"]), flush=True)
-        methods = (("own_network", {"base_model": base, "output_layer": "flatten"}),
-                   ("own_network_default_layer", {"base_model": base}),
-                   ("random_inceptionv3", {"weights": "none"}))
+        methods = (
+            ("own_network", {"base_model": base, "output_layer": "flatten"}),
+            ("own_network_default_layer", {"base_model": base}),
+            ("random_inceptionv3", {"weights": "none"}),
+        )
         for size in sizes:
             for seed in range(args.seeds):
                 row = {"size": size, "seed": seed}
                 for name, options in methods:
                     started = time.perf_counter()
-                    metrics = transfer.run(spark, output=os.path.join(folder, f"{name}-{size}-{seed}"),
-                                           labels=list(NEW_LABELS), train_limit=size, test_limit=None,
-                                           seed=seed, **regression, **options)
-                    row[name] = {"accuracy": round(metrics["accuracy"], 4), "train_rows": metrics["train_rows"],
-                                 "test_rows": metrics["test_rows"], "feature_size": metrics["feature_size"],
-                                 "seconds": round(time.perf_counter() - started, 1)}
+                    metrics = transfer.run(
+                        spark,
+                        output=os.path.join(folder, f"{name}-{size}-{seed}"),
+                        labels=list(NEW_LABELS),
+                        train_limit=size,
+                        test_limit=None,
+                        seed=seed,
+                        **regression,
+                        **options,
+                    )
+                    row[name] = {
+                        "accuracy": round(metrics["accuracy"], 4),
+                        "train_rows": metrics["train_rows"],
+                        "test_rows": metrics["test_rows"],
+                        "feature_size": metrics["feature_size"],
+                        "seconds": round(time.perf_counter() - started, 1),
+                    }
                 row["from_scratch"] = from_scratch(spark, transfer, size, seed, args.model)
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)
@@ -138,11 +159,15 @@ def main(argv=None) -> int:
 
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "transfer_own_network.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nbase network ({args.model}, digits 0-4, {args.base_epochs} epochs): "
-          f"{results['base']['test_accuracy_0_4']:.2%} on the test digits 0-4\n")
+    print(
+        f"\nbase network ({args.model}, digits 0-4, {args.base_epochs} epochs): "
+        f"{results['base']['test_accuracy_0_4']:.2%} on the test digits 0-4\n"
+    )
     names = ("own_network", "own_network_default_layer", "random_inceptionv3", "from_scratch")
-    print("| training images of 5-9 | own 0-4 network, `flatten` + LR | own 0-4 network, default layer + LR | "
-          "random InceptionV3 + LR | from scratch |")
+    print(
+        "| training images of 5-9 | own 0-4 network, `flatten` + LR | own 0-4 network, default layer + LR | "
+        "random InceptionV3 + LR | from scratch |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for size in sizes:
         rows = [row for row in results["runs"] if row["size"] == size]

@@ -26,13 +26,14 @@ logger = logging.getLogger("predict")
 
 def _arg_parser():
     parser = cli.job_parser(__doc__, "predict", seed=False)
-    parser.add_argument("--model-file", default=None,
-                        help="a model.keras file, or a train_cnn run folder holding one")
+    parser.add_argument("--model-file", default=None, help="a model.keras file, or a train_cnn run folder holding one")
     cli.deprecated_flag(parser, "--model", "--model-file")
-    parser.add_argument("--images", default=None,
-                        help="a PNG set or any folder of images; default: the IDX files of --data-dir")
-    parser.add_argument("--splits", type=cli.split_list, default="test",
-                        help="splits to score (IDX files or a PNG set)")
+    parser.add_argument(
+        "--images", default=None, help="a PNG set or any folder of images; default: the IDX files of --data-dir"
+    )
+    parser.add_argument(
+        "--splits", type=cli.split_list, default="test", help="splits to score (IDX files or a PNG set)"
+    )
     parser.add_argument("--batch-size", type=cli.positive_int, default=512, help="images per batch")
     return parser
 
@@ -46,10 +47,18 @@ def _images_frame(spark, location: str, splits):
         return df
     if not storage.exists(location):
         raise ValueError(f"--images {location} does not exist; give a folder of PNG or JPEG files")
-    df = (spark.read.format("image").option("recursiveFileLookup", "true")
-          .option("dropInvalid", "true").load(storage.to_uri(location)))
-    return df.select(F.lit("unlabelled").alias("split"), F.monotonically_increasing_id().alias("index"),
-                     F.lit(-1).alias("label"), "image")
+    df = (
+        spark.read.format("image")
+        .option("recursiveFileLookup", "true")
+        .option("dropInvalid", "true")
+        .load(storage.to_uri(location))
+    )
+    return df.select(
+        F.lit("unlabelled").alias("split"),
+        F.monotonically_increasing_id().alias("index"),
+        F.lit(-1).alias("label"),
+        "image",
+    )
 
 
 def _shape_text(shape) -> str:
@@ -67,14 +76,20 @@ def check_outputs(net, path: str, num_classes: int | None = None) -> None:
     several = isinstance(found, list) or (bool(found) and isinstance(found[0], (list, tuple)))
     if several or len(found) != 2 or (num_classes is not None and found[-1] != num_classes):
         expected = f"(batch, {num_classes})" if num_classes is not None else "(batch, classes)"
-        what = (f", one probability for each of the dataset's {num_classes} classes"
-                if num_classes is not None else ", one probability per class")
-        raise ValueError(f"model file {path} outputs shape {_shape_text(found)}; expected {expected}{what}; "
-                         "give a classifier trained on this dataset")
+        what = (
+            f", one probability for each of the dataset's {num_classes} classes"
+            if num_classes is not None
+            else ", one probability per class"
+        )
+        raise ValueError(
+            f"model file {path} outputs shape {_shape_text(found)}; expected {expected}{what}; "
+            "give a classifier trained on this dataset"
+        )
 
 
-def run(spark, *, model_file, data_dir=None, images_dir=None, output=None, overwrite=False,
-        splits=("test",), batch_size=512):
+def run(
+    spark, *, model_file, data_dir=None, images_dir=None, output=None, overwrite=False, splits=("test",), batch_size=512
+):
     """Score the images and write the run folder; return the metrics."""
     from pyspark.sql import functions as F
 
@@ -100,24 +115,40 @@ def run(spark, *, model_file, data_dir=None, images_dir=None, output=None, overw
             f"{'x'.join(map(str, first))}; score images of the size the model was trained on"
         )
     scored = evaluation.predict(df, net, batch_size=batch_size)
-    scored = scored.select(F.col("image.origin").alias("origin"), "split", "index", "label",
-                           "prediction", "probabilities")
+    scored = scored.select(
+        F.col("image.origin").alias("origin"), "split", "index", "label", "prediction", "probabilities"
+    )
     with target as staging:
         scored.write.parquet(storage.join(staging, "predictions.parquet"))
         written = spark.read.parquet(storage.join(staging, "predictions.parquet"))
         labelled = written.where("label >= 0")
         count, known = written.count(), labelled.count()
-        metrics = {"job": "predict", "model": path, "count": count, "labelled": known,
-                   "seconds": round(time.perf_counter() - started, 2),
-                   "params": {"data_dir": data_dir, "images": images_dir, "splits": list(splits),
-                              "batch_size": batch_size, "output": output},
-                   "environment": report.environment()}
+        metrics = {
+            "job": "predict",
+            "model": path,
+            "count": count,
+            "labelled": known,
+            "seconds": round(time.perf_counter() - started, 2),
+            "params": {
+                "data_dir": data_dir,
+                "images": images_dir,
+                "splits": list(splits),
+                "batch_size": batch_size,
+                "output": output,
+            },
+            "environment": report.environment(),
+        }
         if known:
             correct = labelled.where("label = prediction").count()
             metrics["accuracy"] = correct / known
         report.write_metrics(staging, metrics)
-    logger.info("scored %d images in %.1f s%s; %s", count, metrics["seconds"],
-                f", accuracy {metrics['accuracy']:.4f}" if known else "", output)
+    logger.info(
+        "scored %d images in %.1f s%s; %s",
+        count,
+        metrics["seconds"],
+        f", accuracy {metrics['accuracy']:.4f}" if known else "",
+        output,
+    )
     return metrics
 
 
@@ -126,12 +157,27 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.model_file:
         parser.error("the following arguments are required: --model-file")
-    return cli.run_job("predict", lambda spark: run(
-        spark, model_file=args.model_file, data_dir=args.data_dir, images_dir=args.images, output=args.output,
-        overwrite=args.overwrite, splits=args.splits, batch_size=args.batch_size,
-    ), before=lambda: cli.prepare_output("predict", args, [
-        ("--model-file", args.model_file),
-        *([("--images", args.images)] if args.images else cli.default_data_inputs(args.data_dir))]))
+    return cli.run_job(
+        "predict",
+        lambda spark: run(
+            spark,
+            model_file=args.model_file,
+            data_dir=args.data_dir,
+            images_dir=args.images,
+            output=args.output,
+            overwrite=args.overwrite,
+            splits=args.splits,
+            batch_size=args.batch_size,
+        ),
+        before=lambda: cli.prepare_output(
+            "predict",
+            args,
+            [
+                ("--model-file", args.model_file),
+                *([("--images", args.images)] if args.images else cli.default_data_inputs(args.data_dir)),
+            ],
+        ),
+    )
 
 
 if __name__ == "__main__":

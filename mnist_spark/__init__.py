@@ -11,13 +11,29 @@ module on first use.
 __version__ = "0.1.0"
 
 #: Names importable from the package itself, loaded from their module on first use.
-_LAZY = {"DeepImageFeaturizer": "mnist_spark.featurizer",
-         **{name: "mnist_spark.ml" for name in ("KerasImageClassifier", "KerasImageClassificationModel",
-                                                 "KerasImageTransformer", "DeepImagePredictor",
-                                                 "register_keras_udf")}}
+_LAZY = {
+    "DeepImageFeaturizer": "mnist_spark.featurizer",
+    **{
+        name: "mnist_spark.ml"
+        for name in (
+            "KerasImageClassifier",
+            "KerasImageClassificationModel",
+            "KerasImageTransformer",
+            "DeepImagePredictor",
+            "register_keras_udf",
+        )
+    },
+}
 
-__all__ = ["DeepImageFeaturizer", "KerasImageClassifier", "KerasImageClassificationModel",
-           "KerasImageTransformer", "DeepImagePredictor", "register_keras_udf", "__version__"]
+__all__ = [
+    "DeepImageFeaturizer",
+    "KerasImageClassifier",
+    "KerasImageClassificationModel",
+    "KerasImageTransformer",
+    "DeepImagePredictor",
+    "register_keras_udf",
+    "__version__",
+]
 
 
 def __getattr__(name: str):

@@ -40,7 +40,6 @@ import numpy as np
 
 from mnist_spark.images import binary_buffers, image_struct_array, mode_for_channels
 
-
 #: Separator of the transforms in an ``augmentation`` string.
 SEPARATOR = ";"
 
@@ -92,19 +91,24 @@ class AugmentParams:
                     f"augmentation {name}_probability must lie in [0, 1], found {probability}; "
                     "give the chance that the transform is applied to a variant"
                 )
-        for name in ("max_left_rotation", "max_right_rotation", "max_shear", "max_shift",
-                     "elastic_alpha"):
+        for name in ("max_left_rotation", "max_right_rotation", "max_shear", "max_shift", "elastic_alpha"):
             if getattr(self, name) < 0:
-                raise ValueError(f"augmentation {name} must be 0 or more, found {getattr(self, name)}; "
-                                 "ranges are given as sizes, each way")
+                raise ValueError(
+                    f"augmentation {name} must be 0 or more, found {getattr(self, name)}; "
+                    "ranges are given as sizes, each way"
+                )
         if not 0 <= self.max_left_rotation <= 180 or not 0 <= self.max_right_rotation <= 180:
-            raise ValueError(f"rotation ranges must lie in [0, 180] degrees, found "
-                             f"{self.max_left_rotation} left and {self.max_right_rotation} right")
+            raise ValueError(
+                f"rotation ranges must lie in [0, 180] degrees, found "
+                f"{self.max_left_rotation} left and {self.max_right_rotation} right"
+            )
         if self.max_shear >= 90:
             raise ValueError(f"max_shear must be below 90 degrees, found {self.max_shear}")
         if not 0 < self.min_zoom <= self.max_zoom:
-            raise ValueError(f"zoom factors need 0 < min_zoom <= max_zoom, found min_zoom "
-                             f"{self.min_zoom} and max_zoom {self.max_zoom}")
+            raise ValueError(
+                f"zoom factors need 0 < min_zoom <= max_zoom, found min_zoom "
+                f"{self.min_zoom} and max_zoom {self.max_zoom}"
+            )
         if self.max_shift > 1:
             raise ValueError(f"max_shift is a fraction of the image size, at most 1, found {self.max_shift}")
         if self.elastic_sigma <= 0:
@@ -116,9 +120,12 @@ class AugmentParams:
 
     def rotate(self, probability: float, max_left_rotation: float, max_right_rotation: float):
         """Rotate by up to ``max_left_rotation`` degrees left or ``max_right_rotation`` right."""
-        return dataclasses.replace(self, rotate_probability=probability,
-                                   max_left_rotation=max_left_rotation,
-                                   max_right_rotation=max_right_rotation)
+        return dataclasses.replace(
+            self,
+            rotate_probability=probability,
+            max_left_rotation=max_left_rotation,
+            max_right_rotation=max_right_rotation,
+        )
 
     def shear(self, probability: float, max_shear: float):
         """Shear horizontally by up to ``max_shear`` degrees either way."""
@@ -126,8 +133,7 @@ class AugmentParams:
 
     def zoom(self, probability: float, min_factor: float, max_factor: float):
         """Zoom by a factor from ``min_factor`` to ``max_factor``."""
-        return dataclasses.replace(self, zoom_probability=probability, min_zoom=min_factor,
-                                   max_zoom=max_factor)
+        return dataclasses.replace(self, zoom_probability=probability, min_zoom=min_factor, max_zoom=max_factor)
 
     def shift(self, probability: float, max_fraction: float):
         """Shift by up to ``max_fraction`` of the width and height, each way."""
@@ -135,20 +141,17 @@ class AugmentParams:
 
     def elastic(self, probability: float, alpha: float, sigma: float):
         """Elastic distortion of strength ``alpha`` pixels, smoothed over ``sigma`` pixels."""
-        return dataclasses.replace(self, elastic_probability=probability, elastic_alpha=alpha,
-                                   elastic_sigma=sigma)
+        return dataclasses.replace(self, elastic_probability=probability, elastic_alpha=alpha, elastic_sigma=sigma)
 
     @property
     def active(self) -> bool:
         """True when at least one transform can happen."""
-        return any(getattr(self, f"{name}_probability") > 0
-                   for name in ("rotate", "shear", "zoom", "shift", "elastic"))
+        return any(getattr(self, f"{name}_probability") > 0 for name in ("rotate", "shear", "zoom", "shift", "elastic"))
 
     @classmethod
-    def mnist(cls) -> "AugmentParams":
+    def mnist(cls) -> AugmentParams:
         """Defaults for handwritten digits: small rotations, shears, zooms, shifts, mild elastic."""
-        return (cls().rotate(0.9, 15, 15).shear(0.5, 10).zoom(0.5, 0.9, 1.1).shift(0.5, 0.1)
-                .elastic(0.3, 8, 3))
+        return cls().rotate(0.9, 15, 15).shear(0.5, 10).zoom(0.5, 0.9, 1.1).shift(0.5, 0.1).elastic(0.3, 8, 3)
 
 
 @dataclass(frozen=True)
@@ -163,8 +166,13 @@ class Transform:
 
     @property
     def identity(self) -> bool:
-        return (self.rotation is None and self.shear is None and self.zoom is None
-                and self.shift is None and self.elastic is None)
+        return (
+            self.rotation is None
+            and self.shear is None
+            and self.zoom is None
+            and self.shift is None
+            and self.elastic is None
+        )
 
     def describe(self) -> str:
         """Like ``"rotate=12.31;zoom=1.052"``; empty when nothing was applied."""
@@ -220,8 +228,10 @@ def draw_transform(rng: np.random.Generator, params: AugmentParams, shape) -> Tr
     if coins[2] < params.zoom_probability:
         zoom = float(params.min_zoom + (params.max_zoom - params.min_zoom) * values[2])
     if coins[3] < params.shift_probability:
-        shift = (float(params.max_shift * width * (2 * values[3] - 1)),
-                 float(params.max_shift * height * (2 * values[4] - 1)))
+        shift = (
+            float(params.max_shift * width * (2 * values[3] - 1)),
+            float(params.max_shift * height * (2 * values[4] - 1)),
+        )
     if coins[4] < params.elastic_probability:
         elastic = (float(params.elastic_alpha), float(params.elastic_sigma))
     return Transform(rotation, shear, zoom, shift, elastic)
@@ -295,8 +305,9 @@ def apply_transform(image: np.ndarray, transform: Transform, *, rng=None, fill: 
     out = np.empty(planes.shape, np.uint8)
     sampled = np.empty((height, width), np.float64)
     for channel in range(planes.shape[2]):
-        ndimage.map_coordinates(planes[..., channel], source, output=sampled, order=1,
-                                mode="constant", cval=float(fill))
+        ndimage.map_coordinates(
+            planes[..., channel], source, output=sampled, order=1, mode="constant", cval=float(fill)
+        )
         np.clip(np.rint(sampled), 0, 255, out=sampled)
         out[..., channel] = sampled
     return out[..., 0] if image.ndim == 2 else out
@@ -343,15 +354,19 @@ def augment_batch(images: np.ndarray, keys, params: AugmentParams, *, seed: int 
     ((2, 28, 28), True)
     """
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        raise TypeError(f"augment_batch takes a uint8 numpy array of images, found "
-                        f"{getattr(images, 'dtype', type(images).__name__)}")
+        raise TypeError(
+            f"augment_batch takes a uint8 numpy array of images, found "
+            f"{getattr(images, 'dtype', type(images).__name__)}"
+        )
     if images.ndim not in (3, 4):
-        raise ValueError(f"expected images of shape (n, height, width) or (n, height, width, channels), "
-                         f"found shape {images.shape}")
+        raise ValueError(
+            f"expected images of shape (n, height, width) or (n, height, width, channels), found shape {images.shape}"
+        )
     keys = list(keys)
     if len(keys) != len(images):
-        raise ValueError(f"augment_batch: {len(images)} images but {len(keys)} keys; give one "
-                         "(split, index, variant) per image")
+        raise ValueError(
+            f"augment_batch: {len(images)} images but {len(keys)} keys; give one (split, index, variant) per image"
+        )
     if not isinstance(params, AugmentParams):
         raise TypeError(f"params must be an AugmentParams, found {type(params).__name__}")
     out = np.empty_like(images)
@@ -369,10 +384,13 @@ def variant_schema():
 
     from mnist_spark.ingest import dataset_schema
 
-    return StructType(dataset_schema().fields + [
-        StructField("variant", IntegerType(), False),
-        StructField("augmentation", StringType(), False),
-    ])
+    return StructType(
+        dataset_schema().fields
+        + [
+            StructField("variant", IntegerType(), False),
+            StructField("augmentation", StringType(), False),
+        ]
+    )
 
 
 def _variant_batches(batch, n: int, params: AugmentParams, seed: int):
@@ -386,26 +404,27 @@ def _variant_batches(batch, n: int, params: AugmentParams, seed: int):
     labels = batch.column(2)
     image = batch.column(3)
     yield pa.RecordBatch.from_arrays(
-        [splits, index, labels, image, pa.array(np.zeros(count, np.int32)),
-         pa.array([""] * count, pa.string())], names=names)
+        [splits, index, labels, image, pa.array(np.zeros(count, np.int32)), pa.array([""] * count, pa.string())],
+        names=names,
+    )
     if not count or not n:
         return
     if image.null_count:
         raise ValueError("add_variants: some rows have no image; drop rows with a null image first")
-    fields = dict(zip(image.type.names, image.flatten()))
+    fields = dict(zip(image.type.names, image.flatten(), strict=True))
     split_list = splits.to_pylist()
     index_array = index.to_numpy(zero_copy_only=False)
     origins = fields["origin"].to_pylist()
-    shapes = np.stack([fields["height"].to_numpy(), fields["width"].to_numpy(),
-                       fields["nChannels"].to_numpy()], axis=1)
+    shapes = np.stack([fields["height"].to_numpy(), fields["width"].to_numpy(), fields["nChannels"].to_numpy()], axis=1)
     offsets, values = binary_buffers(fields["data"])
     # Rows of one shape go through together (MNIST: all of them).
     for shape in np.unique(shapes, axis=0):
         rows = np.flatnonzero((shapes == shape).all(axis=1))
         height, width, channels = (int(s) for s in shape)
         mode_for_channels(channels, "add_variants")
-        stack = np.stack([values[offsets[r]: offsets[r + 1]] for r in rows]).reshape(
-            len(rows), height, width, channels)
+        stack = np.stack([values[offsets[r] : offsets[r + 1]] for r in rows]).reshape(
+            len(rows), height, width, channels
+        )
         if channels == 1:
             stack = stack[..., 0]
         take = pa.array(rows)
@@ -413,12 +432,15 @@ def _variant_batches(batch, n: int, params: AugmentParams, seed: int):
             keys = [(split_list[r], int(index_array[r]), variant) for r in rows]
             pixels, transforms = augment_batch(stack, keys, params, seed=seed)
             yield pa.RecordBatch.from_arrays(
-                [splits.take(take), index.take(take), labels.take(take),
-                 # Cast to the input's struct type: Spark marks some of its fields non-null.
-                 image_struct_array(pixels, [f"{origins[r]}|variant={variant}" for r in rows])
-                 .cast(image.type),
-                 pa.array(np.full(len(rows), variant, np.int32)),
-                 pa.array([t.describe() for t in transforms], pa.string())],
+                [
+                    splits.take(take),
+                    index.take(take),
+                    labels.take(take),
+                    # Cast to the input's struct type: Spark marks some of its fields non-null.
+                    image_struct_array(pixels, [f"{origins[r]}|variant={variant}" for r in rows]).cast(image.type),
+                    pa.array(np.full(len(rows), variant, np.int32)),
+                    pa.array([t.describe() for t in transforms], pa.string()),
+                ],
                 names=names,
             )
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import contextlib
 import importlib
 import logging
 import math
@@ -27,7 +28,7 @@ import re
 import signal
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +41,26 @@ EXIT_SIGINT = 128 + signal.SIGINT
 EXIT_SIGTERM = 128 + signal.SIGTERM
 
 #: Python exceptions that mean bad input or settings: a retry cannot help.
-BAD_INPUT_ERRORS = (ValueError, TypeError, FileExistsError, FileNotFoundError,
-                    NotADirectoryError, IsADirectoryError, PermissionError)
+BAD_INPUT_ERRORS = (
+    ValueError,
+    TypeError,
+    FileExistsError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
 #: Java exceptions (innermost cause, by class name) that mean bad input or settings.
-BAD_INPUT_JAVA = ("java.lang.IllegalArgumentException", "java.lang.NumberFormatException",
-                  "java.io.FileNotFoundException", "java.nio.file.AccessDeniedException",
-                  "java.nio.file.NoSuchFileException", "org.apache.hadoop.fs.FileAlreadyExistsException",
-                  "org.apache.hadoop.security.AccessControlException",
-                  "org.apache.spark.sql.AnalysisException")
+BAD_INPUT_JAVA = (
+    "java.lang.IllegalArgumentException",
+    "java.lang.NumberFormatException",
+    "java.io.FileNotFoundException",
+    "java.nio.file.AccessDeniedException",
+    "java.nio.file.NoSuchFileException",
+    "org.apache.hadoop.fs.FileAlreadyExistsException",
+    "org.apache.hadoop.security.AccessControlException",
+    "org.apache.spark.sql.AnalysisException",
+)
 
 
 class Terminated(KeyboardInterrupt):
@@ -125,11 +138,11 @@ def _transform_numbers(flag: str, names: tuple, build):
         try:
             values = [finite_float(p) for p in parts]
         except argparse.ArgumentTypeError:
-            raise argparse.ArgumentTypeError(
-                f"expected {','.join(names)} as finite numbers, found {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {','.join(names)} as finite numbers, found {text!r}") from None
         if len(values) != len(names):
             raise argparse.ArgumentTypeError(
-                f"expected {len(names)} numbers {','.join(names)}, found {len(values)} in {text!r}")
+                f"expected {len(names)} numbers {','.join(names)}, found {len(values)} in {text!r}"
+            )
         try:
             build(AugmentParams(), *values)
         except (ValueError, TypeError) as error:
@@ -149,36 +162,55 @@ def add_transform_flags(group) -> None:
     from mnist_spark.augment import AugmentParams
 
     defaults = AugmentParams.mnist()
-    group.add_argument("--rotate", metavar="P,LEFT,RIGHT",
-                       type=_transform_numbers("rotate", ("P", "LEFT", "RIGHT"), AugmentParams.rotate),
-                       default=(defaults.rotate_probability, defaults.max_left_rotation,
-                                defaults.max_right_rotation),
-                       help="rotate by up to LEFT degrees counter-clockwise or RIGHT clockwise")
-    group.add_argument("--shear", metavar="P,MAX",
-                       type=_transform_numbers("shear", ("P", "MAX"), AugmentParams.shear),
-                       default=(defaults.shear_probability, defaults.max_shear),
-                       help="shear horizontally by up to MAX degrees either way")
-    group.add_argument("--zoom", metavar="P,MIN,MAX",
-                       type=_transform_numbers("zoom", ("P", "MIN", "MAX"), AugmentParams.zoom),
-                       default=(defaults.zoom_probability, defaults.min_zoom, defaults.max_zoom),
-                       help="zoom by a factor from MIN to MAX")
-    group.add_argument("--shift", metavar="P,MAX",
-                       type=_transform_numbers("shift", ("P", "MAX"), AugmentParams.shift),
-                       default=(defaults.shift_probability, defaults.max_shift),
-                       help="shift by up to MAX of the width and height, each way")
-    group.add_argument("--elastic", metavar="P,ALPHA,SIGMA",
-                       type=_transform_numbers("elastic", ("P", "ALPHA", "SIGMA"), AugmentParams.elastic),
-                       default=(defaults.elastic_probability, defaults.elastic_alpha,
-                                defaults.elastic_sigma),
-                       help="elastic distortion of ALPHA pixels smoothed over SIGMA pixels")
+    group.add_argument(
+        "--rotate",
+        metavar="P,LEFT,RIGHT",
+        type=_transform_numbers("rotate", ("P", "LEFT", "RIGHT"), AugmentParams.rotate),
+        default=(defaults.rotate_probability, defaults.max_left_rotation, defaults.max_right_rotation),
+        help="rotate by up to LEFT degrees counter-clockwise or RIGHT clockwise",
+    )
+    group.add_argument(
+        "--shear",
+        metavar="P,MAX",
+        type=_transform_numbers("shear", ("P", "MAX"), AugmentParams.shear),
+        default=(defaults.shear_probability, defaults.max_shear),
+        help="shear horizontally by up to MAX degrees either way",
+    )
+    group.add_argument(
+        "--zoom",
+        metavar="P,MIN,MAX",
+        type=_transform_numbers("zoom", ("P", "MIN", "MAX"), AugmentParams.zoom),
+        default=(defaults.zoom_probability, defaults.min_zoom, defaults.max_zoom),
+        help="zoom by a factor from MIN to MAX",
+    )
+    group.add_argument(
+        "--shift",
+        metavar="P,MAX",
+        type=_transform_numbers("shift", ("P", "MAX"), AugmentParams.shift),
+        default=(defaults.shift_probability, defaults.max_shift),
+        help="shift by up to MAX of the width and height, each way",
+    )
+    group.add_argument(
+        "--elastic",
+        metavar="P,ALPHA,SIGMA",
+        type=_transform_numbers("elastic", ("P", "ALPHA", "SIGMA"), AugmentParams.elastic),
+        default=(defaults.elastic_probability, defaults.elastic_alpha, defaults.elastic_sigma),
+        help="elastic distortion of ALPHA pixels smoothed over SIGMA pixels",
+    )
 
 
 def augment_params(args):
     """The :class:`mnist_spark.augment.AugmentParams` that the transform flags describe."""
     from mnist_spark.augment import AugmentParams
 
-    return (AugmentParams().rotate(*args.rotate).shear(*args.shear).zoom(*args.zoom)
-            .shift(*args.shift).elastic(*args.elastic))
+    return (
+        AugmentParams()
+        .rotate(*args.rotate)
+        .shear(*args.shear)
+        .zoom(*args.zoom)
+        .shift(*args.shift)
+        .elastic(*args.elastic)
+    )
 
 
 class JobArgumentParser(argparse.ArgumentParser):
@@ -207,8 +239,7 @@ class _DeprecatedFlag(argparse.Action):
         super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        logger.warning("%s is deprecated and will be removed in the next release; %s", option_string,
-                       self.advice)
+        logger.warning("%s is deprecated and will be removed in the next release; %s", option_string, self.advice)
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
@@ -219,8 +250,15 @@ def deprecated_flag(parser, old: str, new: str, *, switch: bool = False, **kwarg
     """
     dest = new.lstrip("-").replace("-", "_")
     extra = dict(nargs=0, const=True) if switch else kwargs
-    parser.add_argument(old, dest=dest, action=_DeprecatedFlag, advice=f"use {new}", default=argparse.SUPPRESS,
-                        help=argparse.SUPPRESS, **extra)
+    parser.add_argument(
+        old,
+        dest=dest,
+        action=_DeprecatedFlag,
+        advice=f"use {new}",
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+        **extra,
+    )
 
 
 def compress_level(text: str) -> int:
@@ -254,8 +292,11 @@ def run_defaults(run) -> dict:
     """The defaults of ``run``'s keyword arguments."""
     import inspect
 
-    return {name: p.default for name, p in inspect.signature(run).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+    return {
+        name: p.default
+        for name, p in inspect.signature(run).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def resume_target(resume, output):
@@ -278,8 +319,9 @@ def resume_target(resume, output):
 
 def run_params(values: dict) -> dict:
     """A job's ``run`` arguments (its ``locals()`` on entry) as JSON values, for ``metrics.json``."""
-    return {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()
-            if name != "spark"}
+    return {
+        name: list(value) if isinstance(value, tuple) else value for name, value in values.items() if name != "spark"
+    }
 
 
 def in_flag_terms(message: str, flags: dict) -> str:
@@ -318,32 +360,48 @@ def job_parser(doc: str | None, job: str, *, seed: bool = True) -> argparse.Argu
         help="folder (or URI) with the four IDX files; default: $MNIST_SPARK_DATA, then "
         "data/mnist, then the user cache, then a download",
     )
-    parser.add_argument(
-        "--output", default=None, help=f"run folder; default: runs/{job}-<timestamp>"
-    )
+    parser.add_argument("--output", default=None, help=f"run folder; default: runs/{job}-<timestamp>")
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument(
-        "--if-exists", choices=IF_EXISTS, default="error",
+        "--if-exists",
+        choices=IF_EXISTS,
+        default="error",
         help="when --output exists: error (exit 2); overwrite a run folder this project wrote; "
         "skip (exit 0 at once) when it is a complete output of this job",
     )
     existing.add_argument(
-        "--overwrite", dest="if_exists", action="store_const", const="overwrite", default=argparse.SUPPRESS,
+        "--overwrite",
+        dest="if_exists",
+        action="store_const",
+        const="overwrite",
+        default=argparse.SUPPRESS,
         help="short for --if-exists overwrite",
     )
     if seed:
         parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
     else:
-        parser.add_argument("--seed", dest="unused_seed", action=_DeprecatedFlag, type=non_negative_int,
-                            advice=f"{job} is deterministic and takes no seed", default=argparse.SUPPRESS,
-                            help=argparse.SUPPRESS)
+        parser.add_argument(
+            "--seed",
+            dest="unused_seed",
+            action=_DeprecatedFlag,
+            type=non_negative_int,
+            advice=f"{job} is deterministic and takes no seed",
+            default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )
     parser.add_argument(
-        "--remote", default=None, metavar="URL",
+        "--remote",
+        default=None,
+        metavar="URL",
         help="run on a Spark Connect server, sc://host:port (default: $SPARK_REMOTE; local[N] starts "
         "one in this process)",
     )
     parser.add_argument(
-        "--mlflow", nargs="?", const="", default=None, metavar="URI",
+        "--mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
         help="log params, metrics, figures and the model to MLflow at URI (default: "
         "$MLFLOW_TRACKING_URI); on whenever MLFLOW_TRACKING_URI is set",
     )
@@ -359,8 +417,9 @@ def default_data_inputs(data_dir) -> list:
     env = os.environ.get(datasets.ENV_DATA)
     if env:
         return [(f"${datasets.ENV_DATA}", env)]
-    return ([("the data folder", str(folder)) for folder in datasets.default_data_dirs()]
-            + [("the dataset cache", str(datasets.cache_dir()))])
+    return [("the data folder", str(folder)) for folder in datasets.default_data_dirs()] + [
+        ("the dataset cache", str(datasets.cache_dir()))
+    ]
 
 
 def prepare_output(job: str, args, inputs=(), *, resumable: bool = False, resume: bool = False) -> bool:
@@ -396,9 +455,14 @@ def prepare_output(job: str, args, inputs=(), *, resumable: bool = False, resume
             if marker.get("job") != job:
                 raise FileExistsError(
                     f"output {args.output} is a complete output of {marker.get('job')}, not of {job}; "
-                    "choose another --output")
-            logger.info("skipped: %s is already a complete output of %s (written %s); --if-exists skip",
-                        args.output, job, marker.get("created"))
+                    "choose another --output"
+                )
+            logger.info(
+                "skipped: %s is already a complete output of %s (written %s); --if-exists skip",
+                args.output,
+                job,
+                marker.get("created"),
+            )
             return True
     storage.AtomicOutput(args.output, overwrite=args.overwrite, resumable=resumable, resume=resume, job=job)
     return False
@@ -555,11 +619,10 @@ def _raise_terminated(signum, frame):
         remote = sys.modules["pyspark.sql.connect.session"].SparkSession.getActiveSession()
         stop = remote.interruptAll if remote is not None else None
     if stop is not None:
+
         def cancel():
-            try:
+            with contextlib.suppress(Exception):  # its JVM or server is gone: nothing to cancel
                 stop()
-            except Exception:  # its JVM or server is gone: nothing to cancel
-                pass
 
         canceller = threading.Thread(target=cancel, name="cancel-on-sigterm", daemon=True)
         canceller.start()
@@ -576,9 +639,12 @@ def _track(job: str, metrics: dict, uri: str) -> None:
     except Exception as error:
         if os.environ.get("MNIST_SPARK_DEBUG"):
             logger.exception("logging to MLflow failed")
-        logger.error("the run folder %s is complete, but logging it to MLflow (%s) failed: %s",
-                     metrics.get("params", {}).get("output"), uri or "MLflow's default",
-                     _one_line(error) or type(error).__name__)
+        logger.error(
+            "the run folder %s is complete, but logging it to MLflow (%s) failed: %s",
+            metrics.get("params", {}).get("output"),
+            uri or "MLflow's default",
+            _one_line(error) or type(error).__name__,
+        )
 
 
 def run_job(job: str, work: Callable, *, spark=None, before: Callable | None = None) -> int:

@@ -27,6 +27,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import http.client
 import logging
@@ -55,8 +56,7 @@ ENV_CACHE = "MNIST_SPARK_CACHE"
 SPLITS = ("train", "test")
 
 # Sidecar files that may sit next to the data and match a name pattern.
-_IGNORED_SUFFIXES = (".md5", ".sha1", ".sha256", ".txt", ".md", ".json", ".part", ".tmp",
-                     ".crdownload", ".download")
+_IGNORED_SUFFIXES = (".md5", ".sha1", ".sha256", ".txt", ".md", ".json", ".part", ".tmp", ".crdownload", ".download")
 _CHUNK = 1 << 20
 
 
@@ -92,8 +92,7 @@ class IdxDataset:
         for split, pair in self.files.items():
             if not (isinstance(pair, tuple) and len(pair) == 2):
                 raise ValueError(
-                    f"dataset {self.name!r}: split {split!r} must map to (images file, labels file), "
-                    f"got {pair!r}"
+                    f"dataset {self.name!r}: split {split!r} must map to (images file, labels file), got {pair!r}"
                 )
 
     def __hash__(self) -> int:
@@ -121,21 +120,27 @@ class IdxDataset:
 
 MNIST = IdxDataset(
     name="mnist",
-    files=MappingProxyType({
-        "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-    }),
+    files=MappingProxyType(
+        {
+            "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+            "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+        }
+    ),
     num_classes=10,
-    md5=MappingProxyType({
-        "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
-        "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
-        "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
-        "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
-    }),
-    class_counts=MappingProxyType({
-        "train": (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
-        "test": (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
-    }),
+    md5=MappingProxyType(
+        {
+            "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
+            "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
+            "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
+            "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
+        }
+    ),
+    class_counts=MappingProxyType(
+        {
+            "train": (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+            "test": (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
+        }
+    ),
     mirrors=(
         "https://ossci-datasets.s3.amazonaws.com/mnist/",
         "https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -251,8 +256,9 @@ def _list_files(directory: Path | str) -> list[str] | None:
         try:
             return storage.list_files(directory)
         except OSError as error:
-            raise ValueError(f"{directory}: cannot list the folder ({error}); check the URI and "
-                             "the file system's credentials") from None
+            raise ValueError(
+                f"{directory}: cannot list the folder ({error}); check the URI and the file system's credentials"
+            ) from None
     if not directory.is_dir():
         return None
     return sorted(entry.name for entry in os.scandir(directory) if entry.is_file())
@@ -284,7 +290,8 @@ def _exact(names: set[str], wanted: str) -> str | None:
 
 def _candidates(names: list[str], patterns: Sequence[str]) -> list[str]:
     hits = [
-        name for name in names
+        name
+        for name in names
         if not name.startswith(".")
         and not name.lower().endswith(_IGNORED_SUFFIXES)
         and any(fnmatch.fnmatchcase(name.lower(), pattern) for pattern in patterns)
@@ -301,9 +308,7 @@ _PATTERNS = {
 }
 
 
-def find_files(
-    directory: str | os.PathLike, dataset: IdxDataset = MNIST
-) -> dict[str, tuple[str, str]] | None:
+def find_files(directory: str | os.PathLike, dataset: IdxDataset = MNIST) -> dict[str, tuple[str, str]] | None:
     """Find a dataset's four files in a folder.
 
     First the dataset's exact file names are tried, each also without ``.gz``
@@ -347,8 +352,7 @@ def find_files(
         exact[split] = pair
     else:
         if exact:
-            return {split: (storage.join(folder, a), storage.join(folder, b))
-                    for split, (a, b) in exact.items()}
+            return {split: (storage.join(folder, a), storage.join(folder, b)) for split, (a, b) in exact.items()}
 
     found: dict[tuple[str, int], str] = {}
     ambiguous = []
@@ -368,8 +372,7 @@ def find_files(
     if len(found) < len(_PATTERNS):
         return None
     return {
-        split: (storage.join(folder, found[(split, 0)]), storage.join(folder, found[(split, 1)]))
-        for split in SPLITS
+        split: (storage.join(folder, found[(split, 0)]), storage.join(folder, found[(split, 1)])) for split in SPLITS
     }
 
 
@@ -400,7 +403,7 @@ def _uses_dataset_names(dataset: IdxDataset, splits: Mapping[str, tuple[str, str
         wanted = dataset.files.get(split)
         if wanted is None:
             return False
-        for path, name in zip(pair, wanted):
+        for path, name in zip(pair, wanted, strict=True):
             if _exact({os.path.basename(path)}, name) is None:
                 return False
     return True
@@ -430,8 +433,10 @@ def _identify(
     if bad and strict:
         lines = "\n  ".join(f"{p}: MD5 {found}, expected {exp}" for p, exp, found in bad)
         if source == "data/mnist":
-            fix = (f"Replace them with good copies, or delete them to fall back to the cache "
-                   f"({cache_dir(dataset)}) and downloading.")
+            fix = (
+                f"Replace them with good copies, or delete them to fall back to the cache "
+                f"({cache_dir(dataset)}) and downloading."
+            )
         else:
             fix = "Delete them and run again to download fresh copies."
         raise ValueError(
@@ -442,8 +447,12 @@ def _identify(
     if bad:
         logger.warning(
             "%s: %d of the files (%s) do not match %s's published checksums; treating the "
-            "folder as another dataset in the %s layout", folder, len(bad),
-            ", ".join(Path(path).name for path, _, _ in bad), dataset.title, dataset.title,
+            "folder as another dataset in the %s layout",
+            folder,
+            len(bad),
+            ", ".join(Path(path).name for path, _, _ in bad),
+            dataset.title,
+            dataset.title,
         )
         result = _derived(dataset, folder, splits)
     elif not same:
@@ -469,8 +478,11 @@ def _explicit(location, source: str, dataset: IdxDataset, verify: bool) -> Datas
     splits = find_files(folder, dataset)
     if splits is None:
         names = _list_files(folder)
-        problem = (_describe_found(names, folder) if names is None
-                   else f"the {dataset.title} files are not there; {_describe_found(names, folder)}")
+        problem = (
+            _describe_found(names, folder)
+            if names is None
+            else f"the {dataset.title} files are not there; {_describe_found(names, folder)}"
+        )
         raise ValueError(
             f"{source} {folder}: {problem}.\n"
             f"Expected a folder holding: {_expected_names(dataset)} (also without .gz), "
@@ -532,8 +544,7 @@ def locate(
     for folder in default_data_dirs():
         splits = find_files(folder, dataset)
         if splits is not None:
-            files = _identify(dataset, folder, splits, source="data/mnist", strict=True,
-                              verify=verify)
+            files = _identify(dataset, folder, splits, source="data/mnist", strict=True, verify=verify)
             logger.info("%s files: %s (data/mnist)", files.dataset.title, folder)
             return files
         looked.append(f"data/mnist: {folder} ({_describe_found(_list_files(folder), folder)})")
@@ -556,8 +567,7 @@ def locate(
             return _download(dataset, cache, timeout=timeout)
         except ValueError as exc:
             failure = exc
-            looked.append(f"download into {cache}: failed:\n     "
-                          + str(exc).replace("\n", "\n     "))
+            looked.append(f"download into {cache}: failed:\n     " + str(exc).replace("\n", "\n     "))
 
     places = "\n".join(f"  {i}. {place}" for i, place in enumerate(looked, 1))
     needed = "\n".join(f"  {name}" for name in dataset.file_names)
@@ -596,16 +606,12 @@ def _fetch(url: str, target: Path, dataset: IdxDataset, name: str, timeout: floa
             raise ValueError(f"not a valid IDX file ({exc})") from exc
         expected = dataset.known_md5(name)
         if expected is not None and digest != expected:
-            raise ValueError(
-                f"checksum mismatch: MD5 of the uncompressed content is {digest}, expected {expected}"
-            )
+            raise ValueError(f"checksum mismatch: MD5 of the uncompressed content is {digest}, expected {expected}")
         os.replace(tmp, target)
         return size
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
@@ -651,18 +657,16 @@ def download(
     """
     folder = cache_dir(dataset) if directory is None else _local_dir(directory)
     if isinstance(folder, str):
-        raise ValueError(f"{folder}: downloads go to a local folder; download locally, then copy "
-                         "the four files to the shared file system")
+        raise ValueError(
+            f"{folder}: downloads go to a local folder; download locally, then copy "
+            "the four files to the shared file system"
+        )
     folder = folder.absolute()
     bases = _mirrors(dataset, mirrors)
     folder.mkdir(parents=True, exist_ok=True)
     present = set(_list_files(folder) or ())
 
-    existing = {
-        name: str(folder / have)
-        for name in dataset.file_names
-        if (have := _exact(present, name)) is not None
-    }
+    existing = {name: str(folder / have) for name in dataset.file_names if (have := _exact(present, name)) is not None}
     bad = _md5_mismatches(dataset, {"present": tuple(existing.values())})
     if bad:
         lines = "\n  ".join(f"{p}: MD5 {found}, expected {exp}" for p, exp, found in bad)
@@ -683,9 +687,7 @@ def download(
     return DatasetFiles(directory=str(folder), source="download", splits=splits, dataset=dataset)
 
 
-def _download_one(
-    dataset: IdxDataset, name: str, folder: Path, bases: Sequence[str], timeout: float
-) -> Path:
+def _download_one(dataset: IdxDataset, name: str, folder: Path, bases: Sequence[str], timeout: float) -> Path:
     target = folder / name
     failures = []
     for base in bases:
@@ -700,13 +702,13 @@ def _download_one(
         except (OSError, ValueError, EOFError, zlib.error, http.client.HTTPException) as exc:
             reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
         else:
-            logger.info("downloaded %s from %s: %d bytes in %.1f s",
-                        name, url, size, time.monotonic() - start)
+            logger.info("downloaded %s from %s: %d bytes in %.1f s", name, url, size, time.monotonic() - start)
             return target
         logger.warning("download of %s from %s failed: %s; trying the next mirror", name, url, reason)
         failures.append(f"{url}: {reason}")
     raise ValueError(
-        f"could not download {name} from any mirror:\n  " + "\n  ".join(failures)
+        f"could not download {name} from any mirror:\n  "
+        + "\n  ".join(failures)
         + f"\nCheck the network, set {ENV_MIRRORS} to a mirror that works, or put the files in "
         f"a folder and pass --data-dir DIR (or set {ENV_DATA})."
     )

@@ -83,8 +83,9 @@ def load_model_bytes(payload: bytes):
 
     Loading uses Keras' safe mode: no Python code in the file is executed.
     """
-    return worker_model(("keras", hashlib.sha256(payload).hexdigest()),
-                        lambda: model_from_bytes(payload, compile=False))
+    return worker_model(
+        ("keras", hashlib.sha256(payload).hexdigest()), lambda: model_from_bytes(payload, compile=False)
+    )
 
 
 def model_file(location: str) -> str:
@@ -105,7 +106,7 @@ def load_model(location: str):
     try:
         payload = storage.read_bytes(location)
     except OSError:
-        raise ValueError(f"model file {location} does not exist; give the model.keras of a training run")
+        raise ValueError(f"model file {location} does not exist; give the model.keras of a training run") from None
     try:
         return model_from_bytes(payload, compile=True)
     except Exception as error:  # Keras raises several types for a damaged file
@@ -115,8 +116,16 @@ def load_model(location: str):
         ) from None
 
 
-def predict(df, model, *, batch_size: int = 512, input_col: str = "image",
-            output_col: str = "probabilities", prediction_col: str | None = "prediction", decode=None):
+def predict(
+    df,
+    model,
+    *,
+    batch_size: int = 512,
+    input_col: str = "image",
+    output_col: str = "probabilities",
+    prediction_col: str | None = "prediction",
+    decode=None,
+):
     """Add the model's class probabilities (``array<float>``) to an image DataFrame.
 
     Parameters
@@ -150,8 +159,11 @@ def predict(df, model, *, batch_size: int = 512, input_col: str = "image",
     from mnist_spark.payloads import ship
 
     broadcast = ship(df.sparkSession, payload, "model")  # a broadcast, or on Spark Connect the closure
-    schema = StructType(df.schema.fields + [StructField(output_col, ArrayType(FloatType(), False), False)]
-                        + ([StructField(prediction_col, IntegerType(), False)] if prediction_col else []))
+    schema = StructType(
+        df.schema.fields
+        + [StructField(output_col, ArrayType(FloatType(), False), False)]
+        + ([StructField(prediction_col, IntegerType(), False)] if prediction_col else [])
+    )
 
     def infer(batches):
         from mnist_spark.session import device_scope
@@ -178,8 +190,7 @@ def predict(df, model, *, batch_size: int = 512, input_col: str = "image",
                 if prediction_col:
                     columns.append(pa.array(probabilities.argmax(axis=1).astype(np.int32)))
                     fields.append(pa.field(prediction_col, pa.int32(), False))
-                yield pa.RecordBatch.from_arrays(part.columns + columns,
-                                                 schema=pa.schema(list(part.schema) + fields))
+                yield pa.RecordBatch.from_arrays(part.columns + columns, schema=pa.schema(list(part.schema) + fields))
 
     return df.mapInArrow(infer, schema)
 
@@ -200,14 +211,14 @@ def evaluate(df, model, *, num_classes: int = 10, batch_size: int = 512, misclas
 
     started = time.perf_counter()
     scored = predict(df, model, batch_size=batch_size)
-    scored = scored.withColumn(
-        "nll", -F.log(F.greatest(F.element_at("probabilities", F.col("label") + 1), F.lit(1e-7)))
-    ).select("split", "index", "label", "prediction", "probabilities", "nll").cache()
+    scored = (
+        scored.withColumn("nll", -F.log(F.greatest(F.element_at("probabilities", F.col("label") + 1), F.lit(1e-7))))
+        .select("split", "index", "label", "prediction", "probabilities", "nll")
+        .cache()
+    )
     try:
-        cells = scored.groupBy("label", "prediction").agg(F.count("*").alias("n"),
-                                                          F.sum("nll").alias("nll")).collect()
-        wrong = (scored.where("label != prediction").orderBy("split", "index")
-                 .limit(misclassified_limit).collect())
+        cells = scored.groupBy("label", "prediction").agg(F.count("*").alias("n"), F.sum("nll").alias("nll")).collect()
+        wrong = scored.where("label != prediction").orderBy("split", "index").limit(misclassified_limit).collect()
     finally:
         scored.unpersist()
     confusion = np.zeros((num_classes, num_classes), np.int64)
@@ -228,21 +239,32 @@ def evaluate(df, model, *, num_classes: int = 10, batch_size: int = 512, misclas
         "confusion_matrix": confusion.tolist(),
         "per_class": per_class_scores(confusion),
         "misclassified": [
-            {"split": r["split"], "index": int(r["index"]), "expected": int(r["label"]),
-             "predicted": int(r["prediction"]),
-             "probabilities": [round(float(p), 5) for p in r["probabilities"]]}
+            {
+                "split": r["split"],
+                "index": int(r["index"]),
+                "expected": int(r["label"]),
+                "predicted": int(r["prediction"]),
+                "probabilities": [round(float(p), 5) for p in r["probabilities"]],
+            }
             for r in wrong
         ],
         "seconds": round(seconds, 3),
         "images_per_second": round(count / seconds, 1),
     }
-    logger.info("evaluated %d images in %.1f s (%.0f img/s): accuracy %.4f, loss %.4f",
-                count, seconds, count / seconds, metrics["accuracy"], metrics["loss"])
+    logger.info(
+        "evaluated %d images in %.1f s (%.0f img/s): accuracy %.4f, loss %.4f",
+        count,
+        seconds,
+        count / seconds,
+        metrics["accuracy"],
+        metrics["loss"],
+    )
     return metrics
 
 
-def confusion_from_predictions(predictions, num_classes: int = 0, *, label_col: str = "label",
-                               prediction_col: str = "prediction") -> np.ndarray:
+def confusion_from_predictions(
+    predictions, num_classes: int = 0, *, label_col: str = "label", prediction_col: str = "prediction"
+) -> np.ndarray:
     """The confusion matrix (rows: expected) of a DataFrame of labels and predictions, counted in Spark.
 
     It has ``num_classes`` rows, or more when a label or prediction lies beyond.
@@ -271,7 +293,13 @@ def per_class_scores(confusion: np.ndarray) -> list[dict]:
         precision = true_positive / predicted if predicted else 0.0
         recall = true_positive / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        scores.append({"class": k, "precision": round(float(precision), 6),
-                       "recall": round(float(recall), 6), "f1": round(float(f1), 6),
-                       "support": int(support)})
+        scores.append(
+            {
+                "class": k,
+                "precision": round(float(precision), 6),
+                "recall": round(float(recall), 6),
+                "f1": round(float(f1), 6),
+                "support": int(support),
+            }
+        )
     return scores

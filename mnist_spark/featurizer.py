@@ -35,6 +35,7 @@ cheap.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -49,6 +50,7 @@ from pyspark import keyword_only
 from pyspark.ml import Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
+
 from mnist_spark.persistence import SavesModelFile
 
 logger = logging.getLogger(__name__)
@@ -79,21 +81,56 @@ KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-application
 ARCHITECTURES = {
     a.name: a
     for a in (
-        Architecture("InceptionV3", "inception_v3", 299, 75, 2048,
-                     "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                     "bcbd6486424b2319ff4ef7d526e38f63", "inception_v3"),
-        Architecture("Xception", "xception", 299, 71, 2048,
-                     "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                     "b0042744bf5b25fce3cb969f33bebb97", "xception"),
-        Architecture("ResNet50", "resnet50", 224, 32, 2048,
-                     "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                     "4d473c1dd8becc155b73f8504c6f6626", "resnet"),
-        Architecture("VGG16", "vgg16", 224, 32, 512,
-                     "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                     "6d6bbae143d832006294945121d1f1fc", "vgg16"),
-        Architecture("VGG19", "vgg19", 224, 32, 512,
-                     "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                     "253f8cb515780f3b799900260a226db6", "vgg19"),
+        Architecture(
+            "InceptionV3",
+            "inception_v3",
+            299,
+            75,
+            2048,
+            "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "bcbd6486424b2319ff4ef7d526e38f63",
+            "inception_v3",
+        ),
+        Architecture(
+            "Xception",
+            "xception",
+            299,
+            71,
+            2048,
+            "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "b0042744bf5b25fce3cb969f33bebb97",
+            "xception",
+        ),
+        Architecture(
+            "ResNet50",
+            "resnet50",
+            224,
+            32,
+            2048,
+            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "4d473c1dd8becc155b73f8504c6f6626",
+            "resnet",
+        ),
+        Architecture(
+            "VGG16",
+            "vgg16",
+            224,
+            32,
+            512,
+            "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "6d6bbae143d832006294945121d1f1fc",
+            "vgg16",
+        ),
+        Architecture(
+            "VGG19",
+            "vgg19",
+            224,
+            32,
+            512,
+            "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "253f8cb515780f3b799900260a226db6",
+            "vgg19",
+        ),
     )
 }
 SUPPORTED_MODELS = tuple(ARCHITECTURES)
@@ -247,103 +284,148 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, SavesModelFile
     """
 
     modelName: Param = Param(
-        Params._dummy(), "modelName",
+        Params._dummy(),
+        "modelName",
         f"network of keras.applications without its top: {', '.join(SUPPORTED_MODELS)}",
-        typeConverter=_choice("modelName", SUPPORTED_MODELS))
+        typeConverter=_choice("modelName", SUPPORTED_MODELS),
+    )
     scaleHint: Param = Param(
-        Params._dummy(), "scaleHint",
+        Params._dummy(),
+        "scaleHint",
         "resize filter, by sparkdl's names: " + ", ".join(f"{k} ({v})" for k, v in SCALE_HINTS.items()),
-        typeConverter=_choice("scaleHint", tuple(SCALE_HINTS)))
+        typeConverter=_choice("scaleHint", tuple(SCALE_HINTS)),
+    )
     pooling: Param = Param(
-        Params._dummy(), "pooling",
+        Params._dummy(),
+        "pooling",
         "avg or max: one value per channel of the last block; none: its flat output (sparkdl's)",
-        typeConverter=_choice("pooling", POOLING_CHOICES))
+        typeConverter=_choice("pooling", POOLING_CHOICES),
+    )
     imageSize: Param = Param(
-        Params._dummy(), "imageSize",
+        Params._dummy(),
+        "imageSize",
         "side of the square input in pixels; 0: the network's native size",
-        typeConverter=_whole("imageSize", 0))
+        typeConverter=_whole("imageSize", 0),
+    )
     batchSize: Param = Param(
-        Params._dummy(), "batchSize", "images per call of the network in a task",
-        typeConverter=_whole("batchSize", 1))
+        Params._dummy(), "batchSize", "images per call of the network in a task", typeConverter=_whole("batchSize", 1)
+    )
     weights: Param = Param(
-        Params._dummy(), "weights",
+        Params._dummy(),
+        "weights",
         "imagenet (Keras' cache or $MNIST_SPARK_WEIGHTS), a weights file path, or none (random)",
-        typeConverter=_weights_value)
+        typeConverter=_weights_value,
+    )
     modelFile: Param = Param(
-        Params._dummy(), "modelFile",
+        Params._dummy(),
+        "modelFile",
         "a .keras file (path or URI) of your own network, loaded in safe mode; used instead of modelName",
-        typeConverter=_path_value)
+        typeConverter=_path_value,
+    )
     outputLayer: Param = Param(
-        Params._dummy(), "outputLayer",
+        Params._dummy(),
+        "outputLayer",
         "with modelFile: the layer whose output is the feature vector; '': the last layer before the classifier",
-        typeConverter=TypeConverters.toString)
+        typeConverter=TypeConverters.toString,
+    )
 
     @keyword_only
-    def __init__(self, *, inputCol="image", outputCol="features", modelName=DEFAULT_MODEL,
-                 scaleHint=DEFAULT_SCALE_HINT, pooling=DEFAULT_POOLING, imageSize=0,
-                 batchSize=DEFAULT_BATCH_SIZE, weights=WEIGHTS_IMAGENET, modelFile="", outputLayer=""):
+    def __init__(
+        self,
+        *,
+        inputCol="image",
+        outputCol="features",
+        modelName=DEFAULT_MODEL,
+        scaleHint=DEFAULT_SCALE_HINT,
+        pooling=DEFAULT_POOLING,
+        imageSize=0,
+        batchSize=DEFAULT_BATCH_SIZE,
+        weights=WEIGHTS_IMAGENET,
+        modelFile="",
+        outputLayer="",
+    ):
         super().__init__()
-        self._setDefault(inputCol="image", outputCol="features", modelName=DEFAULT_MODEL,
-                         scaleHint=DEFAULT_SCALE_HINT, pooling=DEFAULT_POOLING, imageSize=0,
-                         batchSize=DEFAULT_BATCH_SIZE, weights=WEIGHTS_IMAGENET, modelFile="", outputLayer="")
+        self._setDefault(
+            inputCol="image",
+            outputCol="features",
+            modelName=DEFAULT_MODEL,
+            scaleHint=DEFAULT_SCALE_HINT,
+            pooling=DEFAULT_POOLING,
+            imageSize=0,
+            batchSize=DEFAULT_BATCH_SIZE,
+            weights=WEIGHTS_IMAGENET,
+            modelFile="",
+            outputLayer="",
+        )
         self.setParams(**self._input_kwargs)
 
     @keyword_only
-    def setParams(self, *, inputCol="image", outputCol="features", modelName=DEFAULT_MODEL,
-                  scaleHint=DEFAULT_SCALE_HINT, pooling=DEFAULT_POOLING, imageSize=0,
-                  batchSize=DEFAULT_BATCH_SIZE, weights=WEIGHTS_IMAGENET, modelFile="", outputLayer=""):
+    def setParams(
+        self,
+        *,
+        inputCol="image",
+        outputCol="features",
+        modelName=DEFAULT_MODEL,
+        scaleHint=DEFAULT_SCALE_HINT,
+        pooling=DEFAULT_POOLING,
+        imageSize=0,
+        batchSize=DEFAULT_BATCH_SIZE,
+        weights=WEIGHTS_IMAGENET,
+        modelFile="",
+        outputLayer="",
+    ):
         """Set any of the params by keyword; returns ``self``."""
         return self._set(**self._input_kwargs)
 
-    def setInputCol(self, value: str) -> "DeepImageFeaturizer":
+    def setInputCol(self, value: str) -> DeepImageFeaturizer:
         return self._set(inputCol=value)
 
-    def setOutputCol(self, value: str) -> "DeepImageFeaturizer":
+    def setOutputCol(self, value: str) -> DeepImageFeaturizer:
         return self._set(outputCol=value)
 
-    def setModelName(self, value: str) -> "DeepImageFeaturizer":
+    def setModelName(self, value: str) -> DeepImageFeaturizer:
         return self._set(modelName=value)
 
     def getModelName(self) -> str:
         return self.getOrDefault(self.modelName)
 
-    def setScaleHint(self, value: str) -> "DeepImageFeaturizer":
+    def setScaleHint(self, value: str) -> DeepImageFeaturizer:
         return self._set(scaleHint=value)
 
     def getScaleHint(self) -> str:
         return self.getOrDefault(self.scaleHint)
 
-    def setPooling(self, value: str) -> "DeepImageFeaturizer":
+    def setPooling(self, value: str) -> DeepImageFeaturizer:
         return self._set(pooling=value)
 
     def getPooling(self) -> str:
         return self.getOrDefault(self.pooling)
 
-    def setImageSize(self, value: int) -> "DeepImageFeaturizer":
+    def setImageSize(self, value: int) -> DeepImageFeaturizer:
         return self._set(imageSize=value)
 
     def getImageSize(self) -> int:
         return self.getOrDefault(self.imageSize)
 
-    def setBatchSize(self, value: int) -> "DeepImageFeaturizer":
+    def setBatchSize(self, value: int) -> DeepImageFeaturizer:
         return self._set(batchSize=value)
 
     def getBatchSize(self) -> int:
         return self.getOrDefault(self.batchSize)
 
-    def setWeights(self, value: str) -> "DeepImageFeaturizer":
+    def setWeights(self, value: str) -> DeepImageFeaturizer:
         return self._set(weights=value)
 
     def getWeights(self) -> str:
         return self.getOrDefault(self.weights)
 
-    def setModelFile(self, value: str) -> "DeepImageFeaturizer":
+    def setModelFile(self, value: str) -> DeepImageFeaturizer:
         return self._set(modelFile=value)
 
     def getModelFile(self) -> str:
         return self.getOrDefault(self.modelFile)
 
-    def setOutputLayer(self, value: str) -> "DeepImageFeaturizer":
+    def setOutputLayer(self, value: str) -> DeepImageFeaturizer:
         return self._set(outputLayer=value)
 
     def getOutputLayer(self) -> str:
@@ -395,7 +477,6 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, SavesModelFile
             if weights is not None:
                 check_weights(weights, self.getModelName())
 
-
     def transformSchema(self, schema):
         """Check the input schema and the params on the driver; return the output schema.
 
@@ -422,6 +503,7 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, SavesModelFile
             )
         found = schema[input_col].dataType
         wanted = image_struct_type()
+
         def fields(struct):
             return [(f.name, f.dataType) for f in struct.fields]
 
@@ -445,9 +527,14 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, SavesModelFile
 
         self.transformSchema(dataset.schema)
         config = FeaturizerConfig(
-            model_name=self.getModelName(), image_size=self.effectiveImageSize(),
-            pooling=self.getPooling(), scale_hint=self.getScaleHint(), batch_size=self.getBatchSize(),
-            input_col=self.getInputCol(), output_col=self.getOutputCol(), weights_id=WEIGHTS_NONE,
+            model_name=self.getModelName(),
+            image_size=self.effectiveImageSize(),
+            pooling=self.getPooling(),
+            scale_hint=self.getScaleHint(),
+            batch_size=self.getBatchSize(),
+            input_col=self.getInputCol(),
+            output_col=self.getOutputCol(),
+            weights_id=WEIGHTS_NONE,
             input_shape=self.inputShape(),
         )
         if self.getModelFile():
@@ -464,15 +551,21 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, SavesModelFile
         if weights is not None:
             broadcast = _broadcast_weights(dataset.sparkSession, weights)
             config = config.with_weights(weights)
-        logger.info("DeepImageFeaturizer: %s at %s, pooling %s, batches of %d, weights %s", described,
-                    "x".join(map(str, config.input_shape)), config.pooling, config.batch_size,
-                    weights.describe() if weights is not None else "none (random, seed 0)")
+        logger.info(
+            "DeepImageFeaturizer: %s at %s, pooling %s, batches of %d, weights %s",
+            described,
+            "x".join(map(str, config.input_shape)),
+            config.pooling,
+            config.batch_size,
+            weights.describe() if weights is not None else "none (random, seed 0)",
+        )
 
         def featurize(batches):
             yield from featurize_batches(batches, config, broadcast)
 
-        schema = StructType(dataset.schema.fields
-                            + [StructField(config.output_col, ArrayType(FloatType(), False), False)])
+        schema = StructType(
+            dataset.schema.fields + [StructField(config.output_col, ArrayType(FloatType(), False), False)]
+        )
         column = F.col("`" + config.output_col.replace("`", "``") + "`")
         return dataset.mapInArrow(featurize, schema).withColumn(config.output_col, array_to_vector(column))
 
@@ -541,13 +634,12 @@ class FeaturizerConfig:
     input_shape: tuple = ()  #: ``(height, width, channels)`` the network receives
     output_layer: str = ""  #: the feature layer of a ``modelFile`` network
 
-    def with_weights(self, weights: WeightsFile) -> "FeaturizerConfig":
+    def with_weights(self, weights: WeightsFile) -> FeaturizerConfig:
         return replace(self, weights_id=weights.digest, weights_suffix=weights.suffix)
 
     @property
     def cache_key(self) -> tuple:
-        return ("featurizer", self.model_name, self.input_shape, self.pooling, self.weights_id,
-                self.output_layer)
+        return ("featurizer", self.model_name, self.input_shape, self.pooling, self.weights_id, self.output_layer)
 
 
 def keras_cache_dirs() -> list[str]:
@@ -610,8 +702,9 @@ def resolve_weights(weights: str, model_name: str, *, offline: bool | None = Non
         raise ValueError(
             f"the ImageNet weights of {model_name} are not on this machine: it needs "
             f"{architecture.weights_file}, looked for in {' and '.join(places)}, and may not download "
-            f"them (--offline or ${ENV_OFFLINE}). Get the file where there is internet access, with python -c \"import keras; "
-            f"keras.applications.{model_name}(include_top=False)\" (it lands in ~/.keras/models) or "
+            f"them (--offline or ${ENV_OFFLINE}). Get the file where there is internet access, with "
+            f'python -c "import keras; '
+            f'keras.applications.{model_name}(include_top=False)" (it lands in ~/.keras/models) or '
             f"from {architecture.weights_url}; then copy it into Keras' cache folder or into a folder "
             f"named by ${ENV_WEIGHTS}, or pass its path as weights. weights='none' gives random "
             "weights for an offline smoke run"
@@ -668,8 +761,10 @@ def _writable_cache_dir() -> str:
             continue
         if os.access(folder, os.W_OK | os.X_OK):
             return folder
-    raise WeightsDownloadError(f"none of Keras' cache folders ({', '.join(keras_cache_dirs())}) can be "
-                               "written; set KERAS_HOME to a writable folder")
+    raise WeightsDownloadError(
+        f"none of Keras' cache folders ({', '.join(keras_cache_dirs())}) can be "
+        "written; set KERAS_HOME to a writable folder"
+    )
 
 
 def download_weights(architecture: Architecture) -> str:
@@ -700,8 +795,14 @@ def download_weights(architecture: Architecture) -> str:
     scratch = tempfile.mkdtemp(prefix=".download-", dir=folder)
     try:
         try:
-            fetched = keras.utils.get_file(architecture.weights_file, origin, file_hash=architecture.weights_md5,
-                                           hash_algorithm="md5", cache_dir=scratch, cache_subdir="")
+            fetched = keras.utils.get_file(
+                architecture.weights_file,
+                origin,
+                file_hash=architecture.weights_md5,
+                hash_algorithm="md5",
+                cache_dir=scratch,
+                cache_subdir="",
+            )
         except ValueError:
             fetched = os.path.join(scratch, architecture.weights_file)
             if not os.path.isfile(fetched):
@@ -711,19 +812,25 @@ def download_weights(architecture: Architecture) -> str:
             raise WeightsDownloadError(
                 f"{origin}: the downloaded {architecture.weights_file} has MD5 {md5}, not {architecture.weights_md5} "
                 f"as Keras publishes it (a broken download, or not Keras' file); it was not kept. Run again, or "
-                f"put the file in {folder} or in ${ENV_WEIGHTS} yourself") from None
+                f"put the file in {folder} or in ${ENV_WEIGHTS} yourself"
+            ) from None
         except Exception as error:
             reason = " ".join(str(error).split()) or type(error).__name__
             raise WeightsDownloadError(
                 f"could not download the ImageNet weights of {architecture.name} from {origin}: {reason}. "
                 f"Without internet access, put {architecture.weights_file} in {folder} or in ${ENV_WEIGHTS} "
                 f"(or name a mirror in ${ENV_WEIGHTS_URL}); --offline ({ENV_OFFLINE}=1) says which file "
-                "is missing without trying") from None
+                "is missing without trying"
+            ) from None
         os.replace(fetched, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    logger.info("downloaded %s (%.1f MiB, MD5 checked) in %.1f s", target, os.path.getsize(target) / 2**20,
-                time.perf_counter() - started)
+    logger.info(
+        "downloaded %s (%.1f MiB, MD5 checked) in %.1f s",
+        target,
+        os.path.getsize(target) / 2**20,
+        time.perf_counter() - started,
+    )
     return target
 
 
@@ -742,14 +849,18 @@ def _read_weights(location: str, source: str, architecture: Architecture) -> Wei
     if not payload:
         raise ValueError(f"weights file {location} is empty; copy it again")
     suffix = _weights_suffix(payload, location)
-    weights = WeightsFile(storage.to_uri(location), len(payload), hashlib.sha256(payload).hexdigest(),
-                          suffix, source)
+    weights = WeightsFile(storage.to_uri(location), len(payload), hashlib.sha256(payload).hexdigest(), suffix, source)
     if os.path.basename(path) == architecture.weights_file:
         md5 = hashlib.md5(payload, usedforsecurity=False).hexdigest()
         if md5 != architecture.weights_md5:
-            logger.warning("%s is named like Keras' ImageNet weights of %s but its MD5 is %s, not %s: "
-                           "it is not the published file", location, architecture.name, md5,
-                           architecture.weights_md5)
+            logger.warning(
+                "%s is named like Keras' ImageNet weights of %s but its MD5 is %s, not %s: "
+                "it is not the published file",
+                location,
+                architecture.name,
+                md5,
+                architecture.weights_md5,
+            )
     _FILES.clear()  # keep one file's record at a time
     _FILES[key] = weights
     logger.info("read weights %s in %.1f s", weights.describe(), time.perf_counter() - started)
@@ -804,8 +915,7 @@ def check_weights(weights: WeightsFile, model_name: str) -> None:
     architecture = ARCHITECTURES[model_name]
     started = time.perf_counter()
     try:
-        _build(model_name, architecture.min_size, DEFAULT_POOLING, _read_bytes(weights.location),
-               weights.suffix)
+        _build(model_name, architecture.min_size, DEFAULT_POOLING, _read_bytes(weights.location), weights.suffix)
     except Exception as error:  # Keras and h5py raise several types for a file that does not fit
         text = " ".join(str(error).split())
         text = text if len(text) < 300 else text[:300] + "..."
@@ -820,8 +930,12 @@ def check_weights(weights: WeightsFile, model_name: str) -> None:
             "network they belong to"
         ) from None
     _CHECKED.add(key)
-    logger.info("weights %s fit %s (checked on the driver in %.1f s)", weights.location, model_name,
-                time.perf_counter() - started)
+    logger.info(
+        "weights %s fit %s (checked on the driver in %.1f s)",
+        weights.location,
+        model_name,
+        time.perf_counter() - started,
+    )
 
 
 def _broadcast_weights(spark, weights: WeightsFile):
@@ -840,10 +954,8 @@ def _broadcast_weights(spark, weights: WeightsFile):
     broadcast = _BROADCASTS.get(key)
     if broadcast is None:
         for old in _BROADCASTS.values():
-            try:
+            with contextlib.suppress(Exception):  # a broadcast of a stopped context
                 old.unpersist()
-            except Exception:  # pragma: no cover - a broadcast of a stopped context
-                pass
         _BROADCASTS.clear()
         broadcast = context.broadcast(_read_bytes(weights.location))
         _BROADCASTS[key] = broadcast
@@ -904,8 +1016,10 @@ def user_network(location: str, output_layer: str = "") -> UserNetwork:
     from mnist_spark.evaluation import model_from_bytes
 
     if not storage.exists(location):
-        raise ValueError(f"model file {location} does not exist; give the path of a .keras file "
-                         "(a train_cnn run folder's model.keras, or your own model.save output)")
+        raise ValueError(
+            f"model file {location} does not exist; give the path of a .keras file "
+            "(a train_cnn run folder's model.keras, or your own model.save output)"
+        )
     filesystem, path = storage.resolve(location)
     info = filesystem.get_file_info(path)
     key = (storage.to_uri(location), info.size, info.mtime_ns, output_layer)
@@ -913,14 +1027,18 @@ def user_network(location: str, output_layer: str = "") -> UserNetwork:
         return _NETWORKS[key]
     payload = _read_bytes(location)
     if not payload.startswith(_ZIP_SIGNATURE):
-        raise ValueError(f"model file {location} is not a .keras file (a zip archive written by "
-                         "model.save); save the network with model.save('name.keras')")
+        raise ValueError(
+            f"model file {location} is not a .keras file (a zip archive written by "
+            "model.save); save the network with model.save('name.keras')"
+        )
     try:
         model = model_from_bytes(payload, compile=False)
     except Exception as error:  # Keras raises several types for files it cannot rebuild
         text = " ".join(str(error).split())[:300]
-        raise ValueError(f"model file {location} could not be loaded in safe mode ({type(error).__name__}: "
-                         f"{text}); save it again with model.save, using only built-in Keras layers") from None
+        raise ValueError(
+            f"model file {location} could not be loaded in safe mode ({type(error).__name__}: "
+            f"{text}); save it again with model.save, using only built-in Keras layers"
+        ) from None
     layers = tuple(layer.name for layer in model.layers)
     inputs = getattr(model, "inputs", None) or []
     shape = tuple(inputs[0].shape) if len(inputs) == 1 else ()
@@ -932,10 +1050,10 @@ def user_network(location: str, output_layer: str = "") -> UserNetwork:
         )
     name = output_layer or default_feature_layer(model)
     if name not in layers:
-        raise ValueError(f"model file {location} has no layer {name!r}; set outputLayer to one of: "
-                         f"{', '.join(layers)}")
-    file = WeightsFile(storage.to_uri(location), len(payload), hashlib.sha256(payload).hexdigest(), ".keras",
-                       "modelFile")
+        raise ValueError(f"model file {location} has no layer {name!r}; set outputLayer to one of: {', '.join(layers)}")
+    file = WeightsFile(
+        storage.to_uri(location), len(payload), hashlib.sha256(payload).hexdigest(), ".keras", "modelFile"
+    )
     network = UserNetwork(file, name, tuple(shape[1:]), layers)
     _NETWORKS.clear()  # keep one file's record at a time
     _NETWORKS[key] = network
@@ -956,8 +1074,7 @@ def default_feature_layer(model) -> str:
 
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     if len(layers) < 2:
-        raise ValueError(f"model {model.name!r} has a single layer and nothing below its classifier; "
-                         "set outputLayer")
+        raise ValueError(f"model {model.name!r} has a single layer and nothing below its classifier; set outputLayer")
     position = len(layers) - 2
     while position > 0 and isinstance(layers[position], keras.layers.Dropout):
         position -= 1
@@ -999,8 +1116,14 @@ def _load_network(payload: bytes):
 
 def _build(model_name: str, image_size: int, pooling: str, payload: bytes | None, suffix: str = ""):
     """Build the network without its top; load ``payload`` (bytes of a weights file) or seed it."""
-    return build_application(model_name, payload, suffix, include_top=False,
-                             input_shape=(image_size, image_size, 3), pooling=None if pooling == "none" else pooling)
+    return build_application(
+        model_name,
+        payload,
+        suffix,
+        include_top=False,
+        input_shape=(image_size, image_size, 3),
+        pooling=None if pooling == "none" else pooling,
+    )
 
 
 def build_application(model_name: str, payload: bytes | None, suffix: str = "", **arguments):
@@ -1034,8 +1157,9 @@ def build_application(model_name: str, payload: bytes | None, suffix: str = "", 
     return model
 
 
-def build_model(model_name: str = DEFAULT_MODEL, image_size: int = 0, pooling: str = DEFAULT_POOLING,
-                weights: str = WEIGHTS_NONE):
+def build_model(
+    model_name: str = DEFAULT_MODEL, image_size: int = 0, pooling: str = DEFAULT_POOLING, weights: str = WEIGHTS_NONE
+):
     """The Keras model the featurizer runs, for plain single-process use (tests, benchmarks).
 
     Parameters
@@ -1067,8 +1191,9 @@ def build_model(model_name: str = DEFAULT_MODEL, image_size: int = 0, pooling: s
 # --------------------------------------------------------------------------- images -> features
 
 
-def preprocess_images(images: np.ndarray, model_name: str = DEFAULT_MODEL, image_size: int = 0,
-                      scale_hint: str = DEFAULT_SCALE_HINT) -> np.ndarray:
+def preprocess_images(
+    images: np.ndarray, model_name: str = DEFAULT_MODEL, image_size: int = 0, scale_hint: str = DEFAULT_SCALE_HINT
+) -> np.ndarray:
     """Spark-order uint8 images as the network's input: RGB, resized, its ``preprocess_input``.
 
     Parameters
@@ -1183,10 +1308,10 @@ def _decode_groups(column, where: str):
 
     if column.null_count:
         position = int(np.argmax(column.is_null().to_numpy(zero_copy_only=False)))
-        raise ValueError(f"{where}: row {position} of a batch has no image (null); drop rows without "
-                         "an image first")
-    shapes = np.stack([column.field(name).to_numpy(zero_copy_only=False)
-                       for name in ("height", "width", "nChannels")], axis=1)
+        raise ValueError(f"{where}: row {position} of a batch has no image (null); drop rows without an image first")
+    shapes = np.stack(
+        [column.field(name).to_numpy(zero_copy_only=False) for name in ("height", "width", "nChannels")], axis=1
+    )
     if (shapes[:, :2] <= 0).any():
         position = int(np.argmax((shapes[:, :2] <= 0).any(axis=1)))
         raise ValueError(
@@ -1244,8 +1369,9 @@ def _featurize(model, batches, config):
                     # A model of ours (and most user models) scales its raw pixels itself.
                     inputs[positions] = resize_images(pixels, config.input_shape, config.scale_hint)
                 else:
-                    inputs[positions] = preprocess_images(pixels, config.model_name, config.image_size,
-                                                          config.scale_hint)
+                    inputs[positions] = preprocess_images(
+                        pixels, config.model_name, config.image_size, config.scale_hint
+                    )
             features = np.asarray(model.predict_on_batch(inputs), np.float32).reshape(count, -1)
             width = features.shape[1]
             offsets = pa.array(np.arange(0, (count + 1) * width, width, dtype=np.int32))

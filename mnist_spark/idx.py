@@ -10,6 +10,7 @@ whose message names the file, what was expected, what was found and how to fix i
 Data is always read in bounded chunks, so a corrupt header that claims terabytes of
 data fails fast instead of allocating that memory.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,14 +31,31 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "IdxError", "IdxFileNotFoundError", "IdxHeader", "open_stream", "read_header", "header", "inspect",
-    "read_idx", "read_records", "iter_records", "write_idx", "check_labels", "check_pair",
+    "IdxError",
+    "IdxFileNotFoundError",
+    "IdxHeader",
+    "open_stream",
+    "read_header",
+    "header",
+    "inspect",
+    "read_idx",
+    "read_records",
+    "iter_records",
+    "write_idx",
+    "check_labels",
+    "check_pair",
 ]
 
 _CHUNK = 4 * 1024 * 1024  # read size: memory stays bounded whatever a header claims
 _GZIP_MAGIC = b"\x1f\x8b"
-_CODE_TO_DTYPE = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
-                  0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_CODE_TO_DTYPE = {
+    0x08: np.dtype("u1"),
+    0x09: np.dtype("i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 _KIND_TO_CODE = {(dt.kind, dt.itemsize): code for code, dt in _CODE_TO_DTYPE.items()}
 _VALID_CODES = ", ".join(f"0x{c:02X} ({dt.name})" for c, dt in _CODE_TO_DTYPE.items())
 _CORRUPT_GZIP = (gzip.BadGzipFile, zlib.error, EOFError)
@@ -78,8 +96,11 @@ class IdxHeader:
 
     def describe(self) -> str:
         """Return e.g. ``'10000 items of 28x28 uint8 (7840000 data bytes)'``."""
-        items = (f"{self.count} items of {'x'.join(map(str, self.item_shape))} {self.dtype.name}"
-                 if self.item_shape else f"{self.count} {self.dtype.name} items")
+        items = (
+            f"{self.count} items of {'x'.join(map(str, self.item_shape))} {self.dtype.name}"
+            if self.item_shape
+            else f"{self.count} {self.dtype.name} items"
+        )
         return f"{items} ({self.data_bytes} data bytes)"
 
 
@@ -115,8 +136,7 @@ def _read(stream, n: int, name: str, full: bool = False) -> bytes:
             data += more
         return data
     except _CORRUPT_GZIP as exc:
-        raise IdxError(f"{name}: the gzip data is corrupt or cut short ({exc}); "
-                       "download the file again") from exc
+        raise IdxError(f"{name}: the gzip data is corrupt or cut short ({exc}); download the file again") from exc
 
 
 class _Prefixed(io.RawIOBase):
@@ -136,7 +156,7 @@ class _Prefixed(io.RawIOBase):
             view[:n], self._prefix = self._prefix[:n], self._prefix[n:]
             return n
         data = self._stream.read(len(view))
-        view[:len(data)] = data
+        view[: len(data)] = data
         return len(data)
 
 
@@ -146,9 +166,11 @@ def _check_start(first: bytes, name: str, path: str | None) -> bool:
         raise IdxError(f"{name}: the file is empty (0 bytes); expected an IDX file, download it again")
     compressed = first[:2] == _GZIP_MAGIC
     if path is not None and path.endswith(".gz") and not compressed:
-        raise IdxError(f"{name}: the name ends with .gz but the file is not gzip-compressed: it starts with "
-                       f"bytes {first.hex(' ')}, not 1f 8b; if it is a raw IDX file, rename it without .gz, "
-                       "otherwise download it again")
+        raise IdxError(
+            f"{name}: the name ends with .gz but the file is not gzip-compressed: it starts with "
+            f"bytes {first.hex(' ')}, not 1f 8b; if it is a raw IDX file, rename it without .gz, "
+            "otherwise download it again"
+        )
     return compressed
 
 
@@ -184,8 +206,9 @@ def open_stream(path_or_file, *, name: str | None = None):
             with open(path, "rb") as f:
                 first = f.read(2)
         except FileNotFoundError as exc:
-            raise IdxFileNotFoundError(f"{name}: no such file; check the path or download the file "
-                                       f"(working directory: {os.getcwd()})") from exc
+            raise IdxFileNotFoundError(
+                f"{name}: no such file; check the path or download the file (working directory: {os.getcwd()})"
+            ) from exc
         except IsADirectoryError as exc:
             raise IdxError(f"{name}: is a directory, expected an IDX file; give the path of the file") from exc
         return gzip.open(path, "rb") if _check_start(first, name, path) else open(path, "rb")
@@ -224,23 +247,33 @@ def read_header(stream, name: str) -> IdxHeader:
     compressed = isinstance(stream, gzip.GzipFile)
     magic = _read(stream, 4, name, full=True)
     if magic[:2].strip(b"\0"):
-        raise IdxError(f"{name}: not an IDX file: the magic number must start with bytes 00 00 but the file "
-                       f"starts with {magic.hex(' ')} ({magic!r}); check that this is the right file or "
-                       "download it again")
+        raise IdxError(
+            f"{name}: not an IDX file: the magic number must start with bytes 00 00 but the file "
+            f"starts with {magic.hex(' ')} ({magic!r}); check that this is the right file or "
+            "download it again"
+        )
     if len(magic) < 4:
-        raise IdxError(f"{name}: truncated header: an IDX header needs at least 4 bytes but the file holds "
-                       f"{len(magic)}; the file is truncated, download it again")
+        raise IdxError(
+            f"{name}: truncated header: an IDX header needs at least 4 bytes but the file holds "
+            f"{len(magic)}; the file is truncated, download it again"
+        )
     code, ndim = magic[2], magic[3]
     if code not in _CODE_TO_DTYPE:
-        raise IdxError(f"{name}: not an IDX file: unknown type code 0x{code:02X} in the magic number "
-                       f"{magic.hex(' ')}; valid codes are {_VALID_CODES}; download the file again")
+        raise IdxError(
+            f"{name}: not an IDX file: unknown type code 0x{code:02X} in the magic number "
+            f"{magic.hex(' ')}; valid codes are {_VALID_CODES}; download the file again"
+        )
     if ndim == 0:
-        raise IdxError(f"{name}: invalid IDX header: the magic number {magic.hex(' ')} gives 0 dimensions, "
-                       "expected at least 1; download the file again")
+        raise IdxError(
+            f"{name}: invalid IDX header: the magic number {magic.hex(' ')} gives 0 dimensions, "
+            "expected at least 1; download the file again"
+        )
     sizes = _read(stream, 4 * ndim, name, full=True)
     if len(sizes) < 4 * ndim:
-        raise IdxError(f"{name}: truncated header: {ndim} dimensions need a {4 + 4 * ndim}-byte header but the "
-                       f"file holds {4 + len(sizes)} bytes; the file is truncated, download it again")
+        raise IdxError(
+            f"{name}: truncated header: {ndim} dimensions need a {4 + 4 * ndim}-byte header but the "
+            f"file holds {4 + len(sizes)} bytes; the file is truncated, download it again"
+        )
     shape = struct.unpack(f">{ndim}I", sizes)
     _check_shape(shape, name)
     return IdxHeader(name, _CODE_TO_DTYPE[code], shape, 4 + 4 * ndim, compressed)
@@ -258,13 +291,17 @@ def _check_shape(shape: tuple[int, ...], name: str) -> None:
     text = "x".join(map(str, shape))
     for axis, size in enumerate(shape[1:], start=2):
         if size == 0:
-            raise IdxError(f"{name}: invalid IDX header: dimension {axis} of {text} is 0, so every item is "
-                           "empty; expected sizes above 0; the header is corrupt, download the file again")
+            raise IdxError(
+                f"{name}: invalid IDX header: dimension {axis} of {text} is 0, so every item is "
+                "empty; expected sizes above 0; the header is corrupt, download the file again"
+            )
     elements = math.prod(shape)
     if elements > MAX_ELEMENTS:
-        raise IdxError(f"{name}: invalid IDX header: dimensions {text} make {elements} elements, more than "
-                       f"the {MAX_ELEMENTS} (2**31) a file may hold; the header is corrupt, download the "
-                       "file again")
+        raise IdxError(
+            f"{name}: invalid IDX header: dimensions {text} make {elements} elements, more than "
+            f"the {MAX_ELEMENTS} (2**31) a file may hold; the header is corrupt, download the "
+            "file again"
+        )
 
 
 def header(path_or_file, *, name: str | None = None) -> IdxHeader:
@@ -297,11 +334,15 @@ def _raw_data_size(stream, header: IdxHeader) -> int | None:
 
 def _size_error(header: IdxHeader, found: int) -> IdxError:
     if found < header.data_bytes:
-        return IdxError(f"{header.path}: header says {header.describe()} but the file holds {found} data bytes "
-                        f"after its {header.header_bytes}-byte header; the file is truncated, download it again")
-    return IdxError(f"{header.path}: header says {header.describe()} but the file holds {found} data bytes, "
-                    f"{found - header.data_bytes} extra bytes of trailing garbage after the data; "
-                    "the file is corrupt or not what it claims to be, download it again")
+        return IdxError(
+            f"{header.path}: header says {header.describe()} but the file holds {found} data bytes "
+            f"after its {header.header_bytes}-byte header; the file is truncated, download it again"
+        )
+    return IdxError(
+        f"{header.path}: header says {header.describe()} but the file holds {found} data bytes, "
+        f"{found - header.data_bytes} extra bytes of trailing garbage after the data; "
+        "the file is corrupt or not what it claims to be, download it again"
+    )
 
 
 def _read_exact(stream, header: IdxHeader, n: int, done: int, keep: bool, hasher=None) -> list[bytes]:
@@ -372,7 +413,7 @@ def _to_array(chunks: list[bytes], header: IdxHeader, count: int) -> np.ndarray:
     out = np.empty((count, *header.item_shape), dtype=header.dtype.newbyteorder("="))
     flat, pos = out.reshape(-1).view(np.uint8), 0
     for i, chunk in enumerate(chunks):
-        flat[pos:pos + len(chunk)] = np.frombuffer(chunk, np.uint8)
+        flat[pos : pos + len(chunk)] = np.frombuffer(chunk, np.uint8)
         pos += len(chunk)
         chunks[i] = b""  # free each chunk as soon as it is copied
     if not header.dtype.isnative:
@@ -380,8 +421,9 @@ def _to_array(chunks: list[bytes], header: IdxHeader, count: int) -> np.ndarray:
     return out
 
 
-def read_records(path_or_file, start: int, stop: int | None, *, name: str | None = None
-                 ) -> tuple[IdxHeader, np.ndarray]:
+def read_records(
+    path_or_file, start: int, stop: int | None, *, name: str | None = None
+) -> tuple[IdxHeader, np.ndarray]:
     """Read items ``[start, stop)`` along the first axis of an IDX file.
 
     The bytes before ``start`` are skipped in bounded chunks (or by seeking, for raw
@@ -419,8 +461,10 @@ def _iter_slice(stream, header: IdxHeader, start: int, stop: int, batch: int):
     """Yield items ``[start, stop)`` as arrays of at most ``batch`` items, reading as it goes."""
     start, stop, batch = operator.index(start), operator.index(stop), operator.index(batch)
     if not 0 <= start <= stop <= header.count:
-        raise IdxError(f"{header.path}: cannot read records [{start}, {stop}): the file holds {header.count} "
-                       f"items, so 0 <= start <= stop <= {header.count} is required")
+        raise IdxError(
+            f"{header.path}: cannot read records [{start}, {stop}): the file holds {header.count} "
+            f"items, so 0 <= start <= stop <= {header.count} is required"
+        )
     if batch <= 0:
         raise ValueError(f"batch must be above 0, found {batch}")
     item_bytes = math.prod(header.item_shape) * header.dtype.itemsize
@@ -534,11 +578,14 @@ def write_idx(path, array) -> None:
     array = np.asarray(array)
     if (array.dtype.kind, array.dtype.itemsize) not in _KIND_TO_CODE:
         supported = ", ".join(dt.name for dt in _CODE_TO_DTYPE.values())
-        raise TypeError(f"write_idx({os.fspath(path)!r}): dtype {array.dtype} is not supported by the IDX format; "
-                        f"supported dtypes are {supported}; convert first, e.g. array.astype(numpy.int32)")
+        raise TypeError(
+            f"write_idx({os.fspath(path)!r}): dtype {array.dtype} is not supported by the IDX format; "
+            f"supported dtypes are {supported}; convert first, e.g. array.astype(numpy.int32)"
+        )
     if array.ndim == 0 or any(n >= 2**32 for n in array.shape):
-        raise ValueError(f"write_idx({os.fspath(path)!r}): IDX needs at least 1 dimension, each below 2**32; "
-                         f"got shape {array.shape}")
+        raise ValueError(
+            f"write_idx({os.fspath(path)!r}): IDX needs at least 1 dimension, each below 2**32; got shape {array.shape}"
+        )
     path = os.fspath(path)
     big = array.dtype.newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype
     data = np.ascontiguousarray(array, dtype=big).reshape(-1).view(np.uint8)
@@ -581,14 +628,18 @@ def check_labels(labels, num_classes: int, name: str) -> None:
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.dtype.kind not in "ui":
-        raise IdxError(f"{name}: expected labels as a 1-D integer array, found shape {labels.shape} of "
-                       f"{labels.dtype}; check that this is a labels file (...-labels-idx1-ubyte), not images")
+        raise IdxError(
+            f"{name}: expected labels as a 1-D integer array, found shape {labels.shape} of "
+            f"{labels.dtype}; check that this is a labels file (...-labels-idx1-ubyte), not images"
+        )
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         i = int(bad.argmax())
-        raise IdxError(f"{name}: label {labels[i]} at index {i} is outside the {num_classes} classes "
-                       f"(allowed 0 to {num_classes - 1}, {int(bad.sum())} bad labels in all); check the "
-                       "number of classes or download the file again")
+        raise IdxError(
+            f"{name}: label {labels[i]} at index {i} is outside the {num_classes} classes "
+            f"(allowed 0 to {num_classes - 1}, {int(bad.sum())} bad labels in all); check the "
+            "number of classes or download the file again"
+        )
 
 
 def check_pair(images_header: IdxHeader, labels_header: IdxHeader) -> None:
@@ -605,9 +656,13 @@ def check_pair(images_header: IdxHeader, labels_header: IdxHeader) -> None:
         If the labels are not 1-D or the counts differ.
     """
     if len(labels_header.shape) != 1:
-        raise IdxError(f"{labels_header.path}: expected 1-D labels to go with {images_header.path}, found shape "
-                       f"{labels_header.shape}; check that the labels file is not an images file")
+        raise IdxError(
+            f"{labels_header.path}: expected 1-D labels to go with {images_header.path}, found shape "
+            f"{labels_header.shape}; check that the labels file is not an images file"
+        )
     if images_header.count != labels_header.count:
-        raise IdxError(f"{images_header.path} holds {images_header.count} images but {labels_header.path} holds "
-                       f"{labels_header.count} labels; they do not belong together, pair each images file with "
-                       "its own labels file (train with train, t10k with t10k)")
+        raise IdxError(
+            f"{images_header.path} holds {images_header.count} images but {labels_header.path} holds "
+            f"{labels_header.count} labels; they do not belong together, pair each images file with "
+            "its own labels file (train with train, t10k with t10k)"
+        )

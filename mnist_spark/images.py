@@ -97,8 +97,7 @@ def image_struct_array(images: np.ndarray, origins):
         )
     if images.ndim not in (3, 4):
         raise ValueError(
-            f"expected images of shape (n, height, width) or (n, height, width, channels), "
-            f"found shape {images.shape}"
+            f"expected images of shape (n, height, width) or (n, height, width, channels), found shape {images.shape}"
         )
     count, height, width = images.shape[:3]
     channels = images.shape[3] if images.ndim == 4 else 1
@@ -108,16 +107,13 @@ def image_struct_array(images: np.ndarray, origins):
     offsets = np.arange(0, (count + 1) * item_bytes, item_bytes, dtype=np.int32)
     if count and offsets[-1] != pixels.size:  # pragma: no cover - guards int32 overflow
         raise ValueError(f"{count} images of {item_bytes} bytes exceed one Arrow batch; use smaller batches")
-    data = pa.Array.from_buffers(
-        pa.binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(pixels)]
-    )
+    data = pa.Array.from_buffers(pa.binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(pixels)])
 
     def constant(value):
         return pa.array(np.full(count, value, dtype=np.int32))
 
     return pa.StructArray.from_arrays(
-        [pa.array(origins, pa.string()), constant(height), constant(width),
-         constant(channels), constant(mode), data],
+        [pa.array(origins, pa.string()), constant(height), constant(width), constant(channels), constant(mode), data],
         names=["origin", "height", "width", "nChannels", "mode", "data"],
     )
 
@@ -193,10 +189,8 @@ def encode_png(pixels: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> 
     if pixels.ndim == 3:
         channels = pixels.shape[2]
         mode_for_channels(channels)
-        if channels == 1:
-            pixels = pixels[..., 0]
-        else:
-            pixels = pixels[..., [2, 1, 0, 3][:channels]]  # Spark's BGR(A) -> PNG's RGB(A)
+        # Spark's BGR(A) -> PNG's RGB(A)
+        pixels = pixels[..., 0] if channels == 1 else pixels[..., [2, 1, 0, 3][:channels]]
     elif pixels.ndim != 2:
         raise ValueError(f"expected one image of height x width (x channels), found shape {pixels.shape}")
     buffer = io.BytesIO()
@@ -228,13 +222,20 @@ def decode_png(data: bytes, where: str = "image") -> np.ndarray:
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
                 if image.mode not in ("L", "RGB", "RGBA"):
-                    image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info
-                                          else "L" if image.mode in ("1", "I;16", "I") else "RGB")
+                    image = image.convert(
+                        "RGBA"
+                        if "A" in image.getbands() or "transparency" in image.info
+                        else "L"
+                        if image.mode in ("1", "I;16", "I")
+                        else "RGB"
+                    )
                 pixels = np.asarray(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         message = " ".join(str(error).split())
-        raise ValueError(f"{where}: refused as a possible decompression bomb ({message}); expected at most "
-                         f"{Image.MAX_IMAGE_PIXELS} pixels; replace or delete the file") from None
+        raise ValueError(
+            f"{where}: refused as a possible decompression bomb ({message}); expected at most "
+            f"{Image.MAX_IMAGE_PIXELS} pixels; replace or delete the file"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"{where}: not a readable image ({error}); replace or delete the file") from None
     if pixels.ndim == 2:
@@ -291,8 +292,7 @@ def png_path_problem(relative: str, num_classes: int | None = None) -> str | Non
     if len(parts) != 3 or not re.fullmatch(r"\d+", parts[1]) or not _ANY_DIGITS_PNG_NAME.match(parts[2]):
         return _LAYOUT
     if parse_png_path(relative) is None:
-        return (f"label folder and file name must use ASCII digits 0-9, found {parts[1]!r}/{parts[2]!r}; "
-                "rename the file")
+        return f"label folder and file name must use ASCII digits 0-9, found {parts[1]!r}/{parts[2]!r}; rename the file"
     _, label, index, variant = parse_png_path(relative)
     if index > INDEX_MAX:
         return f"index {index} does not fit in a 64-bit integer (at most {INDEX_MAX}); rename the file"
@@ -314,7 +314,7 @@ def binary_buffers(array):
 
     wide = pa.types.is_large_binary(array.type)
     buffers = array.buffers()
-    offsets = np.frombuffer(buffers[1], np.int64 if wide else np.int32)[array.offset: array.offset + len(array) + 1]
+    offsets = np.frombuffer(buffers[1], np.int64 if wide else np.int32)[array.offset : array.offset + len(array) + 1]
     values = np.frombuffer(buffers[2], np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
     return offsets, values
 
@@ -340,8 +340,7 @@ def _check_image_frame(df, where: str) -> None:
     """Validate on the driver that ``df`` has the columns of an image dataset."""
     from pyspark.sql.types import IntegerType, LongType, StringType
 
-    expected = {"split": StringType(), "index": LongType(), "label": IntegerType(),
-                "image": image_struct_type()}
+    expected = {"split": StringType(), "index": LongType(), "label": IntegerType(), "image": image_struct_type()}
     fields = {field.name: field.dataType for field in df.schema.fields}
     for name, kind in expected.items():
         if name not in fields:
@@ -382,7 +381,7 @@ def _write_png_batch(batch, filesystem, root: str, made: set, compress_level: in
     if image.null_count:
         at = image.is_null().to_numpy(zero_copy_only=False).argmax()
         raise ValueError(f"{splits[at]} image {indices[at]} is null; drop rows without an image first")
-    fields = dict(zip(image.type.names, image.flatten()))
+    fields = dict(zip(image.type.names, image.flatten(), strict=True))
     heights = fields["height"].to_numpy()
     widths = fields["width"].to_numpy()
     channels = fields["nChannels"].to_numpy()
@@ -390,13 +389,12 @@ def _write_png_batch(batch, filesystem, root: str, made: set, compress_level: in
 
     paths, sizes = [], np.zeros(count, np.int32)
     for row in range(count):
-        relative = png_path(splits[row], int(labels[row]), int(indices[row]), int(variants[row]),
-                            label_width)
+        relative = png_path(splits[row], int(labels[row]), int(indices[row]), int(variants[row]), label_width)
         folder = f"{root}/{relative.rsplit('/', 1)[0]}"
         if folder not in made:
             filesystem.create_dir(folder, recursive=True)
             made.add(folder)
-        pixels = values[offsets[row]: offsets[row + 1]]
+        pixels = values[offsets[row] : offsets[row + 1]]
         shape = (heights[row], widths[row], channels[row])
         if pixels.size != shape[0] * shape[1] * shape[2]:
             raise ValueError(
@@ -410,16 +408,20 @@ def _write_png_batch(batch, filesystem, root: str, made: set, compress_level: in
         paths.append(relative)
         sizes[row] = len(png)
     return pa.RecordBatch.from_arrays(
-        [pa.array(paths, pa.string()), pa.array(splits, pa.string()),
-         pa.array(indices.astype(np.int64)), pa.array(labels.astype(np.int32)),
-         pa.array(np.asarray(variants, np.int32)), pa.array(augmentations, pa.string()),
-         pa.array(sizes)],
+        [
+            pa.array(paths, pa.string()),
+            pa.array(splits, pa.string()),
+            pa.array(indices.astype(np.int64)),
+            pa.array(labels.astype(np.int32)),
+            pa.array(np.asarray(variants, np.int32)),
+            pa.array(augmentations, pa.string()),
+            pa.array(sizes),
+        ],
         names=[field.name for field in manifest_schema().fields],
     )
 
 
-def write_png_set(df, location: str, *, compress_level: int = PNG_COMPRESS_LEVEL,
-                  label_width: int = 1) -> str:
+def write_png_set(df, location: str, *, compress_level: int = PNG_COMPRESS_LEVEL, label_width: int = 1) -> str:
     """Write an image DataFrame as a PNG set, in parallel from the executors.
 
     Each task writes the PNG files of its own rows straight to ``location``
@@ -478,8 +480,7 @@ def write_png_set(df, location: str, *, compress_level: int = PNG_COMPRESS_LEVEL
             yield _write_png_batch(batch, filesystem, root.rstrip("/"), made, compress_level, label_width)
 
     manifest = storage.join(location, MANIFEST_NAME)
-    (df.select(*columns).mapInArrow(write, manifest_schema())
-       .write.parquet(manifest))
+    (df.select(*columns).mapInArrow(write, manifest_schema()).write.parquet(manifest))
     return manifest
 
 
@@ -495,13 +496,21 @@ def manifest_counts(location: str) -> dict:
     from mnist_spark import storage
 
     filesystem, root = storage.resolve(storage.to_uri(location))
-    table = ds.dataset(f"{root.rstrip('/')}/{MANIFEST_NAME}", format="parquet",
-                       filesystem=filesystem).to_table(columns=["split", "label", "variant"])
+    table = ds.dataset(f"{root.rstrip('/')}/{MANIFEST_NAME}", format="parquet", filesystem=filesystem).to_table(
+        columns=["split", "label", "variant"]
+    )
     table = table.append_column("original", pc.equal(table["variant"], 0))
     grouped = table.group_by(["split", "label"]).aggregate([("original", "sum"), ("original", "count")])
     counts: dict = {}
-    rows = sorted(zip(grouped["split"].to_pylist(), grouped["label"].to_pylist(),
-                      grouped["original_sum"].to_pylist(), grouped["original_count"].to_pylist()))
+    rows = sorted(
+        zip(
+            grouped["split"].to_pylist(),
+            grouped["label"].to_pylist(),
+            grouped["original_sum"].to_pylist(),
+            grouped["original_count"].to_pylist(),
+            strict=True,
+        )
+    )
     for split, label, originals, total in rows:
         counts.setdefault(split, {})[label] = [int(originals), int(total - originals)]
     return counts
@@ -521,23 +530,29 @@ def _split_names(filesystem, root: str, location: str, splits) -> list[str]:
 
     info = filesystem.get_file_info(root)
     if info.type != pafs.FileType.Directory:
-        raise ValueError(f"no PNG set at {location}: the folder does not exist; give the --output "
-                         "of jobs/export_png.py")
+        raise ValueError(
+            f"no PNG set at {location}: the folder does not exist; give the --output of jobs/export_png.py"
+        )
     found = sorted(
-        entry.base_name for entry in filesystem.get_file_info(pafs.FileSelector(root))
-        if entry.type == pafs.FileType.Directory and entry.base_name != MANIFEST_NAME
+        entry.base_name
+        for entry in filesystem.get_file_info(pafs.FileSelector(root))
+        if entry.type == pafs.FileType.Directory
+        and entry.base_name != MANIFEST_NAME
         and not entry.base_name.startswith((".", "_"))
     )
     if splits is None:
         if not found:
-            raise ValueError(f"no PNG set at {location}: it has no split folders (train/, test/ ...); "
-                             "give the --output of jobs/export_png.py")
+            raise ValueError(
+                f"no PNG set at {location}: it has no split folders (train/, test/ ...); "
+                "give the --output of jobs/export_png.py"
+            )
         return found
     splits = [splits] if isinstance(splits, str) else list(splits)
     missing = [split for split in splits if split not in found]
     if missing:
-        raise ValueError(f"PNG set {location} has no split {', '.join(missing)}; "
-                         f"it holds: {', '.join(found) or 'none'}")
+        raise ValueError(
+            f"PNG set {location} has no split {', '.join(missing)}; it holds: {', '.join(found) or 'none'}"
+        )
     return splits
 
 
@@ -556,7 +571,7 @@ def _list_png_set(filesystem, root: str, splits, num_classes: int | None = None)
             if entry.type != pafs.FileType.File or entry.base_name.startswith((".", "_")):
                 continue
             count += 1
-            relative = entry.path[len(root) + 1:]
+            relative = entry.path[len(root) + 1 :]
             problem = png_path_problem(relative, num_classes)
             if problem is not None:
                 bad.append(BadFile(relative, problem))
@@ -572,8 +587,16 @@ def _describe_bad(location: str, bad: list[BadFile], shown: int = 10) -> str:
     return f"{len(bad)} bad file(s) in PNG set {location}:\n" + "\n".join(lines)
 
 
-def read_png_set(spark, location: str, *, splits=None, variants: bool = False, on_bad: str = "fail",
-                 partitions: int | None = None, num_classes: int | None = None):
+def read_png_set(
+    spark,
+    location: str,
+    *,
+    splits=None,
+    variants: bool = False,
+    on_bad: str = "fail",
+    partitions: int | None = None,
+    num_classes: int | None = None,
+):
     """Read a PNG set back into the DataFrame shape of an ingested dataset.
 
     The images are decoded by ``spark.read.format("image")`` (the JVM's
@@ -623,12 +646,12 @@ def read_png_set(spark, location: str, *, splits=None, variants: bool = False, o
     >>> df.columns  # doctest: +SKIP
     ['split', 'index', 'label', 'image']
     """
-    from mnist_spark import storage
-    from mnist_spark.session import task_slots
     from pyspark.sql import functions as F
 
-    if partitions is not None and (isinstance(partitions, bool) or not isinstance(partitions, int)
-                                   or partitions <= 0):
+    from mnist_spark import storage
+    from mnist_spark.session import task_slots
+
+    if partitions is not None and (isinstance(partitions, bool) or not isinstance(partitions, int) or partitions <= 0):
         raise ValueError(f"partitions must be a whole number above 0, found {partitions!r}")
     if on_bad not in ON_BAD_CHOICES:
         raise ValueError(f"{on_bad!r} is not a supported on_bad; choose one of: {', '.join(ON_BAD_CHOICES)}")
@@ -638,16 +661,21 @@ def read_png_set(spark, location: str, *, splits=None, variants: bool = False, o
     names = _split_names(filesystem, root, location, splits)
     for split in names:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", split):
-            raise ValueError(f"PNG set {location}: split folder {split!r} is not a plain name "
-                             "(letters, digits, _ and -); rename it")
+            raise ValueError(
+                f"PNG set {location}: split folder {split!r} is not a plain name (letters, digits, _ and -); rename it"
+            )
     started = time.perf_counter()
     count, bad = _list_png_set(filesystem, root, names, num_classes)
     if bad and on_bad == "fail":
         raise ValueError(_describe_bad(location, bad) + "\nDelete or replace them, or read with on_bad='skip'")
 
-    raw = (spark.read.format("image").option("dropInvalid", False)
-           .option("recursiveFileLookup", True).load([storage.join(location, s) for s in names])
-           .coalesce(partitions or task_slots(spark)))
+    raw = (
+        spark.read.format("image")
+        .option("dropInvalid", False)
+        .option("recursiveFileLookup", True)
+        .load([storage.join(location, s) for s in names])
+        .coalesce(partitions or task_slots(spark))
+    )
     tail = r"/(" + "|".join(names) + r")/(\d+)/(\d+)(?:_(\d+))?\.png$"
     origin = F.col("image.origin")
     in_layout = origin.rlike(tail)
@@ -677,8 +705,8 @@ def read_png_set(spark, location: str, *, splits=None, variants: bool = False, o
     # non-null fields (all present in a decoded image), so rebuild it to match.
     defaults = {"origin": None, "height": 0, "width": 0, "nChannels": 0, "mode": 0, "data": bytearray()}
     fields = [
-        (F.col(f"image.{name}") if value is None else F.coalesce(F.col(f"image.{name}"), F.lit(value)))
-        .alias(name) for name, value in defaults.items()
+        (F.col(f"image.{name}") if value is None else F.coalesce(F.col(f"image.{name}"), F.lit(value))).alias(name)
+        for name, value in defaults.items()
     ]
     # Rows outside the layout are filtered first, so every group but the variant is present.
     df = raw.where((F.col("image.height") >= 0) & in_layout).select(
@@ -690,8 +718,14 @@ def read_png_set(spark, location: str, *, splits=None, variants: bool = False, o
     )
     if not variants:
         df = df.where(F.col("variant") == 0).drop("variant")
-    logger.info("PNG set %s: %d files in %s checked in %.1f s, %d bad", location, count,
-                ", ".join(names), time.perf_counter() - started, len(bad))
+    logger.info(
+        "PNG set %s: %d files in %s checked in %.1f s, %d bad",
+        location,
+        count,
+        ", ".join(names),
+        time.perf_counter() - started,
+        len(bad),
+    )
     return df, bad
 
 
@@ -704,7 +738,7 @@ def _relative(origin: str, root: str) -> str:
     if parsed.netloc and not path.startswith(root):
         path = f"{parsed.netloc}{path}"  # s3://bucket/key -> bucket/key, as pyarrow names it
     marker = root.rstrip("/") + "/"
-    return path[len(marker):] if path.startswith(marker) else origin
+    return path[len(marker) :] if path.startswith(marker) else origin
 
 
 def first_rows_numpy(df, limit: int):
@@ -750,8 +784,7 @@ def struct_frame_to_numpy(frame, where: str = "image column") -> np.ndarray:
     if count == 0:
         return np.zeros((0, 0, 0, 0), np.uint8)
     shape = (int(frame["height"].iat[0]), int(frame["width"].iat[0]), int(frame["nChannels"].iat[0]))
-    same = ((frame["height"] == shape[0]) & (frame["width"] == shape[1])
-            & (frame["nChannels"] == shape[2]))
+    same = (frame["height"] == shape[0]) & (frame["width"] == shape[1]) & (frame["nChannels"] == shape[2])
     if not bool(same.all()):
         odd = frame.loc[~same].iloc[0]
         raise ValueError(
@@ -799,4 +832,4 @@ def struct_array_to_numpy(array, where: str = "image column") -> np.ndarray:
             f"{where}: image {array.field('origin')[bad].as_py()} says {shape[0]}x{shape[1]}x{shape[2]} "
             f"({item} bytes) but its data holds {int(np.diff(offsets)[bad])} bytes"
         )
-    return values[offsets[0]:offsets[-1]].reshape(count, *shape)
+    return values[offsets[0] : offsets[-1]].reshape(count, *shape)

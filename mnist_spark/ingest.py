@@ -97,8 +97,7 @@ def validate_split(split: str, images: str, labels: str, num_classes: int, limit
     item_shape = image_header.item_shape
     if len(item_shape) not in (2, 3):
         raise ValueError(
-            f"{image_name}: expected images of height x width (x channels), "
-            f"found items of shape {item_shape}"
+            f"{image_name}: expected images of height x width (x channels), found items of shape {item_shape}"
         )
     if len(item_shape) == 3:
         mode_for_channels(item_shape[2], image_name)
@@ -129,7 +128,7 @@ def plan_tasks(infos: list[SplitInfo], partitions: int) -> list[ReadTask]:
         bounds = np.linspace(0, info.count, pieces + 1).astype(int)
         tasks += [
             ReadTask(info.split, info.images, info.labels, int(a), int(b))
-            for a, b in zip(bounds[:-1], bounds[1:])
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
         ]
     return tasks
 
@@ -197,8 +196,7 @@ def _read_task_batches(task: ReadTask):
             offset = stop
 
 
-def idx_dataframe(spark, files, *, splits=("train", "test"), partitions=None, limit=None,
-                  num_classes=None):
+def idx_dataframe(spark, files, *, splits=("train", "test"), partitions=None, limit=None, num_classes=None):
     """A DataFrame of the IDX dataset ``files``, read in parallel by the executors.
 
     Parameters
@@ -240,10 +238,7 @@ def idx_dataframe(spark, files, *, splits=("train", "test"), partitions=None, li
         raise ValueError(f"partitions must be above 0, found {partitions}")
     num_classes = num_classes or files.dataset.num_classes
     started = time.perf_counter()
-    infos = [
-        validate_split(split, files.images(split), files.labels(split), num_classes, limit)
-        for split in splits
-    ]
+    infos = [validate_split(split, files.images(split), files.labels(split), num_classes, limit) for split in splits]
     logger.info(
         "validated %s (%s) in %.2f s",
         ", ".join(f"{i.split}: {i.count} images of {_shape_text(i.image_shape)}" for i in infos),
@@ -268,8 +263,7 @@ def write_dataset(df, location: str) -> None:
     Dictionary encoding is off: pixel blobs are nearly all distinct, and
     trying to build a dictionary for them costs time and saves nothing.
     """
-    (df.write.partitionBy("split").option("parquet.enable.dictionary", "false")
-       .parquet(storage.to_uri(location)))
+    (df.write.partitionBy("split").option("parquet.enable.dictionary", "false").parquet(storage.to_uri(location)))
 
 
 def read_dataset(spark, location: str):

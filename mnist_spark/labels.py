@@ -47,8 +47,10 @@ def check_labels(labels, num_classes: int, where: str = "--labels") -> tuple:
     """``labels`` when all lie in ``0 .. num_classes - 1``, else one clear error."""
     outside = [label for label in labels if label >= num_classes]
     if outside:
-        raise ValueError(f"{where} {','.join(map(str, labels))}: label {outside[0]} is not in the dataset, "
-                         f"whose labels are 0 to {num_classes - 1}")
+        raise ValueError(
+            f"{where} {','.join(map(str, labels))}: label {outside[0]} is not in the dataset, "
+            f"whose labels are 0 to {num_classes - 1}"
+        )
     return tuple(labels)
 
 
@@ -64,7 +66,7 @@ def select_labels(df, labels, *, index: bool = False):
     kept = df.where(F.col("label").isin(labels))
     if not index:
         return kept
-    position = F.create_map(*[F.lit(value) for pair in zip(labels, range(len(labels))) for value in pair])
+    position = F.create_map(*[F.lit(value) for pair in zip(labels, range(len(labels)), strict=True) for value in pair])
     return kept.withColumn("label", position[F.col("label")].cast(df.schema["label"].dataType))
 
 
@@ -87,6 +89,7 @@ def read_labels(folder: str) -> tuple | None:
     try:
         labels = json.loads(storage.read_bytes(location))["labels"]
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{location} is not a label mapping ({error}); expected {{\"labels\": [...]}}, "
-                         "as train_cnn writes it") from None
+        raise ValueError(
+            f'{location} is not a label mapping ({error}); expected {{"labels": [...]}}, as train_cnn writes it'
+        ) from None
     return tuple(int(v) for v in labels)

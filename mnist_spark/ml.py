@@ -49,8 +49,7 @@ import numpy as np
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model, Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.param.shared import (HasInputCol, HasLabelCol, HasOutputCol, HasPredictionCol,
-                                     HasProbabilityCol, HasSeed)
+from pyspark.ml.param.shared import HasInputCol, HasLabelCol, HasOutputCol, HasPredictionCol, HasProbabilityCol, HasSeed
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from mnist_spark import evaluation, featurizer, images, models, persistence, storage, training
@@ -122,21 +121,28 @@ def _image_column(schema, column: str, stage: str) -> None:
 
     names = schema.fieldNames()
     if column not in names:
-        raise ValueError(f"{stage}: the DataFrame has no input column {column!r} (columns: "
-                         f"{', '.join(names)}); set inputCol to its column of images")
+        raise ValueError(
+            f"{stage}: the DataFrame has no input column {column!r} (columns: "
+            f"{', '.join(names)}); set inputCol to its column of images"
+        )
     found, wanted = schema[column].dataType, images.image_struct_type()
-    if not (isinstance(found, StructType)
-            and [(f.name, f.dataType) for f in found.fields] == [(f.name, f.dataType) for f in wanted.fields]):
+    if not (
+        isinstance(found, StructType)
+        and [(f.name, f.dataType) for f in found.fields] == [(f.name, f.dataType) for f in wanted.fields]
+    ):
         raise TypeError(
             f"{stage}: column {column!r} must be Spark's image struct ({wanted.simpleString()}), found "
             f"{found.simpleString()}; read images with spark.read.format('image'), "
-            "mnist_spark.images.read_png_set or mnist_spark.ingest")
+            "mnist_spark.images.read_png_set or mnist_spark.ingest"
+        )
 
 
 def _new_column(schema, column: str, stage: str, param: str) -> None:
     if column in schema.fieldNames():
-        raise ValueError(f"{stage}: output column {column!r} already exists in the DataFrame; set {param} "
-                         "to a new name or drop that column first")
+        raise ValueError(
+            f"{stage}: output column {column!r} already exists in the DataFrame; set {param} "
+            "to a new name or drop that column first"
+        )
 
 
 def _shape_text(shape) -> str:
@@ -184,33 +190,41 @@ def read_keras_file(location: str, stage: str, *, payload: bytes | None = None) 
         try:
             payload = storage.read_bytes(location)
         except OSError:
-            raise ValueError(f"{stage}: model file {location} does not exist; give a saved .keras model "
-                             "(e.g. the model.keras of a train_cnn run)") from None
+            raise ValueError(
+                f"{stage}: model file {location} does not exist; give a saved .keras model "
+                "(e.g. the model.keras of a train_cnn run)"
+            ) from None
     digest = hashlib.sha256(payload).hexdigest()
     if digest not in _SHAPES:
         try:
             net = evaluation.model_from_bytes(payload, compile=False)
         except Exception as error:  # Keras raises several types for a damaged file
             text = " ".join(str(error).split())[:300]
-            raise ValueError(f"{stage}: model file {location} could not be loaded ({type(error).__name__}: "
-                             f"{text}); it is not a complete .keras file saved by Keras 3") from None
+            raise ValueError(
+                f"{stage}: model file {location} could not be loaded ({type(error).__name__}: "
+                f"{text}); it is not a complete .keras file saved by Keras 3"
+            ) from None
         _SHAPES[digest] = (net.input_shape, net.output_shape)
     inputs, outputs = _SHAPES[digest]
-    if (isinstance(inputs, list) or len(inputs) != 4 or inputs[3] not in (1, 3)
-            or any(s is None for s in inputs[1:])):
-        raise ValueError(f"{stage}: model file {location} takes input {_shape_text(inputs)}; expected one "
-                         "batch of images (batch, height, width, channels) of a fixed size with 1 or 3 "
-                         "channels")
+    if isinstance(inputs, list) or len(inputs) != 4 or inputs[3] not in (1, 3) or any(s is None for s in inputs[1:]):
+        raise ValueError(
+            f"{stage}: model file {location} takes input {_shape_text(inputs)}; expected one "
+            "batch of images (batch, height, width, channels) of a fixed size with 1 or 3 "
+            "channels"
+        )
     several = isinstance(outputs, list) or (bool(outputs) and isinstance(outputs[0], (list, tuple)))
     if several or len(outputs) != 2 or outputs[1] is None:
-        raise ValueError(f"{stage}: model file {location} outputs shape {_shape_text(outputs)}; expected "
-                         "(batch, n), one row of values per image; end the model in a Dense layer (add "
-                         "Flatten or pooling before it)")
+        raise ValueError(
+            f"{stage}: model file {location} outputs shape {_shape_text(outputs)}; expected "
+            "(batch, n), one row of values per image; end the model in a Dense layer (add "
+            "Flatten or pooling before it)"
+        )
     return KerasFile(location, payload, tuple(int(s) for s in inputs[1:]), int(outputs[1]))
 
 
-def fit_pixels(pixels: np.ndarray, shape, *, scale_hint: str = featurizer.DEFAULT_SCALE_HINT,
-               rgb: bool = False) -> np.ndarray:
+def fit_pixels(
+    pixels: np.ndarray, shape, *, scale_hint: str = featurizer.DEFAULT_SCALE_HINT, rgb: bool = False
+) -> np.ndarray:
     """Spark-order uint8 images made ``shape`` ``(height, width, 1 or 3)``; unchanged when they fit.
 
     :func:`mnist_spark.featurizer.resize_images` (Pillow, the filter of
@@ -224,8 +238,9 @@ def fit_pixels(pixels: np.ndarray, shape, *, scale_hint: str = featurizer.DEFAUL
     return fitted if shape[2] == 1 or rgb else np.ascontiguousarray(fitted[..., ::-1])
 
 
-def image_decoder(shape, *, scale_hint: str = featurizer.DEFAULT_SCALE_HINT, rgb: bool = False,
-                  where: str = "image column"):
+def image_decoder(
+    shape, *, scale_hint: str = featurizer.DEFAULT_SCALE_HINT, rgb: bool = False, where: str = "image column"
+):
     """A function from an Arrow array of image structs to a ``shape`` batch of uint8 images.
 
     Mixed sizes and channel counts are allowed: each group is made ``shape``
@@ -255,49 +270,88 @@ class _KerasImageClassifierParams(HasInputCol, HasLabelCol, HasPredictionCol, Ha
     """Params of :class:`KerasImageClassifier` and of the model it fits."""
 
     modelName: Param = _param(
-        "modelName", f"built-in architecture: {', '.join(models.ARCHITECTURES)}",
-        _choice("modelName", tuple(models.ARCHITECTURES)))
+        "modelName",
+        f"built-in architecture: {', '.join(models.ARCHITECTURES)}",
+        _choice("modelName", tuple(models.ARCHITECTURES)),
+    )
     modelFile: Param = _param(
-        "modelFile", "a saved .keras model trained instead of modelName, from its weights ('' for none)", _path)
+        "modelFile", "a saved .keras model trained instead of modelName, from its weights ('' for none)", _path
+    )
     epochs: Param = _param("epochs", "passes over the training data", _whole("epochs", 1))
     batchSize: Param = _param("batchSize", "per-replica training batch size", _whole("batchSize", 1))
-    learningRate: Param = _param("learningRate", "Adam's learning rate in the first epoch, before scaling",
-                                 _number("learningRate", 0, above=True))
-    lrDecay: Param = _param("lrDecay", "learning rate factor per epoch", _number("lrDecay", 0, above=True,
-                                                                                  maximum=1))
-    lrScaling: Param = _param("lrScaling", "peak learning rate against the replicas: linear, sqrt or none",
-                              _choice("lrScaling", tuple(training.LR_SCALING)))
-    warmupEpochs: Param = _param("warmupEpochs", "epochs of linear warm-up to the scaled peak",
-                                 _number("warmupEpochs", 0))
-    partitions: Param = _param("partitions", "replicas (shards); 0: the cluster's task slots",
-                               _whole("partitions", 0))
-    stepsPerRound: Param = _param("stepsPerRound", "steps between averagings; 0: short rounds growing to "
-                                  "one local epoch", _whole("stepsPerRound", 0))
-    firstRoundSteps: Param = _param("firstRoundSteps", "steps of the first round; 0: a quarter of a local "
-                                    "epoch", _whole("firstRoundSteps", 0))
-    batchnormSample: Param = _param("batchnormSample", "training images on which BatchNorm statistics are "
-                                    "re-estimated after averaging (0: off)", _whole("batchnormSample", 0))
+    learningRate: Param = _param(
+        "learningRate",
+        "Adam's learning rate in the first epoch, before scaling",
+        _number("learningRate", 0, above=True),
+    )
+    lrDecay: Param = _param("lrDecay", "learning rate factor per epoch", _number("lrDecay", 0, above=True, maximum=1))
+    lrScaling: Param = _param(
+        "lrScaling",
+        "peak learning rate against the replicas: linear, sqrt or none",
+        _choice("lrScaling", tuple(training.LR_SCALING)),
+    )
+    warmupEpochs: Param = _param(
+        "warmupEpochs", "epochs of linear warm-up to the scaled peak", _number("warmupEpochs", 0)
+    )
+    partitions: Param = _param("partitions", "replicas (shards); 0: the cluster's task slots", _whole("partitions", 0))
+    stepsPerRound: Param = _param(
+        "stepsPerRound",
+        "steps between averagings; 0: short rounds growing to one local epoch",
+        _whole("stepsPerRound", 0),
+    )
+    firstRoundSteps: Param = _param(
+        "firstRoundSteps", "steps of the first round; 0: a quarter of a local epoch", _whole("firstRoundSteps", 0)
+    )
+    batchnormSample: Param = _param(
+        "batchnormSample",
+        "training images on which BatchNorm statistics are re-estimated after averaging (0: off)",
+        _whole("batchnormSample", 0),
+    )
     barrier: Param = _param("barrier", "schedule all replicas of a round together", _flag("barrier"))
-    imageSize: Param = _param("imageSize", "side of the square images are resized to; 0: their own size "
-                              "(or modelFile's input)", _whole("imageSize", 0))
-    numClasses: Param = _param("numClasses", "classes of the softmax; 0: the largest label + 1",
-                               _whole("numClasses", 0))
-    labels: Param = _param("labels", "train on these labels only; class k of the model is labels[k] "
-                           "([]: every label)", _label_list)
+    imageSize: Param = _param(
+        "imageSize",
+        "side of the square images are resized to; 0: their own size (or modelFile's input)",
+        _whole("imageSize", 0),
+    )
+    numClasses: Param = _param(
+        "numClasses", "classes of the softmax; 0: the largest label + 1", _whole("numClasses", 0)
+    )
+    labels: Param = _param(
+        "labels", "train on these labels only; class k of the model is labels[k] ([]: every label)", _label_list
+    )
     scaleHint: Param = _param(
-        "scaleHint", "resize filter, by sparkdl's names: " + ", ".join(featurizer.SCALE_HINTS),
-        _choice("scaleHint", tuple(featurizer.SCALE_HINTS)))
-    predictionBatchSize: Param = _param("predictionBatchSize", "images per call of the model when scoring",
-                                        _whole("predictionBatchSize", 1))
+        "scaleHint",
+        "resize filter, by sparkdl's names: " + ", ".join(featurizer.SCALE_HINTS),
+        _choice("scaleHint", tuple(featurizer.SCALE_HINTS)),
+    )
+    predictionBatchSize: Param = _param(
+        "predictionBatchSize", "images per call of the model when scoring", _whole("predictionBatchSize", 1)
+    )
 
     _DEFAULTS = dict(
-        inputCol="image", labelCol="label", predictionCol="prediction", probabilityCol="probability",
-        seed=0, modelName=models.DEFAULT_MODEL, modelFile="", epochs=training.TrainConfig.epochs,
-        batchSize=training.TrainConfig.batch_size, learningRate=training.TrainConfig.learning_rate,
-        lrDecay=training.TrainConfig.lr_decay, lrScaling=training.TrainConfig.lr_scaling,
-        warmupEpochs=training.TrainConfig.warmup_epochs, partitions=0, stepsPerRound=0, firstRoundSteps=0,
-        batchnormSample=training.TrainConfig.batchnorm_sample, barrier=False, imageSize=0, numClasses=0,
-        labels=[], scaleHint=featurizer.DEFAULT_SCALE_HINT, predictionBatchSize=512,
+        inputCol="image",
+        labelCol="label",
+        predictionCol="prediction",
+        probabilityCol="probability",
+        seed=0,
+        modelName=models.DEFAULT_MODEL,
+        modelFile="",
+        epochs=training.TrainConfig.epochs,
+        batchSize=training.TrainConfig.batch_size,
+        learningRate=training.TrainConfig.learning_rate,
+        lrDecay=training.TrainConfig.lr_decay,
+        lrScaling=training.TrainConfig.lr_scaling,
+        warmupEpochs=training.TrainConfig.warmup_epochs,
+        partitions=0,
+        stepsPerRound=0,
+        firstRoundSteps=0,
+        batchnormSample=training.TrainConfig.batchnorm_sample,
+        barrier=False,
+        imageSize=0,
+        numClasses=0,
+        labels=[],
+        scaleHint=featurizer.DEFAULT_SCALE_HINT,
+        predictionBatchSize=512,
     )
 
     def __init__(self, *args):
@@ -440,105 +494,144 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
     """
 
     @keyword_only
-    def __init__(self, *, modelName=models.DEFAULT_MODEL, modelFile="", epochs=training.TrainConfig.epochs,
-                 batchSize=training.TrainConfig.batch_size, learningRate=training.TrainConfig.learning_rate,
-                 lrDecay=training.TrainConfig.lr_decay, lrScaling=training.TrainConfig.lr_scaling,
-                 warmupEpochs=training.TrainConfig.warmup_epochs, partitions=0, stepsPerRound=0,
-                 firstRoundSteps=0, batchnormSample=training.TrainConfig.batchnorm_sample, barrier=False,
-                 imageSize=0, numClasses=0, labels=(), scaleHint=featurizer.DEFAULT_SCALE_HINT, seed=0,
-                 inputCol="image", labelCol="label", predictionCol="prediction", probabilityCol="probability",
-                 predictionBatchSize=512):
+    def __init__(
+        self,
+        *,
+        modelName=models.DEFAULT_MODEL,
+        modelFile="",
+        epochs=training.TrainConfig.epochs,
+        batchSize=training.TrainConfig.batch_size,
+        learningRate=training.TrainConfig.learning_rate,
+        lrDecay=training.TrainConfig.lr_decay,
+        lrScaling=training.TrainConfig.lr_scaling,
+        warmupEpochs=training.TrainConfig.warmup_epochs,
+        partitions=0,
+        stepsPerRound=0,
+        firstRoundSteps=0,
+        batchnormSample=training.TrainConfig.batchnorm_sample,
+        barrier=False,
+        imageSize=0,
+        numClasses=0,
+        labels=(),
+        scaleHint=featurizer.DEFAULT_SCALE_HINT,
+        seed=0,
+        inputCol="image",
+        labelCol="label",
+        predictionCol="prediction",
+        probabilityCol="probability",
+        predictionBatchSize=512,
+    ):
         super().__init__()
         self.setParams(**self._input_kwargs)
 
     @keyword_only
-    def setParams(self, *, modelName=models.DEFAULT_MODEL, modelFile="", epochs=training.TrainConfig.epochs,
-                  batchSize=training.TrainConfig.batch_size, learningRate=training.TrainConfig.learning_rate,
-                  lrDecay=training.TrainConfig.lr_decay, lrScaling=training.TrainConfig.lr_scaling,
-                  warmupEpochs=training.TrainConfig.warmup_epochs, partitions=0, stepsPerRound=0,
-                  firstRoundSteps=0, batchnormSample=training.TrainConfig.batchnorm_sample, barrier=False,
-                  imageSize=0, numClasses=0, labels=(), scaleHint=featurizer.DEFAULT_SCALE_HINT, seed=0,
-                  inputCol="image", labelCol="label", predictionCol="prediction", probabilityCol="probability",
-                  predictionBatchSize=512):
+    def setParams(
+        self,
+        *,
+        modelName=models.DEFAULT_MODEL,
+        modelFile="",
+        epochs=training.TrainConfig.epochs,
+        batchSize=training.TrainConfig.batch_size,
+        learningRate=training.TrainConfig.learning_rate,
+        lrDecay=training.TrainConfig.lr_decay,
+        lrScaling=training.TrainConfig.lr_scaling,
+        warmupEpochs=training.TrainConfig.warmup_epochs,
+        partitions=0,
+        stepsPerRound=0,
+        firstRoundSteps=0,
+        batchnormSample=training.TrainConfig.batchnorm_sample,
+        barrier=False,
+        imageSize=0,
+        numClasses=0,
+        labels=(),
+        scaleHint=featurizer.DEFAULT_SCALE_HINT,
+        seed=0,
+        inputCol="image",
+        labelCol="label",
+        predictionCol="prediction",
+        probabilityCol="probability",
+        predictionBatchSize=512,
+    ):
         """Set any of the params by keyword; returns ``self``."""
         return self._set(**self._input_kwargs)
 
-    def setModelName(self, value) -> "KerasImageClassifier":
+    def setModelName(self, value) -> KerasImageClassifier:
         return self._set(modelName=value)
 
-    def setModelFile(self, value) -> "KerasImageClassifier":
+    def setModelFile(self, value) -> KerasImageClassifier:
         return self._set(modelFile=value)
 
-    def setEpochs(self, value) -> "KerasImageClassifier":
+    def setEpochs(self, value) -> KerasImageClassifier:
         return self._set(epochs=value)
 
-    def setBatchSize(self, value) -> "KerasImageClassifier":
+    def setBatchSize(self, value) -> KerasImageClassifier:
         return self._set(batchSize=value)
 
-    def setLearningRate(self, value) -> "KerasImageClassifier":
+    def setLearningRate(self, value) -> KerasImageClassifier:
         return self._set(learningRate=value)
 
-    def setLrDecay(self, value) -> "KerasImageClassifier":
+    def setLrDecay(self, value) -> KerasImageClassifier:
         return self._set(lrDecay=value)
 
-    def setLrScaling(self, value) -> "KerasImageClassifier":
+    def setLrScaling(self, value) -> KerasImageClassifier:
         return self._set(lrScaling=value)
 
-    def setWarmupEpochs(self, value) -> "KerasImageClassifier":
+    def setWarmupEpochs(self, value) -> KerasImageClassifier:
         return self._set(warmupEpochs=value)
 
-    def setPartitions(self, value) -> "KerasImageClassifier":
+    def setPartitions(self, value) -> KerasImageClassifier:
         return self._set(partitions=value)
 
-    def setStepsPerRound(self, value) -> "KerasImageClassifier":
+    def setStepsPerRound(self, value) -> KerasImageClassifier:
         return self._set(stepsPerRound=value)
 
-    def setFirstRoundSteps(self, value) -> "KerasImageClassifier":
+    def setFirstRoundSteps(self, value) -> KerasImageClassifier:
         return self._set(firstRoundSteps=value)
 
-    def setBatchnormSample(self, value) -> "KerasImageClassifier":
+    def setBatchnormSample(self, value) -> KerasImageClassifier:
         return self._set(batchnormSample=value)
 
-    def setBarrier(self, value) -> "KerasImageClassifier":
+    def setBarrier(self, value) -> KerasImageClassifier:
         return self._set(barrier=value)
 
-    def setImageSize(self, value) -> "KerasImageClassifier":
+    def setImageSize(self, value) -> KerasImageClassifier:
         return self._set(imageSize=value)
 
-    def setNumClasses(self, value) -> "KerasImageClassifier":
+    def setNumClasses(self, value) -> KerasImageClassifier:
         return self._set(numClasses=value)
 
-    def setLabels(self, value) -> "KerasImageClassifier":
+    def setLabels(self, value) -> KerasImageClassifier:
         return self._set(labels=value)
 
-    def setScaleHint(self, value) -> "KerasImageClassifier":
+    def setScaleHint(self, value) -> KerasImageClassifier:
         return self._set(scaleHint=value)
 
-    def setSeed(self, value) -> "KerasImageClassifier":
+    def setSeed(self, value) -> KerasImageClassifier:
         return self._set(seed=value)
 
-    def setInputCol(self, value) -> "KerasImageClassifier":
+    def setInputCol(self, value) -> KerasImageClassifier:
         return self._set(inputCol=value)
 
-    def setLabelCol(self, value) -> "KerasImageClassifier":
+    def setLabelCol(self, value) -> KerasImageClassifier:
         return self._set(labelCol=value)
 
-    def setPredictionCol(self, value) -> "KerasImageClassifier":
+    def setPredictionCol(self, value) -> KerasImageClassifier:
         return self._set(predictionCol=value)
 
-    def setProbabilityCol(self, value) -> "KerasImageClassifier":
+    def setProbabilityCol(self, value) -> KerasImageClassifier:
         return self._set(probabilityCol=value)
 
-    def setPredictionBatchSize(self, value) -> "KerasImageClassifier":
+    def setPredictionBatchSize(self, value) -> KerasImageClassifier:
         return self._set(predictionBatchSize=value)
 
     # ----------------------------------------------------------------- fitting
 
     def _data_key(self) -> tuple:
         """The params that decide the prepared data: fits that share them share the shards."""
-        return tuple(self.getOrDefault(name) for name in (
-            "inputCol", "labelCol", "partitions", "imageSize", "scaleHint", "modelFile", "numClasses")) + (
-            tuple(self.getLabels()),)
+        return tuple(
+            self.getOrDefault(name)
+            for name in ("inputCol", "labelCol", "partitions", "imageSize", "scaleHint", "modelFile", "numClasses")
+        ) + (tuple(self.getLabels()),)
 
     def _prepare(self, dataset) -> _Prepared:
         """Check the data and params on the driver, and decode the images into cached shards once."""
@@ -551,22 +644,31 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
         input_col, label_col = self.getInputCol(), self.getLabelCol()
         _image_column(dataset.schema, input_col, stage)
         if label_col not in dataset.columns:
-            raise ValueError(f"{stage}: the DataFrame has no label column {label_col!r} (columns: "
-                             f"{', '.join(dataset.columns)}); set labelCol")
+            raise ValueError(
+                f"{stage}: the DataFrame has no label column {label_col!r} (columns: "
+                f"{', '.join(dataset.columns)}); set labelCol"
+            )
         if not isinstance(dataset.schema[label_col].dataType, NumericType):
-            raise TypeError(f"{stage}: label column {label_col!r} must be numeric (class numbers 0, 1, ...), "
-                            f"found {dataset.schema[label_col].dataType.simpleString()}; index string labels "
-                            "with pyspark.ml.feature.StringIndexer first")
+            raise TypeError(
+                f"{stage}: label column {label_col!r} must be numeric (class numbers 0, 1, ...), "
+                f"found {dataset.schema[label_col].dataType.simpleString()}; index string labels "
+                "with pyspark.ml.feature.StringIndexer first"
+            )
         if self.isSet(self.modelName) and self.getModelFile():
             raise ValueError(f"{stage}: set modelName or modelFile, not both")
         source = read_keras_file(self.getModelFile(), stage) if self.getModelFile() else None
         label, chosen = dataset[label_col], self.getLabels()
         has_index = "index" in dataset.columns and isinstance(dataset.schema["index"].dataType, IntegralType)
-        index = (dataset["index"].cast("long") if has_index
-                 else F.xxhash64(dataset[input_col], label).bitwiseAND(F.lit(2**63 - 1)))
+        index = (
+            dataset["index"].cast("long")
+            if has_index
+            else F.xxhash64(dataset[input_col], label).bitwiseAND(F.lit(2**63 - 1))
+        )
         stats = dataset.agg(
-            F.count(F.lit(1)).alias("rows"), F.count(label).alias("labelled"),
-            F.min(label).alias("low"), F.max(label).alias("high"),
+            F.count(F.lit(1)).alias("rows"),
+            F.count(label).alias("labelled"),
+            F.min(label).alias("low"),
+            F.max(label).alias("high"),
             F.sum(F.when(label != F.floor(label), 1).otherwise(0)).alias("fractional"),
             F.sum(F.when(dataset[input_col].isNull(), 1).otherwise(0)).alias("missing"),
             F.first(dataset[input_col + ".height"], ignorenulls=True).alias("height"),
@@ -578,71 +680,115 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
         if stats["rows"] == 0:
             raise ValueError(f"{stage}: the training DataFrame has no rows")
         if stats["labelled"] < stats["rows"] or stats["missing"]:
-            raise ValueError(f"{stage}: {stats['rows'] - stats['labelled']} rows have no label and "
-                             f"{stats['missing']} no image; drop them first")
+            raise ValueError(
+                f"{stage}: {stats['rows'] - stats['labelled']} rows have no label and "
+                f"{stats['missing']} no image; drop them first"
+            )
         if stats["fractional"] or stats["low"] < 0:
-            raise ValueError(f"{stage}: labels must be whole numbers 0, 1, ... (class numbers), found "
-                             f"labels from {stats['low']} to {stats['high']}"
-                             + (f", {stats['fractional']} of them not whole" if stats["fractional"] else ""))
+            raise ValueError(
+                f"{stage}: labels must be whole numbers 0, 1, ... (class numbers), found "
+                f"labels from {stats['low']} to {stats['high']}"
+                + (f", {stats['fractional']} of them not whole" if stats["fractional"] else "")
+            )
         if chosen:
             num_classes = len(chosen)
             if self.getNumClasses() not in (0, num_classes) or num_classes < 2:
-                raise ValueError(f"{stage}: labels {','.join(map(str, chosen))} make {num_classes} classes; "
-                                 f"give at least 2 labels, and numClasses 0 or {num_classes}")
+                raise ValueError(
+                    f"{stage}: labels {','.join(map(str, chosen))} make {num_classes} classes; "
+                    f"give at least 2 labels, and numClasses 0 or {num_classes}"
+                )
         else:
             num_classes = self.getNumClasses() or int(stats["high"]) + 1
             if stats["high"] >= num_classes or num_classes < 2:
-                raise ValueError(f"{stage}: numClasses {num_classes} does not cover the labels 0 .. "
-                                 f"{int(stats['high'])}; set numClasses to at least "
-                                 f"{max(2, int(stats['high']) + 1)}")
+                raise ValueError(
+                    f"{stage}: numClasses {num_classes} does not cover the labels 0 .. "
+                    f"{int(stats['high'])}; set numClasses to at least "
+                    f"{max(2, int(stats['high']) + 1)}"
+                )
         if partitions > stats["kept"]:
             of = f" of labels {','.join(map(str, chosen))}" if chosen else ""
-            raise ValueError(f"{stage}: partitions {partitions} needs at least {partitions} training images"
-                             f"{of}, found {stats['kept']}; set fewer partitions")
+            raise ValueError(
+                f"{stage}: partitions {partitions} needs at least {partitions} training images"
+                f"{of}, found {stats['kept']}; set fewer partitions"
+            )
         if source is not None:
             shape = source.input_shape
             if source.outputs != num_classes:
-                raise ValueError(f"{stage}: model file {source.location} outputs {source.outputs} values per "
-                                 f"image but the labels need {num_classes} classes; give a model with a "
-                                 f"softmax of {num_classes} (or set numClasses)")
+                raise ValueError(
+                    f"{stage}: model file {source.location} outputs {source.outputs} values per "
+                    f"image but the labels need {num_classes} classes; give a model with a "
+                    f"softmax of {num_classes} (or set numClasses)"
+                )
         elif self.getImageSize():
             shape = (self.getImageSize(), self.getImageSize(), int(stats["channels"]))
         else:
             shape = (int(stats["height"]), int(stats["width"]), int(stats["channels"]))
-        decode = (image_decoder(shape, scale_hint=self.getScaleHint(), where=f"{stage} column {input_col!r}")
-                  if source is not None or self.getImageSize() else None)
-        frame = dataset.select(index.alias("index"), label.cast("int").alias("label"),
-                               dataset[input_col].alias("image"))
+        decode = (
+            image_decoder(shape, scale_hint=self.getScaleHint(), where=f"{stage} column {input_col!r}")
+            if source is not None or self.getImageSize()
+            else None
+        )
+        frame = dataset.select(
+            index.alias("index"), label.cast("int").alias("label"), dataset[input_col].alias("image")
+        )
         if chosen:  # the rows of those labels, each label replaced by its class (its position)
             frame = label_subset.select_labels(frame, chosen, index=True)
         started = time.perf_counter()
         shards, sizes = training.make_shards(frame, partitions, decode=decode)
-        logger.info("%s: %d training images of %s in %d shards (%s), %d classes, decoded in %.1f s", stage,
-                    sum(sizes), "x".join(map(str, shape)), partitions, ", ".join(map(str, sizes)),
-                    num_classes, time.perf_counter() - started)
+        logger.info(
+            "%s: %d training images of %s in %d shards (%s), %d classes, decoded in %.1f s",
+            stage,
+            sum(sizes),
+            "x".join(map(str, shape)),
+            partitions,
+            ", ".join(map(str, sizes)),
+            num_classes,
+            time.perf_counter() - started,
+        )
         return _Prepared(frame, shards, sizes, partitions, tuple(shape), num_classes, decode)
 
     def trainConfig(self, partitions: int, input_shape, num_classes: int, augment=None) -> training.TrainConfig:
         """The :class:`~mnist_spark.training.TrainConfig` of a fit with these params."""
         return training.TrainConfig(
-            model=self.getModelName(), model_file=self.getModelFile() or None, epochs=self.getEpochs(),
-            batch_size=self.getBatchSize(), partitions=partitions, seed=self.getSeed(),
-            steps_per_round=self.getStepsPerRound() or None, learning_rate=self.getLearningRate(),
-            lr_decay=self.getLrDecay(), first_round_steps=self.getFirstRoundSteps() or None,
-            lr_scaling=self.getLrScaling(), warmup_epochs=self.getWarmupEpochs(),
-            batchnorm_sample=self.getBatchnormSample(), barrier=self.getBarrier(),
-            input_shape=tuple(input_shape), num_classes=num_classes, augment=augment,
+            model=self.getModelName(),
+            model_file=self.getModelFile() or None,
+            epochs=self.getEpochs(),
+            batch_size=self.getBatchSize(),
+            partitions=partitions,
+            seed=self.getSeed(),
+            steps_per_round=self.getStepsPerRound() or None,
+            learning_rate=self.getLearningRate(),
+            lr_decay=self.getLrDecay(),
+            first_round_steps=self.getFirstRoundSteps() or None,
+            lr_scaling=self.getLrScaling(),
+            warmup_epochs=self.getWarmupEpochs(),
+            batchnorm_sample=self.getBatchnormSample(),
+            barrier=self.getBarrier(),
+            input_shape=tuple(input_shape),
+            num_classes=num_classes,
+            augment=augment,
         )
 
     @classmethod
-    def fromTrainConfig(cls, config: training.TrainConfig, **params) -> "KerasImageClassifier":
+    def fromTrainConfig(cls, config: training.TrainConfig, **params) -> KerasImageClassifier:
         """The estimator whose fit repeats ``config`` (a saved run's), with ``params`` besides."""
-        return cls(modelName=config.model, modelFile=config.model_file or "", epochs=config.epochs,
-                   batchSize=config.batch_size, partitions=config.partitions, seed=config.seed,
-                   stepsPerRound=config.steps_per_round or 0, learningRate=config.learning_rate,
-                   lrDecay=config.lr_decay, firstRoundSteps=config.first_round_steps or 0,
-                   lrScaling=config.lr_scaling, warmupEpochs=config.warmup_epochs,
-                   batchnormSample=config.batchnorm_sample, barrier=config.barrier, **params)
+        return cls(
+            modelName=config.model,
+            modelFile=config.model_file or "",
+            epochs=config.epochs,
+            batchSize=config.batch_size,
+            partitions=config.partitions,
+            seed=config.seed,
+            stepsPerRound=config.steps_per_round or 0,
+            learningRate=config.learning_rate,
+            lrDecay=config.lr_decay,
+            firstRoundSteps=config.first_round_steps or 0,
+            lrScaling=config.lr_scaling,
+            warmupEpochs=config.warmup_epochs,
+            batchnormSample=config.batchnorm_sample,
+            barrier=config.barrier,
+            **params,
+        )
 
     def fitRun(self, dataset, *, validation=None, state=None, on_round=None, augment=None):
         """``fit`` with what a training run adds; returns ``(model, TrainState, TrainConfig)``.
@@ -660,28 +806,32 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
         """
         prepared = self._prepare(dataset)
         try:
-            return self._train(dataset, prepared, validation=validation, state=state, on_round=on_round,
-                               augment=augment)
+            return self._train(
+                dataset, prepared, validation=validation, state=state, on_round=on_round, augment=augment
+            )
         finally:
             prepared.release()
 
-    def _train(self, dataset, prepared: _Prepared, *, validation=None, state=None, on_round=None,
-               augment=None):
+    def _train(self, dataset, prepared: _Prepared, *, validation=None, state=None, on_round=None, augment=None):
         """One fit on prepared shards, with this estimator's params: ``(model, TrainState, TrainConfig)``."""
         config = self.trainConfig(prepared.partitions, prepared.input_shape, prepared.num_classes, augment)
         trained, final = training.train(
-            dataset.sparkSession, prepared.frame, config, shards=(prepared.shards, prepared.sizes),
-            decode=prepared.decode, validation=validation, state=state,
-            on_round=None if on_round is None else (lambda done, schedule: on_round(done, schedule, config)))
-        trained.compile(optimizer=trained.optimizer, loss="sparse_categorical_crossentropy",
-                        metrics=["accuracy"])
-        model = KerasImageClassificationModel._of(evaluation.model_bytes(trained), prepared.input_shape,
-                                                  final.history)
+            dataset.sparkSession,
+            prepared.frame,
+            config,
+            shards=(prepared.shards, prepared.sizes),
+            decode=prepared.decode,
+            validation=validation,
+            state=state,
+            on_round=None if on_round is None else (lambda done, schedule: on_round(done, schedule, config)),
+        )
+        trained.compile(optimizer=trained.optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model = KerasImageClassificationModel._of(evaluation.model_bytes(trained), prepared.input_shape, final.history)
         self._copyValues(model)
         model._set(numClasses=prepared.num_classes, modelFile="")
         return model, final, config
 
-    def _fit(self, dataset) -> "KerasImageClassificationModel":
+    def _fit(self, dataset) -> KerasImageClassificationModel:
         prepared = self._prepare(dataset)
         try:
             return self._train(dataset, prepared)[0]
@@ -754,24 +904,24 @@ class KerasImageClassificationModel(Model, _KerasImageClassifierParams, persiste
         self._history: list = []
 
     @classmethod
-    def _of(cls, payload: bytes, input_shape, history) -> "KerasImageClassificationModel":
+    def _of(cls, payload: bytes, input_shape, history) -> KerasImageClassificationModel:
         model = cls()
         model._payload, model._input_shape, model._history = payload, tuple(input_shape), list(history)
         return model
 
-    def setInputCol(self, value) -> "KerasImageClassificationModel":
+    def setInputCol(self, value) -> KerasImageClassificationModel:
         return self._set(inputCol=value)
 
-    def setPredictionCol(self, value) -> "KerasImageClassificationModel":
+    def setPredictionCol(self, value) -> KerasImageClassificationModel:
         return self._set(predictionCol=value)
 
-    def setProbabilityCol(self, value) -> "KerasImageClassificationModel":
+    def setProbabilityCol(self, value) -> KerasImageClassificationModel:
         return self._set(probabilityCol=value)
 
-    def setScaleHint(self, value) -> "KerasImageClassificationModel":
+    def setScaleHint(self, value) -> KerasImageClassificationModel:
         return self._set(scaleHint=value)
 
-    def setPredictionBatchSize(self, value) -> "KerasImageClassificationModel":
+    def setPredictionBatchSize(self, value) -> KerasImageClassificationModel:
         return self._set(predictionBatchSize=value)
 
     @property
@@ -815,11 +965,20 @@ class KerasImageClassificationModel(Model, _KerasImageClassifierParams, persiste
         self.transformSchema(dataset.schema)
         probability, prediction = self.getProbabilityCol(), self.getPredictionCol()
         scores = probability or "__probability"
-        decode = image_decoder(self._input_shape, scale_hint=self.getScaleHint(),
-                               where=f"KerasImageClassificationModel column {self.getInputCol()!r}")
-        scored = evaluation.predict(dataset, self._payload, batch_size=self.getPredictionBatchSize(),
-                                    input_col=self.getInputCol(), output_col=scores,
-                                    prediction_col=prediction or None, decode=decode)
+        decode = image_decoder(
+            self._input_shape,
+            scale_hint=self.getScaleHint(),
+            where=f"KerasImageClassificationModel column {self.getInputCol()!r}",
+        )
+        scored = evaluation.predict(
+            dataset,
+            self._payload,
+            batch_size=self.getPredictionBatchSize(),
+            input_col=self.getInputCol(),
+            output_col=scores,
+            prediction_col=prediction or None,
+            decode=decode,
+        )
         if prediction:
             column = F.col(prediction)
             if self.getLabels():  # class k stands for the dataset label labels[k]
@@ -831,8 +990,9 @@ class KerasImageClassificationModel(Model, _KerasImageClassifierParams, persiste
 
     def _model_payload(self) -> bytes:
         if self._payload is None:
-            raise ValueError("KerasImageClassificationModel has no trained model to save; fit a "
-                             "KerasImageClassifier first")
+            raise ValueError(
+                "KerasImageClassificationModel has no trained model to save; fit a KerasImageClassifier first"
+            )
         return self._payload
 
     def _extra_metadata(self) -> dict:
@@ -888,41 +1048,66 @@ class KerasImageTransformer(Transformer, HasInputCol, HasOutputCol, persistence.
     modelFile: Param = _param("modelFile", "a saved .keras model (path or URI)", _path)
     batchSize: Param = _param("batchSize", "images per call of the model", _whole("batchSize", 1))
     scaleHint: Param = _param(
-        "scaleHint", "resize filter, by sparkdl's names: " + ", ".join(featurizer.SCALE_HINTS),
-        _choice("scaleHint", tuple(featurizer.SCALE_HINTS)))
-    channelOrder: Param = _param("channelOrder", "colour order the model takes: BGR (Spark's) or RGB",
-                                 _choice("channelOrder", CHANNEL_ORDERS))
+        "scaleHint",
+        "resize filter, by sparkdl's names: " + ", ".join(featurizer.SCALE_HINTS),
+        _choice("scaleHint", tuple(featurizer.SCALE_HINTS)),
+    )
+    channelOrder: Param = _param(
+        "channelOrder", "colour order the model takes: BGR (Spark's) or RGB", _choice("channelOrder", CHANNEL_ORDERS)
+    )
 
     @keyword_only
-    def __init__(self, *, modelFile="", inputCol="image", outputCol="output", batchSize=512,
-                 scaleHint=featurizer.DEFAULT_SCALE_HINT, channelOrder="BGR"):
+    def __init__(
+        self,
+        *,
+        modelFile="",
+        inputCol="image",
+        outputCol="output",
+        batchSize=512,
+        scaleHint=featurizer.DEFAULT_SCALE_HINT,
+        channelOrder="BGR",
+    ):
         super().__init__()
-        self._setDefault(modelFile="", inputCol="image", outputCol="output", batchSize=512,
-                         scaleHint=featurizer.DEFAULT_SCALE_HINT, channelOrder="BGR")
+        self._setDefault(
+            modelFile="",
+            inputCol="image",
+            outputCol="output",
+            batchSize=512,
+            scaleHint=featurizer.DEFAULT_SCALE_HINT,
+            channelOrder="BGR",
+        )
         self.setParams(**self._input_kwargs)
 
     @keyword_only
-    def setParams(self, *, modelFile="", inputCol="image", outputCol="output", batchSize=512,
-                  scaleHint=featurizer.DEFAULT_SCALE_HINT, channelOrder="BGR"):
+    def setParams(
+        self,
+        *,
+        modelFile="",
+        inputCol="image",
+        outputCol="output",
+        batchSize=512,
+        scaleHint=featurizer.DEFAULT_SCALE_HINT,
+        channelOrder="BGR",
+    ):
         """Set any of the params by keyword; returns ``self``."""
         return self._set(**self._input_kwargs)
 
-    def setModelFile(self, value) -> "KerasImageTransformer":
+    def setModelFile(self, value) -> KerasImageTransformer:
         return self._set(modelFile=value)
 
-    def setInputCol(self, value) -> "KerasImageTransformer":
+    def setInputCol(self, value) -> KerasImageTransformer:
         return self._set(inputCol=value)
 
-    def setOutputCol(self, value) -> "KerasImageTransformer":
+    def setOutputCol(self, value) -> KerasImageTransformer:
         return self._set(outputCol=value)
 
-    def setBatchSize(self, value) -> "KerasImageTransformer":
+    def setBatchSize(self, value) -> KerasImageTransformer:
         return self._set(batchSize=value)
 
-    def setScaleHint(self, value) -> "KerasImageTransformer":
+    def setScaleHint(self, value) -> KerasImageTransformer:
         return self._set(scaleHint=value)
 
-    def setChannelOrder(self, value) -> "KerasImageTransformer":
+    def setChannelOrder(self, value) -> KerasImageTransformer:
         return self._set(channelOrder=value)
 
     def getModelFile(self) -> str:
@@ -952,12 +1137,21 @@ class KerasImageTransformer(Transformer, HasInputCol, HasOutputCol, persistence.
         self.transformSchema(dataset.schema)
         model = read_keras_file(self.getModelFile(), "KerasImageTransformer")
         output = self.getOutputCol()
-        decode = image_decoder(model.input_shape, scale_hint=self.getScaleHint(),
-                               rgb=self.getChannelOrder() == "RGB",
-                               where=f"KerasImageTransformer column {self.getInputCol()!r}")
-        scored = evaluation.predict(dataset, model.payload, batch_size=self.getBatchSize(),
-                                    input_col=self.getInputCol(), output_col=output, prediction_col=None,
-                                    decode=decode)
+        decode = image_decoder(
+            model.input_shape,
+            scale_hint=self.getScaleHint(),
+            rgb=self.getChannelOrder() == "RGB",
+            where=f"KerasImageTransformer column {self.getInputCol()!r}",
+        )
+        scored = evaluation.predict(
+            dataset,
+            model.payload,
+            batch_size=self.getBatchSize(),
+            input_col=self.getInputCol(),
+            output_col=output,
+            prediction_col=None,
+            decode=decode,
+        )
         return scored.withColumn(output, array_to_vector(F.col(output)))
 
 
@@ -982,8 +1176,7 @@ def top_architecture(model_name: str) -> featurizer.Architecture:
     from dataclasses import replace
 
     base = featurizer.ARCHITECTURES[model_name]
-    return replace(base, weights_file=base.weights_file.replace("_notop", ""),
-                   weights_md5=TOP_WEIGHTS_MD5[model_name])
+    return replace(base, weights_file=base.weights_file.replace("_notop", ""), weights_md5=TOP_WEIGHTS_MD5[model_name])
 
 
 def resolve_top_weights(weights: str, model_name: str):
@@ -1003,15 +1196,18 @@ def resolve_top_weights(weights: str, model_name: str):
             raise ValueError(
                 f"the ImageNet weights of {model_name} with its classifier are not on this machine: it needs "
                 f"{architecture.weights_file}, looked for in {source}, and does not download them. Get the "
-                f"file where there is internet access, with python -c \"import keras; "
-                f"keras.applications.{model_name}()\" (it lands in ~/.keras/models) or from "
+                f'file where there is internet access, with python -c "import keras; '
+                f'keras.applications.{model_name}()" (it lands in ~/.keras/models) or from '
                 f"{architecture.weights_url}; then copy it into Keras' cache folder or into a folder named by "
                 f"${featurizer.ENV_WEIGHTS}, or pass its path as weights. weights='none' gives random weights "
-                "for an offline smoke run")
+                "for an offline smoke run"
+            )
         return featurizer._read_weights(location, source, architecture)
     if not storage.exists(weights):
-        raise ValueError(f"weights file {weights} does not exist; give the path of a {model_name} weights file "
-                         f"with its classifier (e.g. Keras' {architecture.weights_file}), 'imagenet' or 'none'")
+        raise ValueError(
+            f"weights file {weights} does not exist; give the path of a {model_name} weights file "
+            f"with its classifier (e.g. Keras' {architecture.weights_file}), 'imagenet' or 'none'"
+        )
     return featurizer._read_weights(weights, "path", architecture)
 
 
@@ -1049,10 +1245,11 @@ def imagenet_class_names() -> list:
         raise ValueError(
             f"the ImageNet class index {CLASS_INDEX_FILE} is not on this machine: looked for in {source}, and "
             "it is not downloaded. Get it where there is internet access, with python -c "
-            "\"import keras, numpy; keras.applications.imagenet_utils.decode_predictions("
-            "numpy.zeros((1, 1000)))\" (it lands in ~/.keras/models) or "
+            '"import keras, numpy; keras.applications.imagenet_utils.decode_predictions('
+            'numpy.zeros((1, 1000)))" (it lands in ~/.keras/models) or '
             f"from {CLASS_INDEX_URL}; then copy it into Keras' cache folder or into the "
-            f"folder named by ${featurizer.ENV_WEIGHTS}, or set decodePredictions=False")
+            f"folder named by ${featurizer.ENV_WEIGHTS}, or set decodePredictions=False"
+        )
     filesystem, path = storage.resolve(location)
     info = filesystem.get_file_info(path)
     key = (storage.to_uri(location), info.size, info.mtime_ns)
@@ -1063,9 +1260,11 @@ def imagenet_class_names() -> list:
             if not names or any(len(n) != 2 or not all(isinstance(s, str) for s in n) for n in names):
                 raise ValueError("entries are not [class id, description] pairs")
         except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{location} is not an ImageNet class index ({type(error).__name__}: {error}); "
-                             f"it must map \"0\", \"1\", ... to [class id, description], as Keras' "
-                             f"{CLASS_INDEX_FILE}; copy it again") from None
+            raise ValueError(
+                f"{location} is not an ImageNet class index ({type(error).__name__}: {error}); "
+                f'it must map "0", "1", ... to [class id, description], as Keras\' '
+                f"{CLASS_INDEX_FILE}; copy it again"
+            ) from None
         _CLASS_NAMES.clear()
         _CLASS_NAMES[key] = names
     return _CLASS_NAMES[key]
@@ -1073,9 +1272,15 @@ def imagenet_class_names() -> list:
 
 def _build_top(model_name: str, image_size: int, payload: bytes | None, suffix: str = ""):
     """The network with its ImageNet classifier (softmax over 1000 classes); ``payload``: weights file bytes."""
-    return featurizer.build_application(model_name, payload, suffix, include_top=True,
-                                        input_shape=(image_size, image_size, 3), classes=IMAGENET_CLASSES,
-                                        classifier_activation="softmax")
+    return featurizer.build_application(
+        model_name,
+        payload,
+        suffix,
+        include_top=True,
+        input_shape=(image_size, image_size, 3),
+        classes=IMAGENET_CLASSES,
+        classifier_activation="softmax",
+    )
 
 
 _TOP_CHECKED: set = set()  # (modelName, size, digest) loaded into their network on this driver
@@ -1137,65 +1342,102 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
     ('predictions', 3)
     """
 
-    modelName: Param = _param("modelName", "network of keras.applications with its ImageNet classifier: "
-                              + ", ".join(featurizer.SUPPORTED_MODELS),
-                              _choice("modelName", featurizer.SUPPORTED_MODELS))
-    decodePredictions: Param = _param("decodePredictions", "output the topK (class, description, probability)",
-                                      _flag("decodePredictions"))
+    modelName: Param = _param(
+        "modelName",
+        "network of keras.applications with its ImageNet classifier: " + ", ".join(featurizer.SUPPORTED_MODELS),
+        _choice("modelName", featurizer.SUPPORTED_MODELS),
+    )
+    decodePredictions: Param = _param(
+        "decodePredictions", "output the topK (class, description, probability)", _flag("decodePredictions")
+    )
     topK: Param = _param("topK", "classes kept when decodePredictions is true", _whole("topK", 1))
-    imageSize: Param = _param("imageSize", "side of the square input; 0: the network's native size",
-                              _whole("imageSize", 0))
+    imageSize: Param = _param(
+        "imageSize", "side of the square input; 0: the network's native size", _whole("imageSize", 0)
+    )
     scaleHint: Param = _param(
-        "scaleHint", "resize filter, by sparkdl's names: " + ", ".join(featurizer.SCALE_HINTS),
-        _choice("scaleHint", tuple(featurizer.SCALE_HINTS)))
+        "scaleHint",
+        "resize filter, by sparkdl's names: " + ", ".join(featurizer.SCALE_HINTS),
+        _choice("scaleHint", tuple(featurizer.SCALE_HINTS)),
+    )
     batchSize: Param = _param("batchSize", "images per call of the network in a task", _whole("batchSize", 1))
-    weights: Param = _param("weights", "imagenet (Keras' cache or $MNIST_SPARK_WEIGHTS), a weights file path, "
-                            "or none (random)", featurizer._weights_value)
+    weights: Param = _param(
+        "weights",
+        "imagenet (Keras' cache or $MNIST_SPARK_WEIGHTS), a weights file path, or none (random)",
+        featurizer._weights_value,
+    )
 
-    _DEFAULTS = dict(inputCol="image", outputCol="predictions", modelName=featurizer.DEFAULT_MODEL,
-                     decodePredictions=False, topK=5, imageSize=0, scaleHint=featurizer.DEFAULT_SCALE_HINT,
-                     batchSize=featurizer.DEFAULT_BATCH_SIZE, weights=featurizer.WEIGHTS_IMAGENET)
+    _DEFAULTS = dict(
+        inputCol="image",
+        outputCol="predictions",
+        modelName=featurizer.DEFAULT_MODEL,
+        decodePredictions=False,
+        topK=5,
+        imageSize=0,
+        scaleHint=featurizer.DEFAULT_SCALE_HINT,
+        batchSize=featurizer.DEFAULT_BATCH_SIZE,
+        weights=featurizer.WEIGHTS_IMAGENET,
+    )
 
     @keyword_only
-    def __init__(self, *, inputCol="image", outputCol="predictions", modelName=featurizer.DEFAULT_MODEL,
-                 decodePredictions=False, topK=5, imageSize=0, scaleHint=featurizer.DEFAULT_SCALE_HINT,
-                 batchSize=featurizer.DEFAULT_BATCH_SIZE, weights=featurizer.WEIGHTS_IMAGENET):
+    def __init__(
+        self,
+        *,
+        inputCol="image",
+        outputCol="predictions",
+        modelName=featurizer.DEFAULT_MODEL,
+        decodePredictions=False,
+        topK=5,
+        imageSize=0,
+        scaleHint=featurizer.DEFAULT_SCALE_HINT,
+        batchSize=featurizer.DEFAULT_BATCH_SIZE,
+        weights=featurizer.WEIGHTS_IMAGENET,
+    ):
         super().__init__()
         self._setDefault(**self._DEFAULTS)
         self.setParams(**self._input_kwargs)
 
     @keyword_only
-    def setParams(self, *, inputCol="image", outputCol="predictions", modelName=featurizer.DEFAULT_MODEL,
-                  decodePredictions=False, topK=5, imageSize=0, scaleHint=featurizer.DEFAULT_SCALE_HINT,
-                  batchSize=featurizer.DEFAULT_BATCH_SIZE, weights=featurizer.WEIGHTS_IMAGENET):
+    def setParams(
+        self,
+        *,
+        inputCol="image",
+        outputCol="predictions",
+        modelName=featurizer.DEFAULT_MODEL,
+        decodePredictions=False,
+        topK=5,
+        imageSize=0,
+        scaleHint=featurizer.DEFAULT_SCALE_HINT,
+        batchSize=featurizer.DEFAULT_BATCH_SIZE,
+        weights=featurizer.WEIGHTS_IMAGENET,
+    ):
         """Set any of the params by keyword; returns ``self``."""
         return self._set(**self._input_kwargs)
 
-    def setInputCol(self, value) -> "DeepImagePredictor":
+    def setInputCol(self, value) -> DeepImagePredictor:
         return self._set(inputCol=value)
 
-    def setOutputCol(self, value) -> "DeepImagePredictor":
+    def setOutputCol(self, value) -> DeepImagePredictor:
         return self._set(outputCol=value)
 
-    def setModelName(self, value) -> "DeepImagePredictor":
+    def setModelName(self, value) -> DeepImagePredictor:
         return self._set(modelName=value)
 
-    def setDecodePredictions(self, value) -> "DeepImagePredictor":
+    def setDecodePredictions(self, value) -> DeepImagePredictor:
         return self._set(decodePredictions=value)
 
-    def setTopK(self, value) -> "DeepImagePredictor":
+    def setTopK(self, value) -> DeepImagePredictor:
         return self._set(topK=value)
 
-    def setImageSize(self, value) -> "DeepImagePredictor":
+    def setImageSize(self, value) -> DeepImagePredictor:
         return self._set(imageSize=value)
 
-    def setScaleHint(self, value) -> "DeepImagePredictor":
+    def setScaleHint(self, value) -> DeepImagePredictor:
         return self._set(scaleHint=value)
 
-    def setBatchSize(self, value) -> "DeepImagePredictor":
+    def setBatchSize(self, value) -> DeepImagePredictor:
         return self._set(batchSize=value)
 
-    def setWeights(self, value) -> "DeepImagePredictor":
+    def setWeights(self, value) -> DeepImagePredictor:
         return self._set(weights=value)
 
     def getModelName(self) -> str:
@@ -1226,9 +1468,16 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
     def _decoded_type():
         from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 
-        return ArrayType(StructType([StructField("class", StringType(), False),
-                                     StructField("description", StringType(), False),
-                                     StructField("probability", FloatType(), False)]), False)
+        return ArrayType(
+            StructType(
+                [
+                    StructField("class", StringType(), False),
+                    StructField("description", StringType(), False),
+                    StructField("probability", FloatType(), False),
+                ]
+            ),
+            False,
+        )
 
     def transformSchema(self, schema):
         from pyspark.ml.linalg import VectorUDT
@@ -1238,12 +1487,16 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
         name, size = self.getModelName(), self.effectiveImageSize()
         architecture = featurizer.ARCHITECTURES[name]
         if name in FIXED_SIZE_MODELS and size != architecture.native_size:
-            raise ValueError(f"{stage}: {name}'s classifier takes {architecture.native_size} px images only, "
-                             f"found imageSize {size}; set imageSize to 0")
+            raise ValueError(
+                f"{stage}: {name}'s classifier takes {architecture.native_size} px images only, "
+                f"found imageSize {size}; set imageSize to 0"
+            )
         if size < architecture.min_size:
-            raise ValueError(f"{stage}: imageSize {size} is below the {name} minimum of "
-                             f"{architecture.min_size} px; set imageSize to {architecture.min_size} or more, "
-                             f"or 0 for the native {architecture.native_size}")
+            raise ValueError(
+                f"{stage}: imageSize {size} is below the {name} minimum of "
+                f"{architecture.min_size} px; set imageSize to {architecture.min_size} or more, "
+                f"or 0 for the native {architecture.native_size}"
+            )
         if self.getDecodePredictions() and self.getTopK() > IMAGENET_CLASSES:
             raise ValueError(f"{stage}: topK {self.getTopK()} is more than the {IMAGENET_CLASSES} classes")
         _image_column(schema, self.getInputCol(), stage)
@@ -1263,26 +1516,41 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
             names = imagenet_class_names()
             if len(names) != IMAGENET_CLASSES:
                 location = _find_keras_file(CLASS_INDEX_FILE)[0]
-                raise ValueError(f"DeepImagePredictor: the class index {location} names {len(names)} classes "
-                                 f"but {name} outputs {IMAGENET_CLASSES}; give Keras' {CLASS_INDEX_FILE}")
+                raise ValueError(
+                    f"DeepImagePredictor: the class index {location} names {len(names)} classes "
+                    f"but {name} outputs {IMAGENET_CLASSES}; give Keras' {CLASS_INDEX_FILE}"
+                )
         weights = resolve_top_weights(self.getWeights(), name)
         broadcast = None
         if weights is not None:
             _check_top_weights(weights, name, size)
             broadcast = featurizer._broadcast_weights(dataset.sparkSession, weights)
-        config = _PredictorConfig(name, size, self.getScaleHint(), self.getBatchSize(), self.getInputCol(),
-                                  self.getOutputCol(), weights.digest if weights else "none",
-                                  weights.suffix if weights else "", self.getTopK(), names)
-        logger.info("DeepImagePredictor: %s at %d px, batches of %d, weights %s%s", name, size,
-                    config.batch_size, weights.describe() if weights else "none (random, seed 0)",
-                    f", top {config.top_k} decoded" if names else "")
+        config = _PredictorConfig(
+            name,
+            size,
+            self.getScaleHint(),
+            self.getBatchSize(),
+            self.getInputCol(),
+            self.getOutputCol(),
+            weights.digest if weights else "none",
+            weights.suffix if weights else "",
+            self.getTopK(),
+            names,
+        )
+        logger.info(
+            "DeepImagePredictor: %s at %d px, batches of %d, weights %s%s",
+            name,
+            size,
+            config.batch_size,
+            weights.describe() if weights else "none (random, seed 0)",
+            f", top {config.top_k} decoded" if names else "",
+        )
 
         def predict_batches(batches):
             from mnist_spark.session import device_scope
 
             def build():
-                return _build_top(name, size, broadcast.value if broadcast is not None else None,
-                                  config.weights_suffix)
+                return _build_top(name, size, broadcast.value if broadcast is not None else None, config.weights_suffix)
 
             model = evaluation.worker_model(("predictor", name, size, config.weights_id), build)
             with device_scope():
@@ -1318,8 +1586,13 @@ def _predict_imagenet(model, batches, config: _PredictorConfig):
     if config.names is not None:
         ids = np.array([n[0] for n in config.names], dtype=object)
         descriptions = np.array([n[1] for n in config.names], dtype=object)
-        entry = pa.struct([pa.field("class", pa.string(), False), pa.field("description", pa.string(), False),
-                           pa.field("probability", pa.float32(), False)])
+        entry = pa.struct(
+            [
+                pa.field("class", pa.string(), False),
+                pa.field("description", pa.string(), False),
+                pa.field("probability", pa.float32(), False),
+            ]
+        )
         kind = pa.list_(pa.field("element", entry, False))
     else:
         kind = pa.list_(pa.field("element", pa.float32(), False))
@@ -1330,8 +1603,9 @@ def _predict_imagenet(model, batches, config: _PredictorConfig):
             count = part.num_rows
             inputs = np.empty((count, config.image_size, config.image_size, 3), np.float32)
             for positions, pixels in featurizer._decode_groups(part.column(column_at), where):
-                inputs[positions] = featurizer.preprocess_images(pixels, config.model_name, config.image_size,
-                                                                 config.scale_hint)
+                inputs[positions] = featurizer.preprocess_images(
+                    pixels, config.model_name, config.image_size, config.scale_hint
+                )
             probabilities = np.asarray(model.predict_on_batch(inputs), np.float32).reshape(count, -1)
             if config.names is None:
                 width = probabilities.shape[1]
@@ -1341,21 +1615,34 @@ def _predict_imagenet(model, batches, config: _PredictorConfig):
                 top = np.argsort(-probabilities, axis=1, kind="stable")[:, :width]
                 chosen = top.reshape(-1)
                 values = pa.StructArray.from_arrays(
-                    [pa.array(ids[chosen], pa.string()), pa.array(descriptions[chosen], pa.string()),
-                     pa.array(np.take_along_axis(probabilities, top, axis=1).reshape(-1))],
-                    fields=list(entry))
+                    [
+                        pa.array(ids[chosen], pa.string()),
+                        pa.array(descriptions[chosen], pa.string()),
+                        pa.array(np.take_along_axis(probabilities, top, axis=1).reshape(-1)),
+                    ],
+                    fields=list(entry),
+                )
             offsets = pa.array(np.arange(0, (count + 1) * width, width, dtype=np.int32))
             column = pa.ListArray.from_arrays(offsets, values, type=kind)
             yield pa.RecordBatch.from_arrays(
                 part.columns + [column],
-                schema=pa.schema(list(part.schema) + [pa.field(config.output_col, kind, False)]))
+                schema=pa.schema(list(part.schema) + [pa.field(config.output_col, kind, False)]),
+            )
 
 
 # --------------------------------------------------------------------------- SQL
 
 
-def register_keras_udf(spark, name: str, model, *, output: str = "prediction", batch_size: int = 512,
-                       scale_hint: str = featurizer.DEFAULT_SCALE_HINT, channel_order: str = "BGR"):
+def register_keras_udf(
+    spark,
+    name: str,
+    model,
+    *,
+    output: str = "prediction",
+    batch_size: int = 512,
+    scale_hint: str = featurizer.DEFAULT_SCALE_HINT,
+    channel_order: str = "BGR",
+):
     """Register a saved Keras classifier as the SQL function ``name(image)``.
 
     sparkdl's ``registerKerasImageUDF``: after ``register_keras_udf(spark,
@@ -1402,8 +1689,14 @@ def register_keras_udf(spark, name: str, model, *, output: str = "prediction", b
         or give one row of values per image, or a bad option, before anything runs.
     """
     build = _worker_cached_udf
-    udf = build(spark, _udf_model(model, output, batch_size, scale_hint, channel_order), output, batch_size,
-                scale_hint, channel_order)
+    udf = build(
+        spark,
+        _udf_model(model, output, batch_size, scale_hint, channel_order),
+        output,
+        batch_size,
+        scale_hint,
+        channel_order,
+    )
     spark.udf.register(name, udf)
     logger.info("registered SQL function %s(image) -> %s of %s", name, output, model)
     return udf
@@ -1430,8 +1723,9 @@ def _worker_cached_udf(spark, model: KerasFile, output, batch_size, scale_hint, 
     from mnist_spark.payloads import ship
 
     shipped = ship(spark, model.payload, "model")  # a broadcast, or on Spark Connect the closure
-    decode = image_decoder(model.input_shape, scale_hint=scale_hint, rgb=channel_order == "RGB",
-                           where="SQL function argument")
+    decode = image_decoder(
+        model.input_shape, scale_hint=scale_hint, rgb=channel_order == "RGB", where="SQL function argument"
+    )
     width = model.outputs
 
     def score(arrays):
@@ -1452,8 +1746,9 @@ def _worker_cached_udf(spark, model: KerasFile, output, batch_size, scale_hint, 
                     yield pa.array(values.argmax(axis=1).astype(np.int32))
                 else:
                     offsets = pa.array(np.arange(0, (len(values) + 1) * width, width, dtype=np.int32))
-                    yield pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)),
-                                                   type=pa.list_(pa.field("element", pa.float32(), False)))
+                    yield pa.ListArray.from_arrays(
+                        offsets, pa.array(values.reshape(-1)), type=pa.list_(pa.field("element", pa.float32(), False))
+                    )
 
     with warnings.catch_warnings():  # the type is given, not hinted: the hints' pyarrow is imported late
         warnings.filterwarnings("ignore", message="It is preferred to specify type hints")
@@ -1481,9 +1776,14 @@ def _predict_batch_udf(spark, model: KerasFile, output, batch_size, scale_hint, 
                 pixels = np.frombuffer(b"".join(rows[:, 5]), np.uint8).reshape(len(rows), *sizes[0])
                 pixels = fit_pixels(pixels, shape, scale_hint=scale_hint, rgb=rgb)
             else:
-                pixels = np.concatenate([
-                    fit_pixels(np.frombuffer(row[5], np.uint8).reshape(1, *size), shape, scale_hint=scale_hint,
-                               rgb=rgb) for row, size in zip(rows, sizes)])
+                pixels = np.concatenate(
+                    [
+                        fit_pixels(
+                            np.frombuffer(row[5], np.uint8).reshape(1, *size), shape, scale_hint=scale_hint, rgb=rgb
+                        )
+                        for row, size in zip(rows, sizes, strict=True)
+                    ]
+                )
             values = np.asarray(net.predict_on_batch(pixels.astype(np.float32)), np.float32)
             values = values.reshape(len(rows), -1)
             return values.argmax(axis=1).astype(np.int32) if output == "prediction" else values

@@ -20,9 +20,7 @@ bn_cnn     conv 32 5x5, BN, pool; 2x conv 64 3x3 + BN, pool;        default
 
 from __future__ import annotations
 
-
 import numpy as np
-
 
 DEFAULT_MODEL = "bn_cnn"
 
@@ -98,14 +96,18 @@ ARCHITECTURES = {
 def check_model_name(name: str) -> str:
     """Return ``name`` if it is a known architecture, else raise a ValueError listing them."""
     if name not in ARCHITECTURES:
-        raise ValueError(
-            f"{name!r} is not a known model; choose one of: {', '.join(ARCHITECTURES)}"
-        )
+        raise ValueError(f"{name!r} is not a known model; choose one of: {', '.join(ARCHITECTURES)}")
     return name
 
 
-def build_model(name: str = DEFAULT_MODEL, *, input_shape=(28, 28, 1), num_classes: int = 10,
-                learning_rate: float = 1e-3, seed: int | None = None):
+def build_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    input_shape=(28, 28, 1),
+    num_classes: int = 10,
+    learning_rate: float = 1e-3,
+    seed: int | None = None,
+):
     """Build and compile a model by name.
 
     Parameters
@@ -163,8 +165,11 @@ def batchnorm_layers(model) -> list:
     """The model's BatchNormalization layers, outermost model first, in graph order."""
     import keras
 
-    return [layer for layer in model._flatten_layers(include_self=False)
-            if isinstance(layer, keras.layers.BatchNormalization)]
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
 
 
 def reestimate_batchnorm(model, images, *, batch_size: int = 512) -> int:
@@ -196,7 +201,7 @@ def reestimate_batchnorm(model, images, *, batch_size: int = 512) -> int:
         probe = keras.Model(model.inputs, layer.input)
         counts, means, variances = [], [], []
         for start in range(0, len(images), batch_size):
-            x = probe([images[start:start + batch_size]], training=False)
+            x = probe([images[start : start + batch_size]], training=False)
             channel = layer.axis if layer.axis >= 0 else len(x.shape) + layer.axis
             axes = [a for a in range(len(x.shape)) if a != channel]
             counts.append(int(np.prod([x.shape[a] for a in axes])))

@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
@@ -71,10 +72,8 @@ class Staged:
     def destroy(self) -> None:
         from mnist_spark import storage
 
-        try:
+        with contextlib.suppress(OSError):  # already gone
             storage.delete_file(self.location)
-        except OSError:  # already gone
-            pass
 
 
 class Broadcast:
@@ -115,11 +114,11 @@ def ship(spark, data: bytes, what: str = "payload"):
         raise ValueError(
             f"the {what} is {len(data) / 2**20:.0f} MiB, more than the {inline_limit() / 2**20:.0f} MiB that "
             f"travel with a Spark Connect query; set {ENV_SCRATCH} to a folder (or URI) every executor "
-            "reaches, where it is written once for the executors to read")
+            "reaches, where it is written once for the executors to read"
+        )
     from mnist_spark import storage
 
     digest = hashlib.sha256(data).hexdigest()
-    location = storage.join(scratch, f"mnist_spark-{what.replace(' ', '_')}-{digest[:16]}-"
-                                     f"{uuid.uuid4().hex[:8]}.bin")
+    location = storage.join(scratch, f"mnist_spark-{what.replace(' ', '_')}-{digest[:16]}-{uuid.uuid4().hex[:8]}.bin")
     storage.write_bytes(location, data)
     return Staged(location, digest)

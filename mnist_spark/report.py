@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import platform
 import sys
-import logging
 from importlib import metadata
 
 from mnist_spark import storage
@@ -15,8 +15,7 @@ logger = logging.getLogger(__name__)
 
 
 #: Libraries whose versions every metrics.json records.
-LIBRARIES = ("mnist_spark", "pyspark", "numpy", "pandas", "pyarrow", "pillow", "tensorflow-cpu", "tensorflow",
-             "keras")
+LIBRARIES = ("mnist_spark", "pyspark", "numpy", "pandas", "pyarrow", "pillow", "tensorflow-cpu", "tensorflow", "keras")
 
 
 def environment() -> dict:
@@ -60,8 +59,10 @@ def write_metrics(folder: str, metrics: dict) -> str:
     """
     found = _non_finite(metrics)
     if found is not None:
-        raise ValueError(f"metric {found[0]} is {found[1]}, not a finite number; the run "
-                         "diverged or measured nothing, and metrics.json (strict JSON) was not written")
+        raise ValueError(
+            f"metric {found[0]} is {found[1]}, not a finite number; the run "
+            "diverged or measured nothing, and metrics.json (strict JSON) was not written"
+        )
     location = storage.join(folder, "metrics.json")
     text = json.dumps(metrics, indent=2, sort_keys=False, allow_nan=False)
     storage.write_bytes(location, (text + "\n").encode())
@@ -190,7 +191,7 @@ def variant_grid(originals, variants, descriptions, location: str, *, title: str
         raise ValueError("variant_grid: give the same number of variants for every original")
     columns = 1 + len(variants[0])
     figure, axes = _figure(len(originals), columns, cell=1.4)
-    for row, (original, copies) in enumerate(zip(originals, variants)):
+    for row, (original, copies) in enumerate(zip(originals, variants, strict=True)):
         texts = [str(t) for t in descriptions[row]]
         _show(axes[row, 0], original, texts[0], fontsize=7)
         for column, pixels in enumerate(copies, start=1):
@@ -223,9 +224,13 @@ def set_pictures(rows, folder: str, *, split: str, variants: int, params, seed: 
         return []
     figures = []
     titles = [f"{label}  (#{index})" for index, label, _ in rows]
-    contact_sheet([pixels for _, _, pixels in rows], titles,
-                         storage.join(folder, "contact_sheet.png"), columns=SHEET_COLUMNS,
-                         title=f"{split}: the first {len(rows)} images, label (#index)")
+    contact_sheet(
+        [pixels for _, _, pixels in rows],
+        titles,
+        storage.join(folder, "contact_sheet.png"),
+        columns=SHEET_COLUMNS,
+        title=f"{split}: the first {len(rows)} images, label (#index)",
+    )
     figures.append(("contact_sheet.png", f"The first {len(rows)} {split} images with their labels"))
     if variants:
         shown = min(variants, GRID_VARIANTS)
@@ -235,12 +240,18 @@ def set_pictures(rows, folder: str, *, split: str, variants: int, params, seed: 
         for variant in range(1, shown + 1):
             # The same function and seed as the Spark step: these are the files in the set.
             out, done = augment.augment_batch(
-                originals, [(split, index, variant) for index, _, _ in chosen], params, seed=seed)
+                originals, [(split, index, variant) for index, _, _ in chosen], params, seed=seed
+            )
             for position, transform in enumerate(done):
                 copies[position].append(out[position])
                 texts[position].append(transform.describe())
-        variant_grid(list(originals), copies, texts, storage.join(folder, "augmentations.png"),
-                            title=f"Originals and variants 1-{shown} (seed {seed})")
+        variant_grid(
+            list(originals),
+            copies,
+            texts,
+            storage.join(folder, "augmentations.png"),
+            title=f"Originals and variants 1-{shown} (seed {seed})",
+        )
         figures.append(("augmentations.png", f"Originals beside their variants 1-{shown}"))
     logger.info("drew %s in %.1f s", ", ".join(name for name, _ in figures), time.perf_counter() - started)
     return figures
@@ -289,14 +300,17 @@ def write_set_index(folder: str, *, title: str, counts: dict, figures=(), links=
         total_v = sum(v for _, v in counts[split].values())
         total = f"{total_o}" + (f" + {total_v}" if with_variants else "")
         rows.append(f"<tr><th>{escape(split)}</th>{''.join(cells)}<td><b>{total}</b></td></tr>")
-    note = ("<p>Cells give originals + augmented variants.</p>" if with_variants else "")
+    note = "<p>Cells give originals + augmented variants.</p>" if with_variants else ""
     pictures = "".join(
         f'<figure><a href="{escape(name)}"><img src="{escape(name)}" alt="{escape(caption)}"></a>'
-        f"<figcaption>{escape(caption)}</figcaption></figure>" for name, caption in figures
+        f"<figcaption>{escape(caption)}</figcaption></figure>"
+        for name, caption in figures
     )
     others = "".join(f'<li><a href="{escape(path)}">{escape(text)}</a></li>' for path, text in links)
-    body = (f"<h2>Images per split and label</h2>\n<table>\n<tr><th>split</th>{head}<th>total</th></tr>\n"
-            f"{chr(10).join(rows)}\n</table>\n{note}\n{pictures}\n<ul>{others}</ul>")
+    body = (
+        f"<h2>Images per split and label</h2>\n<table>\n<tr><th>split</th>{head}<th>total</th></tr>\n"
+        f"{chr(10).join(rows)}\n</table>\n{note}\n{pictures}\n<ul>{others}</ul>"
+    )
     page = html_page(title, body)
     location = storage.join(folder, "index.html")
     storage.write_bytes(location, page.encode("utf-8"))
@@ -322,9 +336,11 @@ def html_page(title: str, body: str) -> str:
     """A complete, self-contained HTML page."""
     from html import escape
 
-    return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f"<title>{escape(title)}</title>\n<style>{PAGE_STYLE}</style>\n</head>\n<body>\n"
-            f"<h1>{escape(title)}</h1>\n{body}\n</body>\n</html>\n")
+    return (
+        f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{escape(title)}</title>\n<style>{PAGE_STYLE}</style>\n</head>\n<body>\n"
+        f"<h1>{escape(title)}</h1>\n{body}\n</body>\n</html>\n"
+    )
 
 
 def _line_figure(width: float = 6.0, height: float = 3.2, columns: int = 1):
@@ -364,8 +380,15 @@ def confusion_matrix_figure(confusion, location: str, *, labels=None) -> str:
     axis.imshow(confusion, cmap="Blues")
     threshold = confusion.max() / 2 if confusion.size else 0
     for (row, column), value in np.ndenumerate(confusion):
-        axis.text(column, row, str(value), ha="center", va="center", fontsize=7,
-                  color="white" if value > threshold else "black")
+        axis.text(
+            column,
+            row,
+            str(value),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if value > threshold else "black",
+        )
     axis.set_xticks(range(len(labels)), labels)
     axis.set_yticks(range(len(labels)), labels)
     axis.set_xlabel("predicted")
@@ -382,7 +405,7 @@ def probability_bars(images, probabilities, titles, location: str) -> str:
     figure, _ = _line_figure(6.0, 1.6 * count)
     figure.clear()
     axes = figure.subplots(count, 2, squeeze=False, gridspec_kw={"width_ratios": [1, 3]})
-    for row, (pixels, probs, title) in enumerate(zip(images, probabilities, titles)):
+    for row, (pixels, probs, title) in enumerate(zip(images, probabilities, titles, strict=True)):
         _show(axes[row, 0], pixels, title)
         axes[row, 1].bar(range(len(probs)), probs, color="#4c72b0")
         axes[row, 1].set_xticks(range(len(probs)))
@@ -395,8 +418,10 @@ def metrics_table(rows) -> str:
     """An HTML table of ``(name, value)`` rows."""
     from html import escape
 
-    cells = "".join(f"<tr><th>{escape(str(k))}</th><td class=\"metric\" data-key=\"{escape(str(k))}\">"
-                    f"{escape(str(v))}</td></tr>" for k, v in rows)
+    cells = "".join(
+        f'<tr><th>{escape(str(k))}</th><td class="metric" data-key="{escape(str(k))}">{escape(str(v))}</td></tr>'
+        for k, v in rows
+    )
     return f"<table>{cells}</table>"
 
 
@@ -404,27 +429,39 @@ def per_class_section(per_class) -> tuple[str, str]:
     """A report section: precision, recall, F1 and support per class."""
     rows = "".join(
         f"<tr><td>{c['class']}</td><td>{c['precision']:.4f}</td><td>{c['recall']:.4f}</td>"
-        f"<td>{c['f1']:.4f}</td><td>{c['support']}</td></tr>" for c in per_class)
-    return ("Per class", "<table><tr><th>class</th><th>precision</th><th>recall</th><th>f1</th>"
-                         f"<th>support</th></tr>{rows}</table>")
+        f"<td>{c['f1']:.4f}</td><td>{c['support']}</td></tr>"
+        for c in per_class
+    )
+    return (
+        "Per class",
+        f"<table><tr><th>class</th><th>precision</th><th>recall</th><th>f1</th><th>support</th></tr>{rows}</table>",
+    )
 
 
 def tuning_section(grid) -> tuple[str, str]:
     """A report section: the cross-validated grid with each setting's accuracy, the chosen one in bold."""
     rows = "".join(
-        ("<tr><td><b>{}</b></td><td><b>{}</b></td><td><b>{:.4f}</b></td><td><b>{:.4f}</b></td></tr>" if g["best"]
-         else "<tr><td>{}</td><td>{}</td><td>{:.4f}</td><td>{:.4f}</td></tr>").format(
-            g["regParam"], g["elasticNetParam"], g["accuracy"], g["accuracy_std"]) for g in grid)
-    return ("Tuning (cross-validated accuracy)", "<table><tr><th>regParam</th><th>elasticNetParam</th>"
-                                                 f"<th>accuracy</th><th>std</th></tr>{rows}</table>")
+        (
+            "<tr><td><b>{}</b></td><td><b>{}</b></td><td><b>{:.4f}</b></td><td><b>{:.4f}</b></td></tr>"
+            if g["best"]
+            else "<tr><td>{}</td><td>{}</td><td>{:.4f}</td><td>{:.4f}</td></tr>"
+        ).format(g["regParam"], g["elasticNetParam"], g["accuracy"], g["accuracy_std"])
+        for g in grid
+    )
+    return (
+        "Tuning (cross-validated accuracy)",
+        f"<table><tr><th>regParam</th><th>elasticNetParam</th><th>accuracy</th><th>std</th></tr>{rows}</table>",
+    )
 
 
 def files_section(files) -> tuple[str, str]:
     """A report section linking files of the run: ``(relative path, note)`` pairs."""
     from html import escape
 
-    items = "".join(f'<li><a href="{escape(path)}">{escape(path)}</a>{" " + escape(note) if note else ""}</li>'
-                    for path, note in files)
+    items = "".join(
+        f'<li><a href="{escape(path)}">{escape(path)}</a>{" " + escape(note) if note else ""}</li>'
+        for path, note in files
+    )
     return ("Files", f"<ul>{items}</ul>")
 
 
@@ -440,27 +477,43 @@ def write_training_report(folder: str, metrics: dict, pictures) -> None:
     scores = metrics["evaluation"]
     learning_curves(metrics["history"], storage.join(folder, "learning_curves.png"))
     confusion_matrix_figure(scores["confusion_matrix"], storage.join(folder, "confusion_matrix.png"))
-    figures = [("learning_curves.png", "Loss and accuracy per round"),
-               ("confusion_matrix.png", "Confusion matrix on the test split (rows: expected)")]
+    figures = [
+        ("learning_curves.png", "Loss and accuracy per round"),
+        ("confusion_matrix.png", "Confusion matrix on the test split (rows: expected)"),
+    ]
     wrong = scores["misclassified"][:GRID_SIZE]
     if wrong:
         label_of = metrics["labels"] or range(len(scores["confusion_matrix"]))
         titles = [f"p: {label_of[w['predicted']]}; e: {label_of[w['expected']]}" for w in wrong]
-        contact_sheet(pictures, titles, storage.join(folder, "misclassified.png"),
-                      title="Misclassified test digits (p: predicted; e: expected)")
-        probability_bars(pictures[:PROBABILITY_ROWS], [w["probabilities"] for w in wrong[:PROBABILITY_ROWS]],
-                         titles[:PROBABILITY_ROWS], storage.join(folder, "probabilities.png"))
-        figures += [("misclassified.png", "Misclassified test digits"),
-                    ("probabilities.png", "Predicted probabilities of some misclassified digits")]
+        contact_sheet(
+            pictures,
+            titles,
+            storage.join(folder, "misclassified.png"),
+            title="Misclassified test digits (p: predicted; e: expected)",
+        )
+        probability_bars(
+            pictures[:PROBABILITY_ROWS],
+            [w["probabilities"] for w in wrong[:PROBABILITY_ROWS]],
+            titles[:PROBABILITY_ROWS],
+            storage.join(folder, "probabilities.png"),
+        )
+        figures += [
+            ("misclassified.png", "Misclassified test digits"),
+            ("probabilities.png", "Predicted probabilities of some misclassified digits"),
+        ]
     files = [("metrics.json", ""), ("model.keras", ""), ("model_summary.txt", "")]
     write_run_report(
         folder,
         title=f"train_cnn: {metrics['model']}",
-        headline=[(name, metrics[name]) for name in (
-            "test_accuracy", "test_loss", "epochs", "partitions", "images_per_second", "seconds")],
+        headline=[
+            (name, metrics[name])
+            for name in ("test_accuracy", "test_loss", "epochs", "partitions", "images_per_second", "seconds")
+        ],
         figures=figures,
-        sections=[per_class_section(scores["per_class"]),
-                  files_section(files + ([("labels.json", "the label of each class")] if metrics["labels"] else []))],
+        sections=[
+            per_class_section(scores["per_class"]),
+            files_section(files + ([("labels.json", "the label of each class")] if metrics["labels"] else [])),
+        ],
     )
 
 
@@ -481,8 +534,8 @@ def write_run_report(folder: str, *, title: str, headline, figures=(), sections=
     from html import escape
 
     pictures = "".join(
-        f'<figure><img src="{escape(name)}" alt="{escape(caption)}">'
-        f"<figcaption>{escape(caption)}</figcaption></figure>" for name, caption in figures
+        f'<figure><img src="{escape(name)}" alt="{escape(caption)}"><figcaption>{escape(caption)}</figcaption></figure>'
+        for name, caption in figures
     )
     extra = "".join(f"<h2>{escape(heading)}</h2>\n{html}\n" for heading, html in sections)
     body = f"<h2>Results</h2>\n{metrics_table(headline)}\n{pictures}\n{extra}"

@@ -51,12 +51,12 @@ def stratified_sample(df, limit: int | None, seed: int, where: str):
         raise ValueError(f"the {where} has no images; check --data-dir or --images")
     if limit is None or limit >= total:
         if limit is not None and limit > total:
-            logger.warning("the %s has %d images, fewer than the %d asked for; using them all", where,
-                           total, limit)
+            logger.warning("the %s has %d images, fewer than the %d asked for; using them all", where, total, limit)
         return df, dict(sorted(counts.items()))
     quotas = balanced_quotas(counts, limit)
     order = Window.partitionBy("label").orderBy(F.xxhash64(F.lit(seed), "split", "index"), "index")
     wanted = F.create_map(*[F.lit(value) for pair in sorted(quotas.items()) for value in pair])
-    sample = (df.withColumn("_rank", F.row_number().over(order))
-              .where(F.col("_rank") <= wanted[F.col("label")]).drop("_rank"))
+    sample = (
+        df.withColumn("_rank", F.row_number().over(order)).where(F.col("_rank") <= wanted[F.col("label")]).drop("_rank")
+    )
     return sample, dict(sorted(quotas.items()))

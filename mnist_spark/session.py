@@ -19,12 +19,13 @@ the same behaviour:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,12 @@ TF_THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_T
 QUIET_NATIVE_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
 #: Settings the driver's JVM reads when it starts: under spark-submit they come too late from here.
-LAUNCH_ONLY_CONF = ("spark.driver.memory", "spark.driver.extraJavaOptions", "spark.driver.extraClassPath",
-                    "spark.driver.extraLibraryPath")
+LAUNCH_ONLY_CONF = (
+    "spark.driver.memory",
+    "spark.driver.extraJavaOptions",
+    "spark.driver.extraClassPath",
+    "spark.driver.extraLibraryPath",
+)
 
 
 class JavaNotFoundError(RuntimeError):
@@ -71,7 +76,8 @@ def require_tensorflow() -> None:
         raise TensorFlowNotFoundError(
             f"this needs TensorFlow, which is not installed for {sys.executable}: "
             "pip install 'mnist_spark[cpu]' (tensorflow-cpu) or 'mnist_spark[gpu]' (tensorflow), "
-            "on the driver and on every executor")
+            "on the driver and on every executor"
+        )
 
 
 def conf_dir() -> Path | None:
@@ -126,8 +132,7 @@ def check_java() -> str:
         if java.is_file():
             return str(java)
         raise JavaNotFoundError(
-            f"JAVA_HOME is {java_home} but {java} does not exist; point JAVA_HOME at a "
-            "Java 17 installation or unset it"
+            f"JAVA_HOME is {java_home} but {java} does not exist; point JAVA_HOME at a Java 17 installation or unset it"
         )
     java = shutil.which("java")
     if java is None:
@@ -235,7 +240,8 @@ def get_spark(
     # without a log4j2.properties there, Spark logs at INFO.
     submit_conf = os.environ.get("SPARK_CONF_DIR")
     quiet_by_conf = not under_spark_submit() or bool(
-        submit_conf and (Path(submit_conf) / "log4j2.properties").is_file())
+        submit_conf and (Path(submit_conf) / "log4j2.properties").is_file()
+    )
     if folder is not None:
         # Read by the JVM that pyspark launches: quiet log4j2 and the defaults.
         os.environ.setdefault("SPARK_CONF_DIR", str(folder))
@@ -285,15 +291,21 @@ def get_spark(
         builder = builder.config("spark.remote", remote)
     elif (conf or {}).get("spark.api.mode", existing.get("spark.api.mode", "classic")).lower() == "connect":
         builder = builder.config("spark.api.mode", "connect").config(
-            "spark.master", settings.get("spark.master") or existing.get("spark.master"))
+            "spark.master", settings.get("spark.master") or existing.get("spark.master")
+        )
     spark = builder.getOrCreate()
     from pyspark import SparkContext as _Context
 
     started = _Context._active_spark_context.getConf()  # the classic context, or the Connect server's here
-    _log_conf_dir_settings(defaults_file, {
-        key: value for key, value in from_conf_dir.items()
-        if key not in (conf or {}) and started.get(key, None) == value},
-        late=[key for key in LAUNCH_ONLY_CONF if key in from_conf_dir and not existing.contains(key)])
+    _log_conf_dir_settings(
+        defaults_file,
+        {
+            key: value
+            for key, value in from_conf_dir.items()
+            if key not in (conf or {}) and started.get(key, None) == value
+        },
+        late=[key for key in LAUNCH_ONLY_CONF if key in from_conf_dir and not existing.contains(key)],
+    )
     logger.info(
         "Spark %s %ssession on %s (%d task slots, python %s)",
         spark.version,
@@ -312,15 +324,16 @@ def _connect_session(app_name: str, url: str, conf: Mapping[str, str] | None):
     try:
         import pyspark.sql.connect.session  # noqa: F401  (grpc and the other client libraries)
     except ImportError as error:
-        raise ValueError(f"--remote {url} needs Spark Connect's client libraries ({error}); "
-                         "pip install 'mnist_spark[connect]' (pyspark[connect])") from None
+        raise ValueError(
+            f"--remote {url} needs Spark Connect's client libraries ({error}); "
+            "pip install 'mnist_spark[connect]' (pyspark[connect])"
+        ) from None
     # pyspark's own builder also switches pyspark.sql.functions to Spark Connect.
     builder = SparkSession.builder.remote(url).appName(app_name)
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    logger.info("Spark Connect session at %s (server Spark %s, %d task slots)", url, spark.version,
-                task_slots(spark))
+    logger.info("Spark Connect session at %s (server Spark %s, %d task slots)", url, spark.version, task_slots(spark))
     return spark
 
 
@@ -331,13 +344,18 @@ def _log_conf_dir_settings(defaults_file, filled: dict, late=()) -> None:
     that the JVM did not get: they are logged as a warning with the fix.
     """
     if filled:
-        logger.info("settings from %s: %s", defaults_file,
-                    ", ".join(f"{key}={value}" for key, value in sorted(filled.items())))
+        logger.info(
+            "settings from %s: %s", defaults_file, ", ".join(f"{key}={value}" for key, value in sorted(filled.items()))
+        )
     if late:
-        logger.warning("%s from %s cannot take effect: the driver's JVM started without it; give it to "
-                       "spark-submit (--driver-memory, --conf, or SPARK_CONF_DIR=%s, with "
-                       "--load-spark-defaults when --properties-file is given)",
-                       ", ".join(late), defaults_file, defaults_file.parent)
+        logger.warning(
+            "%s from %s cannot take effect: the driver's JVM started without it; give it to "
+            "spark-submit (--driver-memory, --conf, or SPARK_CONF_DIR=%s, with "
+            "--load-spark-defaults when --properties-file is given)",
+            ", ".join(late),
+            defaults_file,
+            defaults_file.parent,
+        )
 
 
 def task_slots(spark) -> int:
@@ -350,9 +368,12 @@ def task_slots(spark) -> int:
     if is_connect(spark):
         cores = cores_from_conf(lambda key: spark.conf.get(key, None))
         if cores is None:
-            logger.warning("the Spark Connect server's settings do not say how many cores it has; "
-                           "assuming %d task slots (set spark.default.parallelism on the server, or "
-                           "give --partitions)", DEFAULT_CONNECT_SLOTS * cpus)
+            logger.warning(
+                "the Spark Connect server's settings do not say how many cores it has; "
+                "assuming %d task slots (set spark.default.parallelism on the server, or "
+                "give --partitions)",
+                DEFAULT_CONNECT_SLOTS * cpus,
+            )
             cores = DEFAULT_CONNECT_SLOTS * cpus
         return max(1, cores // cpus)
     return max(1, spark.sparkContext.defaultParallelism // cpus)
@@ -427,11 +448,9 @@ def configure_tensorflow_threads(threads: int | None = None) -> int:
         # TensorFlow was initialised earlier in this worker; its pools are fixed.
         pass
     for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            # Several Python workers share an executor's GPUs: each takes memory as it needs it.
+        # Several Python workers share an executor's GPUs: each takes memory as it needs it.
+        with contextlib.suppress(RuntimeError):
             tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass
     return threads
 
 
@@ -475,7 +494,8 @@ def task_device() -> str | None:
     if not gpus[0].isdigit():
         raise ValueError(
             f"Spark assigned this task GPU address {gpus[0]!r}, expected a GPU index such as '0'; "
-            "make the GPU discovery script report indices")
+            "make the GPU discovery script report indices"
+        )
     return f"gpu:{int(gpus[0])}"
 
 

@@ -53,9 +53,18 @@ def is_uri(location: str) -> bool:
 _SCHEME_ALIASES = {"s3a": "s3", "s3n": "s3"}
 
 #: The URI schemes ``pyarrow.fs`` serves, with the pyarrow module each needs.
-SCHEMES = {"file": None, "s3": "pyarrow._s3fs", "s3a": "pyarrow._s3fs", "s3n": "pyarrow._s3fs",
-           "gs": "pyarrow._gcsfs", "gcs": "pyarrow._gcsfs", "abfs": "pyarrow._azurefs",
-           "abfss": "pyarrow._azurefs", "hdfs": "pyarrow._hdfs", "viewfs": "pyarrow._hdfs"}
+SCHEMES = {
+    "file": None,
+    "s3": "pyarrow._s3fs",
+    "s3a": "pyarrow._s3fs",
+    "s3n": "pyarrow._s3fs",
+    "gs": "pyarrow._gcsfs",
+    "gcs": "pyarrow._gcsfs",
+    "abfs": "pyarrow._azurefs",
+    "abfss": "pyarrow._azurefs",
+    "hdfs": "pyarrow._hdfs",
+    "viewfs": "pyarrow._hdfs",
+}
 _SERVED = "local paths, file://, s3:// (s3a://), gs://, abfs:// (abfss://) and hdfs://"
 #: ``scheme:`` at the start of a location; one letter is a Windows drive, not a scheme.
 _SCHEME_PREFIX = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
@@ -90,17 +99,22 @@ def check_location(location: str | os.PathLike, what: str | None = None) -> None
     scheme = found.group(1).lower()
     name = f"{what} {location}" if what else location
     if scheme == "dbfs":
-        fuse = "/dbfs/" + location[found.end():].lstrip("/")
+        fuse = "/dbfs/" + location[found.end() :].lstrip("/")
         raise ValueError(
             f"{name}: dbfs: is Databricks' file system, which pyarrow (through which every file of a "
             f"job is read and written) cannot open; use its local mount {fuse}, or the cloud storage "
-            "URI behind it (s3a://, abfss://, gs://)")
+            "URI behind it (s3a://, abfss://, gs://)"
+        )
     if scheme not in SCHEMES:
-        raise ValueError(f"{name}: {scheme}: locations cannot be read or written here (pyarrow serves "
-                         f"{_SERVED}); copy the data to one of those, or give a local path")
-    if not location[found.end():].startswith("//"):
-        raise ValueError(f"{name}: a {scheme} URI starts with {scheme}://; write it in full, "
-                         f"{scheme}://<bucket or host>/<path> (or {scheme}:///<path>)")
+        raise ValueError(
+            f"{name}: {scheme}: locations cannot be read or written here (pyarrow serves "
+            f"{_SERVED}); copy the data to one of those, or give a local path"
+        )
+    if not location[found.end() :].startswith("//"):
+        raise ValueError(
+            f"{name}: a {scheme} URI starts with {scheme}://; write it in full, "
+            f"{scheme}://<bucket or host>/<path> (or {scheme}:///<path>)"
+        )
     module = SCHEMES[scheme]
     if module is not None:
         import importlib
@@ -108,8 +122,10 @@ def check_location(location: str | os.PathLike, what: str | None = None) -> None
         try:
             importlib.import_module(module)
         except ImportError:
-            raise ValueError(f"{name}: this pyarrow was built without {scheme}:// support; install "
-                             "pyarrow's wheel from PyPI, which has it") from None
+            raise ValueError(
+                f"{name}: this pyarrow was built without {scheme}:// support; install "
+                "pyarrow's wheel from PyPI, which has it"
+            ) from None
 
 
 def resolve(location: str | os.PathLike):
@@ -181,8 +197,9 @@ def list_files(location: str | os.PathLike) -> list[str] | None:
     filesystem, path = resolve(location)
     if filesystem.get_file_info(path).type != pafs.FileType.Directory:
         return None
-    return sorted(info.base_name for info in filesystem.get_file_info(pafs.FileSelector(path))
-                  if info.type == pafs.FileType.File)
+    return sorted(
+        info.base_name for info in filesystem.get_file_info(pafs.FileSelector(path)) if info.type == pafs.FileType.File
+    )
 
 
 def move(source: str | os.PathLike, destination: str | os.PathLike) -> None:
@@ -299,16 +316,20 @@ def check_output_location(output: str | os.PathLike, inputs=()) -> None:
     kind, path = _place(output)
     if kind == "local":
         if os.path.dirname(path) == path or os.path.ismount(path):
-            raise ValueError(f"--output {output} is a filesystem root ({path}); choose a folder of its own "
-                             f"below it, such as {path.rstrip('/')}/runs/<name>")
+            raise ValueError(
+                f"--output {output} is a filesystem root ({path}); choose a folder of its own "
+                f"below it, such as {path.rstrip('/')}/runs/<name>"
+            )
         for name, folder in (("the working folder", os.getcwd()), ("the home folder", os.path.expanduser("~"))):
             folder = os.path.realpath(folder)
             relation = _relation(path, folder)
             if relation in ("is", "contains"):
-                raise ValueError(f"--output {output} {relation} {name} ({folder}); choose a folder of its "
-                                 "own, such as runs/<name>")
-    elif path.strip("/") == "" or ((kind in ("s3", "gs", "gcs") or kind.startswith("abfs:"))
-                                   and "/" not in path.strip("/")):
+                raise ValueError(
+                    f"--output {output} {relation} {name} ({folder}); choose a folder of its own, such as runs/<name>"
+                )
+    elif path.strip("/") == "" or (
+        (kind in ("s3", "gs", "gcs") or kind.startswith("abfs:")) and "/" not in path.strip("/")
+    ):
         raise ValueError(f"--output {output} is the root of a file system or bucket; choose a folder below it")
     for item in inputs:
         name, location = item if isinstance(item, tuple) else (None, item)
@@ -318,8 +339,10 @@ def check_output_location(output: str | os.PathLike, inputs=()) -> None:
         relation = _relation(path, other) if other_kind == kind else None
         if relation:
             what = f"{name} {os.fspath(location)}" if name else os.fspath(location)
-            raise ValueError(f"--output {output} {relation} the input {what}; write the output to a folder "
-                             "apart from the job's inputs")
+            raise ValueError(
+                f"--output {output} {relation} the input {what}; write the output to a folder "
+                "apart from the job's inputs"
+            )
 
 
 # --------------------------------------------------------------------------- markers
@@ -396,8 +419,14 @@ def _boot_id() -> str | None:
 def owner_record() -> dict:
     """The ``_OWNER`` record of this process: host, pid, start time, boot id, time written."""
     pid = os.getpid()
-    return {"writer": "mnist_spark", "host": socket.gethostname(), "pid": pid, "start": process_start(pid),
-            "boot": _boot_id(), "created": _now()}
+    return {
+        "writer": "mnist_spark",
+        "host": socket.gethostname(),
+        "pid": pid,
+        "start": process_start(pid),
+        "boot": _boot_id(),
+        "created": _now(),
+    }
 
 
 def owner_state(owner: dict) -> str:
@@ -509,8 +538,15 @@ class AtomicOutput:
     'example'
     """
 
-    def __init__(self, location: str | os.PathLike, *, overwrite: bool = False,
-                 resumable: bool = False, resume: bool = False, job: str | None = None):
+    def __init__(
+        self,
+        location: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        resumable: bool = False,
+        resume: bool = False,
+        job: str | None = None,
+    ):
         self.location = to_uri(location)
         self.overwrite = overwrite
         self.resumable = resumable or resume
@@ -523,8 +559,11 @@ class AtomicOutput:
         self.check()
         # On an object store a folder cannot be renamed: a new output is written where it
         # belongs, so what Spark's committer writes is never copied again.
-        self.in_place = (not self.resumable and not _renames_folders(self.filesystem)
-                         and (self._leftover is not None or not self._exists()))
+        self.in_place = (
+            not self.resumable
+            and not _renames_folders(self.filesystem)
+            and (self._leftover is not None or not self._exists())
+        )
         if self.in_place:
             self.staging_path, self.staging = self.path, self.location
         if self.resumable:
@@ -536,8 +575,10 @@ class AtomicOutput:
         return self.filesystem.get_file_info(self.path).type != pafs.FileType.NotFound
 
     def _busy(self, path: str, owner: dict) -> str:
-        return (f"output {self.location} is being written by another run ({_describe_owner(owner)}, "
-                f"staging in {path}); wait for it to finish or stop it, then run again")
+        return (
+            f"output {self.location} is being written by another run ({_describe_owner(owner)}, "
+            f"staging in {path}); wait for it to finish or stop it, then run again"
+        )
 
     def _check_partial(self, resume: bool) -> None:
         from pyarrow import fs as pafs
@@ -547,9 +588,7 @@ class AtomicOutput:
             raise FileExistsError(f"{self.staging} is a file, not the folder of a stopped run; move it away")
         found = kind != pafs.FileType.NotFound
         if resume and not found:
-            raise ValueError(
-                f"nothing to resume: {self.staging} does not exist; start a new run without --resume"
-            )
+            raise ValueError(f"nothing to resume: {self.staging} does not exist; start a new run without --resume")
         if not found:
             return
         owner, state = _staging_owner(self.filesystem, self.staging_path)
@@ -565,10 +604,12 @@ class AtomicOutput:
             if state == "unknown":
                 raise FileExistsError(
                     f"{self.staging} was left by {_describe_owner(owner)}, which cannot be checked from "
-                    f"here; if that run has stopped, delete {self.staging} and run again")
+                    f"here; if that run has stopped, delete {self.staging} and run again"
+                )
             raise FileExistsError(
                 f"{self.staging} holds files but no checkpoint and no {OWNER_MARKER} record of this "
-                "project; move it away or choose another --output")
+                "project; move it away or choose another --output"
+            )
         if not self.overwrite:
             raise FileExistsError(
                 f"an unfinished run is in {self.staging}; continue it with --resume "
@@ -577,7 +618,8 @@ class AtomicOutput:
         if state == "unknown":
             raise FileExistsError(
                 f"{self.staging} was left by {_describe_owner(owner)}, which cannot be checked from here; "
-                f"if that run has stopped, delete {self.staging} and run again")
+                f"if that run has stopped, delete {self.staging} and run again"
+            )
         self._delete(self.staging_path)
 
     def _files_in(self, path: str) -> list:
@@ -611,7 +653,8 @@ class AtomicOutput:
                 raise FileExistsError(
                     f"output {self.location} is being written, or was left unfinished, by "
                     f"{_describe_owner(owner)}, which cannot be checked from here; if that run has "
-                    f"stopped, delete {self.location} and run again")
+                    f"stopped, delete {self.location} and run again"
+                )
             if state == "gone":
                 self._leftover = owner  # an unfinished output written in place; removed on entry
         if info.type != pafs.FileType.NotFound and self._leftover is None:
@@ -649,13 +692,17 @@ class AtomicOutput:
             self._sweep(remove=True)
         if self.in_place:
             if self._leftover is not None:
-                logger.warning("removing %s, left unfinished by a run that was killed (%s)", self.location,
-                               _describe_owner(self._leftover))
+                logger.warning(
+                    "removing %s, left unfinished by a run that was killed (%s)",
+                    self.location,
+                    _describe_owner(self._leftover),
+                )
                 self._delete(self.path)
                 self._leftover = None
             elif self._exists():
-                raise FileExistsError(f"output {self.location} appeared before this job began writing "
-                                      "it; nothing was written")
+                raise FileExistsError(
+                    f"output {self.location} appeared before this job began writing it; nothing was written"
+                )
         self.filesystem.create_dir(self.staging_path, recursive=True)
         _WRITING.add(self.staging_path)
         _write_json(self.filesystem, posixpath.join(self.staging_path, OWNER_MARKER), owner_record())
@@ -678,26 +725,32 @@ class AtomicOutput:
         except OSError:  # pragma: no cover - an unlistable parent fails later, with its own message
             return
         for info in siblings:
-            if (info.type != pafs.FileType.Directory or not pattern.fullmatch(info.base_name)
-                    or info.path.rstrip("/") == self.staging_path):
+            if (
+                info.type != pafs.FileType.Directory
+                or not pattern.fullmatch(info.base_name)
+                or info.path.rstrip("/") == self.staging_path
+            ):
                 continue
             owner, state = _staging_owner(self.filesystem, info.path)
             if state == "alive":
                 raise FileExistsError(self._busy(info.path, owner))
             if remove and state == "gone":
-                logger.warning("removing %s, left behind by a run that was killed (%s)", info.path,
-                               _describe_owner(owner))
+                logger.warning(
+                    "removing %s, left behind by a run that was killed (%s)", info.path, _describe_owner(owner)
+                )
                 self._delete(info.path)
             elif remove and state == "unknown":
-                logger.warning("leaving %s: its run (%s) cannot be checked from here", info.path,
-                               _describe_owner(owner))
+                logger.warning(
+                    "leaving %s: its run (%s) cannot be checked from here", info.path, _describe_owner(owner)
+                )
 
     def __exit__(self, exc_type, exc, tb) -> None:
         _WRITING.discard(self.staging_path)
         if exc_type is not None:
             if self.resumable:
-                logger.warning("run stopped; its checkpoints stay in %s (continue with --resume %s)",
-                               self.staging, self.location)
+                logger.warning(
+                    "run stopped; its checkpoints stay in %s (continue with --resume %s)", self.staging, self.location
+                )
             else:
                 self._delete(self.staging_path)
             return
@@ -705,8 +758,11 @@ class AtomicOutput:
             from mnist_spark import __version__
 
             # The marker first: an output written in place is never without one of the two.
-            _write_json(self.filesystem, posixpath.join(self.staging_path, OUTPUT_MARKER),
-                        {"writer": "mnist_spark", "job": self.job, "version": __version__, "created": _now()})
+            _write_json(
+                self.filesystem,
+                posixpath.join(self.staging_path, OUTPUT_MARKER),
+                {"writer": "mnist_spark", "job": self.job, "version": __version__, "created": _now()},
+            )
             self.filesystem.delete_file(posixpath.join(self.staging_path, OWNER_MARKER))
             with self.filesystem.open_output_stream(posixpath.join(self.staging_path, SUCCESS_MARKER)):
                 pass
@@ -736,9 +792,7 @@ class AtomicOutput:
         if kind != pafs.FileType.NotFound:
             if not self.overwrite or kind != pafs.FileType.Directory or output_marker(self.location) is None:
                 self._delete(self.staging_path)
-                raise FileExistsError(
-                    f"output {self.location} appeared while this job ran; nothing was replaced"
-                )
+                raise FileExistsError(f"output {self.location} appeared while this job ran; nothing was replaced")
             if _renames_folders(self.filesystem):
                 previous = f"{self.path.rstrip('/')}.old-{uuid.uuid4().hex[:8]}"
                 self.filesystem.move(self.path, previous)
@@ -757,8 +811,13 @@ class AtomicOutput:
         from pyarrow import fs as pafs
 
         self.filesystem.delete_file(posixpath.join(source, SUCCESS_MARKER))
-        pafs.copy_files(source, destination, source_filesystem=self.filesystem,
-                        destination_filesystem=self.filesystem, use_threads=True)
+        pafs.copy_files(
+            source,
+            destination,
+            source_filesystem=self.filesystem,
+            destination_filesystem=self.filesystem,
+            use_threads=True,
+        )
         with self.filesystem.open_output_stream(posixpath.join(destination, SUCCESS_MARKER)):
             pass
 

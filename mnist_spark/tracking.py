@@ -54,8 +54,16 @@ _MARKERS = ("_SUCCESS", "_MNIST_SPARK", "_OWNER")
 #: Keys of metrics.json that are not final metrics.
 _NOT_METRICS = ("params", "environment", "history")
 #: Per-round values logged from ``history``.
-ROUND_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch",
-                 "images_per_second", "seconds")
+ROUND_METRICS = (
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "epoch",
+    "images_per_second",
+    "seconds",
+)
 #: MLflow's longest param value.
 _MAX_PARAM = 6000
 
@@ -81,8 +89,10 @@ def check_available() -> None:
     import importlib.util
 
     if importlib.util.find_spec("mlflow") is None:
-        raise ValueError("--mlflow (or MLFLOW_TRACKING_URI) needs MLflow, which is not installed: "
-                         "pip install 'mnist_spark[mlflow]' (mlflow-skinny), or unset MLFLOW_TRACKING_URI")
+        raise ValueError(
+            "--mlflow (or MLFLOW_TRACKING_URI) needs MLflow, which is not installed: "
+            "pip install 'mnist_spark[mlflow]' (mlflow-skinny), or unset MLFLOW_TRACKING_URI"
+        )
 
 
 # --------------------------------------------------------------------------- what is logged
@@ -102,8 +112,9 @@ def flat_params(params: dict, prefix: str = "") -> dict[str, str]:
         if isinstance(value, dict):
             flat.update(flat_params(value, f"{name}."))
             continue
-        text = value if isinstance(value, str) else (
-            json.dumps(value) if isinstance(value, (list, tuple)) else str(value))
+        text = (
+            value if isinstance(value, str) else (json.dumps(value) if isinstance(value, (list, tuple)) else str(value))
+        )
         flat[name] = text[:_MAX_PARAM]
     return flat
 
@@ -158,8 +169,11 @@ def _local_copy(run_folder: str, into: str) -> list[str]:
         if info.type == pafs.FileType.File and info.base_name not in _MARKERS:
             files = [info]
         elif info.type == pafs.FileType.Directory and info.base_name in ARTIFACT_FOLDERS:
-            files = [f for f in filesystem.get_file_info(pafs.FileSelector(info.path, recursive=True))
-                     if f.type == pafs.FileType.File]
+            files = [
+                f
+                for f in filesystem.get_file_info(pafs.FileSelector(info.path, recursive=True))
+                if f.type == pafs.FileType.File
+            ]
         else:
             continue
         for item in files:
@@ -236,9 +250,16 @@ def log_job(job: str, metrics: dict, uri: str | None = None) -> str:
 
                     model = keras.saving.load_model(os.path.join(local, "model.keras"))
                     mlflow.keras.log_model(model, name="model", pip_requirements=_pip_requirements())
-    logger.info("logged %s to MLflow %s: run %s (%d params, %d round values, %d artifacts) in %.1f s", job,
-                mlflow.get_tracking_uri(), run.info.run_id, len(params), len(rounds), len(logged),
-                time.perf_counter() - started)
+    logger.info(
+        "logged %s to MLflow %s: run %s (%d params, %d round values, %d artifacts) in %.1f s",
+        job,
+        mlflow.get_tracking_uri(),
+        run.info.run_id,
+        len(params),
+        len(rounds),
+        len(logged),
+        time.perf_counter() - started,
+    )
     return run.info.run_id
 
 
@@ -266,8 +287,9 @@ class TensorBoardScalars:
 
         self.folder = folder
         self._remote = storage.is_uri(folder) and not folder.startswith("file://")
-        self._local = tempfile.mkdtemp(prefix="mnist_spark-tensorboard-") if self._remote else (
-            storage.resolve(folder)[1])
+        self._local = (
+            tempfile.mkdtemp(prefix="mnist_spark-tensorboard-") if self._remote else (storage.resolve(folder)[1])
+        )
         self._writer = None
 
     def add(self, record: dict) -> None:
@@ -277,13 +299,13 @@ class TensorBoardScalars:
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self._local)
         metadata = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+        )
         with self._writer.as_default():
             for key in ROUND_METRICS:
                 value = _number(record.get(key))
                 if value is not None:
-                    tf.summary.write(key, tf.constant(value, tf.float32), step=int(record["round"]),
-                                     metadata=metadata)
+                    tf.summary.write(key, tf.constant(value, tf.float32), step=int(record["round"]), metadata=metadata)
         self._writer.flush()
 
     def close(self) -> None:

@@ -26,8 +26,10 @@ task. Replicas are added in partition order. So a task that fails and is
 retried by Spark redoes exactly the same work, and the same seed and
 partitioning give the same model, bit for bit.
 """
+
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -169,18 +171,21 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs must be 0 or more, found {self.warmup_epochs}")
         if self.batchnorm_sample < 0:
             raise ValueError(f"batchnorm_sample must be 0 or more, found {self.batchnorm_sample}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0
-                and math.isfinite(self.lr_decay) and 0 < self.lr_decay <= 1):
+        if not (
+            math.isfinite(self.learning_rate)
+            and self.learning_rate > 0
+            and math.isfinite(self.lr_decay)
+            and 0 < self.lr_decay <= 1
+        ):
             raise ValueError(
-                f"learning_rate must be above 0 and lr_decay in (0, 1], found "
-                f"{self.learning_rate} and {self.lr_decay}"
+                f"learning_rate must be above 0 and lr_decay in (0, 1], found {self.learning_rate} and {self.lr_decay}"
             )
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         values = dict(values)
         values.pop("inject_failure", None)  # written by earlier versions; a test hook, not a setting
         if values.get("input_shape") is not None:
@@ -221,7 +226,7 @@ class Schedule:
     @property
     def steps_per_round(self) -> int:
         """The longest round's steps."""
-        return max(b - a for a, b in zip(self.starts, self.starts[1:]))
+        return max(b - a for a, b in itertools.pairwise(self.starts))
 
     def steps_in(self, round_: int) -> int:
         return self.starts[round_ + 1] - self.starts[round_]
@@ -276,8 +281,7 @@ def learning_rate_at(config: TrainConfig, schedule: Schedule, step: int) -> floa
     """The learning rate of local step ``step``: linear warm-up to the scaled peak, then decay per epoch."""
     peak = config.learning_rate * LR_SCALING[config.lr_scaling](config.partitions)
     warmup = config.warmup_epochs * schedule.steps_per_epoch
-    rate = peak if step + 1 >= warmup else (
-        config.learning_rate + (peak - config.learning_rate) * (step + 1) / warmup)
+    rate = peak if step + 1 >= warmup else (config.learning_rate + (peak - config.learning_rate) * (step + 1) / warmup)
     return rate * config.lr_decay ** (step // schedule.steps_per_epoch)
 
 
@@ -299,9 +303,13 @@ def partition_keys(spark, partitions: int) -> list[int]:
     """
     from pyspark.sql import functions as F
 
-    rows = (spark.range(0, 64 * partitions)
-            .select("id", F.expr(f"pmod(hash(id), {partitions})").alias("partition"))
-            .groupBy("partition").agg(F.min("id").alias("key")).collect())
+    rows = (
+        spark.range(0, 64 * partitions)
+        .select("id", F.expr(f"pmod(hash(id), {partitions})").alias("partition"))
+        .groupBy("partition")
+        .agg(F.min("id").alias("key"))
+        .collect()
+    )
     keys = {row["partition"]: row["key"] for row in rows}
     if len(keys) != partitions:  # pragma: no cover - 64 candidates per partition always suffice
         raise RuntimeError(f"found keys for {len(keys)} of {partitions} partitions")
@@ -311,15 +319,17 @@ def partition_keys(spark, partitions: int) -> list[int]:
 def _shard_schema():
     from pyspark.sql.types import BinaryType, IntegerType, LongType, StructField, StructType
 
-    return StructType([
-        StructField("key", LongType(), False),
-        StructField("shard", IntegerType(), False),
-        StructField("chunk", IntegerType(), False),
-        StructField("shape", BinaryType(), False),
-        StructField("index", BinaryType(), False),
-        StructField("label", BinaryType(), False),
-        StructField("pixels", BinaryType(), False),
-    ])
+    return StructType(
+        [
+            StructField("key", LongType(), False),
+            StructField("shard", IntegerType(), False),
+            StructField("chunk", IntegerType(), False),
+            StructField("shape", BinaryType(), False),
+            StructField("index", BinaryType(), False),
+            StructField("label", BinaryType(), False),
+            StructField("pixels", BinaryType(), False),
+        ]
+    )
 
 
 #: Largest cached shard row: a shard is stored as rows ("chunks") of at most this many pixel bytes,
@@ -335,17 +345,34 @@ def _shard_rows(shard: int, key: int, shape, index, labels, images, chunk_bytes:
     """Arrow batches of shard rows numbered from ``first_chunk``, each of at most ``chunk_bytes`` of pixels."""
     import pyarrow as pa
 
-    schema = pa.schema([("key", pa.int64()), ("shard", pa.int32()), ("chunk", pa.int32()),
-                        ("shape", pa.binary()), ("index", pa.binary()), ("label", pa.binary()),
-                        ("pixels", pa.binary())])
+    schema = pa.schema(
+        [
+            ("key", pa.int64()),
+            ("shard", pa.int32()),
+            ("chunk", pa.int32()),
+            ("shape", pa.binary()),
+            ("index", pa.binary()),
+            ("label", pa.binary()),
+            ("pixels", pa.binary()),
+        ]
+    )
     per_chunk = _images_per_chunk(shape, chunk_bytes)
     for chunk, start in enumerate(range(0, len(labels), per_chunk), start=first_chunk):
         stop = start + per_chunk
         yield pa.RecordBatch.from_pylist(
-            [{"key": int(key), "shard": int(shard), "chunk": chunk,
-              "shape": np.asarray(shape, np.int32).tobytes(), "index": index[start:stop].tobytes(),
-              "label": labels[start:stop].tobytes(), "pixels": images[start:stop].tobytes()}],
-            schema=schema)
+            [
+                {
+                    "key": int(key),
+                    "shard": int(shard),
+                    "chunk": chunk,
+                    "shape": np.asarray(shape, np.int32).tobytes(),
+                    "index": index[start:stop].tobytes(),
+                    "label": labels[start:stop].tobytes(),
+                    "pixels": images[start:stop].tobytes(),
+                }
+            ],
+            schema=schema,
+        )
 
 
 class ShardFile:
@@ -380,10 +407,12 @@ class ShardFile:
         self.shape = shape
         offset = chunk["chunk"] * _images_per_chunk(shape, self.chunk_bytes) * int(np.prod(shape))
         os.pwrite(self._fd, memoryview(chunk["pixels"]), offset)
-        self._parts[chunk["chunk"]] = (np.frombuffer(chunk["label"], np.int32).copy(),
-                                       np.frombuffer(chunk["index"], np.int64).copy())
+        self._parts[chunk["chunk"]] = (
+            np.frombuffer(chunk["label"], np.int32).copy(),
+            np.frombuffer(chunk["index"], np.int64).copy(),
+        )
 
-    def finish(self) -> "ShardFile":
+    def finish(self) -> ShardFile:
         """Map the written file; labels and indices in chunk order."""
         os.close(self._fd)
         self._fd = None
@@ -410,8 +439,7 @@ def shard_files(batches, chunk_bytes: int) -> dict:
     try:
         for batch in batches:
             for position in range(batch.num_rows):
-                row = {name: batch.column(name)[position].as_buffer()
-                       for name in ("shape", "index", "label", "pixels")}
+                row = {name: batch.column(name)[position].as_buffer() for name in ("shape", "index", "label", "pixels")}
                 row["chunk"] = batch.column("chunk")[position].as_py()
                 shard = batch.column("shard")[position].as_py()
                 if shard not in files:
@@ -482,8 +510,7 @@ def make_shards(df, partitions: int, *, chunk_bytes: int | None = None, decode=N
     missing = {"index", "label", "image"} - set(df.columns)
     if missing:
         raise ValueError(
-            f"training data needs columns index, label and image; missing {sorted(missing)} "
-            f"(found {df.columns})"
+            f"training data needs columns index, label and image; missing {sorted(missing)} (found {df.columns})"
         )
     from pyspark.sql import functions as F
 
@@ -504,8 +531,16 @@ def make_shards(df, partitions: int, *, chunk_bytes: int | None = None, decode=N
             index = np.concatenate([p[2] for p in parts])
             per_chunk = _images_per_chunk(shape, chunk_bytes)
             whole = len(labels) if final else len(labels) // per_chunk * per_chunk
-            for row in _shard_rows(shard, keys[shard], shape, index[:whole], labels[:whole],
-                                   images[:whole], chunk_bytes, first_chunk=written.get(shard, 0)):
+            for row in _shard_rows(
+                shard,
+                keys[shard],
+                shape,
+                index[:whole],
+                labels[:whole],
+                images[:whole],
+                chunk_bytes,
+                first_chunk=written.get(shard, 0),
+            ):
                 written[shard] = written.get(shard, 0) + 1
                 yield row
             if whole < len(labels):
@@ -515,11 +550,13 @@ def make_shards(df, partitions: int, *, chunk_bytes: int | None = None, decode=N
             if batch.num_rows == 0:
                 continue
             shard_of = batch.column("shard").to_numpy()
-            images = (decode(batch.column("image")) if decode is not None
-                      else struct_array_to_numpy(batch.column("image"), "training image"))
+            images = (
+                decode(batch.column("image"))
+                if decode is not None
+                else struct_array_to_numpy(batch.column("image"), "training image")
+            )
             if shape is not None and images.shape[1:] != shape:
-                raise ValueError(
-                    f"training images must share one size, found {sorted({shape, images.shape[1:]})}")
+                raise ValueError(f"training images must share one size, found {sorted({shape, images.shape[1:]})}")
             shape = images.shape[1:]
             index = batch.column("index").to_numpy().astype(np.int64)
             labels = batch.column("label").to_numpy().astype(np.int32)
@@ -539,8 +576,12 @@ def make_shards(df, partitions: int, *, chunk_bytes: int | None = None, decode=N
     with _session_conf(df.sparkSession, _ONE_CHUNK_CACHED):
         # Sorted by index inside each partition (Spark's sort spills as needed), so a task
         # writes its shard's chunks as the rows stream in and never holds the whole shard.
-        shards = (rows.repartition(partitions, "key").sortWithinPartitions("index")
-                  .mapInArrow(assemble, _shard_schema()).cache())
+        shards = (
+            rows.repartition(partitions, "key")
+            .sortWithinPartitions("index")
+            .mapInArrow(assemble, _shard_schema())
+            .cache()
+        )
         sizes: dict = {}
         for row in shards.select("shard", (F.length("label") / 4).cast("long").alias("count")).collect():
             sizes[row["shard"]] = sizes.get(row["shard"], 0) + row["count"]
@@ -568,12 +609,13 @@ def _replica(config: TrainConfig, architecture: bytes | None = None):
     from mnist_spark.evaluation import worker_model
 
     if architecture is not None:
-        return worker_model(("replica-file", hashlib.sha256(architecture).hexdigest()),
-                            lambda: file_model(architecture, config.learning_rate))
+        return worker_model(
+            ("replica-file", hashlib.sha256(architecture).hexdigest()),
+            lambda: file_model(architecture, config.learning_rate),
+        )
 
     def build():
-        model = models.build_model(config.model, input_shape=config.input_shape,
-                                   num_classes=config.num_classes, seed=0)
+        model = models.build_model(config.model, input_shape=config.input_shape, num_classes=config.num_classes, seed=0)
         model.optimizer.build(model.trainable_variables)
         return model
 
@@ -591,8 +633,11 @@ def file_model(payload: bytes, learning_rate: float):
     from mnist_spark.evaluation import model_from_bytes
 
     model = model_from_bytes(payload, compile=False)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     model.optimizer.build(model.trainable_variables)
     return model
 
@@ -667,7 +712,7 @@ def _batches(images, labels, index, order, config: TrainConfig, schedule: Schedu
             return math.ceil(len(order) / batch_size)
 
         def __getitem__(self, number):
-            picked = order[number * batch_size:(number + 1) * batch_size]
+            picked = order[number * batch_size : (number + 1) * batch_size]
             x = np.asarray(images[picked])
             if params is not None:
                 from mnist_spark import augment
@@ -675,7 +720,7 @@ def _batches(images, labels, index, order, config: TrainConfig, schedule: Schedu
                 # A new variant of every image each epoch, the same whichever task draws it.
                 first = (first_step + number) * batch_size
                 epochs = (first + np.arange(len(picked))) // per_epoch
-                keys = [("train", int(i), int(e) + 1) for i, e in zip(index[picked], epochs)]
+                keys = [("train", int(i), int(e) + 1) for i, e in zip(index[picked], epochs, strict=True)]
                 x, _ = augment.augment_batch(x, keys, params, seed=config.seed)
             return x, labels[picked]
 
@@ -695,8 +740,16 @@ class _StepLearningRate:
         return StepLearningRate()
 
 
-def train_replica(partition: int, shard, state_payload: bytes, round_: int, config: TrainConfig,
-                  schedule: Schedule, attempt: int = 0, architecture: bytes | None = None) -> dict:
+def train_replica(
+    partition: int,
+    shard,
+    state_payload: bytes,
+    round_: int,
+    config: TrainConfig,
+    schedule: Schedule,
+    attempt: int = 0,
+    architecture: bytes | None = None,
+) -> dict:
     """One replica's work for one round: runs inside a Spark task.
 
     ``architecture`` holds the bytes of ``config.model_file`` when the run trains one.
@@ -712,14 +765,20 @@ def train_replica(partition: int, shard, state_payload: bytes, round_: int, conf
     weights, optimizer = pickle.loads(state_payload)
     model = _replica(config, architecture)
     first_step = schedule.starts[round_]
-    load_state(model, weights, optimizer, learning_rate=learning_rate_at(config, schedule, first_step),
-               seed=task_seed(config.seed, partition, round_))
+    load_state(
+        model,
+        weights,
+        optimizer,
+        learning_rate=learning_rate_at(config, schedule, first_step),
+        seed=task_seed(config.seed, partition, round_),
+    )
     order = _order(config, schedule, partition, round_, len(labels))
     loaded = time.perf_counter()
     batches = _batches(images, labels, index, order, config, schedule, first_step)
     with device_scope():
-        history = model.fit(batches, epochs=1, shuffle=False, verbose=0,
-                            callbacks=[_StepLearningRate(config, schedule, first_step)])
+        history = model.fit(
+            batches, epochs=1, shuffle=False, verbose=0, callbacks=[_StepLearningRate(config, schedule, first_step)]
+        )
     return {
         "device": task_device() or "cpu",
         "partition": partition,
@@ -735,19 +794,31 @@ def train_replica(partition: int, shard, state_payload: bytes, round_: int, conf
     }
 
 
-_RESULT_FIELDS = (("partition", "int32"), ("device", "string"), ("count", "int64"), ("loss", "float64"),
-                  ("accuracy", "float64"), ("seconds", "float64"), ("fit_seconds", "float64"),
-                  ("finished", "float64"), ("pid", "int64"),
-                  ("state", "binary"))
+_RESULT_FIELDS = (
+    ("partition", "int32"),
+    ("device", "string"),
+    ("count", "int64"),
+    ("loss", "float64"),
+    ("accuracy", "float64"),
+    ("seconds", "float64"),
+    ("fit_seconds", "float64"),
+    ("finished", "float64"),
+    ("pid", "int64"),
+    ("state", "binary"),
+)
 
 
 def _result_schema():
     """Spark schema of one replica's result row."""
-    from pyspark.sql.types import (BinaryType, DoubleType, IntegerType, LongType, StringType,
-                                   StructField, StructType)
+    from pyspark.sql.types import BinaryType, DoubleType, IntegerType, LongType, StringType, StructField, StructType
 
-    types = {"int32": IntegerType(), "int64": LongType(), "float64": DoubleType(), "binary": BinaryType(),
-             "string": StringType()}
+    types = {
+        "int32": IntegerType(),
+        "int64": LongType(),
+        "float64": DoubleType(),
+        "binary": BinaryType(),
+        "string": StringType(),
+    }
     return StructType([StructField(name, types[kind], False) for name, kind in _RESULT_FIELDS])
 
 
@@ -860,8 +931,10 @@ def _add_group(key, table):
         items = [(row["partition"], _result_from_row(row)) for row in table.to_pylist()]
     items.sort(key=lambda item: item[0])
     total = _add_partial_sums([_as_partial_sum(part) for _, part in items])
-    return pa.Table.from_pylist([{"id": key[0].as_py(), "part": pickle.dumps(total, protocol=5)}],
-                                schema=pa.schema([(n, getattr(pa, k)()) for n, k in _PART_FIELDS]))
+    return pa.Table.from_pylist(
+        [{"id": key[0].as_py(), "part": pickle.dumps(total, protocol=5)}],
+        schema=pa.schema([(n, getattr(pa, k)()) for n, k in _PART_FIELDS]),
+    )
 
 
 def tree_average(results, replicas: int, fan_in: int | None = None):
@@ -890,8 +963,7 @@ def tree_average(results, replicas: int, fan_in: int | None = None):
     groups = replicas
     while groups > 1:
         groups = math.ceil(groups / fan_in)
-        level = (level.groupBy(F.floor(F.col(key) / F.lit(fan_in)).alias("_group"))
-                 .applyInArrow(_add_group, schema))
+        level = level.groupBy(F.floor(F.col(key) / F.lit(fan_in)).alias("_group")).applyInArrow(_add_group, schema)
         key = "id"
     rows = level.collect()
     if len(rows) != 1:
@@ -914,9 +986,13 @@ def initial_state(config: TrainConfig, architecture: bytes | None = None):
     if architecture is not None:
         model = file_model(architecture, config.learning_rate)
         return model, TrainState(0, model.get_weights(), optimizer_variables(model), [])
-    model = models.build_model(config.model, input_shape=config.input_shape,
-                               num_classes=config.num_classes, learning_rate=config.learning_rate,
-                               seed=config.seed)
+    model = models.build_model(
+        config.model,
+        input_shape=config.input_shape,
+        num_classes=config.num_classes,
+        learning_rate=config.learning_rate,
+        seed=config.seed,
+    )
     model.optimizer.build(model.trainable_variables)
     return model, TrainState(0, model.get_weights(), optimizer_variables(model), [])
 
@@ -955,8 +1031,18 @@ def _timed(seconds: dict, name: str):
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
 
 
-def train(spark, train_df, config: TrainConfig, *, validation=None, state: TrainState | None = None,
-          on_round=None, chunk_bytes: int | None = None, shards=None, decode=None):
+def train(
+    spark,
+    train_df,
+    config: TrainConfig,
+    *,
+    validation=None,
+    state: TrainState | None = None,
+    on_round=None,
+    chunk_bytes: int | None = None,
+    shards=None,
+    decode=None,
+):
     """Train ``config.model`` data-parallel over ``config.partitions`` replicas.
 
     Parameters
@@ -1008,23 +1094,30 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
     started = time.perf_counter()
     chunk_bytes = chunk_bytes or CHUNK_BYTES
     own_shards = shards is None
-    shards, sizes = (make_shards(train_df, config.partitions, chunk_bytes=chunk_bytes, decode=decode)
-                     if own_shards else shards)
+    shards, sizes = (
+        make_shards(train_df, config.partitions, chunk_bytes=chunk_bytes, decode=decode) if own_shards else shards
+    )
     if len(sizes) != config.partitions:
-        raise ValueError(f"{len(sizes)} shards were given for {config.partitions} partitions; make them "
-                         "with make_shards(train_df, config.partitions)")
+        raise ValueError(
+            f"{len(sizes)} shards were given for {config.partitions} partitions; make them "
+            "with make_shards(train_df, config.partitions)"
+        )
     shipped = ship(spark, architecture, "network") if architecture is not None else None
     schedule = plan_schedule(config, sizes)
     sample = None
     if config.batchnorm_sample and models.batchnorm_layers(model):
-        sample = training_sample(train_df, config.batchnorm_sample, config.seed, total=sum(sizes),
-                                 decode=decode)[0].reshape(
-            -1, *config.input_shape)
+        sample = training_sample(train_df, config.batchnorm_sample, config.seed, total=sum(sizes), decode=decode)[
+            0
+        ].reshape(-1, *config.input_shape)
     logger.info(
-        "training %s on %d images in %d partitions (%s): %d rounds of %s steps, batch %d, "
-        "peak learning rate %.4g",
-        config.model_file or config.model, sum(sizes), config.partitions, ", ".join(map(str, sizes)), schedule.rounds,
-        _round_lengths(schedule), config.batch_size,
+        "training %s on %d images in %d partitions (%s): %d rounds of %s steps, batch %d, peak learning rate %.4g",
+        config.model_file or config.model,
+        sum(sizes),
+        config.partitions,
+        ", ".join(map(str, sizes)),
+        schedule.rounds,
+        _round_lengths(schedule),
+        config.batch_size,
         learning_rate_at(config, schedule, int(config.warmup_epochs * schedule.steps_per_epoch)),
     )
     loop_started = time.perf_counter()
@@ -1043,10 +1136,16 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
                 files = shard_files(batches, chunk_bytes)
                 try:
                     for shard, local in sorted(files.items()):
-                        result = train_replica(shard, (local.images, local.labels, local.index),
-                                               payload.value, round_, config, schedule,
-                                               attempt=context.attemptNumber() if context else 0,
-                                               architecture=shipped.value if shipped is not None else None)
+                        result = train_replica(
+                            shard,
+                            (local.images, local.labels, local.index),
+                            payload.value,
+                            round_,
+                            config,
+                            schedule,
+                            attempt=context.attemptNumber() if context else 0,
+                            architecture=shipped.value if shipped is not None else None,
+                        )
                         yield pa.RecordBatch.from_pylist([_result_row(result)], schema=_result_arrow())
                 finally:
                     for local in files.values():
@@ -1063,8 +1162,7 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
                 with _timed(overheads, "batchnorm"):
                     models.reestimate_batchnorm(model, sample)
                     weights = model.get_weights()
-            logger.debug("round %d replicas ran in Python workers %s", round_ + 1,
-                         [r["pid"] for r in results])
+            logger.debug("round %d replicas ran in Python workers %s", round_ + 1, [r["pid"] for r in results])
             images = sum(r["count"] for r in results)
             counts = [r["count"] for r in results]
             record = {
@@ -1079,8 +1177,9 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
             }
             if validation is not None:
                 with _timed(overheads, "validation"):
-                    val_loss, val_accuracy = model.evaluate(validation[0].astype(np.float32),
-                                                            validation[1], batch_size=512, verbose=0)
+                    val_loss, val_accuracy = model.evaluate(
+                        validation[0].astype(np.float32), validation[1], batch_size=512, verbose=0
+                    )
                 record.update(val_loss=float(val_loss), val_accuracy=float(val_accuracy))
             seconds = time.perf_counter() - round_started
             fitting = sum(r["fit_seconds"] for r in results) / min(config.partitions, slots)
@@ -1098,15 +1197,23 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
             )
             state = TrainState(round_ + 1, weights, optimizer, state.history + [record])
             elapsed = time.perf_counter() - loop_started
-            eta = elapsed / (schedule.starts[round_ + 1] - schedule.starts[first_round]) * (
-                schedule.total_steps - schedule.starts[round_ + 1])
+            eta = (
+                elapsed
+                / (schedule.starts[round_ + 1] - schedule.starts[first_round])
+                * (schedule.total_steps - schedule.starts[round_ + 1])
+            )
             logger.info(
-                "round %d/%d (epoch %.2f/%d): loss %.4f, accuracy %.4f%s | %.0f img/s | "
-                "elapsed %s, ETA %s",
-                round_ + 1, schedule.rounds, record["epoch"], config.epochs, record["loss"],
+                "round %d/%d (epoch %.2f/%d): loss %.4f, accuracy %.4f%s | %.0f img/s | elapsed %s, ETA %s",
+                round_ + 1,
+                schedule.rounds,
+                record["epoch"],
+                config.epochs,
+                record["loss"],
                 record["accuracy"],
                 f", val accuracy {record['val_accuracy']:.4f}" if validation is not None else "",
-                record["images_per_second"], _format_seconds(elapsed), _format_seconds(eta),
+                record["images_per_second"],
+                _format_seconds(elapsed),
+                _format_seconds(eta),
             )
             if on_round is not None:
                 on_round(state, schedule)
@@ -1115,8 +1222,12 @@ def train(spark, train_df, config: TrainConfig, *, validation=None, state: Train
             shards.unpersist()
         if shipped is not None:
             shipped.destroy()
-    logger.info("trained %d rounds in %.1f s (%.1f s preparing shards)",
-                schedule.rounds - first_round, time.perf_counter() - started, loop_started - started)
+    logger.info(
+        "trained %d rounds in %.1f s (%.1f s preparing shards)",
+        schedule.rounds - first_round,
+        time.perf_counter() - started,
+        loop_started - started,
+    )
     return model, state
 
 
@@ -1137,8 +1248,7 @@ def check_partitions(partitions: int, rows: int, *, given: bool = True) -> None:
     """Every replica needs at least one training image: one clear error otherwise, before any work."""
     if partitions > rows:
         flag = f"--partitions {partitions}" + ("" if given else " (the cluster's task slots)")
-        raise ValueError(f"{flag} needs at least {partitions} training images, found {rows}; "
-                         "use fewer --partitions")
+        raise ValueError(f"{flag} needs at least {partitions} training images, found {rows}; use fewer --partitions")
 
 
 def check_resume_settings(run: str, saved: dict, given: dict, defaults: dict) -> None:
@@ -1163,8 +1273,10 @@ def check_resume_settings(run: str, saved: dict, given: dict, defaults: dict) ->
         if value != stored:
             differ.append(f"--{name.replace('_', '-')} {value} (saved: {stored})")
     if differ:
-        raise ValueError(f"--resume {run}: the run was started with other settings: {'; '.join(differ)}; "
-                         "resume without those flags, or start a new run with another --output")
+        raise ValueError(
+            f"--resume {run}: the run was started with other settings: {'; '.join(differ)}; "
+            "resume without those flags, or start a new run with another --output"
+        )
 
 
 def save_checkpoint(folder: str, state: TrainState, config: TrainConfig, extra: dict | None = None) -> str:
@@ -1181,8 +1293,14 @@ def save_checkpoint(folder: str, state: TrainState, config: TrainConfig, extra: 
     path = storage.join(folder, f"round-{state.round:04d}.npz")
     arrays = {f"w{i}": w for i, w in enumerate(state.weights)}
     arrays.update({f"o{i}": o for i, o in enumerate(state.optimizer)})
-    meta = {"round": state.round, "history": state.history, "config": config.to_dict(),
-            "weights": len(state.weights), "optimizer": len(state.optimizer), "extra": extra or {}}
+    meta = {
+        "round": state.round,
+        "history": state.history,
+        "config": config.to_dict(),
+        "weights": len(state.weights),
+        "optimizer": len(state.optimizer),
+        "extra": extra or {},
+    }
     buffer = io.BytesIO()
     np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
     storage.write_bytes(path + ".tmp", buffer.getvalue())
@@ -1193,8 +1311,7 @@ def save_checkpoint(folder: str, state: TrainState, config: TrainConfig, extra: 
 
 
 def _checkpoint_names(folder: str) -> list[str]:
-    return [name for name in storage.list_files(folder) or []
-            if name.startswith("round-") and name.endswith(".npz")]
+    return [name for name in storage.list_files(folder) or [] if name.startswith("round-") and name.endswith(".npz")]
 
 
 def load_checkpoint(folder: str) -> tuple[TrainState, TrainConfig, dict]:
@@ -1214,8 +1331,7 @@ def load_checkpoint(folder: str) -> tuple[TrainState, TrainConfig, dict]:
             f"no checkpoint in {folder}: a run saves one every --checkpoint-every rounds; start "
             "a new run instead of --resume"
         )
-    with np.load(io.BytesIO(storage.read_bytes(storage.join(folder, names[-1]))),
-                 allow_pickle=False) as data:
+    with np.load(io.BytesIO(storage.read_bytes(storage.join(folder, names[-1]))), allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
         weights = [data[f"w{i}"] for i in range(meta["weights"])]
         optimizer = [data[f"o{i}"] for i in range(meta["optimizer"])]

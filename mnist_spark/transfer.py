@@ -40,9 +40,14 @@ def featurizer_stage(base_model: str, *, output_layer: str = "", **params) -> tu
     """
     from mnist_spark import featurizer
 
-    stage = featurizer.featurizer_for(base_model, outputLayer=output_layer, imageSize=params["image_size"],
-                                      pooling=params["pooling"], weights=params["weights"],
-                                      batchSize=params["batch_size"])
+    stage = featurizer.featurizer_for(
+        base_model,
+        outputLayer=output_layer,
+        imageSize=params["image_size"],
+        pooling=params["pooling"],
+        weights=params["weights"],
+        batchSize=params["batch_size"],
+    )
     stage.checkNetwork()
     if not stage.getModelFile():
         return stage, base_model
@@ -82,8 +87,13 @@ def fit_and_score(stage, train, test, *, num_classes: int = 0, seed: int = 0, **
     train_rows = features.count()
     feature_seconds = time.perf_counter() - started
     feature_size = len(features.select(column).first()[0])
-    logger.info("featurized %d training images in %.1f s (%.1f img/s): %d values each", train_rows,
-                feature_seconds, train_rows / feature_seconds, feature_size)
+    logger.info(
+        "featurized %d training images in %.1f s (%.1f img/s): %d values each",
+        train_rows,
+        feature_seconds,
+        train_rows / feature_seconds,
+        feature_size,
+    )
 
     started = time.perf_counter()
     fitted, grid = tuning.fit_logistic_regression(features, features_col=column, seed=seed, **regression)
@@ -94,16 +104,24 @@ def fit_and_score(stage, train, test, *, num_classes: int = 0, seed: int = 0, **
     model = PipelineModel(stages=[stage, fitted])
 
     started = time.perf_counter()
-    predictions = (model.transform(test).select("index", "label", "prediction", "probability")
-                   .persist(StorageLevel.MEMORY_AND_DISK))
+    predictions = (
+        model.transform(test)
+        .select("index", "label", "prediction", "probability")
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
     test_rows = predictions.count()
     predict_seconds = time.perf_counter() - started
-    scores = {name: float(MulticlassClassificationEvaluator(metricName=name).evaluate(predictions))
-              for name in METRICS}
+    scores = {name: float(MulticlassClassificationEvaluator(metricName=name).evaluate(predictions)) for name in METRICS}
     confusion = evaluation.confusion_from_predictions(predictions, num_classes)
     predictions.unpersist()
-    logger.info("scored %d test images in %.1f s: accuracy %.4f, f1 %.4f, logLoss %.4f", test_rows,
-                predict_seconds, scores["accuracy"], scores["f1"], scores["logLoss"])
+    logger.info(
+        "scored %d test images in %.1f s: accuracy %.4f, f1 %.4f, logLoss %.4f",
+        test_rows,
+        predict_seconds,
+        scores["accuracy"],
+        scores["f1"],
+        scores["logLoss"],
+    )
     return model, {
         **{name: round(value, 6) for name, value in scores.items()},
         "feature_size": feature_size,
@@ -123,17 +141,30 @@ def fit_and_score(stage, train, test, *, num_classes: int = 0, seed: int = 0, **
 def write_report(folder: str, metrics: dict) -> None:
     """``confusion_matrix.png`` and ``report.html`` of a transfer run folder."""
     report.confusion_matrix_figure(metrics["confusion_matrix"], storage.join(folder, "confusion_matrix.png"))
-    headline = [(name, metrics[name]) for name in (
-        *METRICS, "train_rows", "test_rows", "model_name", "image_size", "pooling", "weights", "feature_size",
-        "images_per_second", "seconds")]
+    headline = [
+        (name, metrics[name])
+        for name in (
+            *METRICS,
+            "train_rows",
+            "test_rows",
+            "model_name",
+            "image_size",
+            "pooling",
+            "weights",
+            "feature_size",
+            "images_per_second",
+            "seconds",
+        )
+    ]
     report.write_run_report(
         folder,
         title=f"transfer: DeepImageFeaturizer({metrics['model_name']}, {metrics['image_size']} px) + "
-              "LogisticRegression",
+        "LogisticRegression",
         headline=headline,
         figures=[("confusion_matrix.png", "Confusion matrix on the test sample (rows: expected)")],
-        sections=[*([report.tuning_section(metrics["tuning"])] if metrics["tuning"] else []),
-                  report.per_class_section(metrics["per_class"]),
-                  report.files_section([("metrics.json", ""),
-                                        ("pipeline_model/", "(pyspark.ml.PipelineModel.load)")])],
+        sections=[
+            *([report.tuning_section(metrics["tuning"])] if metrics["tuning"] else []),
+            report.per_class_section(metrics["per_class"]),
+            report.files_section([("metrics.json", ""), ("pipeline_model/", "(pyspark.ml.PipelineModel.load)")]),
+        ],
     )

@@ -19,10 +19,20 @@ DEFAULT_ELASTIC_NET_PARAMS = (0.0, 0.3)
 DEFAULT_FOLDS = 3
 
 
-def fit_logistic_regression(features, *, features_col: str, label_col: str = "label", max_iter: int = 20,
-                            reg_param: float = 0.0, elastic_net_param: float = 0.0, tune: bool = False,
-                            reg_params=DEFAULT_REG_PARAMS, elastic_net_params=DEFAULT_ELASTIC_NET_PARAMS,
-                            folds: int = DEFAULT_FOLDS, seed: int = 0):
+def fit_logistic_regression(
+    features,
+    *,
+    features_col: str,
+    label_col: str = "label",
+    max_iter: int = 20,
+    reg_param: float = 0.0,
+    elastic_net_param: float = 0.0,
+    tune: bool = False,
+    reg_params=DEFAULT_REG_PARAMS,
+    elastic_net_params=DEFAULT_ELASTIC_NET_PARAMS,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+):
     """Fit LogisticRegression on ``features``; with ``tune``, pick its regularisation by cross-validation.
 
     Parameters
@@ -48,23 +58,46 @@ def fit_logistic_regression(features, *, features_col: str, label_col: str = "la
     from pyspark.ml.evaluation import MulticlassClassificationEvaluator
     from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 
-    estimator = LogisticRegression(featuresCol=features_col, labelCol=label_col, maxIter=max_iter,
-                                   regParam=reg_param, elasticNetParam=elastic_net_param)
+    estimator = LogisticRegression(
+        featuresCol=features_col,
+        labelCol=label_col,
+        maxIter=max_iter,
+        regParam=reg_param,
+        elasticNetParam=elastic_net_param,
+    )
     if not tune:
         return estimator.fit(features), []
     if folds < 2:
         raise ValueError(f"cross-validation needs 2 or more folds, found {folds}")
-    grid = (ParamGridBuilder().addGrid(estimator.regParam, [float(v) for v in reg_params])
-            .addGrid(estimator.elasticNetParam, [float(v) for v in elastic_net_params]).build())
+    grid = (
+        ParamGridBuilder()
+        .addGrid(estimator.regParam, [float(v) for v in reg_params])
+        .addGrid(estimator.elasticNetParam, [float(v) for v in elastic_net_params])
+        .build()
+    )
     evaluator = MulticlassClassificationEvaluator(labelCol=label_col, metricName="accuracy")
     started = time.perf_counter()
-    search = CrossValidator(estimator=estimator, estimatorParamMaps=grid, evaluator=evaluator, numFolds=folds,
-                            seed=seed).fit(features)
+    search = CrossValidator(
+        estimator=estimator, estimatorParamMaps=grid, evaluator=evaluator, numFolds=folds, seed=seed
+    ).fit(features)
     best = max(range(len(grid)), key=lambda i: search.avgMetrics[i])
-    results = [{"regParam": point[estimator.regParam], "elasticNetParam": point[estimator.elasticNetParam],
-                "accuracy": round(float(mean), 6), "accuracy_std": round(float(std), 6), "best": i == best}
-               for i, (point, mean, std) in enumerate(zip(grid, search.avgMetrics, search.stdMetrics, strict=True))]
-    logger.info("cross-validated %d settings over %d folds in %.1f s; best regParam %g, elasticNetParam %g "
-                "(accuracy %.4f)", len(grid), folds, time.perf_counter() - started, results[best]["regParam"],
-                results[best]["elasticNetParam"], results[best]["accuracy"])
+    results = [
+        {
+            "regParam": point[estimator.regParam],
+            "elasticNetParam": point[estimator.elasticNetParam],
+            "accuracy": round(float(mean), 6),
+            "accuracy_std": round(float(std), 6),
+            "best": i == best,
+        }
+        for i, (point, mean, std) in enumerate(zip(grid, search.avgMetrics, search.stdMetrics, strict=True))
+    ]
+    logger.info(
+        "cross-validated %d settings over %d folds in %.1f s; best regParam %g, elasticNetParam %g (accuracy %.4f)",
+        len(grid),
+        folds,
+        time.perf_counter() - started,
+        results[best]["regParam"],
+        results[best]["elasticNetParam"],
+        results[best]["accuracy"],
+    )
     return search.bestModel, results

@@ -15,8 +15,7 @@ MNIST_DIR = PROJECT / "data" / "mnist"
 
 
 #: Test files whose every test needs more than the shared local[2] session.
-_FILE_MARKERS = {"test_cluster.py": "cluster", "standalone_cluster.py": "cluster",
-                 "test_report_browser.py": "browser"}
+_FILE_MARKERS = {"test_cluster.py": "cluster", "standalone_cluster.py": "cluster", "test_report_browser.py": "browser"}
 #: Fixtures that mean a test starts Spark (or a Spark job in another process).
 _SPARK_FIXTURES = {"spark", "spark_submit", "cluster", "connect_server"}
 
@@ -57,8 +56,7 @@ def run_main(job_module, argv: list, capsys) -> tuple[int, list]:
     return status, [line for line in err.splitlines() if line.strip()]
 
 
-def write_idx_dataset(folder: Path, train: int, test: int, *, shape=(28, 28), num_classes=10,
-                      seed=0, gz=True) -> Path:
+def write_idx_dataset(folder: Path, train: int, test: int, *, shape=(28, 28), num_classes=10, seed=0, gz=True) -> Path:
     """Write a synthetic dataset in MNIST's four-file layout; return the folder.
 
     Pixels are random; labels cycle through the classes so every class occurs.

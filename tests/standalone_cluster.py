@@ -18,6 +18,7 @@ Used by ``tests/test_cluster.py``, and runnable::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -78,18 +79,22 @@ class Submission:
 
     def kill(self) -> None:
         """SIGKILL the driver: spark-submit's JVM and the Python driver, like a lost machine."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait()
 
 
 class StandaloneCluster:
     """Start with :meth:`start`, submit jobs with :meth:`submit`, stop with :meth:`stop`."""
 
-    def __init__(self, workers: int = 2, folder: str | None = None, worker_memory: str = "3g",
-                 port: int | None = None, ui_port: int | None = None):
+    def __init__(
+        self,
+        workers: int = 2,
+        folder: str | None = None,
+        worker_memory: str = "3g",
+        port: int | None = None,
+        ui_port: int | None = None,
+    ):
         import pyspark
 
         self.spark_home = Path(pyspark.__file__).parent
@@ -102,29 +107,60 @@ class StandaloneCluster:
         self.processes: list[subprocess.Popen] = []
 
     def _env(self) -> dict:
-        env = dict(os.environ, SPARK_HOME=str(self.spark_home), SPARK_LOG_DIR=str(self.folder),
-                   SPARK_CONF_DIR=str(PROJECT / "conf"), PYSPARK_PYTHON=sys.executable,
-                   SPARK_LOCAL_IP="127.0.0.1")
+        env = dict(
+            os.environ,
+            SPARK_HOME=str(self.spark_home),
+            SPARK_LOG_DIR=str(self.folder),
+            SPARK_CONF_DIR=str(PROJECT / "conf"),
+            PYSPARK_PYTHON=sys.executable,
+            SPARK_LOCAL_IP="127.0.0.1",
+        )
         env.pop("PYSPARK_GATEWAY_PORT", None)
         return env
 
     def _launch(self, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
-        log = open(self.folder / f"{name}.log", "w")
-        process = subprocess.Popen([str(self.spark_home / "bin" / "spark-class"), *args],
-                                   env={**self._env(), **(env or {})},
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # The child keeps its own copy of the log's descriptor.
+        with open(self.folder / f"{name}.log", "w") as log:
+            process = subprocess.Popen(
+                [str(self.spark_home / "bin" / "spark-class"), *args],
+                env={**self._env(), **(env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.processes.append(process)
         return process
 
-    def start(self, timeout: float = 60.0) -> "StandaloneCluster":
-        self._launch("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                     "--port", str(self.port), "--webui-port", str(self.ui_port))
+    def start(self, timeout: float = 60.0) -> StandaloneCluster:
+        self._launch(
+            "master",
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--webui-port",
+            str(self.ui_port),
+        )
         for number in range(self.workers):
             work = self.folder / f"work{number}"
             work.mkdir(parents=True, exist_ok=True)
-            self._launch(f"worker{number}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                         "--cores", "1", "--memory", self.worker_memory, "--webui-port", str(_free_port()),
-                         "--work-dir", str(work), self.url, env=self._gpu_env(number))
+            self._launch(
+                f"worker{number}",
+                "org.apache.spark.deploy.worker.Worker",
+                "--host",
+                "127.0.0.1",
+                "--cores",
+                "1",
+                "--memory",
+                self.worker_memory,
+                "--webui-port",
+                str(_free_port()),
+                "--work-dir",
+                str(work),
+                self.url,
+                env=self._gpu_env(number),
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -145,10 +181,12 @@ class StandaloneCluster:
         they ask (``spark.executor.resource.gpu.amount``).
         """
         script = self.folder / f"gpus-worker{number}.sh"
-        script.write_text(f"#!/bin/sh\necho '{{\"name\": \"gpu\", \"addresses\": [\"{number}\"]}}'\n")
+        script.write_text(f'#!/bin/sh\necho \'{{"name": "gpu", "addresses": ["{number}"]}}\'\n')
         script.chmod(0o755)
-        return {"SPARK_WORKER_OPTS": f"-Dspark.worker.resource.gpu.amount=1 "
-                                     f"-Dspark.worker.resource.gpu.discoveryScript={script}"}
+        return {
+            "SPARK_WORKER_OPTS": f"-Dspark.worker.resource.gpu.amount=1 "
+            f"-Dspark.worker.resource.gpu.discoveryScript={script}"
+        }
 
     def executor_python(self) -> Path:
         """A venv whose site-packages points at this one's, without its ``.pth`` files.
@@ -163,8 +201,12 @@ class StandaloneCluster:
         python = venv / "bin" / "python"
         if not python.exists():
             subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-            purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                     check=True, capture_output=True, text=True).stdout.strip()
+            purelib = subprocess.run(
+                [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
             Path(purelib, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
         return python
 
@@ -176,8 +218,15 @@ class StandaloneCluster:
                 archive.write(source, source.relative_to(PROJECT))
         return path
 
-    def submit(self, job: str, *args: str, env: dict | None = None, timeout: float = 600.0,
-               wait: bool = True, conf: dict | None = None):
+    def submit(
+        self,
+        job: str,
+        *args: str,
+        env: dict | None = None,
+        timeout: float = 600.0,
+        wait: bool = True,
+        conf: dict | None = None,
+    ):
         """``spark-submit --master <cluster> --py-files mnist_spark.zip jobs/<job>.py args``.
 
         ``conf`` adds Spark settings. With ``wait`` (the default) returns the
@@ -187,20 +236,32 @@ class StandaloneCluster:
         returns a running :class:`Submission`.
         """
         ui_port = _free_port()
-        command = [str(Path(sys.executable).parent / "spark-submit"), "--master", self.url,
-                   "--conf", f"spark.ui.port={ui_port}",
-                   "--conf", f"spark.pyspark.driver.python={sys.executable}",
-                   "--conf", f"spark.pyspark.python={self.executor_python()}",
-                   *[f"--conf={key}={value}" for key, value in (conf or {}).items()],
-                   "--py-files", str(self.library_zip()), str(PROJECT / "jobs" / f"{job}.py"), *args]
+        command = [
+            str(Path(sys.executable).parent / "spark-submit"),
+            "--master",
+            self.url,
+            "--conf",
+            f"spark.ui.port={ui_port}",
+            "--conf",
+            f"spark.pyspark.driver.python={sys.executable}",
+            "--conf",
+            f"spark.pyspark.python={self.executor_python()}",
+            *[f"--conf={key}={value}" for key, value in (conf or {}).items()],
+            "--py-files",
+            str(self.library_zip()),
+            str(PROJECT / "jobs" / f"{job}.py"),
+            *args,
+        ]
         full_env = {**self._env(), **(env or {})}
         if wait:
-            return subprocess.run(command, env=full_env, cwd=self.folder, capture_output=True, text=True,
-                                  timeout=timeout)
+            return subprocess.run(
+                command, env=full_env, cwd=self.folder, capture_output=True, text=True, timeout=timeout
+            )
         log = self.folder / f"{job}-{ui_port}.log"
         with open(log, "w") as sink:
-            process = subprocess.Popen(command, env=full_env, cwd=self.folder, stdout=sink,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                command, env=full_env, cwd=self.folder, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return Submission(process, log, ui_port)
 
     def executor_pids(self) -> dict[str, int]:
@@ -236,10 +297,8 @@ def _terminate(pids: list[int], timeout: float = 20.0) -> None:
     """SIGTERM each process and its descendants; SIGKILL what is left after ``timeout`` s."""
     everything = [p for pid in pids for p in [*_descendants(pid), pid]]
     for pid in everything:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(_alive(pid) for pid in everything):
         time.sleep(0.2)
@@ -276,15 +335,27 @@ def up(folder: str, port: int = 7077, ui_port: int = 8080) -> int:
     state = Path(folder) / STATE_FILE
     if state.exists():
         if _cluster_pids(state):
-            print(f"a cluster started from {folder} is still up ({json.loads(state.read_text())['url']}); "
-                  f"stop it first: make cluster-down", file=sys.stderr)
+            print(
+                f"a cluster started from {folder} is still up ({json.loads(state.read_text())['url']}); "
+                f"stop it first: make cluster-down",
+                file=sys.stderr,
+            )
             return 1
         state.unlink()  # left by a cluster that is gone (a reboot, a kill)
     cluster = StandaloneCluster(folder=folder, port=port, ui_port=ui_port).start()
-    state.write_text(json.dumps({"url": cluster.url, "ui": f"http://127.0.0.1:{cluster.ui_port}",
-                                 "pids": [p.pid for p in cluster.processes]}))
-    print(f"standalone cluster {cluster.url}: {cluster.workers} one-core workers, web UI "
-          f"http://127.0.0.1:{cluster.ui_port}, logs in {cluster.folder}")
+    state.write_text(
+        json.dumps(
+            {
+                "url": cluster.url,
+                "ui": f"http://127.0.0.1:{cluster.ui_port}",
+                "pids": [p.pid for p in cluster.processes],
+            }
+        )
+    )
+    print(
+        f"standalone cluster {cluster.url}: {cluster.workers} one-core workers, web UI "
+        f"http://127.0.0.1:{cluster.ui_port}, logs in {cluster.folder}"
+    )
     return 0
 
 
@@ -305,9 +376,10 @@ def demo() -> int:
     cluster = StandaloneCluster().start()
     print(f"standalone cluster at {cluster.url} (logs in {cluster.folder})")
     try:
-        for job, args in (("train_cnn", ["--limit", "2000", "--epochs", "2", "--arch", "simple_cnn"]),
-                          ("transfer", ["--weights", "none", "--image-size", "75", "--train-limit", "200",
-                                        "--test-limit", "100"])):
+        for job, args in (
+            ("train_cnn", ["--limit", "2000", "--epochs", "2", "--arch", "simple_cnn"]),
+            ("transfer", ["--weights", "none", "--image-size", "75", "--train-limit", "200", "--test-limit", "100"]),
+        ):
             output = cluster.folder / f"run-{job}"
             result = cluster.submit(job, *args, "--output", str(output))
             if result.returncode != 0:
@@ -324,8 +396,13 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", nargs="?", default="demo", choices=["demo", "up", "down"],
-                        help="demo: start, run both jobs, stop; up / down: a cluster that stays up")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="demo",
+        choices=["demo", "up", "down"],
+        help="demo: start, run both jobs, stop; up / down: a cluster that stays up",
+    )
     parser.add_argument("--folder", default="runs/standalone-cluster", help="logs and state (up, down)")
     parser.add_argument("--port", type=int, default=7077, help="master port (up)")
     parser.add_argument("--ui-port", type=int, default=8080, help="master web UI port (up)")

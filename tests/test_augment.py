@@ -63,7 +63,7 @@ def test_rotation_angles_stay_in_range_and_change_the_image():
     assert angles.min() >= -25 and angles.max() <= 10
     assert angles.min() < -20 and angles.max() > 5  # the whole range is used
     assert all(t.shear is None and t.zoom is None and t.elastic is None for t in done)
-    changed = np.array([not np.array_equal(a, b) for a, b in zip(out, images)])
+    changed = np.array([not np.array_equal(a, b) for a, b in zip(out, images, strict=True)])
     assert changed[np.abs(angles) > 2].all()
     assert augment.parse_augmentation(done[0].describe()) == {"rotate": round(angles[0], 2)}
 
@@ -99,7 +99,7 @@ def test_same_key_same_variant_whatever_the_batch():
     keys = [("train", 100 + i, 1 + i % 3) for i in range(12)]
     whole, done = augment_batch(images, keys, params, seed=9)
     for i in (0, 5, 11):
-        alone, one = augment_batch(images[i: i + 1], keys[i: i + 1], params, seed=9)
+        alone, one = augment_batch(images[i : i + 1], keys[i : i + 1], params, seed=9)
         assert np.array_equal(alone[0], whole[i]) and one[0] == done[i]
     other, _ = augment_batch(images, keys, params, seed=10)
     assert not np.array_equal(other, whole)
@@ -128,8 +128,9 @@ def test_variants_are_identical_for_1_and_3_partitions(spark, tiny_idx):
     # The Spark step gives exactly what augment_batch gives on the driver.
     originals = {(r.split, r["index"]): r for r in one if r.variant == 0}
     some = [r for r in one if r.variant][:10]
-    stack = np.stack([np.frombuffer(originals[(r.split, r["index"])].image.data, np.uint8).reshape(28, 28)
-                      for r in some])
+    stack = np.stack(
+        [np.frombuffer(originals[(r.split, r["index"])].image.data, np.uint8).reshape(28, 28) for r in some]
+    )
     out, done = augment_batch(stack, [(r.split, r["index"], r.variant) for r in some], params, seed=42)
     assert [o.tobytes() for o in out] == [r.image.data for r in some]
     assert [t.describe() for t in done] == [r.augmentation for r in some]
@@ -169,14 +170,17 @@ def test_checks_on_the_driver(spark, tiny_idx):
     assert augment.add_variants(df, 0, AugmentParams()).count() == 35
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda: AugmentParams().rotate(1.5, 10, 10), r"rotate_probability must lie in \[0, 1\], found 1.5"),
-    (lambda: AugmentParams().rotate(0.5, -3, 10), "max_left_rotation must be 0 or more"),
-    (lambda: AugmentParams().zoom(0.5, 1.2, 0.9), "0 < min_zoom <= max_zoom"),
-    (lambda: AugmentParams().shift(0.5, 2), "max_shift is a fraction"),
-    (lambda: AugmentParams().elastic(0.5, 8, 0), "elastic_sigma must be above 0"),
-    (lambda: AugmentParams(rotate_probability="high"), "must be a number"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: AugmentParams().rotate(1.5, 10, 10), r"rotate_probability must lie in \[0, 1\], found 1.5"),
+        (lambda: AugmentParams().rotate(0.5, -3, 10), "max_left_rotation must be 0 or more"),
+        (lambda: AugmentParams().zoom(0.5, 1.2, 0.9), "0 < min_zoom <= max_zoom"),
+        (lambda: AugmentParams().shift(0.5, 2), "max_shift is a fraction"),
+        (lambda: AugmentParams().elastic(0.5, 8, 0), "elastic_sigma must be above 0"),
+        (lambda: AugmentParams(rotate_probability="high"), "must be a number"),
+    ],
+)
 def test_bad_params_name_the_param(build, message):
     with pytest.raises((ValueError, TypeError), match=message):
         build()

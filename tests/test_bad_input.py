@@ -30,8 +30,18 @@ TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
 FAST = {
     "ingest": ["--limit", "10"],
     "export_png": ["--limit", "5", "--sample", "0"],
-    "train_cnn": ["--arch", "simple_cnn", "--epochs", "1", "--limit", "20", "--validation-size", "0",
-                  "--checkpoint-every", "0"],
+    "train_cnn": [
+        "--arch",
+        "simple_cnn",
+        "--epochs",
+        "1",
+        "--limit",
+        "20",
+        "--validation-size",
+        "0",
+        "--checkpoint-every",
+        "0",
+    ],
     "transfer": ["--weights", "none", "--image-size", "75", "--train-limit", "20", "--test-limit", "10"],
 }
 
@@ -57,8 +67,11 @@ def assert_one_error(job: str, status, lines: list, *names: str) -> str:
 def assert_no_output(output: Path) -> None:
     """Neither the output nor a temporary or partial sibling of it is left."""
     assert not output.exists(), f"{output} was left behind"
-    siblings = [p.name for p in output.parent.glob(f"{output.name}.*")
-                if ".tmp-" in p.name or p.name.endswith(".partial")] if output.parent.is_dir() else []
+    siblings = (
+        [p.name for p in output.parent.glob(f"{output.name}.*") if ".tmp-" in p.name or p.name.endswith(".partial")]
+        if output.parent.is_dir()
+        else []
+    )
     assert not siblings, f"partial output left: {siblings}"
 
 
@@ -147,11 +160,17 @@ IDX_DEFECTS = {
 }
 
 IDX_CASES = [pytest.param("ingest", defect, id=f"ingest-{defect}") for defect in IDX_DEFECTS]
-IDX_CASES += [pytest.param(job, defect, id=f"{job}-{defect}") for job, defect in (
-    ("train_cnn", "truncated"), ("train_cnn", "label outside the classes"), ("train_cnn", "missing file"),
-    ("export_png", "wrong magic"), ("export_png", "header promises 10**9 images"),
-    ("export_png", "image/label count mismatch"),
-)]
+IDX_CASES += [
+    pytest.param(job, defect, id=f"{job}-{defect}")
+    for job, defect in (
+        ("train_cnn", "truncated"),
+        ("train_cnn", "label outside the classes"),
+        ("train_cnn", "missing file"),
+        ("export_png", "wrong magic"),
+        ("export_png", "header promises 10**9 images"),
+        ("export_png", "image/label count mismatch"),
+    )
+]
 
 
 @pytest.mark.parametrize("job, defect", IDX_CASES)
@@ -304,8 +323,7 @@ def test_transfer_weights_truncated(spark, tmp_path, capsys, tiny_idx):
 
 def test_predict_model_missing(spark, tmp_path, capsys, tiny_idx):
     missing = tmp_path / "nope.keras"
-    check_case("predict", ["--data-dir", tiny_idx, "--model-file", missing], tmp_path / "out", capsys,
-               str(missing))
+    check_case("predict", ["--data-dir", tiny_idx, "--model-file", missing], tmp_path / "out", capsys, str(missing))
 
 
 def test_predict_model_truncated(spark, tmp_path, capsys, tiny_idx, saved_model):

@@ -10,24 +10,45 @@ import signal
 import subprocess
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+from standalone_cluster import StandaloneCluster
 
 from conftest import MNIST_DIR
 from mnist_spark import training
-from standalone_cluster import StandaloneCluster
 
 pytestmark = pytest.mark.slow
 
 #: Two epochs of 12,000 images per replica in three rounds (a quarter epoch, the rest of the
 #: first, the second): each round runs a few seconds on one core.
-TRAIN = ("--data-dir", str(MNIST_DIR), "--limit", "24000", "--epochs", "2", "--arch", "simple_cnn",
-         "--validation-size", "0")
+TRAIN = (
+    "--data-dir",
+    str(MNIST_DIR),
+    "--limit",
+    "24000",
+    "--epochs",
+    "2",
+    "--arch",
+    "simple_cnn",
+    "--validation-size",
+    "0",
+)
 ROUNDS = 3
 #: 10,000 test images and 3 variants each: 40,000 PNG files.
-EXPORT = ("--data-dir", str(MNIST_DIR), "--splits", "test", "--augment-variants", "3", "--partitions", "8",
-          "--sample", "0")
+EXPORT = (
+    "--data-dir",
+    str(MNIST_DIR),
+    "--splits",
+    "test",
+    "--augment-variants",
+    "3",
+    "--partitions",
+    "8",
+    "--sample",
+    "0",
+)
 EXPORT_FILES = 40_000
 #: Seconds any one job may take here before the test fails.
 JOB_TIMEOUT = 300
@@ -40,7 +61,7 @@ def cluster(tmp_path_factory):
     pids = [p.pid for p in started.processes]
     started.stop()
     for pid in pids:  # every process the cluster started is gone
-        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +83,9 @@ def _model_arrays(run) -> dict:
         data = archive.read("model.weights.h5")
     arrays = {}
     with h5py.File(io.BytesIO(data), "r") as weights:
-        weights.visititems(lambda name, item: arrays.__setitem__(name, item[()])
-                           if isinstance(item, h5py.Dataset) else None)
+        weights.visititems(
+            lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
+        )
     return arrays
 
 
@@ -82,9 +104,14 @@ def _assert_same_model(run, reference) -> None:
 def test_each_replica_trains_on_the_gpu_spark_gave_its_task(cluster, tmp_path):
     """Each worker offers one (made-up) GPU; tasks that ask for one get their executor's."""
     out = tmp_path / "gpu"
-    result = cluster.submit("train_cnn", *TRAIN, "--output", str(out), timeout=JOB_TIMEOUT,
-                            conf={"spark.executor.resource.gpu.amount": "1",
-                                  "spark.task.resource.gpu.amount": "1"})
+    result = cluster.submit(
+        "train_cnn",
+        *TRAIN,
+        "--output",
+        str(out),
+        timeout=JOB_TIMEOUT,
+        conf={"spark.executor.resource.gpu.amount": "1", "spark.task.resource.gpu.amount": "1"},
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     history = json.loads((out / "metrics.json").read_text())["history"]
     devices = [device for record in history for device in record["devices"]]
@@ -94,12 +121,20 @@ def test_each_replica_trains_on_the_gpu_spark_gave_its_task(cluster, tmp_path):
 
 def test_executors_get_the_library_only_from_the_zip(cluster):
     python = str(cluster.executor_python())
-    found = subprocess.run([python, "-c", "import numpy, pyarrow, pyspark, PIL; import mnist_spark"],
-                           capture_output=True, text=True, cwd=cluster.folder)
+    found = subprocess.run(
+        [python, "-c", "import numpy, pyarrow, pyspark, PIL; import mnist_spark"],
+        capture_output=True,
+        text=True,
+        cwd=cluster.folder,
+    )
     assert "No module named 'mnist_spark'" in found.stderr  # the dependencies did import
-    shipped = subprocess.run([python, "-c", "import mnist_spark.training as t; print(t.__file__)"],
-                             capture_output=True, text=True, cwd=cluster.folder,
-                             env={**os.environ, "PYTHONPATH": str(cluster.library_zip())})
+    shipped = subprocess.run(
+        [python, "-c", "import mnist_spark.training as t; print(t.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=cluster.folder,
+        env={**os.environ, "PYTHONPATH": str(cluster.library_zip())},
+    )
     assert shipped.returncode == 0 and "mnist_spark.zip" in shipped.stdout, shipped.stderr[-2000:]
 
 
@@ -113,9 +148,22 @@ def test_train_cnn_on_the_cluster(undisturbed):
 
 def test_transfer_on_the_cluster(cluster, tmp_path):
     out = tmp_path / "transfer"
-    result = cluster.submit("transfer", "--data-dir", str(MNIST_DIR), "--weights", "none",
-                            "--image-size", "75", "--train-limit", "200", "--test-limit", "100",
-                            "--output", str(out), timeout=JOB_TIMEOUT)
+    result = cluster.submit(
+        "transfer",
+        "--data-dir",
+        str(MNIST_DIR),
+        "--weights",
+        "none",
+        "--image-size",
+        "75",
+        "--train-limit",
+        "200",
+        "--test-limit",
+        "100",
+        "--output",
+        str(out),
+        timeout=JOB_TIMEOUT,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train_rows"] == 200 and metrics["test_rows"] == 100

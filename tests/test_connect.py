@@ -61,11 +61,17 @@ def _free_port() -> int:
 
 
 def _env(token: str) -> dict:
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PYSPARK_GATEWAY", "SPARK_REMOTE", "SPARK_CONNECT"))}
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")])),
-               PYSPARK_PYTHON=sys.executable, SPARK_CONF_DIR=str(PROJECT / "conf"),
-               SPARK_CONNECT_AUTHENTICATE_TOKEN=token)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PYSPARK_GATEWAY", "SPARK_REMOTE", "SPARK_CONNECT"))
+    }
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")])),
+        PYSPARK_PYTHON=sys.executable,
+        SPARK_CONF_DIR=str(PROJECT / "conf"),
+        SPARK_CONNECT_AUTHENTICATE_TOKEN=token,
+    )
     return env
 
 
@@ -75,8 +81,14 @@ def connect_server(tmp_path_factory):
     port, token = _free_port(), uuid.uuid4().hex
     log = tmp_path_factory.mktemp("connect") / "server.log"
     with open(log, "wb") as sink:
-        server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], env=_env(token), cwd=PROJECT,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=sink)
+        server = subprocess.Popen(
+            [sys.executable, "-c", SERVER, str(port)],
+            env=_env(token),
+            cwd=PROJECT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=sink,
+        )
     try:
         ready = server.stdout.readline()  # the server prints READY once it serves, or ends
         assert ready.strip() == b"READY", log.read_text()[-3000:]
@@ -95,22 +107,61 @@ def test_train_predict_and_transfer_run_on_spark_connect(connect_server, tiny_id
     url, token = connect_server
     common = ["--remote", url, "--data-dir", str(tiny_idx)]
     runs = [
-        ["train_cnn", [*common, "--arch", "mlp", "--epochs", "1", "--batch-size", "8", "--validation-size", "5",
-                       "--output", str(tmp_path / "cnn")]],
+        [
+            "train_cnn",
+            [
+                *common,
+                "--arch",
+                "mlp",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--validation-size",
+                "5",
+                "--output",
+                str(tmp_path / "cnn"),
+            ],
+        ],
         ["predict", [*common, "--model-file", str(tmp_path / "cnn"), "--output", str(tmp_path / "scored")]],
-        ["transfer", [*common, "--weights", "none", "--base-model", "VGG16", "--image-size", "32",
-                      "--train-limit", "20", "--test-limit", "5", "--max-iter", "2", "--batch-size", "8",
-                      "--output", str(tmp_path / "transfer")]],
+        [
+            "transfer",
+            [
+                *common,
+                "--weights",
+                "none",
+                "--base-model",
+                "VGG16",
+                "--image-size",
+                "32",
+                "--train-limit",
+                "20",
+                "--test-limit",
+                "5",
+                "--max-iter",
+                "2",
+                "--batch-size",
+                "8",
+                "--output",
+                str(tmp_path / "transfer"),
+            ],
+        ],
     ]
     log = tmp_path / "client.log"
     with open(log, "wb") as sink:
-        done = subprocess.run([sys.executable, "-c", CLIENT, str(PROJECT), json.dumps(runs)], env=_env(token),
-                              cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=sink,
-                              timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-c", CLIENT, str(PROJECT), json.dumps(runs)],
+            env=_env(token),
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=sink,
+            timeout=600,
+        )
     text = log.read_text()
     result = [line for line in done.stdout.decode().splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and result, text[-4000:]
-    outcome = json.loads(result[0][len("RESULT "):])
+    outcome = json.loads(result[0][len("RESULT ") :])
     assert outcome["statuses"] == {"train_cnn": 0, "predict": 0, "transfer": 0}, text[-4000:]
     assert outcome["jvm"] is False  # a Connect client only: no JVM, no SparkContext in this process
     assert text.count(f"Spark Connect session at {url}") >= 1
@@ -128,8 +179,12 @@ def test_task_slots_of_a_connect_server_come_from_its_settings():
     assert session.cores_from_conf({"spark.master": "local[2]"}.get) == 2
     assert session.cores_from_conf({"spark.master": "local[4]", "spark.default.parallelism": "6"}.get) == 6
     assert session.cores_from_conf({"spark.master": "spark://m:7077", "spark.cores.max": "16"}.get) == 16
-    assert session.cores_from_conf({"spark.master": "k8s://x", "spark.executor.instances": "3",
-                                    "spark.executor.cores": "4"}.get) == 12
+    assert (
+        session.cores_from_conf(
+            {"spark.master": "k8s://x", "spark.executor.instances": "3", "spark.executor.cores": "4"}.get
+        )
+        == 12
+    )
     assert session.cores_from_conf({"spark.master": "yarn"}.get) is None
 
 
@@ -142,8 +197,11 @@ def test_large_payloads_go_through_shared_storage_on_connect(tmp_path, monkeypat
     monkeypatch.delenv(payloads.ENV_SCRATCH, raising=False)
     small = payloads.ship(None, b"x" * 100)
     assert isinstance(small, payloads.Inline) and small.value == b"x" * 100
-    with pytest.raises(ValueError, match=r"more than the 0 MiB that travel with a Spark Connect query; "
-                                         r"set MNIST_SPARK_SCRATCH"):
+    with pytest.raises(
+        ValueError,
+        match=r"more than the 0 MiB that travel with a Spark Connect query; "
+        r"set MNIST_SPARK_SCRATCH",
+    ):
         payloads.ship(None, b"y" * 101, "model state")
     monkeypatch.setenv(payloads.ENV_SCRATCH, str(tmp_path))
     large = payloads.ship(None, b"y" * 101, "model state")

@@ -237,9 +237,7 @@ def test_download_only_the_missing_file(isolated, serve, mnist_mirror_dir):
     assert md5_of(files.labels("test")) == MNIST.md5["t10k-labels-idx1-ubyte.gz"]
 
 
-def test_corrupt_first_mirror_falls_back_to_the_second(
-    isolated, serve, mnist_mirror_dir, corrupt_mirror_dir, caplog
-):
+def test_corrupt_first_mirror_falls_back_to_the_second(isolated, serve, mnist_mirror_dir, corrupt_mirror_dir, caplog):
     bad, good = serve(corrupt_mirror_dir), serve(mnist_mirror_dir)
     files = datasets.download(MNIST_TEST_SPLIT, isolated, mirrors=[bad.url, good.url])
     labels = isolated / "t10k-labels-idx1-ubyte.gz"
@@ -286,9 +284,7 @@ def test_404_refused_and_timeout_mirrors_fall_through(isolated, serve, mnist_mir
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         hanging = f"http://127.0.0.1:{silent.getsockname()[1]}/"
-        files = datasets.download(
-            MNIST_TEST_SPLIT, mirrors=[empty.url, refused, hanging, good.url], timeout=0.3
-        )
+        files = datasets.download(MNIST_TEST_SPLIT, mirrors=[empty.url, refused, hanging, good.url], timeout=0.3)
     assert md5_of(files.labels("test")) == MNIST.md5["t10k-labels-idx1-ubyte.gz"]
     assert empty.hits == Counter({name: 1 for name in MNIST_TEST_SPLIT.file_names})
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -397,9 +393,13 @@ def test_all_fail_lists_every_place_and_the_fix(tmp_path, isolated, monkeypatch)
     with pytest.raises(ValueError) as info:
         datasets.locate(download=False)
     message = str(info.value)
-    places = ["MNIST_SPARK_DATA: not set", f"data/mnist: {first} (the folder does not exist)",
-              f"data/mnist: {second} (found: README.md)", f"cache: {isolated} (the folder does not exist)",
-              "download: not allowed (download=False)"]
+    places = [
+        "MNIST_SPARK_DATA: not set",
+        f"data/mnist: {first} (the folder does not exist)",
+        f"data/mnist: {second} (found: README.md)",
+        f"cache: {isolated} (the folder does not exist)",
+        "download: not allowed (download=False)",
+    ]
     positions = [message.index(place) for place in places]
     assert positions == sorted(positions)
     assert "--data-dir DIR" in message and "MNIST_SPARK_DATA=DIR" in message
@@ -422,8 +422,11 @@ def test_uri_folders(tmp_path):
 # --------------------------------------------------------------------------- discovery
 
 
-EMNIST_NAMES = tuple(f"emnist-digits-{split}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz"
-                     for split in ("train", "test") for kind in ("images", "labels"))
+EMNIST_NAMES = tuple(
+    f"emnist-digits-{split}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz"
+    for split in ("train", "test")
+    for kind in ("images", "labels")
+)
 
 
 def test_emnist_style_folder_by_pattern(tmp_path, caplog):
@@ -475,8 +478,7 @@ def test_ambiguous_folder(tmp_path):
         datasets.locate(folder)
     message = str(info.value)
     assert str(folder) in message and "more than one file matches" in message
-    assert ("emnist-digits-train-images-idx3-ubyte.gz, emnist-letters-train-images-idx3-ubyte.gz"
-            in message)
+    assert "emnist-digits-train-images-idx3-ubyte.gz, emnist-letters-train-images-idx3-ubyte.gz" in message
     assert "emnist-digits-test-labels-idx1-ubyte.gz, emnist-letters-test-labels-idx1-ubyte.gz" in message
 
 

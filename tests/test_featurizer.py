@@ -36,8 +36,9 @@ def _image_frame(spark, pixels, origins=None):
     from pyspark.sql.types import LongType, StructField, StructType
 
     origins = origins or [f"test:{i}" for i in range(len(pixels))]
-    schema = StructType([StructField("index", LongType(), False),
-                         StructField("image", images.image_struct_type(), True)])
+    schema = StructType(
+        [StructField("index", LongType(), False), StructField("image", images.image_struct_type(), True)]
+    )
     pieces = [(i, images.image_struct_array(p[None], [origins[i]])) for i, p in enumerate(pixels)]
 
     def make(_):
@@ -75,8 +76,7 @@ def saved_weights(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("weights")
     keras.utils.set_random_seed(5)
-    model = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3),
-                                           pooling="avg")
+    model = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3), pooling="avg")
     legacy = folder / featurizer.ARCHITECTURES["InceptionV3"].weights_file
     with h5py.File(legacy, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, model)
@@ -89,9 +89,11 @@ def saved_weights(tmp_path_factory):
 
 
 def test_import_does_not_load_tensorflow():
-    code = ("import sys, mnist_spark; assert 'tensorflow' not in sys.modules; "
-            "from mnist_spark import DeepImageFeaturizer; assert 'tensorflow' not in sys.modules; "
-            "print(DeepImageFeaturizer.__module__)")
+    code = (
+        "import sys, mnist_spark; assert 'tensorflow' not in sys.modules; "
+        "from mnist_spark import DeepImageFeaturizer; assert 'tensorflow' not in sys.modules; "
+        "print(DeepImageFeaturizer.__module__)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "mnist_spark.featurizer"
@@ -99,18 +101,29 @@ def test_import_does_not_load_tensorflow():
 
 def test_defaults_and_choices():
     stage = DeepImageFeaturizer()
-    assert (stage.getInputCol(), stage.getOutputCol(), stage.getModelName(), stage.getScaleHint(),
-            stage.getPooling(), stage.getImageSize(), stage.getBatchSize(), stage.getWeights()) == (
-        "image", "features", "InceptionV3", "SCALE_AREA_AVERAGING", "avg", 0, 32, "imagenet")
+    assert (
+        stage.getInputCol(),
+        stage.getOutputCol(),
+        stage.getModelName(),
+        stage.getScaleHint(),
+        stage.getPooling(),
+        stage.getImageSize(),
+        stage.getBatchSize(),
+        stage.getWeights(),
+    ) == ("image", "features", "InceptionV3", "SCALE_AREA_AVERAGING", "avg", 0, 32, "imagenet")
     assert stage.effectiveImageSize() == 299
     assert DeepImageFeaturizer(modelName="VGG16").effectiveImageSize() == 224
-    with pytest.raises(ValueError, match="'Incepshun' is not a supported modelName; choose one of: "
-                                         "InceptionV3, Xception, ResNet50, VGG16, VGG19"):
+    with pytest.raises(
+        ValueError,
+        match="'Incepshun' is not a supported modelName; choose one of: InceptionV3, Xception, ResNet50, VGG16, VGG19",
+    ):
         DeepImageFeaturizer(modelName="Incepshun")
     with pytest.raises(ValueError, match="'Incepshun' is not a supported modelName"):
         stage.setModelName("Incepshun")
-    with pytest.raises(ValueError, match="'SCALE_BEST' is not a supported scaleHint; choose one of: "
-                                         "SCALE_AREA_AVERAGING, SCALE_DEFAULT"):
+    with pytest.raises(
+        ValueError,
+        match="'SCALE_BEST' is not a supported scaleHint; choose one of: SCALE_AREA_AVERAGING, SCALE_DEFAULT",
+    ):
         stage.setScaleHint("SCALE_BEST")
     with pytest.raises(ValueError, match="'mean' is not a supported pooling; choose one of: avg, max, none"):
         stage.setPooling("mean")
@@ -125,14 +138,21 @@ def test_defaults_and_choices():
 
 
 def test_every_setter_survives_save_and_load(spark, tmp_path):
-    stage = (DeepImageFeaturizer().setInputCol("picture").setOutputCol("vec").setModelName("Xception")
-             .setScaleHint("SCALE_SMOOTH").setPooling("none").setImageSize(71).setBatchSize(5)
-             .setWeights("/data/xception.h5"))
+    stage = (
+        DeepImageFeaturizer()
+        .setInputCol("picture")
+        .setOutputCol("vec")
+        .setModelName("Xception")
+        .setScaleHint("SCALE_SMOOTH")
+        .setPooling("none")
+        .setImageSize(71)
+        .setBatchSize(5)
+        .setWeights("/data/xception.h5")
+    )
     stage.write().save(str(tmp_path / "featurizer"))
     loaded = DeepImageFeaturizer.load(str(tmp_path / "featurizer"))
     assert loaded.uid == stage.uid
-    for name in ("InputCol", "OutputCol", "ModelName", "ScaleHint", "Pooling", "ImageSize", "BatchSize",
-                 "Weights"):
+    for name in ("InputCol", "OutputCol", "ModelName", "ScaleHint", "Pooling", "ImageSize", "BatchSize", "Weights"):
         assert getattr(loaded, f"get{name}")() == getattr(stage, f"get{name}")(), name
     assert loaded.getOutputCol() == "vec" and loaded.getImageSize() == 71
     # Defaults are fixed strings, also after loading (not derived from the uid).
@@ -182,8 +202,9 @@ def test_colour_structs_are_bgr(spark, plain_model):
     got = _features(df, stage, key=("index",))
 
     def plain(arrays):
-        resized = np.stack([np.asarray(Image.fromarray(a).resize((SIZE, SIZE), Image.Resampling.BOX))
-                            for a in arrays]).astype(np.float32)
+        resized = np.stack(
+            [np.asarray(Image.fromarray(a).resize((SIZE, SIZE), Image.Resampling.BOX)) for a in arrays]
+        ).astype(np.float32)
         return plain_model.predict(keras.applications.inception_v3.preprocess_input(resized), verbose=0)
 
     want, swapped = plain(rgb), plain([p[..., ::-1] for p in rgb])
@@ -232,14 +253,21 @@ def test_missing_imagenet_weights_say_what_to_do(spark, test_df, monkeypatch, tm
     with pytest.raises(ValueError) as caught:
         DeepImageFeaturizer(imageSize=SIZE).transform(test_df)
     message = str(caught.value)
-    for part in ("inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", "$MNIST_SPARK_WEIGHTS (not set)",
-                 str(tmp_path / "keras" / "models"), "keras.applications.InceptionV3(include_top=False)",
-                 "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/",
-                 "weights='none'"):
+    for part in (
+        "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "$MNIST_SPARK_WEIGHTS (not set)",
+        str(tmp_path / "keras" / "models"),
+        "keras.applications.InceptionV3(include_top=False)",
+        "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/",
+        "weights='none'",
+    ):
         assert part in message, part
     monkeypatch.setenv(featurizer.ENV_WEIGHTS, str(tmp_path / "offline"))
-    with pytest.raises(ValueError, match=r"resnet50_weights_tf_dim_ordering_tf_kernels_notop\.h5.*"
-                                         r"\$MNIST_SPARK_WEIGHTS \(.*offline\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"resnet50_weights_tf_dim_ordering_tf_kernels_notop\.h5.*"
+        r"\$MNIST_SPARK_WEIGHTS \(.*offline\)",
+    ):
         DeepImageFeaturizer(modelName="ResNet50").transform(test_df)
 
 
@@ -248,8 +276,9 @@ def test_missing_imagenet_weights_say_what_to_do(spark, test_df, monkeypatch, tm
 
 def test_unpooled_output_is_sparkdls_flat_vector(spark, test_df, test_images):
     """pooling="none" keeps the last block's whole output, flattened (height, width, channels)."""
-    stage = DeepImageFeaturizer(modelName="VGG16", imageSize=64, pooling="none", weights="none",
-                                scaleHint="SCALE_DEFAULT", outputCol="flat")
+    stage = DeepImageFeaturizer(
+        modelName="VGG16", imageSize=64, pooling="none", weights="none", scaleHint="SCALE_DEFAULT", outputCol="flat"
+    )
     got = _features(test_df.limit(6), stage)
     model = featurizer.build_model("VGG16", 64, "none", "none")
     assert model.output_shape == (None, 2, 2, 512)
@@ -264,14 +293,12 @@ def test_unpooled_output_is_sparkdls_flat_vector(spark, test_df, test_images):
 
 
 def test_weights_from_files(spark, test_df, test_images, saved_weights, monkeypatch, tmp_path):
-    want = saved_weights["model"].predict(
-        featurizer.preprocess_images(test_images, "InceptionV3", SIZE), verbose=0)
+    want = saved_weights["model"].predict(featurizer.preprocess_images(test_images, "InceptionV3", SIZE), verbose=0)
     scale = np.abs(want).max()
 
     def check(stage):
         got = _features(test_df, stage)
-        np.testing.assert_allclose(np.stack([got[("test", i)] for i in range(40)]), want, rtol=1e-4,
-                                   atol=1e-4 * scale)
+        np.testing.assert_allclose(np.stack([got[("test", i)] for i in range(40)]), want, rtol=1e-4, atol=1e-4 * scale)
 
     # Keras' published layout, found by name as "imagenet" in $MNIST_SPARK_WEIGHTS (air-gapped clusters).
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
@@ -288,9 +315,12 @@ def test_weights_from_files(spark, test_df, test_images, saved_weights, monkeypa
     modern = featurizer.resolve_weights(str(saved_weights["modern"]), "InceptionV3")
     assert modern.suffix == ".weights.h5"
     loaded = featurizer.build_model("InceptionV3", SIZE, "avg", str(saved_weights["modern"]))
-    assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), saved_weights["model"].get_weights()))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(loaded.get_weights(), saved_weights["model"].get_weights(), strict=True)
+    )
     assert featurizer.resolve_weights(str(saved_weights["folder"]), "InceptionV3").location == str(
-        saved_weights["legacy"])
+        saved_weights["legacy"]
+    )
 
 
 def test_bad_weight_files(spark, test_df, saved_weights, tmp_path):
@@ -304,8 +334,11 @@ def test_bad_weight_files(spark, test_df, saved_weights, tmp_path):
         stage.copy({stage.weights: str(truncated)}).transform(test_df)
     vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     vgg.save_weights(tmp_path / "vgg16.weights.h5")
-    with pytest.raises(ValueError, match=r"vgg16\.weights\.h5 does not fit InceptionV3 without its top .*"
-                                         "set modelName to the network they belong to"):
+    with pytest.raises(
+        ValueError,
+        match=r"vgg16\.weights\.h5 does not fit InceptionV3 without its top .*"
+        "set modelName to the network they belong to",
+    ):
         stage.copy({stage.weights: str(tmp_path / "vgg16.weights.h5")}).transform(test_df)
     empty = tmp_path / "empty.h5"
     empty.write_bytes(b"")

@@ -1,4 +1,5 @@
 """Tests for mnist_spark.idx: the IDX file format (numpy only, no Spark)."""
+
 import gzip
 import hashlib
 import io
@@ -55,6 +56,7 @@ class Unseekable:
 
 
 # --- round trips ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -116,6 +118,7 @@ def test_open_stream_gunzips(tmp_path):
 
 # --- read_records ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 @pytest.mark.parametrize("start,stop", [(0, 0), (0, 1), (3, 7), (9, 10), (0, 10), (10, 10)])
 def test_read_records(tmp_path, suffix, start, stop):
@@ -140,6 +143,7 @@ def test_read_records_out_of_range(tmp_path, suffix, start, stop):
 
 
 # --- inspect and the real MNIST files ------------------------------------------------------------
+
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 def test_inspect_md5(tmp_path, suffix):
@@ -178,12 +182,34 @@ def test_real_mnist_read():
     for part in ("train", "t10k"):
         labels = arrays[f"{part}-labels-idx1-ubyte.gz"]
         idx.check_labels(labels, 10, part)
-        idx.check_pair(idx.inspect(MNIST / f"{part}-images-idx3-ubyte.gz")[0],
-                       idx.inspect(MNIST / f"{part}-labels-idx1-ubyte.gz")[0])
+        idx.check_pair(
+            idx.inspect(MNIST / f"{part}-images-idx3-ubyte.gz")[0],
+            idx.inspect(MNIST / f"{part}-labels-idx1-ubyte.gz")[0],
+        )
     assert np.bincount(arrays["t10k-labels-idx1-ubyte.gz"]).tolist() == [
-        980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+        980,
+        1135,
+        1032,
+        1010,
+        982,
+        892,
+        958,
+        1028,
+        974,
+        1009,
+    ]
     assert np.bincount(arrays["train-labels-idx1-ubyte.gz"]).tolist() == [
-        5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+        5923,
+        6742,
+        5958,
+        6131,
+        5842,
+        5421,
+        5918,
+        6265,
+        5851,
+        5949,
+    ]
     _, part = idx.read_records(MNIST / "train-images-idx3-ubyte.gz", 59990, 60000)
     np.testing.assert_array_equal(part, arrays["train-images-idx3-ubyte.gz"][59990:])
 
@@ -225,21 +251,27 @@ def test_not_idx(tmp_path, suffix):
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
-@pytest.mark.parametrize("content,needed,found", [
-    (b"\0\0\x08", 4, 3),
-    (b"\0\0\x08\x03" + b"\0\0\0\1\0\0", 16, 10),
-])
+@pytest.mark.parametrize(
+    "content,needed,found",
+    [
+        (b"\0\0\x08", 4, 3),
+        (b"\0\0\x08\x03" + b"\0\0\0\1\0\0", 16, 10),
+    ],
+)
 def test_truncated_header(tmp_path, suffix, content, needed, found):
     path = put(tmp_path / f"h{suffix}", content)
     with pytest.raises(IdxError, match=rf"h{suffix}: truncated header: .*{needed}.* holds {found}\b.*download"):
         idx.inspect(path)
 
 
-@pytest.mark.parametrize("content,pattern", [
-    (b"\x01\x00\x08\x01\0\0\0\1\0", r"must start with bytes 00 00 .*01 00 08 01"),
-    (b"\0\0\x0a\x01\0\0\0\1\0", r"unknown type code 0x0A.*0x08 \(uint8\).*0x0E \(float64\)"),
-    (b"\0\0\x08\x00", r"0 dimensions, expected at least 1"),
-])
+@pytest.mark.parametrize(
+    "content,pattern",
+    [
+        (b"\x01\x00\x08\x01\0\0\0\1\0", r"must start with bytes 00 00 .*01 00 08 01"),
+        (b"\0\0\x0a\x01\0\0\0\1\0", r"unknown type code 0x0A.*0x08 \(uint8\).*0x0E \(float64\)"),
+        (b"\0\0\x08\x00", r"0 dimensions, expected at least 1"),
+    ],
+)
 def test_wrong_magic(tmp_path, content, pattern):
     path = put(tmp_path / "magic-idx1-ubyte", content)
     with pytest.raises(IdxError, match="magic-idx1-ubyte: .*" + pattern):
@@ -252,8 +284,10 @@ def test_truncated_data(tmp_path, reader, suffix):
     path = put(tmp_path / f"t10k-images-idx3-ubyte{suffix}", header_bytes(0x08, (100, 28, 28)) + bytes(50000))
     if reader == "read_records" and suffix:  # gzip: a slice within the data present still reads
         assert idx.read_records(path, 0, 50)[1].shape == (50, 28, 28)
-    pattern = (rf"t10k-images-idx3-ubyte{suffix}: header says 100 items of 28x28 uint8 \(78400 data bytes\) "
-               r"but the file holds 50000 data bytes.*truncated, download it again")
+    pattern = (
+        rf"t10k-images-idx3-ubyte{suffix}: header says 100 items of 28x28 uint8 \(78400 data bytes\) "
+        r"but the file holds 50000 data bytes.*truncated, download it again"
+    )
     with pytest.raises(IdxError, match=pattern):
         READERS[reader](path) if reader != "read_records" else idx.read_records(path, 60, 100)
 
@@ -306,8 +340,12 @@ def test_huge_header_under_memory_limit(tmp_path):
                     sys.exit("no error for " + name)
         print("ok")
     """)
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {
+        **os.environ,
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
@@ -343,12 +381,18 @@ def test_check_pair(tmp_path):
     idx.check_pair(images, idx.IdxHeader("l", np.dtype("u1"), (10,), 8, False))
 
 
-@pytest.mark.parametrize("labels,pattern", [
-    (np.array([0, 1, 9, 10, 3, 12], np.uint8), r"label 10 at index 3 is outside the 10 classes \(allowed 0 to 9, 2 bad"),
-    (np.array([0, -1, 2], np.int8), r"label -1 at index 1 is outside the 10 classes \(allowed 0 to 9"),
-    (np.array([0.0, 1.0]), r"expected labels as a 1-D integer array, found shape \(2,\) of float64"),
-    (np.zeros((2, 2), np.uint8), r"expected labels as a 1-D integer array, found shape \(2, 2\)"),
-])
+@pytest.mark.parametrize(
+    "labels,pattern",
+    [
+        (
+            np.array([0, 1, 9, 10, 3, 12], np.uint8),
+            r"label 10 at index 3 is outside the 10 classes \(allowed 0 to 9, 2 bad",
+        ),
+        (np.array([0, -1, 2], np.int8), r"label -1 at index 1 is outside the 10 classes \(allowed 0 to 9"),
+        (np.array([0.0, 1.0]), r"expected labels as a 1-D integer array, found shape \(2,\) of float64"),
+        (np.zeros((2, 2), np.uint8), r"expected labels as a 1-D integer array, found shape \(2, 2\)"),
+    ],
+)
 def test_check_labels(labels, pattern):
     with pytest.raises(IdxError, match="train-labels-idx1-ubyte.gz: " + pattern):
         idx.check_labels(labels, 10, "train-labels-idx1-ubyte.gz")
@@ -356,6 +400,7 @@ def test_check_labels(labels, pattern):
 
 
 # --- write_idx failures ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int64, np.float16, np.complex64, bool, object])
 def test_write_unsupported_dtype(tmp_path, dtype):
@@ -413,14 +458,19 @@ def test_iter_records_reports_trailing_garbage_at_the_end(tmp_path):
 
 # --- absurd headers ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("reader", list(READERS))
 @pytest.mark.parametrize("suffix", ["", ".gz"])
-@pytest.mark.parametrize("shape, pattern", [
-    ((10, 0, 28), r"dimension 2 of 10x0x28 is 0"),
-    ((10, 28, 0), r"dimension 3 of 10x28x0 is 0"),
-    ((10**9, 28, 28), r"dimensions 1000000000x28x28 make 784000000000 elements, more than the 2147483648"),
-    ((2**31 + 1,), r"dimensions 2147483649 make 2147483649 elements"),
-], ids=["zero height", "zero width", "784e9 elements", "2**31+1 labels"])
+@pytest.mark.parametrize(
+    "shape, pattern",
+    [
+        ((10, 0, 28), r"dimension 2 of 10x0x28 is 0"),
+        ((10, 28, 0), r"dimension 3 of 10x28x0 is 0"),
+        ((10**9, 28, 28), r"dimensions 1000000000x28x28 make 784000000000 elements, more than the 2147483648"),
+        ((2**31 + 1,), r"dimensions 2147483649 make 2147483649 elements"),
+    ],
+    ids=["zero height", "zero width", "784e9 elements", "2**31+1 labels"],
+)
 def test_zero_or_absurd_dimensions_are_refused(tmp_path, reader, suffix, shape, pattern):
     path = put(tmp_path / f"bad-idx{suffix}", header_bytes(0x08, shape) + bytes(100))
     with pytest.raises(IdxError, match=rf"bad-idx{suffix}: invalid IDX header: {pattern}"):
@@ -449,6 +499,9 @@ def test_the_labels_header_is_checked_before_any_body_is_read(tmp_path, monkeypa
 
     monkeypatch.setattr(idx, "_read_exact", refuse)
     monkeypatch.setattr(idx, "_iter_slice", refuse)
-    with pytest.raises(IdxError, match=r"train-images-idx3-ubyte.gz holds 3 images but "
-                                       r"train-labels-idx1-ubyte.gz holds 1000000000 labels"):
+    with pytest.raises(
+        IdxError,
+        match=r"train-images-idx3-ubyte.gz holds 3 images but "
+        r"train-labels-idx1-ubyte.gz holds 1000000000 labels",
+    ):
         ingest.validate_split("train", str(images), str(labels), 10)

@@ -37,8 +37,7 @@ def _idx_labels(folder: Path, split: str) -> np.ndarray:
 def tiny_set(spark, tiny_idx, tmp_path_factory) -> Path:
     """The tiny dataset (30 train / 5 test) exported with 2 augmented variants each."""
     out = tmp_path_factory.mktemp("sets") / "tiny"
-    export_job.run(spark, data_dir=str(tiny_idx), output=str(out), augment_variants=2, seed=5,
-                   partitions=3)
+    export_job.run(spark, data_dir=str(tiny_idx), output=str(out), augment_variants=2, seed=5, partitions=3)
     return out
 
 
@@ -82,9 +81,14 @@ def test_a_retried_write_overwrites_the_same_files(tmp_path):
 
     pixels = np.random.default_rng(1).integers(0, 256, size=(3, 4, 4), dtype=np.uint8)
     batch = pa.RecordBatch.from_arrays(
-        [pa.array(["train"] * 3), pa.array([0, 1, 2], pa.int64()), pa.array([5, 5, 2], pa.int32()),
-         images.image_struct_array(pixels, ["a", "b", "c"])],
-        names=["split", "index", "label", "image"])
+        [
+            pa.array(["train"] * 3),
+            pa.array([0, 1, 2], pa.int64()),
+            pa.array([5, 5, 2], pa.int32()),
+            images.image_struct_array(pixels, ["a", "b", "c"]),
+        ],
+        names=["split", "index", "label", "image"],
+    )
     (tmp_path / "train" / "5").mkdir(parents=True)
     (tmp_path / "train" / "5" / "1.png").write_bytes(b"half-written")
     for _ in range(2):
@@ -100,15 +104,26 @@ def test_a_retried_write_overwrites_the_same_files(tmp_path):
 
 def test_export_layout_file_count_and_manifest(spark, tiny_set, tiny_idx):
     assert sorted(os.listdir(tiny_set)) == [
-        "_MNIST_SPARK", "_SUCCESS", "augmentations.png", "contact_sheet.png", "index.html", "manifest.parquet",
-        "metrics.json", "test", "train"]
+        "_MNIST_SPARK",
+        "_SUCCESS",
+        "augmentations.png",
+        "contact_sheet.png",
+        "index.html",
+        "manifest.parquet",
+        "metrics.json",
+        "test",
+        "train",
+    ]
     expected = set()
     for split, count in (("train", 30), ("test", 5)):
         labels = _idx_labels(tiny_idx, split)
         assert len(labels) == count
         for index, label in enumerate(labels):
-            expected |= {f"{split}/{label}/{index}.png", f"{split}/{label}/{index}_1.png",
-                         f"{split}/{label}/{index}_2.png"}
+            expected |= {
+                f"{split}/{label}/{index}.png",
+                f"{split}/{label}/{index}_1.png",
+                f"{split}/{label}/{index}_2.png",
+            }
     assert len(expected) == 105
     assert _files(tiny_set) == expected
 
@@ -260,10 +275,18 @@ def test_write_checks_columns_on_the_driver(spark, tmp_path):
 # --------------------------------------------------------------------------- the command line
 
 
-@pytest.mark.parametrize("argv", [
-    ["--augment-variants", "-1"], ["--rotate", "2,10,10"], ["--rotate", "0.5,10"], ["--zoom", "0.5,1.2,0.9"],
-    ["--compress-level", "12"], ["--limit", "0"], ["--shift", "x,y"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--augment-variants", "-1"],
+        ["--rotate", "2,10,10"],
+        ["--rotate", "0.5,10"],
+        ["--zoom", "0.5,1.2,0.9"],
+        ["--compress-level", "12"],
+        ["--limit", "0"],
+        ["--shift", "x,y"],
+    ],
+)
 def test_job_rejects_bad_flags(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         export_job.main(argv)

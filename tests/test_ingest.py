@@ -42,7 +42,8 @@ def test_pixels_and_labels_equal_the_idx_files(spark, small_idx):
     rows = _rows(df)
     for split, prefix in (("train", "train"), ("test", "t10k")):
         part = [r for r in rows if r.split == split]
-        raw = gzip.open(small_idx / f"{prefix}-images-idx3-ubyte.gz").read()
+        with gzip.open(small_idx / f"{prefix}-images-idx3-ubyte.gz") as f:
+            raw = f.read()
         assert b"".join(r.image.data for r in part) == raw[16:]
         labels = idx.read_idx(small_idx / f"{prefix}-labels-idx1-ubyte.gz")
         assert [r.label for r in part] == labels.tolist()
@@ -109,7 +110,9 @@ def test_job_writes_parquet_metrics_and_marker(spark, small_idx, tmp_path):
     metrics = ingest_job.run(spark, data_dir=str(small_idx), output=str(out), partitions=3)
     assert sorted(os.listdir(out)) == ["_MNIST_SPARK", "_SUCCESS", "data.parquet", "metrics.json"]
     assert sorted(p for p in os.listdir(out / "data.parquet") if not p.startswith((".", "_"))) == [
-        "split=test", "split=train"]
+        "split=test",
+        "split=train",
+    ]
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert metrics["rows"] == {"train": 600, "test": 100}
     back = ingest.read_dataset(spark, str(out))
@@ -135,7 +138,8 @@ def test_job_refuses_an_existing_output_and_overwrites_on_request(spark, tiny_id
 
 def test_job_on_bad_input_exits_2_with_one_line_and_no_output(spark, tmp_path, capsys):
     folder = write_idx_dataset(tmp_path / "bad", 6, 2)
-    data = gzip.open(folder / "t10k-images-idx3-ubyte.gz").read()
+    with gzip.open(folder / "t10k-images-idx3-ubyte.gz") as f:
+        data = f.read()
     with gzip.open(folder / "t10k-images-idx3-ubyte.gz", "wb") as f:
         f.write(data[:-100])
     out = tmp_path / "run"
@@ -176,5 +180,6 @@ def test_full_mnist(spark, tmp_path):
         pdf = df.where(f"split = '{split}'").select("index", "image.data").toPandas()
         pdf = pdf.sort_values("index")
         assert pdf["index"].tolist() == list(range(len(pdf)))
-        raw = gzip.open(MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz").read()
+        with gzip.open(MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz") as f:
+            raw = f.read()
         assert b"".join(pdf["data"]) == raw[16:]

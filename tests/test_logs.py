@@ -19,10 +19,17 @@ OURS = re.compile(r"\b(mnist_spark\.\w+|train_cnn):")
 
 def job_env(**extra) -> dict:
     """The environment of a job run as a scheduler runs it: the checkout's library and conf/."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET", "TF_CPP_MIN_LOG_LEVEL")}
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")])),
-               PYSPARK_PYTHON=sys.executable, SPARK_CONF_DIR=str(PROJECT / "conf"), **extra)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET", "TF_CPP_MIN_LOG_LEVEL")
+    }
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")])),
+        PYSPARK_PYTHON=sys.executable,
+        SPARK_CONF_DIR=str(PROJECT / "conf"),
+        **extra,
+    )
     return env
 
 
@@ -32,11 +39,29 @@ def test_a_job_logged_to_a_file_has_dated_lines_and_no_progress_bars(tiny_idx, t
     log = tmp_path / "job.log"
     with open(log, "wb") as stderr:
         done = subprocess.run(
-            [sys.executable, str(PROJECT / "jobs" / "train_cnn.py"), "--data-dir", str(tiny_idx),
-             "--arch", "mlp", "--epochs", "1", "--batch-size", "8", "--validation-size", "0",
-             "--output", str(tmp_path / "run")],
-            env=job_env(), cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=stderr, timeout=300)
+            [
+                sys.executable,
+                str(PROJECT / "jobs" / "train_cnn.py"),
+                "--data-dir",
+                str(tiny_idx),
+                "--arch",
+                "mlp",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--validation-size",
+                "0",
+                "--output",
+                str(tmp_path / "run"),
+            ],
+            env=job_env(),
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            timeout=300,
+        )
     text = log.read_bytes()
     assert done.returncode == 0, text.decode(errors="replace")[-3000:]
     assert b"\r" not in text

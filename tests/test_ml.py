@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +21,13 @@ import pytest
 from conftest import PROJECT, load_job
 from mnist_spark import datasets, evaluation, featurizer, images, ingest, ml, models, training
 from mnist_spark import labels as label_subset
-from mnist_spark.ml import (DeepImagePredictor, KerasImageClassificationModel, KerasImageClassifier,
-                            KerasImageTransformer, register_keras_udf)
+from mnist_spark.ml import (
+    DeepImagePredictor,
+    KerasImageClassificationModel,
+    KerasImageClassifier,
+    KerasImageTransformer,
+    register_keras_udf,
+)
 
 FAST = dict(modelName="simple_cnn", epochs=2, batchSize=8, partitions=2, stepsPerRound=100, learningRate=1e-3)
 
@@ -35,11 +41,9 @@ def _quadrants(spark, count: int, seed: int, *, index=True):
     pixels = rng.integers(0, 60, (count, 28, 28), dtype=np.uint8)
     for i, k in enumerate(labels):
         row, col = divmod(int(k), 2)
-        pixels[i, row * 14:(row + 1) * 14, col * 14:(col + 1) * 14] += 150
-    fields = [StructField("label", IntegerType(), False),
-              StructField("image", images.image_struct_type(), False)]
-    rows = [(int(labels[i]), (f"q:{seed}:{i}", 28, 28, 1, 0, bytearray(pixels[i].tobytes())))
-            for i in range(count)]
+        pixels[i, row * 14 : (row + 1) * 14, col * 14 : (col + 1) * 14] += 150
+    fields = [StructField("label", IntegerType(), False), StructField("image", images.image_struct_type(), False)]
+    rows = [(int(labels[i]), (f"q:{seed}:{i}", 28, 28, 1, 0, bytearray(pixels[i].tobytes()))) for i in range(count)]
     if index:
         fields.insert(0, StructField("index", LongType(), False))
         rows = [(i, *row) for i, row in enumerate(rows)]
@@ -86,15 +90,44 @@ def _save_model(tmp_path, file_name, architecture, **kwargs) -> str:
 def test_defaults_setters_and_save_load_of_every_stage(spark, tmp_path):
     path = _save_model(tmp_path, "mlp.keras", "mlp", seed=0)
     values = {
-        KerasImageClassifier: dict(modelFile=path, epochs=3, batchSize=16, learningRate=0.01, lrDecay=0.5,
-                                   lrScaling="sqrt", warmupEpochs=0.5, partitions=3, stepsPerRound=7,
-                                   firstRoundSteps=2, batchnormSample=100, barrier=True, imageSize=32,
-                                   numClasses=12, labels=[3, 1], scaleHint="SCALE_SMOOTH", seed=5, inputCol="img",
-                                   labelCol="y", predictionCol="p", probabilityCol="q", predictionBatchSize=64),
-        KerasImageTransformer: dict(modelFile=path, inputCol="img", outputCol="o", batchSize=7,
-                                    scaleHint="SCALE_FAST", channelOrder="RGB"),
-        DeepImagePredictor: dict(inputCol="img", outputCol="o", modelName="ResNet50", decodePredictions=True,
-                                 topK=3, imageSize=64, scaleHint="SCALE_DEFAULT", batchSize=4, weights="none"),
+        KerasImageClassifier: dict(
+            modelFile=path,
+            epochs=3,
+            batchSize=16,
+            learningRate=0.01,
+            lrDecay=0.5,
+            lrScaling="sqrt",
+            warmupEpochs=0.5,
+            partitions=3,
+            stepsPerRound=7,
+            firstRoundSteps=2,
+            batchnormSample=100,
+            barrier=True,
+            imageSize=32,
+            numClasses=12,
+            labels=[3, 1],
+            scaleHint="SCALE_SMOOTH",
+            seed=5,
+            inputCol="img",
+            labelCol="y",
+            predictionCol="p",
+            probabilityCol="q",
+            predictionBatchSize=64,
+        ),
+        KerasImageTransformer: dict(
+            modelFile=path, inputCol="img", outputCol="o", batchSize=7, scaleHint="SCALE_FAST", channelOrder="RGB"
+        ),
+        DeepImagePredictor: dict(
+            inputCol="img",
+            outputCol="o",
+            modelName="ResNet50",
+            decodePredictions=True,
+            topK=3,
+            imageSize=64,
+            scaleHint="SCALE_DEFAULT",
+            batchSize=4,
+            weights="none",
+        ),
     }
     assert KerasImageClassifier().getSeed() == 0 and KerasImageClassifier().getModelName() == "bn_cnn"
     for cls, settings in values.items():
@@ -110,7 +143,7 @@ def test_defaults_setters_and_save_load_of_every_stage(spark, tmp_path):
             assert loaded.getOrDefault(name) == expected, name
     # The model file is copied into the saved folder.
     saved = tmp_path / "KerasImageTransformer" / "model.keras"
-    assert saved.read_bytes() == open(path, "rb").read()
+    assert saved.read_bytes() == Path(path).read_bytes()
     with pytest.raises(ValueError, match="'Incepshun' is not a supported modelName; choose one of: InceptionV3"):
         DeepImagePredictor(modelName="Incepshun")
     with pytest.raises(ValueError, match="'resnet' is not a supported modelName; choose one of: mlp, simple_cnn"):
@@ -154,7 +187,11 @@ def test_pipeline_model_predicts_the_same_in_a_fresh_process(spark, quadrants, t
     test.write.parquet(str(tmp_path / "test.parquet"))
     result = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path / "pipeline"), str(tmp_path / "test.parquet")],
-        capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     after = {int(k): v for k, v in json.loads(result.stdout.strip().splitlines()[-1]).items()}
     assert after.keys() == before.keys() and len(after) == 24
@@ -176,7 +213,7 @@ def test_fit_multiple_decodes_once_and_equals_single_fits(spark, quadrants, shar
     assert not np.array_equal(weights[0][0], weights[1][0])
     single = classifier.fit(train, grid[1])
     assert shard_count == [2, 2]
-    assert all(np.array_equal(a, b) for a, b in zip(single.kerasModel().get_weights(), weights[1]))
+    assert all(np.array_equal(a, b) for a, b in zip(single.kerasModel().get_weights(), weights[1], strict=True))
     assert single.getSeed() == 1 and fitted[1].getSeed() == 1 and fitted[0].getSeed() == 0
 
 
@@ -187,10 +224,14 @@ def test_cross_validator_returns_the_best_model(spark, quadrants, shard_count):
     train, test = quadrants
     classifier = KerasImageClassifier(**FAST)
     # A learning rate of 1e-7 cannot learn the quadrants in a few steps; 1e-3 does.
-    grid = (ParamGridBuilder().addGrid(classifier.learningRate, [1e-7, 1e-3])
-            .addGrid(classifier.epochs, [2, 3]).build())
-    cv = CrossValidator(estimator=classifier, estimatorParamMaps=grid, numFolds=2, seed=3,
-                        evaluator=MulticlassClassificationEvaluator(metricName="accuracy"))
+    grid = ParamGridBuilder().addGrid(classifier.learningRate, [1e-7, 1e-3]).addGrid(classifier.epochs, [2, 3]).build()
+    cv = CrossValidator(
+        estimator=classifier,
+        estimatorParamMaps=grid,
+        numFolds=2,
+        seed=3,
+        evaluator=MulticlassClassificationEvaluator(metricName="accuracy"),
+    )
     cv_model = cv.fit(train)
     metrics = cv_model.avgMetrics
     best = int(np.argmax(metrics))
@@ -203,16 +244,16 @@ def test_cross_validator_returns_the_best_model(spark, quadrants, shard_count):
 
 def test_model_file_trains_at_its_input_size_and_index_is_optional(spark, quadrants, tmp_path):
     train, test = quadrants
-    path = _save_model(tmp_path, "small.keras", "simple_cnn", input_shape=(20, 20, 1), num_classes=4,
-                       seed=2)
+    path = _save_model(tmp_path, "small.keras", "simple_cnn", input_shape=(20, 20, 1), num_classes=4, seed=2)
     no_index = train.drop("index")
-    model = KerasImageClassifier(modelFile=path, epochs=1, batchSize=8, partitions=2, stepsPerRound=100,
-                                 learningRate=3e-3).fit(no_index)
+    model = KerasImageClassifier(
+        modelFile=path, epochs=1, batchSize=8, partitions=2, stepsPerRound=100, learningRate=3e-3
+    ).fit(no_index)
     assert model.inputShape == (20, 20, 1) and model.getModelFile() == ""
     assert _accuracy(model, test) > 0.9  # 28x28 test images resized to 20x20 as in training
     trained, initial = model.kerasModel(), evaluation.load_model(path)
     assert [layer.name for layer in trained.layers] == [layer.name for layer in initial.layers]
-    assert not any(np.array_equal(a, b) for a, b in zip(trained.get_weights(), initial.get_weights()))
+    assert not any(np.array_equal(a, b) for a, b in zip(trained.get_weights(), initial.get_weights(), strict=True))
 
 
 def test_labels_train_a_subset_and_predict_dataset_labels(spark, quadrants, tmp_path):
@@ -237,13 +278,15 @@ def test_classifier_errors_come_from_the_driver(spark, quadrants, tmp_path):
     classifier = KerasImageClassifier(**FAST)
     with pytest.raises(TypeError, match="label column 'label' must be numeric .*StringIndexer first"):
         classifier.fit(train.withColumn("label", F.col("label").cast("string")))
-    with pytest.raises(ValueError, match=r"labels must be whole numbers 0, 1, \.\.\. \(class numbers\), "
-                                         r"found labels from 0.0 to 1.0, 32 of them not whole"):
+    with pytest.raises(
+        ValueError,
+        match=r"labels must be whole numbers 0, 1, \.\.\. \(class numbers\), "
+        r"found labels from 0.0 to 1.0, 32 of them not whole",
+    ):
         classifier.fit(train.withColumn("label", F.col("label") / 3))
     with pytest.raises(TypeError, match="column 'index' must be Spark's image struct"):
         classifier.copy().setInputCol("index").fit(train)
-    with pytest.raises(ValueError, match="numClasses 3 does not cover the labels 0 .. 3; set numClasses to "
-                                         "at least 4"):
+    with pytest.raises(ValueError, match="numClasses 3 does not cover the labels 0 .. 3; set numClasses to at least 4"):
         classifier.copy().setNumClasses(3).fit(train)
     ten = _save_model(tmp_path, "ten.keras", "mlp", seed=0)
     with pytest.raises(ValueError, match="ten.keras outputs 10 values per image but the labels need 4 classes"):
@@ -267,10 +310,13 @@ def test_sql_function_equals_the_predict_job(spark, small_idx, digits_model, tmp
     from pyspark.sql.types import ArrayType, FloatType, IntegerType
 
     predict_job = load_job("predict")
-    predict_job.run(spark, model_file=digits_model, data_dir=str(small_idx),
-                    output=str(tmp_path / "scored"), splits=("test",))
-    expected = {r["index"]: (r["prediction"], r["probabilities"])
-                for r in spark.read.parquet(str(tmp_path / "scored" / "predictions.parquet")).collect()}
+    predict_job.run(
+        spark, model_file=digits_model, data_dir=str(small_idx), output=str(tmp_path / "scored"), splits=("test",)
+    )
+    expected = {
+        r["index"]: (r["prediction"], r["probabilities"])
+        for r in spark.read.parquet(str(tmp_path / "scored" / "predictions.parquet")).collect()
+    }
     df, _ = ingest.idx_dataframe(spark, datasets.locate(small_idx), splits=("test",))
     df.createOrReplaceTempView("images")
     register_keras_udf(spark, "digit", digits_model)
@@ -284,12 +330,12 @@ def test_sql_function_equals_the_predict_job(spark, small_idx, digits_model, tmp
     keras_file = ml.read_keras_file(digits_model, "test")
     other = ml._predict_batch_udf(spark, keras_file, "prediction", 64, "SCALE_AREA_AVERAGING", "BGR")
     assert {r["index"]: r["d"] for r in df.select("index", other("image").alias("d")).collect()} == {
-        i: p for i, (p, _) in expected.items()}
+        i: p for i, (p, _) in expected.items()
+    }
     assert spark.sql("SELECT digit(image) FROM images").schema[0].dataType == IntegerType()
     scores_type = spark.sql("SELECT digit_scores(image) FROM images").schema[0].dataType
     assert scores_type == ArrayType(FloatType(), False)
-    with pytest.raises(ValueError, match="'label' is not a supported output; choose one of: prediction, "
-                                         "probabilities"):
+    with pytest.raises(ValueError, match="'label' is not a supported output; choose one of: prediction, probabilities"):
         register_keras_udf(spark, "bad", digits_model, output="label")
     with pytest.raises(ValueError, match="missing.keras does not exist"):
         register_keras_udf(spark, "bad", str(tmp_path / "missing.keras"))
@@ -304,8 +350,9 @@ def _colour_frame(spark):
     pictures = [rng.integers(0, 256, (28, 28, 1), dtype=np.uint8) for _ in range(3)]
     pictures += [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in range(3)]
     pieces = [(i, images.image_struct_array(p[None], [f"c:{i}"])) for i, p in enumerate(pictures)]
-    schema = StructType([StructField("index", LongType(), False),
-                         StructField("image", images.image_struct_type(), True)])
+    schema = StructType(
+        [StructField("index", LongType(), False), StructField("image", images.image_struct_type(), True)]
+    )
 
     def make(_):
         for i, struct in pieces:
@@ -324,8 +371,9 @@ def test_transformer_resizes_converts_channels_and_persists(spark, tmp_path):
     net = keras.Model(inputs, keras.layers.Dense(5)(flat))
     net.save(tmp_path / "rgb.keras")
     df, pictures = _colour_frame(spark)
-    stage = KerasImageTransformer(modelFile=str(tmp_path / "rgb.keras"), outputCol="v", channelOrder="RGB",
-                                  batchSize=4, scaleHint="SCALE_SMOOTH")
+    stage = KerasImageTransformer(
+        modelFile=str(tmp_path / "rgb.keras"), outputCol="v", channelOrder="RGB", batchSize=4, scaleHint="SCALE_SMOOTH"
+    )
     pipeline = Pipeline(stages=[stage]).fit(df)
     pipeline.write().save(str(tmp_path / "saved"))
     (tmp_path / "rgb.keras").unlink()  # the saved pipeline holds its own copy
@@ -367,11 +415,14 @@ def test_deep_image_predictor_decodes_the_top_k(spark, class_index):
     from mnist_spark import featurizer
 
     df, pictures = _colour_frame(spark)
-    stage = DeepImagePredictor(modelName="ResNet50", imageSize=32, weights="none", decodePredictions=True,
-                               topK=3, outputCol="top")
+    stage = DeepImagePredictor(
+        modelName="ResNet50", imageSize=32, weights="none", decodePredictions=True, topK=3, outputCol="top"
+    )
     decoded = {r["index"]: r["top"] for r in stage.transform(df).collect()}
-    vectors = {r["index"]: r["p"].toArray() for r in stage.copy().setDecodePredictions(False).setOutputCol("p")
-               .transform(df).collect()}
+    vectors = {
+        r["index"]: r["p"].toArray()
+        for r in stage.copy().setDecodePredictions(False).setOutputCol("p").transform(df).collect()
+    }
     net = ml._build_top("ResNet50", 32, None)
     inputs = np.concatenate([featurizer.preprocess_images(p[None], "ResNet50", 32) for p in pictures])
     expected = net.predict(inputs, verbose=0)

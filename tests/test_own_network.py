@@ -7,6 +7,7 @@ The networks are tiny Keras models built here (or by a one-epoch
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 
@@ -57,9 +58,9 @@ def test_default_layer_is_the_last_before_the_classifier(model_file):
     network = featurizer.user_network(str(model_file))
     assert network.output_layer == "hidden"  # past the Dropout in front of the classifier
     assert network.input_shape == (28, 28, 1)
-    from mnist_spark import models
-
     import keras
+
+    from mnist_spark import models
 
     bn_cnn = models.build_model("bn_cnn")  # ... dense, BN, activation, dropout, classifier
     assert isinstance(bn_cnn.layers[-2], keras.layers.Dropout)
@@ -83,7 +84,6 @@ def test_colour_images_are_converted_and_resized_for_the_model(spark, tmp_path):
     """A 3-channel 20x20 model gets RGB from Spark's BGR; a 1-channel one gets Pillow's luma."""
     import keras
     from PIL import Image
-
     from test_featurizer import _image_frame
 
     rng = np.random.default_rng(0)
@@ -95,8 +95,12 @@ def test_colour_images_are_converted_and_resized_for_the_model(spark, tmp_path):
         path = tmp_path / f"identity{channels}.keras"
         model.save(path)
         got = _vectors(DeepImageFeaturizer(modelFile=str(path), outputLayer="pixels"), df)
-        expected = [np.asarray(Image.fromarray(p[..., ::-1]).convert(mode).resize((20, 20), Image.Resampling.BOX),
-                               np.float32).reshape(-1) for p in bgr]
+        expected = [
+            np.asarray(
+                Image.fromarray(p[..., ::-1]).convert(mode).resize((20, 20), Image.Resampling.BOX), np.float32
+            ).reshape(-1)
+            for p in bgr
+        ]
         np.testing.assert_array_equal(got, np.stack(expected))
 
 
@@ -153,8 +157,12 @@ def test_safe_mode_refuses_code_in_the_file(spark, test_df, tmp_path):
 
 def test_parse_labels():
     assert labels.parse_labels("5,6, 7") == (5, 6, 7)
-    for bad, message in (("", "expected labels"), ("1,x", "whole numbers"), ("1,-2", "whole numbers"),
-                         ("3,3", "given twice")):
+    for bad, message in (
+        ("", "expected labels"),
+        ("1,x", "whole numbers"),
+        ("1,-2", "whole numbers"),
+        ("3,3", "given twice"),
+    ):
         with pytest.raises(ValueError, match=message):
             labels.parse_labels(bad)
     with pytest.raises(ValueError, match="label 12 is not in the dataset"):
@@ -163,8 +171,16 @@ def test_parse_labels():
 
 def test_train_cnn_on_a_label_subset_then_transfer(spark, small_idx, tmp_path, capsys):
     base = tmp_path / "base"
-    metrics = load_job("train_cnn").run(spark, data_dir=str(small_idx), output=str(base), arch="simple_cnn",
-                                        epochs=1, labels=[0, 1, 2], validation_size=20, checkpoint_every=0)
+    metrics = load_job("train_cnn").run(
+        spark,
+        data_dir=str(small_idx),
+        output=str(base),
+        arch="simple_cnn",
+        epochs=1,
+        labels=[0, 1, 2],
+        validation_size=20,
+        checkpoint_every=0,
+    )
     assert json.loads((base / labels.LABELS_FILE).read_text()) == {"labels": [0, 1, 2]}
     assert labels.read_labels(str(base)) == (0, 1, 2)
     import keras
@@ -175,9 +191,24 @@ def test_train_cnn_on_a_label_subset_then_transfer(spark, small_idx, tmp_path, c
     assert len(metrics["evaluation"]["confusion_matrix"]) == 3
 
     run = tmp_path / "transfer"
-    status, err = run_main(load_job("transfer"), [
-        "--data-dir", small_idx, "--base-model", base, "--labels", "5,6,7", "--train-limit", 60,
-        "--test-limit", 20, "--output", run], capsys)
+    status, err = run_main(
+        load_job("transfer"),
+        [
+            "--data-dir",
+            small_idx,
+            "--base-model",
+            base,
+            "--labels",
+            "5,6,7",
+            "--train-limit",
+            60,
+            "--test-limit",
+            20,
+            "--output",
+            run,
+        ],
+        capsys,
+    )
     assert status == 0, err
     result = json.loads((run / "metrics.json").read_text())
     layer = featurizer.default_feature_layer(keras.saving.load_model(base / "model.keras"))
@@ -188,12 +219,16 @@ def test_train_cnn_on_a_label_subset_then_transfer(spark, small_idx, tmp_path, c
 
 
 def test_bad_subset_and_base_model_flags_are_one_line(spark, small_idx, model_file, tmp_path, capsys):
-    status, err = run_main(load_job("train_cnn"), [
-        "--data-dir", small_idx, "--labels", "3,12", "--output", tmp_path / "a"], capsys)
-    assert status == 2 and err == ["train_cnn: error: --labels 3,12: label 12 is not in the dataset, whose "
-                                   "labels are 0 to 9"]
-    status, err = run_main(load_job("transfer"), [
-        "--data-dir", small_idx, "--base-model", model_file, "--output-layer", "nope", "--output",
-        tmp_path / "b"], capsys)
+    status, err = run_main(
+        load_job("train_cnn"), ["--data-dir", small_idx, "--labels", "3,12", "--output", tmp_path / "a"], capsys
+    )
+    assert status == 2 and err == [
+        "train_cnn: error: --labels 3,12: label 12 is not in the dataset, whose labels are 0 to 9"
+    ]
+    status, err = run_main(
+        load_job("transfer"),
+        ["--data-dir", small_idx, "--base-model", model_file, "--output-layer", "nope", "--output", tmp_path / "b"],
+        capsys,
+    )
     assert status == 2 and len(err) == 1 and "has no layer 'nope'" in err[0]
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -27,8 +27,9 @@ def test_tensorflow_comes_from_an_extra_of_either_build():
     assert [re.split(r"[<>=]", d)[0] for d in extras["cpu"]] == ["tensorflow-cpu"]
     assert [re.split(r"[<>=]", d)[0] for d in extras["gpu"]] == ["tensorflow"]
     # Every constraint names a package the project or its extras bring in, with an exact version.
-    pins = [line for line in (PROJECT / "constraints.txt").read_text().splitlines()
-            if line and not line.startswith("#")]
+    pins = [
+        line for line in (PROJECT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")
+    ]
     assert pins and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][\w.]*", pin) for pin in pins)
     assert "tensorflow-cpu" in {pin.split("==")[0] for pin in pins}
     # make install reinstalls when the packaging changes.
@@ -39,11 +40,13 @@ def test_no_tensorflow_is_one_line_naming_the_extras(monkeypatch, tmp_path):
     for var in session.TF_THREAD_VARS:  # configure_tensorflow_threads sets them; restored after
         monkeypatch.setenv(var, "0")
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "tensorflow" else real(name, *a))
-    for use in (lambda: models.build_model("mlp"), lambda: evaluation.load_model(str(tmp_path / "m.keras")),
-                lambda: featurizer.resolve_weights("none", "InceptionV3"),
-                lambda: session.configure_tensorflow_threads(1)):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a))
+    for use in (
+        lambda: models.build_model("mlp"),
+        lambda: evaluation.load_model(str(tmp_path / "m.keras")),
+        lambda: featurizer.resolve_weights("none", "InceptionV3"),
+        lambda: session.configure_tensorflow_threads(1),
+    ):
         with pytest.raises(session.TensorFlowNotFoundError) as error:
             use()
         status, line = cli.classify(error.value)

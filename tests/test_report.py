@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +26,9 @@ def _png(path):
 
 def test_contact_sheet_is_a_grid_of_labelled_cells(tmp_path):
     out = tmp_path / "sheet.png"
-    assert report.contact_sheet(list(_digits(24)), [str(i % 10) for i in range(24)], str(out),
-                                columns=6, title="sample") == str(out)
+    assert report.contact_sheet(
+        list(_digits(24)), [str(i % 10) for i in range(24)], str(out), columns=6, title="sample"
+    ) == str(out)
     kind, (width, height), pixels = _png(out)
     assert kind == "PNG"
     assert (width, height) == (660, 568)  # 6 x 4 cells of 1.1 inch at 100 dpi, plus titles
@@ -69,8 +71,12 @@ def test_variant_grid(tmp_path):
 def test_set_index_counts_and_relative_links(tmp_path):
     counts = {"train": {0: [5, 10], 1: [3, 6]}, "test": {0: [2, 4], 1: [1, 2]}}
     location = report.write_set_index(
-        str(tmp_path), title="PNG set of <MNIST>", counts=counts,
-        figures=[("contact_sheet.png", "sample")], links=[("train/", "train/"), ("manifest.parquet/", "manifest")])
+        str(tmp_path),
+        title="PNG set of <MNIST>",
+        counts=counts,
+        figures=[("contact_sheet.png", "sample")],
+        links=[("train/", "train/"), ("manifest.parquet/", "manifest")],
+    )
     html = (tmp_path / "index.html").read_text()
     assert location == str(tmp_path / "index.html")
     assert "<title>PNG set of &lt;MNIST&gt;</title>" in html
@@ -79,18 +85,20 @@ def test_set_index_counts_and_relative_links(tmp_path):
     assert "<tr><th>test</th><td>2 + 4</td><td>1 + 2</td><td><b>3 + 6</b></td></tr>" in html
     targets = re.findall(r'(?:href|src)="([^"]+)"', html)
     assert sorted(set(targets)) == ["contact_sheet.png", "manifest.parquet/", "train/"]
-    plain = report.write_set_index(str(tmp_path / "plain"), title="t", counts={"test": {3: [4, 0]}},
-                                   labels=range(5))
-    assert "<tr><th>test</th><td>0</td><td>0</td><td>0</td><td>4</td><td>0</td><td><b>4</b></td></tr>" \
-        in open(plain).read()
+    plain = report.write_set_index(str(tmp_path / "plain"), title="t", counts={"test": {3: [4, 0]}}, labels=range(5))
+    assert (
+        "<tr><th>test</th><td>0</td><td>0</td><td>0</td><td>4</td><td>0</td><td><b>4</b></td></tr>"
+        in Path(plain).read_text()
+    )
 
 
 def test_the_exported_set_links_its_pictures(spark, tiny_idx, tmp_path):
     from conftest import load_job
 
     out = tmp_path / "set"
-    load_job("export_png").run(spark, data_dir=str(tiny_idx), output=str(out), augment_variants=1,
-                               splits=("test",), sample=5)
+    load_job("export_png").run(
+        spark, data_dir=str(tiny_idx), output=str(out), augment_variants=1, splits=("test",), sample=5
+    )
     html = (out / "index.html").read_text()
     for target in re.findall(r'(?:href|src)="([^"]+)"', html):
         assert not target.startswith(("/", "file:")) and (out / target).exists(), target

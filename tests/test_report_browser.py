@@ -64,10 +64,21 @@ class _ReportDom(HTMLParser):
 
 
 def _chromium(profile: Path, *args) -> subprocess.CompletedProcess:
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage", "--allow-file-access-from-files", f"--user-data-dir={profile}",
-               "--virtual-time-budget=10000", *map(str, args)]
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--allow-file-access-from-files",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=10000",
+        *map(str, args),
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -75,8 +86,7 @@ def check_in_browser(run: Path, tmp_path: Path, name: str, keys) -> dict:
     """Load ``run/report.html`` in Chromium; check its pictures and headline; return the metrics shown."""
     html = (run / "report.html").read_text()
     checked = run / "browser-check.html"
-    checked.write_text(html.replace("</body>", CHECK_SCRIPT + "</body>") if "</body>" in html
-                       else html + CHECK_SCRIPT)
+    checked.write_text(html.replace("</body>", CHECK_SCRIPT + "</body>") if "</body>" in html else html + CHECK_SCRIPT)
     result = _chromium(tmp_path / f"profile-{name}", "--dump-dom", checked.as_uri())
     checked.unlink()
     assert result.returncode == 0, result.stderr[-2000:]
@@ -93,8 +103,12 @@ def check_in_browser(run: Path, tmp_path: Path, name: str, keys) -> dict:
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / f"report-{name}.png"
     shot.unlink(missing_ok=True)
-    result = _chromium(tmp_path / f"profile-{name}-shot", f"--screenshot={shot}", "--window-size=1200,2000",
-                       (run / "report.html").as_uri())
+    result = _chromium(
+        tmp_path / f"profile-{name}-shot",
+        f"--screenshot={shot}",
+        "--window-size=1200,2000",
+        (run / "report.html").as_uri(),
+    )
     assert result.returncode == 0 and shot.stat().st_size > 10_000, result.stderr[-2000:]
     return dom.metrics
 
@@ -107,15 +121,32 @@ def _need_chromium():
 
 def test_train_cnn_report_in_chromium(spark, small_idx, tmp_path):
     run = tmp_path / "train"
-    load_job("train_cnn").run(spark, data_dir=str(small_idx), output=str(run), arch="simple_cnn", epochs=1,
-                              limit=200, validation_size=50, partitions=2)
+    load_job("train_cnn").run(
+        spark,
+        data_dir=str(small_idx),
+        output=str(run),
+        arch="simple_cnn",
+        epochs=1,
+        limit=200,
+        validation_size=50,
+        partitions=2,
+    )
     shown = check_in_browser(run, tmp_path, "train_cnn", ("test_accuracy", "test_loss"))
     assert 0 <= float(shown["test_accuracy"]) <= 1
 
 
 def test_transfer_report_in_chromium(spark, small_idx, tmp_path):
     run = tmp_path / "transfer"
-    load_job("transfer").run(spark, data_dir=str(small_idx), output=str(run), weights="none", image_size=75,
-                             train_limit=40, test_limit=20, max_iter=5, partitions=2)
+    load_job("transfer").run(
+        spark,
+        data_dir=str(small_idx),
+        output=str(run),
+        weights="none",
+        image_size=75,
+        train_limit=40,
+        test_limit=20,
+        max_iter=5,
+        partitions=2,
+    )
     shown = check_in_browser(run, tmp_path, "transfer", ("accuracy", "f1", "model_name", "image_size"))
     assert shown["model_name"] == "InceptionV3"

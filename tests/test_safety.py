@@ -107,8 +107,16 @@ def finished(folder: Path, job: str, files: dict | None = None) -> dict:
 
 
 def owner(pid: int, start, host: str | None = None) -> bytes:
-    return json.dumps({"writer": "mnist_spark", "host": host or socket.gethostname(), "pid": pid,
-                       "start": start, "boot": None, "created": "2024-01-01T03:00:00+00:00"}).encode()
+    return json.dumps(
+        {
+            "writer": "mnist_spark",
+            "host": host or socket.gethostname(),
+            "pid": pid,
+            "start": start,
+            "boot": None,
+            "created": "2024-01-01T03:00:00+00:00",
+        }
+    ).encode()
 
 
 def gone_owner() -> bytes:
@@ -209,8 +217,7 @@ def test_predict_never_writes_over_its_images_or_its_model(tmp_path, capsys, no_
 def test_transfer_never_writes_over_its_png_set(tmp_path, capsys, no_spark):
     images = tmp_path / "pngs"
     before = user_files(images)
-    status, lines = run_main("transfer", ["--images", images, "--weights", "none", "--output", images / "out"],
-                             capsys)
+    status, lines = run_main("transfer", ["--images", images, "--weights", "none", "--output", images / "out"], capsys)
     assert status == 2
     assert_one_line("transfer", lines, "lies inside the input --images")
     assert snapshot(images) == before
@@ -222,9 +229,10 @@ def test_an_output_on_the_working_or_home_folder_is_refused(tmp_path, capsys, no
     before = {"work": user_files(work), "home": user_files(home)}
     monkeypatch.chdir(work)
     monkeypatch.setenv("HOME", str(home))
-    for output in ((".", str(tmp_path)) if where == "the working folder" else ("~", str(home))):
-        status, lines = run_main("ingest", ["--data-dir", tmp_path / "elsewhere", "--output", output,
-                                            "--overwrite"], capsys)
+    for output in (".", str(tmp_path)) if where == "the working folder" else ("~", str(home)):
+        status, lines = run_main(
+            "ingest", ["--data-dir", tmp_path / "elsewhere", "--output", output, "--overwrite"], capsys
+        )
         assert status == 2
         assert_one_line("ingest", lines, where)
     assert {"work": snapshot(work), "home": snapshot(home)} == before
@@ -371,13 +379,13 @@ def test_a_partial_folder_with_a_checkpoint_still_waits_for_resume(tmp_path):
 
 
 @pytest.mark.parametrize("job", JOB_NAMES)
-def test_if_exists_skip_leaves_a_complete_output_without_starting_spark(tmp_path, capsys, caplog, no_spark,
-                                                                       job):
+def test_if_exists_skip_leaves_a_complete_output_without_starting_spark(tmp_path, capsys, caplog, no_spark, job):
     output = tmp_path / "done"
     before = finished(output, job)
     caplog.set_level(logging.INFO)
-    status, lines = run_main(job, [*job_argv(job, tmp_path / "data"), "--output", output,
-                                   "--if-exists", "skip"], capsys)
+    status, lines = run_main(
+        job, [*job_argv(job, tmp_path / "data"), "--output", output, "--if-exists", "skip"], capsys
+    )
     assert status == 0, lines
     assert not lines
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
@@ -391,8 +399,9 @@ def test_if_exists_skip_does_not_take_another_folder_for_a_finished_run(tmp_path
     other_job = tmp_path / "pngs"
     before_pngs = finished(other_job, "export_png")
     for output in (mine, other_job):
-        status, lines = run_main("ingest", ["--data-dir", tmp_path / "data", "--output", output,
-                                            "--if-exists", "skip"], capsys)
+        status, lines = run_main(
+            "ingest", ["--data-dir", tmp_path / "data", "--output", output, "--if-exists", "skip"], capsys
+        )
         assert status == 2
         assert_one_line("ingest", lines, str(output))
     assert snapshot(mine) == before and snapshot(other_job) == before_pngs
@@ -417,19 +426,24 @@ def test_if_exists_flags(capsys):
 def _raise(error):
     def work(spark):
         raise error
+
     return work
 
 
-@pytest.mark.parametrize("error, status", [
-    (ValueError("--limit 0 is below 1"), 2),
-    (FileExistsError("output runs/a already exists"), 2),
-    (NotADirectoryError("runs is a file"), 2),
-    (PermissionError("runs is not writable"), 2),
-    (ConnectionRefusedError(111, "Connection refused: namenode:8020"), 1),
-    (OSError("When reading s3://runs/a: AWS error SERVICE_UNAVAILABLE"), 1),
-    (RuntimeError("the manifest lists 30 files, expected 35"), 1),
-    (MemoryError(), 1),
-], ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v))
+@pytest.mark.parametrize(
+    "error, status",
+    [
+        (ValueError("--limit 0 is below 1"), 2),
+        (FileExistsError("output runs/a already exists"), 2),
+        (NotADirectoryError("runs is a file"), 2),
+        (PermissionError("runs is not writable"), 2),
+        (ConnectionRefusedError(111, "Connection refused: namenode:8020"), 1),
+        (OSError("When reading s3://runs/a: AWS error SERVICE_UNAVAILABLE"), 1),
+        (RuntimeError("the manifest lists 30 files, expected 35"), 1),
+        (MemoryError(), 1),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
+)
 def test_exit_status_says_whether_a_retry_can_help(capsys, error, status):
     assert cli.run_job("job", _raise(error), spark=object()) == status
     lines = capsys.readouterr().err.strip().splitlines()
@@ -502,16 +516,20 @@ def test_errors_in_spark_tasks_are_one_line(spark, capsys, monkeypatch):
         raise ConnectionResetError(104, "Connection reset by peer: s3://data/mnist")
 
     def nan_lr(spark):
-        frame = spark.createDataFrame([(1.0, Vectors.dense([1.0])), (0.0, Vectors.dense([0.0]))],
-                                      ["label", "features"])
+        frame = spark.createDataFrame([(1.0, Vectors.dense([1.0])), (0.0, Vectors.dense([0.0]))], ["label", "features"])
         LogisticRegression(regParam=float("nan")).fit(frame)
 
     cases = [
-        (lambda spark: spark.range(2).mapInArrow(check_size, "id long").collect(), 2,
-         "job: error: image 7 of test-images.idx is 0x0 pixels; expected 28x28"),
-        (lambda spark: spark.sparkContext.parallelize([1], 1).map(lose_storage).collect(), 1,
-         "job: error: ConnectionResetError: [Errno 104] Connection reset by peer: s3://data/mnist; "
-         "a retry may help"),
+        (
+            lambda spark: spark.range(2).mapInArrow(check_size, "id long").collect(),
+            2,
+            "job: error: image 7 of test-images.idx is 0x0 pixels; expected 28x28",
+        ),
+        (
+            lambda spark: spark.sparkContext.parallelize([1], 1).map(lose_storage).collect(),
+            1,
+            "job: error: ConnectionResetError: [Errno 104] Connection reset by peer: s3://data/mnist; a retry may help",
+        ),
         (nan_lr, 2, "regParam given invalid value NaN"),
     ]
     for work, status, line in cases:
@@ -523,16 +541,20 @@ def test_errors_in_spark_tasks_are_one_line(spark, capsys, monkeypatch):
 
 
 def test_the_innermost_python_error_of_a_task_is_found():
-    text = ("An error occurred while calling o88.collect.\n: org.apache.spark.SparkException: Job aborted: "
-            "org.apache.spark.api.python.PythonException: Traceback (most recent call last):\n"
-            '  File "worker.py", line 4, in main\n    process()\n'
-            "KeyError: 'label'\n\nDuring handling of the above exception, another exception occurred:\n\n"
-            "Traceback (most recent call last):\n"
-            '  File "images.py", line 80, in decode\n    raise IdxError(...)\n'
-            "mnist_spark.idx.IdxError: train-images: header says 60000 images, found 59999\n\n"
-            "\tat org.apache.spark.api.python.BasePythonRunner.handlePythonException(PythonRunner.scala:1)\n")
-    assert cli.python_error_in(text) == ("mnist_spark.idx.IdxError",
-                                         "train-images: header says 60000 images, found 59999")
+    text = (
+        "An error occurred while calling o88.collect.\n: org.apache.spark.SparkException: Job aborted: "
+        "org.apache.spark.api.python.PythonException: Traceback (most recent call last):\n"
+        '  File "worker.py", line 4, in main\n    process()\n'
+        "KeyError: 'label'\n\nDuring handling of the above exception, another exception occurred:\n\n"
+        "Traceback (most recent call last):\n"
+        '  File "images.py", line 80, in decode\n    raise IdxError(...)\n'
+        "mnist_spark.idx.IdxError: train-images: header says 60000 images, found 59999\n\n"
+        "\tat org.apache.spark.api.python.BasePythonRunner.handlePythonException(PythonRunner.scala:1)\n"
+    )
+    assert cli.python_error_in(text) == (
+        "mnist_spark.idx.IdxError",
+        "train-images: header says 60000 images, found 59999",
+    )
     assert cli.python_error_in("java.lang.OutOfMemoryError: Java heap space") is None
 
 
@@ -559,8 +581,7 @@ FLOAT_CASES = [
 
 @pytest.mark.parametrize("job, flags, name", FLOAT_CASES, ids=[f"{j}{' '.join(f)}" for j, f, _ in FLOAT_CASES])
 def test_float_flags_must_be_finite(tmp_path, capsys, no_spark, job, flags, name):
-    status, lines = run_main(job, [*job_argv(job, tmp_path / "data"), *flags, "--output", tmp_path / "out"],
-                             capsys)
+    status, lines = run_main(job, [*job_argv(job, tmp_path / "data"), *flags, "--output", tmp_path / "out"], capsys)
     assert status == 2
     assert_one_line(job, lines, name)
     assert not (tmp_path / "out").exists()
@@ -568,8 +589,9 @@ def test_float_flags_must_be_finite(tmp_path, capsys, no_spark, job, flags, name
 
 @pytest.mark.parametrize("job", ["ingest", "export_png", "predict"])
 def test_an_empty_split_list_is_refused(tmp_path, capsys, no_spark, job):
-    status, lines = run_main(job, [*job_argv(job, tmp_path / "data"), "--splits", ",",
-                                   "--output", tmp_path / "out"], capsys)
+    status, lines = run_main(
+        job, [*job_argv(job, tmp_path / "data"), "--splits", ",", "--output", tmp_path / "out"], capsys
+    )
     assert status == 2
     assert_one_line(job, lines, "--splits")
     assert not (tmp_path / "out").exists()
@@ -598,8 +620,9 @@ def test_a_nan_metric_fails_the_run_and_writes_nothing(tmp_path, capsys):
     assert os.listdir(tmp_path) == []
 
 
-def test_partitions_are_checked_against_the_training_rows_before_training(tiny_idx, spark, tmp_path, capsys,
-                                                                        monkeypatch):
+def test_partitions_are_checked_against_the_training_rows_before_training(
+    tiny_idx, spark, tmp_path, capsys, monkeypatch
+):
     train_cnn = JOBS["train_cnn"]
 
     def refuse(*args, **kwargs):
@@ -608,11 +631,15 @@ def test_partitions_are_checked_against_the_training_rows_before_training(tiny_i
     monkeypatch.setattr(train_cnn.training, "train", refuse)
     monkeypatch.setattr(train_cnn.training, "make_shards", refuse)
     output = tmp_path / "out"
-    status, lines = run_main("train_cnn", ["--data-dir", tiny_idx, "--partitions", 8, "--limit", 5,
-                                           "--validation-size", 0, "--output", output], capsys)
+    status, lines = run_main(
+        "train_cnn",
+        ["--data-dir", tiny_idx, "--partitions", 8, "--limit", 5, "--validation-size", 0, "--output", output],
+        capsys,
+    )
     assert status == 2
-    assert_one_line("train_cnn", lines,
-                    "--partitions 8 needs at least 8 training images, found 5; use fewer --partitions")
+    assert_one_line(
+        "train_cnn", lines, "--partitions 8 needs at least 8 training images, found 5; use fewer --partitions"
+    )
     assert not output.exists()
     assert not list(tmp_path.glob("out.*"))
 
@@ -625,15 +652,15 @@ def _keras_model(path: Path, outputs: str) -> Path:
     if outputs == "rank-4":
         result = keras.layers.Conv2D(10, 3, padding="same")(inputs)
     else:
-        result = keras.layers.Dense(int(outputs.split("-")[1]), activation="softmax")(
-            keras.layers.Flatten()(inputs))
+        result = keras.layers.Dense(int(outputs.split("-")[1]), activation="softmax")(keras.layers.Flatten()(inputs))
     keras.Model(inputs, result).save(path)
     return path
 
 
 @pytest.mark.parametrize("outputs, found", [("classes-5", "(batch, 5)"), ("rank-4", "(batch, 28, 28, 10)")])
-def test_predict_refuses_a_model_whose_outputs_are_not_the_classes(spark, tiny_idx, tmp_path, capsys,
-                                                                   monkeypatch, outputs, found):
+def test_predict_refuses_a_model_whose_outputs_are_not_the_classes(
+    spark, tiny_idx, tmp_path, capsys, monkeypatch, outputs, found
+):
     predict = JOBS["predict"]
 
     def refuse(*args, **kwargs):

@@ -53,7 +53,10 @@ def test_missing_java_is_one_clear_line(tmp_path):
     env["PATH"] = str(tmp_path)  # no java here
     result = subprocess.run(
         [sys.executable, str(PROJECT / "jobs" / "ingest.py"), "--output", str(tmp_path / "out")],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
@@ -78,7 +81,8 @@ def test_spark_submit_settings_win_and_logs_stay_quiet(tmp_path, conf_dir):
     no log4j2.properties: Spark's JVM starts at INFO and the session sets
     spark.log.level=WARN, which the SparkContext applies as it starts."""
     script = tmp_path / "probe.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import os, sys
         from mnist_spark.session import get_spark
         spark = get_spark("probe")
@@ -90,7 +94,8 @@ def test_spark_submit_settings_win_and_logs_stay_quiet(tmp_path, conf_dir):
         print("BATCH", conf.get("spark.sql.execution.arrow.maxRecordsPerBatch"))
         print("PYTHON", spark.sparkContext.parallelize([0], 1).map(lambda _: sys.executable).first())
         spark.stop()
-    """))
+    """)
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "SPARK_CONF_DIR")}
     env["PYSPARK_PYTHON"] = sys.executable
     if conf_dir:
@@ -98,7 +103,11 @@ def test_spark_submit_settings_win_and_logs_stay_quiet(tmp_path, conf_dir):
     submit = Path(sys.executable).parent / "spark-submit"
     result = subprocess.run(
         [str(submit), "--master", "local[1]", "--conf", "spark.sql.shuffle.partitions=3", str(script)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-2000:]
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
@@ -127,10 +136,12 @@ def test_task_device_is_the_first_gpu_spark_gave_the_task(monkeypatch):
     assert session.task_gpus() == () and session.task_device() is None  # not in a task
     monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: Context({})))
     assert session.task_device() is None  # a task without GPUs: TensorFlow's default device
-    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(
-        lambda: Context({"gpu": ResourceInformation("gpu", ["3", "5"])})))
+    monkeypatch.setattr(
+        pyspark.TaskContext, "get", staticmethod(lambda: Context({"gpu": ResourceInformation("gpu", ["3", "5"])}))
+    )
     assert session.task_gpus() == ("3", "5") and session.task_device() == "gpu:3"
-    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(
-        lambda: Context({"gpu": ResourceInformation("gpu", ["GPU-1f2e"])})))
+    monkeypatch.setattr(
+        pyspark.TaskContext, "get", staticmethod(lambda: Context({"gpu": ResourceInformation("gpu", ["GPU-1f2e"])}))
+    )
     with pytest.raises(ValueError, match="GPU address 'GPU-1f2e', expected a GPU index"):
         session.task_device()

@@ -14,8 +14,12 @@ from mnist_spark import datasets, evaluation, idx, ingest, storage
 
 train_job = load_job("train_cnn")
 
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-          "AWS_DEFAULT_REGION": "us-east-1"}
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +81,28 @@ def test_missing_s3_folder_is_one_clear_error(s3):
 
 def test_train_cnn_reads_and_writes_s3(spark, s3):
     """Hadoop's s3a:// names work too: the same URI serves Spark and pyarrow."""
-    metrics = train_job.run(spark, data_dir="s3a://data/mnist", output="s3a://runs/cnn", arch="simple_cnn",
-                            epochs=2, batch_size=32, partitions=2, limit=200, validation_size=0)
+    metrics = train_job.run(
+        spark,
+        data_dir="s3a://data/mnist",
+        output="s3a://runs/cnn",
+        arch="simple_cnn",
+        epochs=2,
+        batch_size=32,
+        partitions=2,
+        limit=200,
+        validation_size=0,
+    )
     assert metrics["rounds"] == 3 and metrics["train_rows"] == 200  # a quarter epoch, the rest, an epoch
     keys = _keys(s3, "runs")
-    assert {"cnn/_SUCCESS", "cnn/model.keras", "cnn/metrics.json", "cnn/report.html",
-            "cnn/learning_curves.png", "cnn/checkpoints/round-0002.npz",
-            "cnn/checkpoints/round-0003.npz"} <= set(keys)  # the two newest checkpoints
+    assert {
+        "cnn/_SUCCESS",
+        "cnn/model.keras",
+        "cnn/metrics.json",
+        "cnn/report.html",
+        "cnn/learning_curves.png",
+        "cnn/checkpoints/round-0002.npz",
+        "cnn/checkpoints/round-0003.npz",
+    } <= set(keys)  # the two newest checkpoints
     assert not [key for key in keys if not key.startswith("cnn/")]  # no staging folder left
     model = evaluation.load_model("s3a://runs/cnn/model.keras")
     assert model.count_params() > 0
@@ -115,14 +134,16 @@ def test_a_new_output_on_s3_is_written_in_place_never_copied(s3, no_copies):
         assert _files(s3, "runs", "in-place/") == ["in-place/_OWNER", "in-place/data.parquet/part-0.parquet"]
         with pytest.raises(FileExistsError, match="being written by another run"):
             storage.AtomicOutput("s3a://runs/in-place")  # a second run while this one writes
-    assert _files(s3, "runs", "in-place/") == ["in-place/_MNIST_SPARK", "in-place/_SUCCESS",
-                                             "in-place/data.parquet/part-0.parquet"]
+    assert _files(s3, "runs", "in-place/") == [
+        "in-place/_MNIST_SPARK",
+        "in-place/_SUCCESS",
+        "in-place/data.parquet/part-0.parquet",
+    ]
     assert storage.finished_output("s3://runs/in-place")["job"] == "ingest"
     # A failed run leaves nothing.
-    with pytest.raises(RuntimeError):
-        with storage.AtomicOutput("s3a://runs/failed") as staging:
-            storage.write_bytes(storage.join(staging, "part-0"), b"half")
-            raise RuntimeError("stopped")
+    with pytest.raises(RuntimeError), storage.AtomicOutput("s3a://runs/failed") as staging:
+        storage.write_bytes(storage.join(staging, "part-0"), b"half")
+        raise RuntimeError("stopped")
     assert _files(s3, "runs", "failed") == []
 
 
@@ -131,10 +152,9 @@ def test_replacing_an_output_on_s3_keeps_the_old_one_until_the_new_one_is_comple
         storage.write_bytes(storage.join(staging, "old.txt"), b"old")
     target = storage.AtomicOutput("s3a://runs/kept", overwrite=True)
     assert not target.in_place and target.staging.startswith("s3a://runs/kept.tmp-")
-    with pytest.raises(RuntimeError):
-        with target as staging:
-            storage.write_bytes(storage.join(staging, "new.txt"), b"new")
-            raise RuntimeError("stopped")
+    with pytest.raises(RuntimeError), target as staging:
+        storage.write_bytes(storage.join(staging, "new.txt"), b"new")
+        raise RuntimeError("stopped")
     assert _files(s3, "runs", "kept") == ["kept/_MNIST_SPARK", "kept/_SUCCESS", "kept/old.txt"]
     with storage.AtomicOutput("s3a://runs/kept", overwrite=True) as staging:
         storage.write_bytes(storage.join(staging, "new.txt"), b"new")
@@ -145,8 +165,12 @@ def test_an_output_left_unfinished_in_place_by_a_killed_run_is_removed(s3):
     import json
     import socket
 
-    gone = {"writer": "mnist_spark", "host": socket.gethostname(), "pid": os.getpid(),
-            "start": storage.process_start(os.getpid()) + 1}  # this pid, another start: a gone process
+    gone = {
+        "writer": "mnist_spark",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "start": storage.process_start(os.getpid()) + 1,
+    }  # this pid, another start: a gone process
     s3.put_object(Bucket="runs", Key="killed/_OWNER", Body=json.dumps(gone).encode())
     s3.put_object(Bucket="runs", Key="killed/data.parquet/part-0.parquet", Body=b"half")
     s3.put_object(Bucket="runs", Key="foreign/data.csv", Body=b"a user's file")

@@ -40,9 +40,26 @@ def test_train_cnn_logs_params_rounds_metrics_figures_and_model(spark, tiny_idx,
     from tensorflow.compat.v1.train import summary_iterator
 
     out = tmp_path / "run"
-    status, lines = run_main(load_job("train_cnn"), [
-        "--data-dir", tiny_idx, "--arch", "mlp", "--epochs", "1", "--batch-size", "8",
-        "--validation-size", "5", "--output", out, "--mlflow", store], capsys)
+    status, lines = run_main(
+        load_job("train_cnn"),
+        [
+            "--data-dir",
+            tiny_idx,
+            "--arch",
+            "mlp",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--validation-size",
+            "5",
+            "--output",
+            out,
+            "--mlflow",
+            store,
+        ],
+        capsys,
+    )
     assert status == 0, lines
     written = json.loads((out / "metrics.json").read_text())
     client, run = _one_run(store)
@@ -57,8 +74,14 @@ def test_train_cnn_logs_params_rounds_metrics_figures_and_model(spark, tiny_idx,
         assert [m.step for m in history] == [r["round"] for r in written["history"]]
         assert [m.value for m in history] == pytest.approx([r[key] for r in written["history"]])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"metrics.json", "report.html", "model.keras", "learning_curves.png", "confusion_matrix.png",
-            "tensorboard"} <= artifacts
+    assert {
+        "metrics.json",
+        "report.html",
+        "model.keras",
+        "learning_curves.png",
+        "confusion_matrix.png",
+        "tensorboard",
+    } <= artifacts
     assert not {"checkpoints", "_SUCCESS", "_MNIST_SPARK"} & artifacts
     # The model as an MLflow Keras model, with the run folder's weights.
     models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
@@ -67,20 +90,25 @@ def test_train_cnn_logs_params_rounds_metrics_figures_and_model(spark, tiny_idx,
     import keras
 
     saved = keras.saving.load_model(out / "model.keras")
-    assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), saved.get_weights()))
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), saved.get_weights(), strict=True))
     # TensorBoard scalars in the run folder: the same losses per round.
     events = [out / "tensorboard" / name for name in os.listdir(out / "tensorboard")]
-    losses = {e.step: float(np.frombuffer(v.tensor.tensor_content, np.float32)[0]) if v.tensor.tensor_content
-              else v.tensor.float_val[0]
-              for path in events for e in summary_iterator(str(path)) for v in e.summary.value if v.tag == "loss"}
+    losses = {
+        e.step: float(np.frombuffer(v.tensor.tensor_content, np.float32)[0])
+        if v.tensor.tensor_content
+        else v.tensor.float_val[0]
+        for path in events
+        for e in summary_iterator(str(path))
+        for v in e.summary.value
+        if v.tag == "loss"
+    }
     assert losses == pytest.approx({r["round"]: r["loss"] for r in written["history"]})
 
 
 def test_the_tracking_variable_alone_logs_any_job(spark, tiny_idx, tmp_path, store, monkeypatch, capsys):
     monkeypatch.setenv(tracking.ENV_TRACKING_URI, store)
     out = tmp_path / "ingested"
-    status, lines = run_main(load_job("ingest"), ["--data-dir", tiny_idx, "--output", out, "--limit", "7"],
-                             capsys)
+    status, lines = run_main(load_job("ingest"), ["--data-dir", tiny_idx, "--output", out, "--limit", "7"], capsys)
     assert status == 0, lines
     client, run = _one_run(store)
     assert run.data.tags["mnist_spark.job"] == "ingest" and run.data.params["limit"] == "7"

@@ -22,7 +22,7 @@ CONFIG = training.TrainConfig(model="simple_cnn", epochs=2, batch_size=32, parti
 
 
 def _same(a, b) -> bool:
-    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_average_of_identical_replicas_is_the_replica():
     optimizer = [np.array(17, np.int64), np.float32(0.001), rng.normal(size=(3, 4)).astype(np.float32)]
     replica = {"count": 5, "weights": weights, "optimizer": optimizer}
     avg_w, avg_o = training.average_replicas([replica, dict(replica, count=9), dict(replica, count=1)])
-    for got, want in zip(avg_w + avg_o, weights + optimizer):
+    for got, want in zip(avg_w + avg_o, weights + optimizer, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6)
         assert got.dtype == np.asarray(want).dtype
 
@@ -85,8 +85,8 @@ def test_learning_rate_warms_up_to_the_scaled_peak_then_decays():
     assert rates[0] == pytest.approx(1e-3 + 7e-3 / 10)
     assert rates[9] == pytest.approx(8e-3)  # the peak, at the end of the warm-up epoch
     assert rates[10] == pytest.approx(4e-3) and rates[29] == pytest.approx(2e-3)
-    assert all(a < b for a, b in zip(rates[:9], rates[1:10]))
-    for rule, peak in (("sqrt", 8 ** 0.5 * 1e-3), ("none", 1e-3)):
+    assert all(a < b for a, b in zip(rates[:9], rates[1:10], strict=True))
+    for rule, peak in (("sqrt", 8**0.5 * 1e-3), ("none", 1e-3)):
         assert training.learning_rate_at(replace(config, lr_scaling=rule), schedule, 9) == pytest.approx(peak)
 
 
@@ -99,13 +99,11 @@ def test_batchnorm_statistics_are_re_estimated_on_the_sample():
     for layer in models.batchnorm_layers(model):
         # In inference mode each BatchNorm layer now standardizes the sample: mean 0, variance
         # v / (v + epsilon) for the layer's input variance v (1 for all but tiny variances).
-        normalized = keras.ops.convert_to_numpy(
-            keras.Model(model.inputs, layer.output)([images], training=False))
+        normalized = keras.ops.convert_to_numpy(keras.Model(model.inputs, layer.output)([images], training=False))
         axes = tuple(range(normalized.ndim - 1))
         variance = keras.ops.convert_to_numpy(layer.moving_variance)
         np.testing.assert_allclose(normalized.mean(axis=axes), 0, atol=2e-3)
-        np.testing.assert_allclose(normalized.var(axis=axes), variance / (variance + layer.epsilon),
-                                   rtol=1e-3)
+        np.testing.assert_allclose(normalized.var(axis=axes), variance / (variance + layer.epsilon), rtol=1e-3)
     assert models.reestimate_batchnorm(models.build_model("simple_cnn", seed=0), images) == 0
 
 
@@ -117,19 +115,29 @@ def _plain_keras(images, labels, config):
     model, state = training.initial_state(config)
     schedule = training.plan_schedule(config, [len(labels)])
     per_epoch = schedule.steps_per_epoch * config.batch_size
-    stream = np.concatenate([np.random.default_rng([config.seed, 0, epoch]).permutation(len(labels))
-                             for epoch in range(config.epochs)])
+    stream = np.concatenate(
+        [np.random.default_rng([config.seed, 0, epoch]).permutation(len(labels)) for epoch in range(config.epochs)]
+    )
     for round_ in range(schedule.rounds):
-        first, last = (schedule.starts[round_] * config.batch_size,
-                       schedule.starts[round_ + 1] * config.batch_size)
+        first, last = (schedule.starts[round_] * config.batch_size, schedule.starts[round_ + 1] * config.batch_size)
         assert per_epoch == len(labels)  # whole batches: the stream is the epochs' permutations
-        training.load_state(model, model.get_weights(), training.optimizer_variables(model),
-                            seed=training.task_seed(config.seed, 0, round_))
+        training.load_state(
+            model,
+            model.get_weights(),
+            training.optimizer_variables(model),
+            seed=training.task_seed(config.seed, 0, round_),
+        )
         epoch = schedule.starts[round_] // schedule.steps_per_epoch
-        model.optimizer.learning_rate = config.learning_rate * config.lr_decay ** epoch
+        model.optimizer.learning_rate = config.learning_rate * config.lr_decay**epoch
         order = stream[first:last]
-        model.fit(images[order].astype(np.float32), labels[order], batch_size=config.batch_size,
-                  epochs=1, shuffle=False, verbose=0)
+        model.fit(
+            images[order].astype(np.float32),
+            labels[order],
+            batch_size=config.batch_size,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+        )
     return model.get_weights()
 
 
@@ -139,7 +147,7 @@ def test_one_partition_matches_plain_keras(spark, train_df, small_idx):
     images = idx.read_idx(small_idx / "train-images-idx3-ubyte.gz")[:256, ..., None]
     labels = idx.read_idx(small_idx / "train-labels-idx1-ubyte.gz")[:256].astype(np.int32)
     plain = _plain_keras(images, labels, config)
-    for got, want in zip(state.weights, plain):
+    for got, want in zip(state.weights, plain, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert state.history[-1]["images"] == 256
 
@@ -169,10 +177,16 @@ def test_shards_in_small_chunks_give_the_same_model(spark, train_df):
 def test_a_replica_reads_its_shard_from_a_local_file(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARK_LOCAL_DIRS", f"{tmp_path},/elsewhere")
     images = np.arange(5 * 4, dtype=np.uint8).reshape(5, 2, 2, 1)
-    chunks = [{"chunk": c, "shape": np.array([2, 2, 1], np.int32).tobytes(),
-               "index": np.arange(c * 3, min(5, c * 3 + 3), dtype=np.int64).tobytes(),
-               "label": np.arange(c * 3, min(5, c * 3 + 3), dtype=np.int32).tobytes(),
-               "pixels": images[c * 3:c * 3 + 3].tobytes()} for c in (1, 0)]  # out of order
+    chunks = [
+        {
+            "chunk": c,
+            "shape": np.array([2, 2, 1], np.int32).tobytes(),
+            "index": np.arange(c * 3, min(5, c * 3 + 3), dtype=np.int64).tobytes(),
+            "label": np.arange(c * 3, min(5, c * 3 + 3), dtype=np.int32).tobytes(),
+            "pixels": images[c * 3 : c * 3 + 3].tobytes(),
+        }
+        for c in (1, 0)
+    ]  # out of order
     local = training.ShardFile(chunk_bytes=3 * 4)  # 3 images a chunk
     for chunk in chunks:
         local.add(chunk)
@@ -240,11 +254,22 @@ def test_resume_reaches_the_same_model(spark, train_df, tmp_path):
 
 def _replica_rows(count: int):
     rng = np.random.default_rng(1)
-    results = [{"partition": k, "device": "cpu", "count": int(rng.integers(50, 80)), "loss": float(k), "accuracy": 0.5,
-                "seconds": 1.0, "fit_seconds": 0.9, "finished": 0.0, "pid": 100 + k,
-                "weights": [rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)],
-                "optimizer": [np.array(10 * (k + 1), np.int64), rng.normal(size=(5, 3)).astype(np.float32)]}
-               for k in range(count)]
+    results = [
+        {
+            "partition": k,
+            "device": "cpu",
+            "count": int(rng.integers(50, 80)),
+            "loss": float(k),
+            "accuracy": 0.5,
+            "seconds": 1.0,
+            "fit_seconds": 0.9,
+            "finished": 0.0,
+            "pid": 100 + k,
+            "weights": [rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)],
+            "optimizer": [np.array(10 * (k + 1), np.int64), rng.normal(size=(5, 3)).astype(np.float32)],
+        }
+        for k in range(count)
+    ]
     return results, [training._result_row(r) for r in results]
 
 
@@ -255,9 +280,9 @@ def test_tree_average_in_the_executors_equals_the_plain_mean(spark, fan_in):
     weights, optimizer, replicas = training.tree_average(df, 4, fan_in=fan_in)
     plain_w, plain_o = training.average_replicas(results)
     counts = np.array([r["count"] for r in results], np.float64)
-    by_hand = sum(c * r["weights"][0].astype(np.float64) for c, r in zip(counts, results)) / counts.sum()
+    by_hand = sum(c * r["weights"][0].astype(np.float64) for c, r in zip(counts, results, strict=True)) / counts.sum()
     np.testing.assert_allclose(weights[0], by_hand.astype(np.float32), rtol=1e-6)
-    for got, want in zip(weights + optimizer, plain_w + plain_o):
+    for got, want in zip(weights + optimizer, plain_w + plain_o, strict=True):
         assert got.dtype == want.dtype
         np.testing.assert_allclose(got, want, rtol=1e-6)
     steps = np.array([10, 20, 30, 40], np.float64)
@@ -320,19 +345,45 @@ def test_evaluation_matches_model_predict(spark, small_idx):
 
 def test_run_folder(spark, small_idx, tmp_path):
     out = tmp_path / "run"
-    metrics = train_job.run(spark, data_dir=str(small_idx), output=str(out), arch="simple_cnn",
-                            epochs=2, batch_size=32, partitions=2, limit=200, validation_size=50)
+    train_job.run(
+        spark,
+        data_dir=str(small_idx),
+        output=str(out),
+        arch="simple_cnn",
+        epochs=2,
+        batch_size=32,
+        partitions=2,
+        limit=200,
+        validation_size=50,
+    )
     names = set(os.listdir(out))
-    assert {"_SUCCESS", "model.keras", "model_summary.txt", "metrics.json", "report.html",
-            "learning_curves.png", "confusion_matrix.png", "misclassified.png",
-            "probabilities.png", "checkpoints"} <= names
+    assert {
+        "_SUCCESS",
+        "model.keras",
+        "model_summary.txt",
+        "metrics.json",
+        "report.html",
+        "learning_curves.png",
+        "confusion_matrix.png",
+        "misclassified.png",
+        "probabilities.png",
+        "checkpoints",
+    } <= names
     saved = json.loads((out / "metrics.json").read_text())
-    for key in ("test_accuracy", "test_loss", "epochs", "partitions", "images_per_second", "seconds",
-                "history", "params", "environment"):
+    for key in (
+        "test_accuracy",
+        "test_loss",
+        "epochs",
+        "partitions",
+        "images_per_second",
+        "seconds",
+        "history",
+        "params",
+        "environment",
+    ):
         assert key in saved
     assert saved["epochs"] == 2 and saved["partitions"] == 2 and len(saved["history"]) == 3
-    assert set(saved["history"][-1]["overhead_seconds"]) == {"averaging", "broadcast", "task_start",
-                                                             "validation"}
+    assert set(saved["history"][-1]["overhead_seconds"]) == {"averaging", "broadcast", "task_start", "validation"}
     assert "val_accuracy" in saved["history"][0]
     assert saved["environment"]["libraries"]["pyspark"]
     assert "Total params" in (out / "model_summary.txt").read_text()
@@ -346,8 +397,16 @@ def test_run_folder(spark, small_idx, tmp_path):
 
 
 def test_job_resume_after_a_stop(spark, small_idx, tmp_path, monkeypatch):
-    kwargs = dict(data_dir=str(small_idx), arch="simple_cnn", epochs=3, batch_size=32, partitions=2,
-                  limit=128, validation_size=0, checkpoint_every=1)
+    kwargs = dict(
+        data_dir=str(small_idx),
+        arch="simple_cnn",
+        epochs=3,
+        batch_size=32,
+        partitions=2,
+        limit=128,
+        validation_size=0,
+        checkpoint_every=1,
+    )
     # --resume auto with nothing to continue starts the run.
     whole = train_job.run(spark, output=str(tmp_path / "whole"), resume="auto", **kwargs)
 
@@ -388,18 +447,53 @@ def test_resume_auto_needs_an_output(capsys):
 @pytest.mark.slow
 def test_retried_task_gives_identical_weights(spark, small_idx, tmp_path):
     """A task that fails once (local[2,2] allows one retry) redoes exactly the same work."""
-    kwargs = ["--data-dir", str(small_idx), "--arch", "simple_cnn", "--epochs", "2", "--batch-size", "32",
-              "--partitions", "2", "--limit", "128", "--validation-size", "0", "--checkpoint-every", "0"]
-    reference = train_job.run(spark, output=str(tmp_path / "reference"), data_dir=str(small_idx),
-                              arch="simple_cnn", epochs=2, batch_size=32, partitions=2, limit=128,
-                              validation_size=0, checkpoint_every=0)
+    kwargs = [
+        "--data-dir",
+        str(small_idx),
+        "--arch",
+        "simple_cnn",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--partitions",
+        "2",
+        "--limit",
+        "128",
+        "--validation-size",
+        "0",
+        "--checkpoint-every",
+        "0",
+    ]
+    reference = train_job.run(
+        spark,
+        output=str(tmp_path / "reference"),
+        data_dir=str(small_idx),
+        arch="simple_cnn",
+        epochs=2,
+        batch_size=32,
+        partitions=2,
+        limit=128,
+        validation_size=0,
+        checkpoint_every=0,
+    )
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_CONF_DIR=str(PROJECT / "conf"))
     env[training.ENV_INJECT_FAILURE] = "1:1"
     submit = Path(sys.executable).parent / "spark-submit"
     result = subprocess.run(
-        [str(submit), "--master", "local[2,2]", str(PROJECT / "jobs" / "train_cnn.py"), *kwargs,
-         "--output", str(tmp_path / "retried")],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            str(submit),
+            "--master",
+            "local[2,2]",
+            str(PROJECT / "jobs" / "train_cnn.py"),
+            *kwargs,
+            "--output",
+            str(tmp_path / "retried"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "injected failure in partition 1, round 1" in result.stderr
@@ -417,8 +511,9 @@ def test_predict_job_scores_idx_files_and_a_plain_image_folder(spark, small_idx,
     predict_job = load_job("predict")
     model = models.build_model("simple_cnn", seed=5)
     model.save(tmp_path / "model.keras")
-    metrics = predict_job.run(spark, model_file=str(tmp_path), data_dir=str(small_idx),
-                              output=str(tmp_path / "scored"), splits=("test",))
+    metrics = predict_job.run(
+        spark, model_file=str(tmp_path), data_dir=str(small_idx), output=str(tmp_path / "scored"), splits=("test",)
+    )
     images = idx.read_idx(small_idx / "t10k-images-idx3-ubyte.gz")
     labels = idx.read_idx(small_idx / "t10k-labels-idx1-ubyte.gz")
     expected = model.predict(images[..., None].astype(np.float32), verbose=0).argmax(axis=1)
@@ -431,8 +526,12 @@ def test_predict_job_scores_idx_files_and_a_plain_image_folder(spark, small_idx,
     folder.mkdir(parents=True)
     for i in range(3):
         Image.fromarray(images[i], mode="L").save(folder / f"digit{i}.png")
-    unlabelled = predict_job.run(spark, model_file=str(tmp_path / "model.keras"),
-                                 images_dir=str(tmp_path / "pngs"), output=str(tmp_path / "scored-pngs"))
+    unlabelled = predict_job.run(
+        spark,
+        model_file=str(tmp_path / "model.keras"),
+        images_dir=str(tmp_path / "pngs"),
+        output=str(tmp_path / "scored-pngs"),
+    )
     assert unlabelled["count"] == 3 and unlabelled["labelled"] == 0 and "accuracy" not in unlabelled
     with pytest.raises(ValueError, match="takes images of 28x28x1 but the input holds 5x7x1"):
         other = write_idx_dataset(tmp_path / "small-images", 4, 2, shape=(5, 7))

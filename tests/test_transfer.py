@@ -15,7 +15,17 @@ transfer = load_job("transfer")
 
 def test_balanced_quotas():
     assert sampling.balanced_quotas({k: 100 for k in range(10)}, 25) == {
-        0: 2, 1: 2, 2: 2, 3: 2, 4: 2, 5: 3, 6: 3, 7: 3, 8: 3, 9: 3}
+        0: 2,
+        1: 2,
+        2: 2,
+        3: 2,
+        4: 2,
+        5: 3,
+        6: 3,
+        7: 3,
+        8: 3,
+        9: 3,
+    }
     assert sampling.balanced_quotas({0: 100, 1: 100, 2: 3}, 25) == {2: 3, 0: 11, 1: 11}
     assert sampling.balanced_quotas({0: 4, 1: 5}, 100) == {0: 4, 1: 5}
 
@@ -40,17 +50,46 @@ def test_run_folder(spark, small_idx, tmp_path):
     from pyspark.ml import PipelineModel
 
     out = tmp_path / "run"
-    metrics = transfer.run(spark, data_dir=str(small_idx), output=str(out), weights="none", image_size=75,
-                           train_limit=60, test_limit=20, max_iter=5, seed=3, partitions=2)
-    assert {"_SUCCESS", "pipeline_model", "metrics.json", "confusion_matrix.png", "report.html"} <= set(
-        os.listdir(out))
+    metrics = transfer.run(
+        spark,
+        data_dir=str(small_idx),
+        output=str(out),
+        weights="none",
+        image_size=75,
+        train_limit=60,
+        test_limit=20,
+        max_iter=5,
+        seed=3,
+        partitions=2,
+    )
+    assert {"_SUCCESS", "pipeline_model", "metrics.json", "confusion_matrix.png", "report.html"} <= set(os.listdir(out))
     saved = json.loads((out / "metrics.json").read_text())
-    for key in ("accuracy", "f1", "weightedPrecision", "weightedRecall", "logLoss", "train_rows", "test_rows",
-                "model_name", "image_size", "weights", "images_per_second", "seconds", "confusion_matrix",
-                "params", "environment"):
+    for key in (
+        "accuracy",
+        "f1",
+        "weightedPrecision",
+        "weightedRecall",
+        "logLoss",
+        "train_rows",
+        "test_rows",
+        "model_name",
+        "image_size",
+        "weights",
+        "images_per_second",
+        "seconds",
+        "confusion_matrix",
+        "params",
+        "environment",
+    ):
         assert key in saved, key
-    assert (saved["train_rows"], saved["test_rows"], saved["model_name"], saved["image_size"],
-            saved["weights"], saved["feature_size"]) == (60, 20, "InceptionV3", 75, "none", 2048)
+    assert (
+        saved["train_rows"],
+        saved["test_rows"],
+        saved["model_name"],
+        saved["image_size"],
+        saved["weights"],
+        saved["feature_size"],
+    ) == (60, 20, "InceptionV3", 75, "none", 2048)
     assert saved["label_counts"]["train"] == {str(k): 6 for k in range(10)}
     assert sum(map(sum, saved["confusion_matrix"])) == 20 and 0 <= saved["accuracy"] <= 1
     assert saved == metrics
@@ -73,15 +112,40 @@ def test_tune_cross_validates_the_grid(spark, small_idx, tmp_path, capsys):
     hidden = keras.layers.Dense(6, activation="relu", name="hidden")(keras.layers.Flatten()(inputs))
     keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(hidden)).save(tmp_path / "net.keras")
     out = tmp_path / "tuned"
-    status, err = run_main(transfer, [
-        "--data-dir", small_idx, "--base-model", tmp_path / "net.keras", "--train-limit", 80, "--test-limit", 20,
-        "--max-iter", 5, "--tune", "--tune-reg-params", "0.001,10", "--tune-elastic-net-params", "0,1",
-        "--tune-folds", 2, "--output", out], capsys)
+    status, err = run_main(
+        transfer,
+        [
+            "--data-dir",
+            small_idx,
+            "--base-model",
+            tmp_path / "net.keras",
+            "--train-limit",
+            80,
+            "--test-limit",
+            20,
+            "--max-iter",
+            5,
+            "--tune",
+            "--tune-reg-params",
+            "0.001,10",
+            "--tune-elastic-net-params",
+            "0,1",
+            "--tune-folds",
+            2,
+            "--output",
+            out,
+        ],
+        capsys,
+    )
     assert status == 0, err
     saved = json.loads((out / "metrics.json").read_text())
     grid = saved["tuning"]
-    assert [(g["regParam"], g["elasticNetParam"]) for g in grid] == [(0.001, 0.0), (0.001, 1.0), (10.0, 0.0),
-                                                                     (10.0, 1.0)]
+    assert [(g["regParam"], g["elasticNetParam"]) for g in grid] == [
+        (0.001, 0.0),
+        (0.001, 1.0),
+        (10.0, 0.0),
+        (10.0, 1.0),
+    ]
     best = [g for g in grid if g["best"]]
     assert len(best) == 1 and best[0]["accuracy"] == max(g["accuracy"] for g in grid)
     assert (saved["reg_param"], saved["elastic_net_param"]) == (best[0]["regParam"], best[0]["elasticNetParam"])
@@ -95,16 +159,39 @@ def test_png_set_through_main(spark, tiny_idx, tmp_path, capsys):
     df, _ = ingest.idx_dataframe(spark, datasets.locate(tiny_idx))
     images.write_png_set(df, str(tmp_path / "pngs"))
     out = tmp_path / "run"
-    status = transfer.main(["--images", str(tmp_path / "pngs"), "--output", str(out), "--weights", "none",
-                            "--train-limit", "20", "--test-limit", "5", "--max-iter", "3",
-                            "--reg-param", "0.1", "--elastic-net-param", "0", "--batch-size", "8"])
+    status = transfer.main(
+        [
+            "--images",
+            str(tmp_path / "pngs"),
+            "--output",
+            str(out),
+            "--weights",
+            "none",
+            "--train-limit",
+            "20",
+            "--test-limit",
+            "5",
+            "--max-iter",
+            "3",
+            "--reg-param",
+            "0.1",
+            "--elastic-net-param",
+            "0",
+            "--batch-size",
+            "8",
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     saved = json.loads((out / "metrics.json").read_text())
     assert (saved["train_rows"], saved["test_rows"]) == (20, 5)
     assert saved["params"]["images_dir"] == str(tmp_path / "pngs")
     params = saved["params"]
     assert (params["max_iter"], params["reg_param"], params["elastic_net_param"], params["batch_size"]) == (
-        3, 0.1, 0.0, 8)
+        3,
+        0.1,
+        0.0,
+        8,
+    )
 
 
 def test_missing_imagenet_weights_stop_the_job_at_once(spark, small_idx, tmp_path, monkeypatch, capsys):

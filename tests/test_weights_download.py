@@ -56,10 +56,15 @@ def mirror(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.delenv(featurizer.ENV_WEIGHTS, raising=False)
     monkeypatch.delenv(featurizer.ENV_OFFLINE, raising=False)
-    monkeypatch.setitem(featurizer.ARCHITECTURES, NAME, dataclasses.replace(
-        ARCHITECTURE, weights_md5=hashlib.md5(payload).hexdigest()))
-    yield {"file": served / ARCHITECTURE.url_folder / ARCHITECTURE.weights_file, "payload": payload,
-           "requests": requests, "cache": tmp_path / "keras" / "models"}
+    monkeypatch.setitem(
+        featurizer.ARCHITECTURES, NAME, dataclasses.replace(ARCHITECTURE, weights_md5=hashlib.md5(payload).hexdigest())
+    )
+    yield {
+        "file": served / ARCHITECTURE.url_folder / ARCHITECTURE.weights_file,
+        "payload": payload,
+        "requests": requests,
+        "cache": tmp_path / "keras" / "models",
+    }
     server.shutdown()
     server.server_close()
 
@@ -83,8 +88,13 @@ def test_a_corrupt_download_is_refused_in_one_line_and_not_kept(mirror):
         featurizer.resolve_weights("imagenet", NAME)
     message = str(error.value)
     assert "\n" not in message
-    for part in (ARCHITECTURE.weights_file, hashlib.md5(damaged).hexdigest(),
-                 featurizer.ARCHITECTURES[NAME].weights_md5, "it was not kept", "$MNIST_SPARK_WEIGHTS"):
+    for part in (
+        ARCHITECTURE.weights_file,
+        hashlib.md5(damaged).hexdigest(),
+        featurizer.ARCHITECTURES[NAME].weights_md5,
+        "it was not kept",
+        "$MNIST_SPARK_WEIGHTS",
+    ):
         assert part in message, part
     assert os.listdir(mirror["cache"]) == []  # the next run downloads again, never uses the bad file
     status, line = cli.classify(error.value)
@@ -102,7 +112,10 @@ def test_offline_never_downloads(mirror, monkeypatch):
 
 def test_an_unreachable_mirror_is_one_line_that_a_retry_may_help(mirror, monkeypatch):
     monkeypatch.setenv(featurizer.ENV_WEIGHTS_URL, "http://127.0.0.1:9/nothing/")  # the discard port
-    with pytest.raises(featurizer.WeightsDownloadError, match=r"could not download the ImageNet weights of "
-                       r"VGG16 from http://127\.0\.0\.1:9/nothing/vgg16/.*--offline") as error:
+    with pytest.raises(
+        featurizer.WeightsDownloadError,
+        match=r"could not download the ImageNet weights of "
+        r"VGG16 from http://127\.0\.0\.1:9/nothing/vgg16/.*--offline",
+    ) as error:
         featurizer.resolve_weights("imagenet", NAME)
     assert cli.classify(error.value)[0] == cli.EXIT_FAILED
