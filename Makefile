@@ -57,14 +57,14 @@ cluster-down:
 .PHONY: dist dist-env
 # The library as a zip for spark-submit --py-files.
 dist: dist/mnist_spark.zip
-dist/mnist_spark.zip: $(wildcard mnist_spark/*.py)
+dist/mnist_spark.zip: $(wildcard mnist_spark/*.py mnist_spark/jobs/*.py)
 	mkdir -p dist && rm -f $@
-	$(PYTHON) -c "import zipfile, glob; z = zipfile.ZipFile('$@', 'w'); [z.write(f) for f in sorted(glob.glob('mnist_spark/*.py'))]"
+	$(PYTHON) -c "import zipfile, glob; z = zipfile.ZipFile('$@', 'w'); [z.write(f) for f in sorted(glob.glob('mnist_spark/**/*.py', recursive=True))]"
 
 # A packed virtualenv with mnist_spark and its dependencies, for spark-submit --archives.
 # Nodes need the same Python at the same path as this machine (venv-pack keeps the link to it).
 dist-env: dist/mnist_spark_env.tar.gz
-dist/mnist_spark_env.tar.gz: pyproject.toml $(wildcard mnist_spark/*.py)
+dist/mnist_spark_env.tar.gz: pyproject.toml $(wildcard mnist_spark/*.py mnist_spark/jobs/*.py)
 	rm -rf build/env && $(PYTHON) -m venv build/env
 	build/env/bin/python -m pip install --quiet --upgrade pip
 	build/env/bin/python -m pip install --quiet '.[cpu]' venv-pack

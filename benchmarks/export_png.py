@@ -49,12 +49,9 @@ sys.path.insert(0, str(PROJECT))
 
 
 def load_job(name: str):
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location(f"jobs_{name}", PROJECT / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"mnist_spark.jobs.{name}")
 
 
 def pillow_loop(data_dir: Path, out: Path, compress_level: int | None, limit: int | None = None) -> dict:

@@ -116,6 +116,41 @@ def load_model(location: str):
         ) from None
 
 
+def check_classifier(net, path: str, num_classes: int | None = None) -> None:
+    """The model must give one row of class probabilities per image: output ``(batch, classes)``.
+
+    With ``num_classes`` (the labels are known) the output size must equal it.
+    """
+    from mnist_spark.models import shape_text
+
+    found = net.output_shape
+    several = isinstance(found, list) or (bool(found) and isinstance(found[0], (list, tuple)))
+    if several or len(found) != 2 or (num_classes is not None and found[-1] != num_classes):
+        expected = f"(batch, {num_classes})" if num_classes is not None else "(batch, classes)"
+        what = (
+            f", one probability for each of the dataset's {num_classes} classes"
+            if num_classes is not None
+            else ", one probability per class"
+        )
+        raise ValueError(
+            f"model file {path} outputs shape {shape_text(found)}; expected {expected}{what}; "
+            "give a classifier trained on this dataset"
+        )
+
+
+def check_image_size(net, df, source) -> None:
+    """The first image of ``df`` must have the size the model takes; ``source`` names the input."""
+    expected = tuple(net.input_shape[1:])
+    first = df.select("image.height", "image.width", "image.nChannels").first()
+    if first is None:
+        raise ValueError(f"no images to score in {source}")
+    if tuple(first) != expected:
+        raise ValueError(
+            f"the model takes images of {'x'.join(map(str, expected))} but the input holds "
+            f"{'x'.join(map(str, first))}; score images of the size the model was trained on"
+        )
+
+
 def predict(
     df,
     model,

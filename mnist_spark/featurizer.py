@@ -1043,7 +1043,9 @@ def user_network(location: str, output_layer: str = "") -> UserNetwork:
     inputs = getattr(model, "inputs", None) or []
     shape = tuple(inputs[0].shape) if len(inputs) == 1 else ()
     if len(shape) != 4 or shape[3] not in (1, 3):
-        found = ", ".join(_shape_text(i.shape) for i in inputs) or "none"
+        from mnist_spark.models import shape_text
+
+        found = ", ".join(shape_text(i.shape) for i in inputs) or "none"
         raise ValueError(
             f"model file {location} does not take images: its input is {found}; the featurizer feeds "
             "(batch, height, width, 1 or 3) pixels 0-255, so give a model whose one input is an image"
@@ -1058,10 +1060,6 @@ def user_network(location: str, output_layer: str = "") -> UserNetwork:
     _NETWORKS.clear()  # keep one file's record at a time
     _NETWORKS[key] = network
     return network
-
-
-def _shape_text(shape) -> str:
-    return "(" + ", ".join("batch" if side is None else str(side) for side in shape) + ")"
 
 
 def default_feature_layer(model) -> str:

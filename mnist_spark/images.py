@@ -741,6 +741,12 @@ def _relative(origin: str, root: str) -> str:
     return path[len(marker) :] if path.startswith(marker) else origin
 
 
+def validation_arrays(df, size: int) -> tuple:
+    """The first ``size`` images of ``df`` by ``index`` as ``(images (n, h, w, c), labels)`` for the driver."""
+    pixels, labels, _ = first_rows_numpy(df, size)
+    return (pixels if pixels.ndim == 4 else pixels[..., None], labels)
+
+
 def first_rows_numpy(df, limit: int):
     """The first ``limit`` rows of an image DataFrame by ``index`` as numpy, collected to the driver.
 

@@ -21,6 +21,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -136,19 +137,87 @@ def plan_tasks(infos: list[SplitInfo], partitions: int) -> list[ReadTask]:
 def dataset_frame(spark, data_dir=None, images_dir=None, splits=("train", "test")):
     """A dataset's images as one DataFrame of an ingest, and its number of classes (0 when unknown).
 
-    From the IDX files of ``data_dir`` (:func:`mnist_spark.datasets.locate`)
-    or from a PNG set ``images_dir`` (labels from the paths).
+    From the IDX files of ``data_dir`` (:func:`mnist_spark.datasets.locate`),
+    a PNG set ``images_dir`` (labels from the paths), or any other folder of
+    images ``images_dir``, read recursively by Spark's image source as split
+    ``unlabelled`` with label -1.
     """
     if images_dir and data_dir:
         raise ValueError("give --data-dir (IDX files) or --images (a PNG set), not both")
     if images_dir:
-        from mnist_spark.images import read_png_set
+        from mnist_spark import images, storage
 
-        return read_png_set(spark, images_dir, splits=tuple(splits))[0], 0
+        if storage.exists(storage.join(images_dir, images.MANIFEST_NAME)):
+            return images.read_png_set(spark, images_dir, splits=tuple(splits))[0], 0
+        return _image_folder(spark, images_dir), 0
     from mnist_spark import datasets
 
     files = datasets.locate(data_dir)
     return idx_dataframe(spark, files, splits=tuple(splits))[0], files.dataset.num_classes
+
+
+def _image_folder(spark, location: str):
+    """Every image under ``location`` (PNG, JPEG, ...) as rows of split ``unlabelled``, label -1."""
+    from pyspark.sql import functions as F
+
+    from mnist_spark import storage
+
+    if not storage.exists(location):
+        raise ValueError(f"--images {location} does not exist; give a folder of PNG or JPEG files")
+    df = (
+        spark.read.format("image")
+        .option("recursiveFileLookup", "true")
+        .option("dropInvalid", "true")
+        .load(storage.to_uri(location))
+    )
+    return df.select(
+        F.lit("unlabelled").alias("split"),
+        F.monotonically_increasing_id().alias("index"),
+        F.lit(-1).alias("label"),
+        "image",
+    )
+
+
+@dataclass
+class TrainTest:
+    """The training and test images of a run (:func:`train_test_frames`)."""
+
+    train: Any  #: every training image; an estimator with ``labels`` picks its own
+    test: Any  #: the test images, cached; with ``labels`` only those, labelled by class position
+    train_rows: int | None  #: from the IDX headers; None when ``labels`` leaves it to count
+    test_rows: int | None
+    num_classes: int  #: the dataset's
+    labels: tuple | None = None  #: the dataset labels kept, in class order
+
+    def train_count(self) -> int:
+        """Training images (of ``labels``): from the headers, else counted by Spark."""
+        from mnist_spark.labels import select_labels
+
+        return self.train_rows if self.train_rows is not None else select_labels(self.train, self.labels).count()
+
+    def test_count(self) -> int:
+        """Test images (of ``labels``): from the headers, else counted by Spark."""
+        return self.test_rows if self.test_rows is not None else self.test.count()
+
+
+def train_test_frames(spark, data_dir=None, *, limit=None, labels=None) -> TrainTest:
+    """A dataset's training and test splits for training and scoring a classifier.
+
+    ``labels`` (dataset labels) keeps only those test images, labelled ``0 ..
+    len(labels) - 1`` in that order, as the model's classes are.
+    """
+    from mnist_spark import datasets
+    from mnist_spark import labels as label_subset
+
+    files = datasets.locate(data_dir)
+    train, (train_info,) = idx_dataframe(spark, files, splits=("train",), limit=limit)
+    test, (test_info,) = idx_dataframe(spark, files, splits=("test",), limit=limit)
+    rows = (train_info.count, test_info.count)
+    if labels:
+        label_subset.check_labels(labels, files.dataset.num_classes)
+        test, rows = label_subset.select_labels(test, labels, index=True), (None, None)
+    # Small, and scored by the Python workers that trained.
+    return TrainTest(train, test.cache(), *rows, files.dataset.num_classes, tuple(labels) if labels else None)
 
 
 def first_images(info: SplitInfo, count: int) -> list:

@@ -145,12 +145,6 @@ def _new_column(schema, column: str, stage: str, param: str) -> None:
         )
 
 
-def _shape_text(shape) -> str:
-    if isinstance(shape, (list, tuple)) and shape and all(isinstance(s, (list, tuple)) for s in shape):
-        return "[" + ", ".join(_shape_text(s) for s in shape) + "]"
-    return "(" + ", ".join("batch" if s is None else str(s) for s in shape) + ")"
-
-
 @dataclass(frozen=True)
 class KerasFile:
     """A ``.keras`` model read and checked on the driver."""
@@ -208,14 +202,14 @@ def read_keras_file(location: str, stage: str, *, payload: bytes | None = None) 
     inputs, outputs = _SHAPES[digest]
     if isinstance(inputs, list) or len(inputs) != 4 or inputs[3] not in (1, 3) or any(s is None for s in inputs[1:]):
         raise ValueError(
-            f"{stage}: model file {location} takes input {_shape_text(inputs)}; expected one "
+            f"{stage}: model file {location} takes input {models.shape_text(inputs)}; expected one "
             "batch of images (batch, height, width, channels) of a fixed size with 1 or 3 "
             "channels"
         )
     several = isinstance(outputs, list) or (bool(outputs) and isinstance(outputs[0], (list, tuple)))
     if several or len(outputs) != 2 or outputs[1] is None:
         raise ValueError(
-            f"{stage}: model file {location} outputs shape {_shape_text(outputs)}; expected "
+            f"{stage}: model file {location} outputs shape {models.shape_text(outputs)}; expected "
             "(batch, n), one row of values per image; end the model in a Dense layer (add "
             "Flatten or pooling before it)"
         )
@@ -941,6 +935,20 @@ class KerasImageClassificationModel(Model, _KerasImageClassifierParams, persiste
     def kerasModel(self):
         """The trained model as a ``keras.Model`` (loaded in safe mode)."""
         return evaluation.model_from_bytes(self._payload, compile=True)
+
+    def writeRunFiles(self, folder: str) -> None:
+        """Write a run folder's model files: ``model.keras``, ``model_summary.txt`` and, with labels, ``labels.json``.
+
+        The summary is printed too, as Keras prints it.
+        """
+        if self._payload is None:
+            raise ValueError("KerasImageClassificationModel has no trained model to write")
+        storage.write_bytes(storage.join(folder, MODEL_FILE), self._payload)
+        if self.getLabels():
+            label_subset.write_labels(folder, self.getLabels())
+        summary = models.summary_text(self.kerasModel())
+        print(summary)
+        storage.write_bytes(storage.join(folder, "model_summary.txt"), (summary + "\n").encode())
 
     def transformSchema(self, schema):
         from pyspark.ml.linalg import VectorUDT

@@ -46,6 +46,25 @@ def _non_finite(value, where: str = ""):
     return None
 
 
+def training_metrics(job: str, config, state, scores: dict) -> dict:
+    """The metrics of a training run: test scores, rounds, throughput, history, versions."""
+    from mnist_spark.training import images_per_second
+
+    return {
+        "job": job,
+        "model": config.model,
+        "test_accuracy": scores["accuracy"],
+        "test_loss": scores["loss"],
+        "epochs": config.epochs,
+        "rounds": state.round,
+        "partitions": config.partitions,
+        "images_per_second": images_per_second(state.history),
+        "history": state.history,
+        "evaluation": scores,
+        "environment": environment(),
+    }
+
+
 def write_metrics(folder: str, metrics: dict) -> str:
     """Write ``metrics.json`` into a run folder (local path or URI); return its location.
 

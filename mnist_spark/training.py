@@ -35,8 +35,9 @@ import math
 import os
 import pickle
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -183,6 +184,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_options(cls, options: dict, **values) -> TrainConfig:
+        """The config of the ``options`` named as its fields (a job's flags), with ``values`` over them."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in options.items() if k in names}, **values})
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -1249,6 +1256,38 @@ def check_partitions(partitions: int, rows: int, *, given: bool = True) -> None:
     if partitions > rows:
         flag = f"--partitions {partitions}" + ("" if given else " (the cluster's task slots)")
         raise ValueError(f"{flag} needs at least {partitions} training images, found {rows}; use fewer --partitions")
+
+
+def images_per_second(history: list[dict]) -> float:
+    """Training throughput over a run's rounds (their ``images`` and ``seconds``)."""
+    seconds = sum(h["seconds"] for h in history)
+    return round(sum(h["images"] for h in history) / seconds, 1) if seconds else 0.0
+
+
+def checkpointer(folder: str, every: int, extra: dict, *, also: Callable | None = None) -> Callable:
+    """An ``on_round(state, schedule, config)`` that saves a checkpoint every ``every`` rounds and after the last.
+
+    ``every=0`` saves none. ``also(record)`` gets the round's history record first.
+    """
+
+    def on_round(state: TrainState, schedule, config: TrainConfig) -> None:
+        if also is not None:
+            also(state.history[-1])
+        if every and (state.round % every == 0 or state.round == schedule.rounds):
+            save_checkpoint(folder, state, config, extra=extra)
+
+    return on_round
+
+
+def resume_from(folder: str, run: str, given: dict, defaults: dict, settings: dict) -> tuple:
+    """The latest checkpoint of ``run`` in ``folder``, once ``given`` settings agree with the saved ones.
+
+    Returns ``(state, config, settings)``: the saved run settings over
+    ``settings`` (their defaults). See :func:`check_resume_settings`.
+    """
+    state, config, saved = load_checkpoint(folder)
+    check_resume_settings(run, {**config.to_dict(), "arch": config.model, **saved}, given, defaults)
+    return state, config, {**settings, **saved}
 
 
 def check_resume_settings(run: str, saved: dict, given: dict, defaults: dict) -> None:

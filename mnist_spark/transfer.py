@@ -16,6 +16,16 @@ from mnist_spark import evaluation, report, storage, tuning
 
 logger = logging.getLogger(__name__)
 
+#: Defaults: all of MNIST at InceptionV3's minimum size, 4.5 to 10 minutes on 2 cores
+#: (README "Transfer learning"); larger datasets are sampled down to this size.
+DEFAULT_IMAGE_SIZE = 75
+DEFAULT_TRAIN_LIMIT = 60000
+DEFAULT_TEST_LIMIT = 10000
+#: LogisticRegression settings.
+DEFAULT_MAX_ITER, DEFAULT_REG_PARAM, DEFAULT_ELASTIC_NET_PARAM = 20, 0.05, 0.3
+#: The featurizer's params by the job's flags, for its error messages.
+FEATURIZER_FLAGS = {"imageSize": "--image-size", "outputLayer": "--output-layer", "base model": "--base-model"}
+
 #: What MulticlassClassificationEvaluator reports, under its own metric names.
 METRICS = ("accuracy", "f1", "weightedPrecision", "weightedRecall", "logLoss")
 
@@ -32,26 +42,56 @@ def check_regression_settings(max_iter: int, reg_params, elastic_net_params) -> 
             raise ValueError(f"--elastic-net-param must lie in [0, 1] (0: L2, 1: L1), found {value}")
 
 
-def featurizer_stage(base_model: str, *, output_layer: str = "", **params) -> tuple:
+def regression_settings(options: dict) -> dict:
+    """LogisticRegression's settings (:func:`mnist_spark.tuning.fit_logistic_regression`) from the job's options.
+
+    Checked before any data is read (:func:`check_regression_settings`).
+    """
+    tune = options["tune"]
+    reg_params, elastic_net_params = (
+        (options["tune_reg_params"], options["tune_elastic_net_params"]) if tune else ((), ())
+    )
+    check_regression_settings(
+        options["max_iter"], [options["reg_param"], *reg_params], [options["elastic_net_param"], *elastic_net_params]
+    )
+    return {
+        "max_iter": options["max_iter"],
+        "reg_param": options["reg_param"],
+        "elastic_net_param": options["elastic_net_param"],
+        "tune": tune,
+        "reg_params": options["tune_reg_params"],
+        "elastic_net_params": options["tune_elastic_net_params"],
+        "folds": options["tune_folds"],
+    }
+
+
+def featurizer_stage(base_model: str, *, output_layer: str = "", image_size: int | None = None, **params) -> tuple:
     """The checked featurizer of ``--base-model`` and a description of its network.
 
-    ``params``: ``image_size``, ``pooling``, ``weights``, ``batch_size``. The
-    network is checked on the driver (:meth:`DeepImageFeaturizer.checkNetwork`).
+    ``params``: ``pooling``, ``weights``, ``batch_size``. ``image_size``
+    defaults to :data:`DEFAULT_IMAGE_SIZE` for a keras.applications network
+    and to the input size of your own. The network is checked on the driver
+    (:meth:`DeepImageFeaturizer.checkNetwork`); errors name the job's flags.
     """
-    from mnist_spark import featurizer
+    from mnist_spark import cli, featurizer
 
-    stage = featurizer.featurizer_for(
-        base_model,
-        outputLayer=output_layer,
-        imageSize=params["image_size"],
-        pooling=params["pooling"],
-        weights=params["weights"],
-        batchSize=params["batch_size"],
-    )
-    stage.checkNetwork()
-    if not stage.getModelFile():
-        return stage, base_model
-    layer = featurizer.user_network(stage.getModelFile(), output_layer).output_layer
+    if image_size is None:
+        image_size = DEFAULT_IMAGE_SIZE if base_model in featurizer.ARCHITECTURES else 0
+    try:
+        stage = featurizer.featurizer_for(
+            base_model,
+            outputLayer=output_layer,
+            imageSize=image_size,
+            pooling=params["pooling"],
+            weights=params["weights"],
+            batchSize=params["batch_size"],
+        )
+        stage.checkNetwork()
+        if not stage.getModelFile():
+            return stage, base_model
+        layer = featurizer.user_network(stage.getModelFile(), output_layer).output_layer
+    except ValueError as error:
+        raise ValueError(cli.in_flag_terms(str(error), FEATURIZER_FLAGS)) from None
     return stage, f"{stage.getModelFile()}, layer {layer}"
 
 

@@ -52,3 +52,82 @@ def test_no_tensorflow_is_one_line_naming_the_extras(monkeypatch, tmp_path):
         status, line = cli.classify(error.value)
         assert status == cli.EXIT_BAD_INPUT
         assert "pip install 'mnist_spark[cpu]' (tensorflow-cpu) or 'mnist_spark[gpu]' (tensorflow)" in line
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_the_wheel_installs_without_the_checkout_and_its_jobs_run(tmp_path):
+    """Build the wheel, install it in a new venv, run a console command and spark-submit an installed job.
+
+    The new venv finds the third-party dependencies in this venv's site-packages
+    (a ``.pth`` entry, which does not run this venv's own ``.pth`` files, so the
+    checkout's editable install stays out of sight); mnist_spark comes from the wheel.
+    """
+    import json
+    import os
+    import subprocess
+    import sysconfig
+    import venv
+    from pathlib import Path
+
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(PROJECT)],
+        check=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = wheels.glob("mnist_spark-*.whl")
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    Path(purelib, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SPARK_CONF_DIR")}
+    env.update(PYSPARK_PYTHON=str(python), PYSPARK_DRIVER_PYTHON=str(python))
+    # pip sees the dependencies already there, so this installs the wheel alone.
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", str(wheel)],
+        check=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    where = subprocess.run(
+        [str(python), "-c", "import mnist_spark.jobs.ingest as job; print(job.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    ).stdout.strip()
+    assert where.startswith(purelib), where  # from the wheel, not the checkout
+
+    for command in (
+        "mnist-spark-ingest",
+        "mnist-spark-export-png",
+        "mnist-spark-train",
+        "mnist-spark-predict",
+        "mnist-spark-transfer",
+    ):
+        shown = subprocess.run(
+            [str(env_dir / "bin" / command), "--help"], capture_output=True, text=True, cwd=tmp_path, env=env
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.startswith(f"usage: {command} "), shown.stdout[:200]
+
+    out = tmp_path / "ingested"
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    done = subprocess.run(
+        [str(spark_submit), "--master", "local[1]", where, "--data-dir", str(PROJECT / "data" / "mnist")]
+        + ["--splits", "test", "--limit", "50", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["rows"] == {"test": 50}

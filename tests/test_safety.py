@@ -408,7 +408,7 @@ def test_if_exists_skip_does_not_take_another_folder_for_a_finished_run(tmp_path
 
 
 def test_if_exists_flags(capsys):
-    parser = JOBS["ingest"]._arg_parser()
+    parser = JOBS["ingest"].arg_parser()
     assert (parser.parse_args([]).if_exists, parser.parse_args([]).overwrite) == ("error", False)
     assert parser.parse_args(["--overwrite"]).if_exists == "overwrite"
     assert parser.parse_args(["--if-exists", "overwrite"]).overwrite is True
