@@ -478,7 +478,8 @@ def job_parser(
                 add_transform_flags(target)
             else:
                 FLAGS[name].add(target, name, help.get(name))
-    parser.set_defaults(**{name: _flag_default(value) for name, value in run_defaults(run).items()})
+    dests = {action.dest for action in parser._actions}
+    parser.set_defaults(**{name: _flag_default(value) for name, value in run_defaults(run).items() if name in dests})
     return parser
 
 
