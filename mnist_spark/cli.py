@@ -103,8 +103,15 @@ def prepare_resumable_output(job: str, args) -> bool:
     args.resume = resume_target(args.resume, args.output)
     if args.resume:
         args.output = args.resume
-    inputs = [] if args.resume else default_data_inputs(args.data_dir)
+    inputs = [] if args.resume else data_inputs(args)
     return prepare_output(job, args, inputs, resumable=True, resume=bool(args.resume))
+
+
+def data_inputs(args) -> list:
+    """The data a job reads as ``(flag, location)``: ``--input``, else the IDX folders (default_data_inputs)."""
+    if getattr(args, "input", None):
+        return [("--input", args.input)]
+    return default_data_inputs(args.data_dir)
 
 
 def default_data_inputs(data_dir) -> list:

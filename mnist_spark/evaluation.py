@@ -151,6 +151,35 @@ def check_image_size(net, df, source) -> None:
         )
 
 
+def with_original_labels(scored, *, data_classes=None, model_classes=None):
+    """``origin, split, index, label, prediction, probabilities`` in the dataset's own labels.
+
+    ``label`` is the data's label (its name when the labels were indexed from
+    ``data_classes``; null when unknown, -1), ``prediction`` the model's class
+    as the label it stands for (``model_classes``, its ``labels.json``), so the
+    two compare wherever the class numbers of data and model differ.
+    """
+    from pyspark.sql import functions as F
+
+    def named(column, classes):
+        if not classes:
+            return column
+        return F.element_at(F.array(*[F.lit(v) for v in classes]), column + 1)
+
+    label = F.when(F.col("label") >= 0, named(F.col("label"), data_classes))
+    prediction = named(F.col("prediction"), model_classes)
+    if bool(data_classes) != bool(model_classes):  # names on one side, numbers on the other
+        label, prediction = label.cast("string"), prediction.cast("string")
+    return scored.select(
+        F.col("image.origin").alias("origin"),
+        "split",
+        "index",
+        label.alias("label"),
+        prediction.alias("prediction"),
+        "probabilities",
+    )
+
+
 def predict(
     df,
     model,

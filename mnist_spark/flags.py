@@ -130,7 +130,8 @@ class Flag:
         option = "--" + name.replace("_", "-")
         kwargs = dict(self.kwargs, **({"help": help} if help else {}))
         parser.add_argument(option, dest=name, **kwargs)
-        if self.deprecated:
+        # A job with two flags of one old spelling (train_cnn: --arch and --model-file) keeps the first.
+        if self.deprecated and self.deprecated not in parser._option_string_actions:
             switch = kwargs.get("action") == "store_true"
             extra = (
                 {"nargs": 0, "const": True}
@@ -169,7 +170,22 @@ def _pooling():
 #: The flags of the jobs by ``run()`` keyword; the option is ``--`` + the name with dashes.
 #: A job may word a flag's help for itself, never change what it means.
 FLAGS: dict[str, Flag] = {
-    # What to read
+    # What to read: the IDX files of --data-dir, or any image data (mnist_spark.sources)
+    "input": Flag(
+        {
+            "metavar": "PATH",
+            "help": "read the images from an ingest output, a PNG set, a Parquet dataset or a folder of "
+            "images (<class>/<file> or <split>/<class>/<file>) instead of the IDX files",
+        },
+        deprecated="--images",
+    ),
+    "input_table": Flag({"metavar": "TABLE", "help": "read the images from this table (db.name), as --input"}),
+    "image_col": Flag({"help": "with a Parquet --input or --input-table: the column of Spark's image struct"}),
+    "label_col": Flag({"help": "with a Parquet --input or --input-table: the label column (strings are indexed)"}),
+    "split_col": Flag({"help": "with a Parquet --input or --input-table: the split column (train/test), if any"}),
+    "test_fraction": Flag(
+        {"type": finite_float, "help": "where the input has no split: the share of images, by seeded hash, for test"}
+    ),
     "splits": Flag({"type": split_list, "help": "comma-separated splits to read"}),
     "limit": Flag({"type": positive_int, "help": "use only the first N images of each split"}),
     "num_classes": Flag(
@@ -181,9 +197,6 @@ FLAGS: dict[str, Flag] = {
             "metavar": "L1,L2,...",
             "help": "use only the images of these labels (e.g. 5,6,7,8,9)",
         }
-    ),
-    "images_dir": Flag(
-        {"metavar": "DIR", "help": "a PNG set (<split>/<label>/<index>.png) to read instead of the IDX files"}
     ),
     "partitions": Flag({"type": positive_int, "help": "Spark tasks; default: the cluster's task slots"}),
     "batch_size": Flag({"type": positive_int, "help": "images per call of the network"}),
@@ -345,6 +358,10 @@ def augment_params(args):
     )
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The job's docstring as written (its examples keep their lines), and each flag's default."""
+
+
 class JobArgumentParser(argparse.ArgumentParser):
     """An argument parser whose result also says ``overwrite`` (``--if-exists overwrite``)."""
 
@@ -464,7 +481,7 @@ def job_parser(
     parser = JobArgumentParser(
         prog=command if command == COMMANDS.get(job) else f"{job}.py",  # mnist-spark-train or train_cnn.py
         description=doc,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _shared_flags(parser, job, seed)
     help = help or {}

@@ -134,50 +134,6 @@ def plan_tasks(infos: list[SplitInfo], partitions: int) -> list[ReadTask]:
     return tasks
 
 
-def dataset_frame(spark, data_dir=None, images_dir=None, splits=("train", "test")):
-    """A dataset's images as one DataFrame of an ingest, and its number of classes (0 when unknown).
-
-    From the IDX files of ``data_dir`` (:func:`mnist_spark.datasets.locate`),
-    a PNG set ``images_dir`` (labels from the paths), or any other folder of
-    images ``images_dir``, read recursively by Spark's image source as split
-    ``unlabelled`` with label -1.
-    """
-    if images_dir and data_dir:
-        raise ValueError("give --data-dir (IDX files) or --images (a PNG set), not both")
-    if images_dir:
-        from mnist_spark import images, storage
-
-        if storage.exists(storage.join(images_dir, images.MANIFEST_NAME)):
-            return images.read_png_set(spark, images_dir, splits=tuple(splits))[0], 0
-        return _image_folder(spark, images_dir), 0
-    from mnist_spark import datasets
-
-    files = datasets.locate(data_dir)
-    return idx_dataframe(spark, files, splits=tuple(splits))[0], files.dataset.num_classes
-
-
-def _image_folder(spark, location: str):
-    """Every image under ``location`` (PNG, JPEG, ...) as rows of split ``unlabelled``, label -1."""
-    from pyspark.sql import functions as F
-
-    from mnist_spark import storage
-
-    if not storage.exists(location):
-        raise ValueError(f"--images {location} does not exist; give a folder of PNG or JPEG files")
-    df = (
-        spark.read.format("image")
-        .option("recursiveFileLookup", "true")
-        .option("dropInvalid", "true")
-        .load(storage.to_uri(location))
-    )
-    return df.select(
-        F.lit("unlabelled").alias("split"),
-        F.monotonically_increasing_id().alias("index"),
-        F.lit(-1).alias("label"),
-        "image",
-    )
-
-
 @dataclass
 class TrainTest:
     """The training and test images of a run (:func:`train_test_frames`)."""
@@ -188,36 +144,72 @@ class TrainTest:
     test_rows: int | None
     num_classes: int  #: the dataset's
     labels: tuple | None = None  #: the dataset labels kept, in class order
+    classes: tuple | None = None  #: the original label of each class, when the labels were indexed
+
+    def validation(self, size: int):
+        """The first ``size`` test images as numpy for the driver to score each round; None for 0."""
+        from mnist_spark.images import validation_arrays
+
+        return validation_arrays(self.test, size) if size else None
 
     def train_count(self) -> int:
         """Training images (of ``labels``): from the headers, else counted by Spark."""
         from mnist_spark.labels import select_labels
 
-        return self.train_rows if self.train_rows is not None else select_labels(self.train, self.labels).count()
+        if self.train_rows is not None:
+            return self.train_rows
+        return (select_labels(self.train, self.labels) if self.labels else self.train).count()
 
     def test_count(self) -> int:
         """Test images (of ``labels``): from the headers, else counted by Spark."""
         return self.test_rows if self.test_rows is not None else self.test.count()
 
 
-def train_test_frames(spark, data_dir=None, *, limit=None, labels=None) -> TrainTest:
+def train_test_frames(spark, options: dict) -> TrainTest:
     """A dataset's training and test splits for training and scoring a classifier.
 
-    ``labels`` (dataset labels) keeps only those test images, labelled ``0 ..
+    ``options`` are a job's: the IDX files of ``data_dir``, or the source
+    that ``input`` or ``input_table`` names (:func:`mnist_spark.sources.source_from_options`).
+    ``limit`` keeps the first images of each split by ``index``. ``labels``
+    (dataset labels) keeps only those test images, labelled ``0 ..
     len(labels) - 1`` in that order, as the model's classes are.
     """
-    from mnist_spark import datasets
+    from pyspark.sql import functions as F
+
+    from mnist_spark import datasets, sources
     from mnist_spark import labels as label_subset
 
-    files = datasets.locate(data_dir)
-    train, (train_info,) = idx_dataframe(spark, files, splits=("train",), limit=limit)
-    test, (test_info,) = idx_dataframe(spark, files, splits=("test",), limit=limit)
-    rows = (train_info.count, test_info.count)
+    source = sources.source_from_options(spark, options)
+    data_dir, limit, labels = options.get("data_dir"), options.get("limit"), options.get("labels")
+
+    if source is not None:
+        train, test = (source.frame.where(F.col("split") == split) for split in ("train", "test"))
+        if limit:
+            train, test = (df.where(F.col("index") < _index_bound(df, limit)) for df in (train, test))
+        rows, num_classes = (None, None), source.class_count
+    else:
+        files = datasets.locate(data_dir)
+        train, (train_info,) = idx_dataframe(spark, files, splits=("train",), limit=limit)
+        test, (test_info,) = idx_dataframe(spark, files, splits=("test",), limit=limit)
+        rows, num_classes = (train_info.count, test_info.count), files.dataset.num_classes
     if labels:
-        label_subset.check_labels(labels, files.dataset.num_classes)
+        if num_classes:
+            label_subset.check_labels(labels, num_classes)
         test, rows = label_subset.select_labels(test, labels, index=True), (None, None)
     # Small, and scored by the Python workers that trained.
-    return TrainTest(train, test.cache(), *rows, files.dataset.num_classes, tuple(labels) if labels else None)
+    classes = source.classes if source is not None else None
+    return TrainTest(train, test.cache(), *rows, num_classes, tuple(labels) if labels else None, classes)
+
+
+def _index_bound(df, limit: int) -> int:
+    """The ``index`` below which ``df`` has its first ``limit`` rows (all rows when it has fewer)."""
+    from pyspark.sql import functions as F
+
+    row = df.select("index").orderBy("index").offset(limit - 1).limit(1).first() if limit > 0 else None
+    if row is not None:
+        return int(row[0]) + 1
+    top = df.agg(F.max("index")).first()[0] if limit > 0 else None
+    return int(top) + 1 if top is not None else 0
 
 
 def first_images(info: SplitInfo, count: int) -> list:

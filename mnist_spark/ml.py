@@ -766,9 +766,9 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
     @classmethod
     def fromTrainConfig(cls, config: training.TrainConfig, **params) -> KerasImageClassifier:
         """The estimator whose fit repeats ``config`` (a saved run's), with ``params`` besides."""
+        model = {"modelFile": config.model_file} if config.model_file else {"modelName": config.model}
         return cls(
-            modelName=config.model,
-            modelFile=config.model_file or "",
+            **model,
             epochs=config.epochs,
             batchSize=config.batch_size,
             partitions=config.partitions,
@@ -936,16 +936,18 @@ class KerasImageClassificationModel(Model, _KerasImageClassifierParams, persiste
         """The trained model as a ``keras.Model`` (loaded in safe mode)."""
         return evaluation.model_from_bytes(self._payload, compile=True)
 
-    def writeRunFiles(self, folder: str) -> None:
-        """Write a run folder's model files: ``model.keras``, ``model_summary.txt`` and, with labels, ``labels.json``.
+    def writeRunFiles(self, folder: str, classes=None) -> None:
+        """Write a run folder's model files: ``model.keras``, ``model_summary.txt`` and ``labels.json``.
 
-        The summary is printed too, as Keras prints it.
+        ``labels.json`` holds the labels param, else ``classes`` (the original
+        label of each class, e.g. the names that string labels were indexed
+        from); neither writes none. The summary is printed too, as Keras prints it.
         """
         if self._payload is None:
             raise ValueError("KerasImageClassificationModel has no trained model to write")
         storage.write_bytes(storage.join(folder, MODEL_FILE), self._payload)
-        if self.getLabels():
-            label_subset.write_labels(folder, self.getLabels())
+        if self.getLabels() or classes:
+            label_subset.write_labels(folder, self.getLabels() or classes)
         summary = models.summary_text(self.kerasModel())
         print(summary)
         storage.write_bytes(storage.join(folder, "model_summary.txt"), (summary + "\n").encode())

@@ -46,11 +46,16 @@ def _non_finite(value, where: str = ""):
     return None
 
 
-def training_metrics(job: str, config, state, scores: dict) -> dict:
-    """The metrics of a training run: test scores, rounds, throughput, history, versions."""
+def training_metrics(job: str, config, state, scores: dict, data) -> dict:
+    """The metrics of a training run: test scores, rows, rounds, throughput, history, versions.
+
+    ``data`` is the run's :class:`mnist_spark.ingest.TrainTest`.
+    """
     from mnist_spark.training import images_per_second
 
     return {
+        "train_rows": data.train_count(),
+        "test_rows": data.test_count(),
         "job": job,
         "model": config.model,
         "test_accuracy": scores["accuracy"],

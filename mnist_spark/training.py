@@ -1279,15 +1279,16 @@ def checkpointer(folder: str, every: int, extra: dict, *, also: Callable | None 
     return on_round
 
 
-def resume_from(folder: str, run: str, given: dict, defaults: dict, settings: dict) -> tuple:
+def resume_from(folder: str, run: str, given: dict, defaults: dict, names) -> tuple:
     """The latest checkpoint of ``run`` in ``folder``, once ``given`` settings agree with the saved ones.
 
-    Returns ``(state, config, settings)``: the saved run settings over
-    ``settings`` (their defaults). See :func:`check_resume_settings`.
+    Returns ``(state, config, settings)``: the run settings ``names`` as
+    saved, or their ``defaults`` where the checkpoint has none. See
+    :func:`check_resume_settings`.
     """
     state, config, saved = load_checkpoint(folder)
     check_resume_settings(run, {**config.to_dict(), "arch": config.model, **saved}, given, defaults)
-    return state, config, {**settings, **saved}
+    return state, config, {name: saved.get(name, defaults.get(name)) for name in names}
 
 
 def check_resume_settings(run: str, saved: dict, given: dict, defaults: dict) -> None:

@@ -65,16 +65,18 @@ def regression_settings(options: dict) -> dict:
     }
 
 
-def featurizer_stage(base_model: str, *, output_layer: str = "", image_size: int | None = None, **params) -> tuple:
-    """The checked featurizer of ``--base-model`` and a description of its network.
+def featurizer_stage(options: dict) -> tuple:
+    """The checked featurizer that the job's options describe, and a description of its network.
 
-    ``params``: ``pooling``, ``weights``, ``batch_size``. ``image_size``
-    defaults to :data:`DEFAULT_IMAGE_SIZE` for a keras.applications network
-    and to the input size of your own. The network is checked on the driver
+    ``options``: ``base_model``, ``output_layer``, ``image_size``,
+    ``pooling``, ``weights``, ``batch_size``. ``image_size`` None means
+    :data:`DEFAULT_IMAGE_SIZE` for a keras.applications network and the input
+    size of your own. The network is checked on the driver
     (:meth:`DeepImageFeaturizer.checkNetwork`); errors name the job's flags.
     """
     from mnist_spark import cli, featurizer
 
+    base_model, output_layer, image_size = options["base_model"], options["output_layer"], options["image_size"]
     if image_size is None:
         image_size = DEFAULT_IMAGE_SIZE if base_model in featurizer.ARCHITECTURES else 0
     try:
@@ -82,9 +84,9 @@ def featurizer_stage(base_model: str, *, output_layer: str = "", image_size: int
             base_model,
             outputLayer=output_layer,
             imageSize=image_size,
-            pooling=params["pooling"],
-            weights=params["weights"],
-            batchSize=params["batch_size"],
+            pooling=options["pooling"],
+            weights=options["weights"],
+            batchSize=options["batch_size"],
         )
         stage.checkNetwork()
         if not stage.getModelFile():

@@ -65,14 +65,21 @@ def test_the_wheel_installs_without_the_checkout_and_its_jobs_run(tmp_path):
     """
     import json
     import os
+
+    # Built from a copy, so that setuptools' build/ folder never lands in the checkout.
+    import shutil
     import subprocess
     import sysconfig
     import venv
     from pathlib import Path
 
+    source = tmp_path / "source"
+    shutil.copytree(PROJECT / "mnist_spark", source / "mnist_spark", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(PROJECT / name, source / name)
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(PROJECT)],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(source)],
         check=True,
         cwd=tmp_path,
     )

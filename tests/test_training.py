@@ -529,7 +529,7 @@ def test_predict_job_scores_idx_files_and_a_plain_image_folder(spark, small_idx,
     unlabelled = predict_job.run(
         spark,
         model_file=str(tmp_path / "model.keras"),
-        images_dir=str(tmp_path / "pngs"),
+        input=str(tmp_path / "pngs"),
         output=str(tmp_path / "scored-pngs"),
     )
     assert unlabelled["count"] == 3 and unlabelled["labelled"] == 0 and "accuracy" not in unlabelled

@@ -184,7 +184,7 @@ def test_png_set_through_main(spark, tiny_idx, tmp_path, capsys):
     assert status == 0, capsys.readouterr().err
     saved = json.loads((out / "metrics.json").read_text())
     assert (saved["train_rows"], saved["test_rows"]) == (20, 5)
-    assert saved["params"]["images_dir"] == str(tmp_path / "pngs")
+    assert saved["params"]["input"] == str(tmp_path / "pngs")
     params = saved["params"]
     assert (params["max_iter"], params["reg_param"], params["elastic_net_param"], params["batch_size"]) == (
         3,
@@ -214,5 +214,5 @@ def test_bad_settings_are_clear_errors(spark, small_idx, tmp_path):
     with pytest.raises(ValueError, match=r"--elastic-net-param must lie in \[0, 1\]"):
         transfer.run(spark, output=str(tmp_path / "b"), elastic_net_param=2, **kwargs)
     with pytest.raises(ValueError, match="not both"):
-        transfer.run(spark, output=str(tmp_path / "c"), images_dir=str(tmp_path), **kwargs)
+        transfer.run(spark, output=str(tmp_path / "c"), input=str(tmp_path), **kwargs)
     assert not any(tmp_path.iterdir())

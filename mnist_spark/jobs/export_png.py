@@ -149,6 +149,7 @@ def run(
             "source": {"directory": files.directory, "found_by": files.source},
             "rows": {info.split: info.count for info in infos},
             "files": written,
+            "num_classes": classes,
             "counts": {
                 split: {str(label): pair for label, pair in per_label.items()} for split, per_label in counts.items()
             },

@@ -1,15 +1,17 @@
 """Score images with a saved model, in the executors.
 
-Input is a PNG set written by ``jobs/export_png.py`` (labels from the paths),
-any folder of images (read recursively with Spark's image source; no labels),
-or the IDX files (``--data-dir``). Each Python worker loads the model once.
-The run folder gets ``predictions.parquet`` (origin, split, index, label,
-prediction, probabilities) and ``metrics.json`` (counts, and accuracy and a
-confusion matrix where labels are known).
+Input is the IDX files (``--data-dir``) or ``--input``: an ingest output, a
+PNG set, a Parquet dataset, a folder of images in class folders, or any
+folder of images (read recursively; no labels). Each Python worker loads the
+model once. The run folder gets ``predictions.parquet`` (origin, split,
+index, label, prediction, probabilities) and ``metrics.json`` (counts, and
+accuracy where labels are known). Labels and predictions are the dataset's
+own: a model with ``labels.json`` beside it (train_cnn ``--labels``, or string
+labels) predicts the labels it lists.
 
 Run it with::
 
-    spark-submit jobs/predict.py --model-file runs/cnn/model.keras --images runs/pngs --output runs/scored
+    spark-submit jobs/predict.py --model-file runs/cnn/model.keras --input runs/pngs --output runs/scored
     spark-submit jobs/predict.py --model-file runs/cnn --splits test --output runs/scored-idx
 """
 
@@ -19,33 +21,43 @@ import logging
 import sys
 import time
 
-from mnist_spark import cli, evaluation, flags, ingest, report, storage
+from mnist_spark import cli, evaluation, flags, report, sources, storage
+from mnist_spark import labels as label_subset
 
 logger = logging.getLogger("predict")
 
 
 def run(
-    spark, *, model_file, data_dir=None, images_dir=None, output=None, overwrite=False, splits=("test",), batch_size=512
+    spark,
+    *,
+    model_file,
+    data_dir=None,
+    input=None,
+    input_table=None,
+    image_col="image",
+    label_col="label",
+    split_col="split",
+    output=None,
+    overwrite=False,
+    splits=("test",),
+    batch_size=512,
 ):
     """Score the images and write the run folder; return the metrics."""
     params, started = flags.run_params(locals()), time.perf_counter()
-    from pyspark.sql import functions as F
-
     path = evaluation.model_file(model_file)
     net = evaluation.load_model(path)
+    classes = label_subset.read_labels(storage.parent(path))  # the dataset label of each class, if saved
     output = output or storage.default_output("predict")
     target = storage.AtomicOutput(output, overwrite=overwrite, job="predict")
-    df, num_classes = ingest.dataset_frame(spark, data_dir, images_dir, splits=splits)
-    evaluation.check_classifier(net, path, num_classes or None)
-    evaluation.check_image_size(net, df, images_dir or data_dir)
-    scored = evaluation.predict(df, net, batch_size=batch_size)
-    scored = scored.select(
-        F.col("image.origin").alias("origin"), "split", "index", "label", "prediction", "probabilities"
-    )
+    source = sources.read_images(spark, params, splits=splits, unlabelled=True)
+    evaluation.check_classifier(net, path, len(classes) if classes else source.num_classes or None)
+    evaluation.check_image_size(net, source.frame, input or input_table or data_dir)
+    scored = evaluation.predict(source.frame, net, batch_size=batch_size)
+    scored = evaluation.with_original_labels(scored, data_classes=source.classes, model_classes=classes)
     with target as staging:
         scored.write.parquet(storage.join(staging, "predictions.parquet"))
         written = spark.read.parquet(storage.join(staging, "predictions.parquet"))
-        labelled = written.where("label >= 0")
+        labelled = written.where("label IS NOT NULL")
         count, known = written.count(), labelled.count()
         metrics = {
             "job": "predict",
@@ -57,16 +69,10 @@ def run(
             "environment": report.environment(),
         }
         if known:
-            correct = labelled.where("label = prediction").count()
-            metrics["accuracy"] = correct / known
+            metrics["accuracy"] = labelled.where("label = prediction").count() / known
         report.write_metrics(staging, metrics)
-    logger.info(
-        "scored %d images in %.1f s%s; %s",
-        count,
-        metrics["seconds"],
-        f", accuracy {metrics['accuracy']:.4f}" if known else "",
-        output,
-    )
+    accuracy = f", accuracy {metrics['accuracy']:.4f}" if known else ""
+    logger.info("scored %d images in %.1f s%s; %s", count, metrics["seconds"], accuracy, output)
     return metrics
 
 
@@ -75,9 +81,10 @@ def arg_parser():
         "predict",
         __doc__,
         run,
-        "model_file images_dir splits batch_size",
+        "model_file input input_table image_col label_col split_col splits batch_size",
         help={
-            "images_dir": "a PNG set or any folder of images; default: the IDX files of --data-dir",
+            "input": "the images to score: an ingest output, a PNG set, a Parquet dataset, a folder of images in "
+            "class folders or any folder of images (unlabelled); default: the IDX files of --data-dir",
             "splits": "splits to score (IDX files or a PNG set)",
             "batch_size": "images per batch",
         },
@@ -90,7 +97,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.model_file:
         parser.error("the following arguments are required: --model-file")
-    inputs = [("--images", args.images_dir)] if args.images_dir else cli.default_data_inputs(args.data_dir)
+    inputs = cli.data_inputs(args)
     return cli.run_job(
         "predict",
         lambda spark: run(spark, **flags.run_options(run, args)),

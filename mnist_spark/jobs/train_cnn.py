@@ -5,21 +5,17 @@ slots). Each round the driver broadcasts the model's weights and Adam's
 state; every partition trains a replica on its shard for one local epoch (or
 ``--steps-per-round`` steps); the driver averages the replicas, weighted by
 sample count, optimizer state included. Then the test split is scored in the
-executors, and the run folder gets the model, metrics, figures and a report:
-
-    <output>/model.keras              the averaged model
-    <output>/model_summary.txt        model.summary()
-    <output>/labels.json              with --labels: the dataset label of each class of the model
-    <output>/metrics.json             test accuracy and loss, history per round, params, versions
-    <output>/learning_curves.png, confusion_matrix.png, misclassified.png, probabilities.png
-    <output>/report.html
+executors. The images come from the IDX files (``--data-dir``) or from
+``--input`` (an ingest output, a PNG set, a Parquet dataset, a folder of
+images) or ``--input-table``. The run folder gets ``model.keras``,
+``saved_model/`` (TF Serving), ``labels.json`` (with ``--labels`` or indexed
+string labels), ``metrics.json``, figures and ``report.html``.
 
 Run it with::
 
     spark-submit jobs/train_cnn.py                      # bn_cnn, full MNIST, local Spark
     spark-submit jobs/train_cnn.py --arch simple_cnn --epochs 3 --partitions 4
-    spark-submit jobs/train_cnn.py --checkpoint-every 1 --output runs/cnn
-    spark-submit jobs/train_cnn.py --resume runs/cnn    # continue a stopped run
+    spark-submit jobs/train_cnn.py --output runs/cnn --resume auto   # continue the run if it was stopped
     spark-submit jobs/train_cnn.py --labels 0,1,2,3,4 --output runs/digits04   # a base network for transfer
 """
 
@@ -30,22 +26,30 @@ import logging
 import sys
 import time
 
-from mnist_spark import cli, evaluation, flags, images, ingest, ml, report, storage, tracking, training
+from mnist_spark import cli, evaluation, flags, images, ingest, ml, report, sources, storage, tracking, training
+from mnist_spark.session import task_slots
 
 logger = logging.getLogger("train_cnn")
 
 #: The run's settings beside the TrainConfig that a checkpoint keeps, so --resume reads the same data.
-RUN_SETTINGS = {"data_dir": None, "limit": None, "validation_size": 0, "checkpoint_every": 1, "labels": None}
+RUN_SETTINGS = (*sources.SOURCE_OPTIONS, "data_dir", "limit", "labels", "validation_size", "checkpoint_every")
 
 
 def run(
     spark,
     *,
     data_dir=None,
+    input=None,
+    input_table=None,
+    image_col="image",
+    label_col="label",
+    split_col="split",
+    test_fraction=sources.DEFAULT_TEST_FRACTION,
     output=None,
     overwrite=False,
     seed=0,
     arch=training.TrainConfig.model,
+    model_file=None,
     epochs=training.TrainConfig.epochs,
     batch_size=training.TrainConfig.batch_size,
     partitions=None,
@@ -70,38 +74,33 @@ def run(
     output = resume or output or storage.default_output("train_cnn")
     target = storage.AtomicOutput(output, overwrite=overwrite, resumable=True, resume=bool(resume), job="train_cnn")
     checkpoints, state = storage.join(target.staging, storage.CHECKPOINT_FOLDER), None
+    settings = {name: options[name] for name in RUN_SETTINGS}
     if resume:
         defaults = flags.run_defaults(run)
-        state, config, saved = training.resume_from(checkpoints, resume, options, defaults, RUN_SETTINGS)
-        data_dir, limit, validation_size, checkpoint_every, labels = (saved[name] for name in RUN_SETTINGS)
-        augment = config.augment
+        state, config, settings = training.resume_from(checkpoints, resume, options, defaults, RUN_SETTINGS)
         logger.info("resuming %s from round %d with its saved settings", output, state.round)
     else:
-        from mnist_spark.session import task_slots
-
-        config = training.TrainConfig.from_options(options, model=arch, partitions=partitions or task_slots(spark))
-    estimator = ml.KerasImageClassifier.fromTrainConfig(config, labels=list(labels or []))
-    data = ingest.train_test_frames(spark, data_dir, limit=limit, labels=labels)
-    if data.train_rows is not None:  # from the IDX headers, before any work (with labels the estimator counts)
+        slots = partitions or task_slots(spark)
+        config = training.TrainConfig.from_options(options, model=arch, partitions=slots, augment=augment)
+    data, labels = ingest.train_test_frames(spark, settings), settings["labels"]
+    classes = 0 if labels else data.num_classes  # the dataset's, or with --labels as many as those
+    estimator = ml.KerasImageClassifier.fromTrainConfig(config, labels=list(labels or []), numClasses=classes)
+    if data.train_rows is not None:  # from the IDX headers, before any work (else the estimator counts)
         training.check_partitions(config.partitions, data.train_rows, given=bool(partitions or resume))
-    validation = images.validation_arrays(data.test, validation_size) if validation_size else None
-    settings = dict(zip(RUN_SETTINGS, (data_dir, limit, validation_size, checkpoint_every, labels), strict=True))
-
+    validation = data.validation(settings["validation_size"])
     with target as staging:
         scalars = tracking.TensorBoardScalars(storage.join(staging, "tensorboard"))
-        on_round = training.checkpointer(checkpoints, checkpoint_every, settings, also=scalars.add)
+        on_round = training.checkpointer(checkpoints, settings["checkpoint_every"], settings, also=scalars.add)
         model, state, config = estimator.fitRun(
-            data.train, validation=validation, state=state, on_round=on_round, augment=augment
+            data.train, validation=validation, state=state, on_round=on_round, augment=config.augment
         )
         scalars.close()
         train_seconds = time.perf_counter() - started
-        model.writeRunFiles(staging)  # model.keras, model_summary.txt, labels.json
+        model.writeRunFiles(staging, classes=data.classes)
         scores = evaluation.evaluate(data.test, model.kerasModel(), num_classes=config.num_classes)
         metrics = {
-            **report.training_metrics("train_cnn", config, state, scores),
-            "labels": labels,
-            "train_rows": data.train_count(),
-            "test_rows": data.test_count(),
+            **report.training_metrics("train_cnn", config, state, scores, data),
+            "labels": labels or (list(data.classes) if data.classes else None),
             "seconds": round(time.perf_counter() - started, 2),
             "train_seconds": round(train_seconds, 2),
             "params": {**config.to_dict(), **options, "output": output, "resume": resume},
@@ -118,8 +117,9 @@ def arg_parser():
         "train_cnn",
         __doc__,
         run,
-        "arch epochs batch_size partitions steps_per_round first_round_steps lr_scaling warmup_epochs "
-        "batchnorm_sample learning_rate lr_decay barrier limit labels validation_size checkpoint_every resume",
+        "input input_table image_col label_col split_col test_fraction arch model_file epochs batch_size "
+        "partitions steps_per_round first_round_steps lr_scaling warmup_epochs batchnorm_sample learning_rate "
+        "lr_decay barrier limit labels validation_size checkpoint_every resume",
         groups={
             "augmentation": (
                 "--augment-on-the-fly trains on a new random variant of every image each epoch, the "

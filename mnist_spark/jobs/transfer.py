@@ -4,7 +4,8 @@ A pretrained network without its top (``--base-model``: InceptionV3 by
 default, another keras.applications network, or your own .keras file) turns
 every image into a vector, and a Spark ML LogisticRegression learns the
 classes from them; both are saved as one PipelineModel. The images come from
-the IDX files (``--data-dir``) or a PNG set (``--images``); ``--train-limit``
+the IDX files (``--data-dir``) or ``--input`` (an ingest output, a PNG set, Parquet,
+a folder of images in class folders) or ``--input-table``; ``--train-limit``
 and ``--test-limit`` take a sample balanced over the labels, by ``--seed``.
 ``--weights imagenet`` takes Keras' ImageNet file from ``$MNIST_SPARK_WEIGHTS``
 or Keras' cache, else downloads it there once (``--offline`` forbids it);
@@ -14,7 +15,7 @@ Run it with::
 
     spark-submit jobs/transfer.py
     spark-submit jobs/transfer.py --weights none --train-limit 2000 --test-limit 500   # offline smoke run
-    spark-submit jobs/transfer.py --images runs/pngs --base-model ResNet50 --image-size 64
+    spark-submit jobs/transfer.py --input runs/pngs --base-model ResNet50 --image-size 64
     spark-submit jobs/transfer.py --base-model runs/digits04 --labels 5,6,7,8,9   # your own network
     spark-submit jobs/transfer.py --weights none --tune     # cross-validate the regularisation
 
@@ -28,8 +29,9 @@ import logging
 import sys
 import time
 
-from mnist_spark import cli, featurizer, flags, ingest, report, sampling, storage, transfer, tuning
+from mnist_spark import cli, featurizer, flags, report, sampling, sources, storage, transfer, tuning
 from mnist_spark import labels as label_subset
+from mnist_spark.session import task_slots
 
 logger = logging.getLogger("transfer")
 
@@ -38,7 +40,12 @@ def run(
     spark,
     *,
     data_dir=None,
-    images_dir=None,
+    input=None,
+    input_table=None,
+    image_col="image",
+    label_col="label",
+    split_col="split",
+    test_fraction=sources.DEFAULT_TEST_FRACTION,
     output=None,
     overwrite=False,
     seed=0,
@@ -62,21 +69,13 @@ def run(
 ):
     """Featurize, fit LogisticRegression, score the test split and write the run folder; return the metrics."""
     params, started = flags.run_params(locals()), time.perf_counter()
-    from mnist_spark.session import task_slots
-
     output = output or storage.default_output("transfer")
     target = storage.AtomicOutput(output, overwrite=overwrite, job="transfer")
     regression = transfer.regression_settings(params)
-    stage, network = transfer.featurizer_stage(
-        base_model,
-        output_layer=output_layer,
-        image_size=image_size,
-        pooling=pooling,
-        weights=weights,
-        batch_size=batch_size,
-    )
+    stage, network = transfer.featurizer_stage(params)
     partitions = partitions or 2 * task_slots(spark)
-    df, num_classes = ingest.dataset_frame(spark, data_dir, images_dir)
+    source = sources.read_images(spark, params)
+    df, num_classes = source.frame, source.class_count
     if labels:
         df = label_subset.select_labels(df, label_subset.check_labels(labels, num_classes) if num_classes else labels)
     train, test, counts = sampling.train_test_samples(df, train_limit, test_limit, seed)
@@ -110,8 +109,8 @@ def arg_parser():
         "transfer",
         __doc__,
         run,
-        "images_dir base_model output_layer labels image_size pooling weights offline batch_size train_limit "
-        "test_limit max_iter reg_param elastic_net_param partitions",
+        "input input_table image_col label_col split_col test_fraction base_model output_layer labels image_size "
+        "pooling weights offline batch_size train_limit test_limit max_iter reg_param elastic_net_param partitions",
         groups={
             "tuning": (
                 "--tune cross-validates LogisticRegression over --tune-reg-params x --tune-elastic-net-params "
@@ -132,7 +131,7 @@ def arg_parser():
 def main(argv=None) -> int:
     args = arg_parser().parse_args(argv)
     featurizer.forbid_downloads(args.offline)
-    inputs = [("--images", args.images_dir)] if args.images_dir else cli.default_data_inputs(args.data_dir)
+    inputs = cli.data_inputs(args)
     if args.base_model not in featurizer.ARCHITECTURES:
         inputs.append(("--base-model", args.base_model))
     if args.weights not in (featurizer.WEIGHTS_IMAGENET, featurizer.WEIGHTS_NONE):
