@@ -147,6 +147,7 @@ def read_source(
     if table is not None:
         df = spark.table(table)
         return _columns(df, "table", table, image_col, label_col, split_col, test_fraction, seed)
+    assert location is not None  # one of the two, checked above
     kind = source_kind(location)
     if kind == "ingest":
         from mnist_spark.ingest import read_dataset
