@@ -145,10 +145,10 @@ def dataset_frame(spark, data_dir=None, images_dir=None, splits=("train", "test"
     if images_dir and data_dir:
         raise ValueError("give --data-dir (IDX files) or --images (a PNG set), not both")
     if images_dir:
-        from mnist_spark import images, storage
+        from mnist_spark import pngset, storage
 
-        if storage.exists(storage.join(images_dir, images.MANIFEST_NAME)):
-            return images.read_png_set(spark, images_dir, splits=tuple(splits))[0], 0
+        if storage.exists(storage.join(images_dir, pngset.MANIFEST_NAME)):
+            return pngset.read_png_set(spark, images_dir, splits=tuple(splits))[0], 0
         return _image_folder(spark, images_dir), 0
     from mnist_spark import datasets
 
