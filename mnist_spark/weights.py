@@ -53,7 +53,13 @@ ZIP_SIGNATURE = b"PK\x03\x04"
 
 @dataclass(frozen=True)
 class ImagenetWeights:
-    """Keras' published file of one network's ImageNet weights."""
+    """Keras' published file of one network's ImageNet weights.
+
+    Examples
+    --------
+    >>> IMAGENET_WEIGHTS["VGG16"].weights_file, IMAGENET_WEIGHTS["VGG16"].url_folder
+    ('vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5', 'vgg16')
+    """
 
     name: str  #: the modelName, e.g. ``InceptionV3``
     weights_file: str  #: Keras' file name
