@@ -54,6 +54,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from mnist_spark import evaluation, featurizer, images, models, persistence, storage, training
 from mnist_spark import labels as label_subset
+from mnist_spark import weights as weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def _image_column(schema, column: str, stage: str) -> None:
         raise TypeError(
             f"{stage}: column {column!r} must be Spark's image struct ({wanted.simpleString()}), found "
             f"{found.simpleString()}; read images with spark.read.format('image'), "
-            "mnist_spark.images.read_png_set or mnist_spark.ingest"
+            "mnist_spark.pngset.read_png_set or mnist_spark.ingest"
         )
 
 
@@ -1181,57 +1182,57 @@ FIXED_SIZE_MODELS = ("VGG16", "VGG19")
 IMAGENET_CLASSES = 1000
 
 
-def top_architecture(model_name: str) -> featurizer.Architecture:
-    """The featurizer's record of ``model_name``, for the network with its top: Keras' file name and MD5."""
+def top_imagenet_weights(model_name: str) -> weight_files.ImagenetWeights:
+    """Keras' published ImageNet weights of ``model_name`` with its top: file name and MD5."""
     from dataclasses import replace
 
-    base = featurizer.ARCHITECTURES[model_name]
+    base = weight_files.IMAGENET_WEIGHTS[model_name]
     return replace(base, weights_file=base.weights_file.replace("_notop", ""), weights_md5=TOP_WEIGHTS_MD5[model_name])
 
 
 def resolve_top_weights(weights: str, model_name: str):
     """Find the weights of ``model_name`` with its classifier on the driver; ``None`` for ``none``.
 
-    As :func:`mnist_spark.featurizer.resolve_weights`, for Keras' file with the
+    As :func:`mnist_spark.weights.resolve_weights`, for Keras' file with the
     top (``resnet50_weights_tf_dim_ordering_tf_kernels.h5``...): ``imagenet``
     looks in ``$MNIST_SPARK_WEIGHTS``, then Keras' cache, and never downloads;
     anything else is the path or URI of a weights file.
     """
-    architecture = top_architecture(model_name)
-    if weights == featurizer.WEIGHTS_NONE:
+    published = top_imagenet_weights(model_name)
+    if weights == weight_files.WEIGHTS_NONE:
         return None
-    if weights == featurizer.WEIGHTS_IMAGENET:
-        location, source = _find_keras_file(architecture.weights_file)
+    if weights == weight_files.WEIGHTS_IMAGENET:
+        location, source = _find_keras_file(published.weights_file)
         if location is None:
             raise ValueError(
                 f"the ImageNet weights of {model_name} with its classifier are not on this machine: it needs "
-                f"{architecture.weights_file}, looked for in {source}, and does not download them. Get the "
+                f"{published.weights_file}, looked for in {source}, and does not download them. Get the "
                 f'file where there is internet access, with python -c "import keras; '
                 f'keras.applications.{model_name}()" (it lands in ~/.keras/models) or from '
-                f"{architecture.weights_url}; then copy it into Keras' cache folder or into a folder named by "
-                f"${featurizer.ENV_WEIGHTS}, or pass its path as weights. weights='none' gives random weights "
+                f"{published.weights_url}; then copy it into Keras' cache folder or into a folder named by "
+                f"${weight_files.ENV_WEIGHTS}, or pass its path as weights. weights='none' gives random weights "
                 "for an offline smoke run"
             )
-        return featurizer._read_weights(location, source, architecture)
+        return weight_files.read_weights(location, source, published)
     if not storage.exists(weights):
         raise ValueError(
             f"weights file {weights} does not exist; give the path of a {model_name} weights file "
-            f"with its classifier (e.g. Keras' {architecture.weights_file}), 'imagenet' or 'none'"
+            f"with its classifier (e.g. Keras' {published.weights_file}), 'imagenet' or 'none'"
         )
-    return featurizer._read_weights(weights, "path", architecture)
+    return weight_files.read_weights(weights, "path", published)
 
 
 def _find_keras_file(name: str):
     """``(location, source)`` of a Keras download in ``$MNIST_SPARK_WEIGHTS`` or Keras' cache, else
     ``(None, where it was looked for)``."""
-    folder = os.environ.get(featurizer.ENV_WEIGHTS)
-    candidates = [(storage.join(folder, name), f"${featurizer.ENV_WEIGHTS}")] if folder else []
-    candidates += [(os.path.join(d, name), "keras cache") for d in featurizer.keras_cache_dirs()]
+    folder = os.environ.get(weight_files.ENV_WEIGHTS)
+    candidates = [(storage.join(folder, name), f"${weight_files.ENV_WEIGHTS}")] if folder else []
+    candidates += [(os.path.join(d, name), "keras cache") for d in weight_files.keras_cache_dirs()]
     for location, source in candidates:
         if storage.exists(location):
             return location, source
-    places = f"${featurizer.ENV_WEIGHTS} ({folder})" if folder else f"${featurizer.ENV_WEIGHTS} (not set)"
-    return None, f"{places} and Keras' cache {featurizer.keras_cache_dirs()[0]}"
+    places = f"${weight_files.ENV_WEIGHTS} ({folder})" if folder else f"${weight_files.ENV_WEIGHTS} (not set)"
+    return None, f"{places} and Keras' cache {weight_files.keras_cache_dirs()[0]}"
 
 
 _CLASS_NAMES: dict = {}  # (location, size, mtime) -> [(wnid, name), ...]
@@ -1258,7 +1259,7 @@ def imagenet_class_names() -> list:
             '"import keras, numpy; keras.applications.imagenet_utils.decode_predictions('
             'numpy.zeros((1, 1000)))" (it lands in ~/.keras/models) or '
             f"from {CLASS_INDEX_URL}; then copy it into Keras' cache folder or into the "
-            f"folder named by ${featurizer.ENV_WEIGHTS}, or set decodePredictions=False"
+            f"folder named by ${weight_files.ENV_WEIGHTS}, or set decodePredictions=False"
         )
     filesystem, path = storage.resolve(location)
     info = filesystem.get_file_info(path)
@@ -1301,13 +1302,13 @@ def _check_top_weights(weights, model_name: str, image_size: int) -> None:
     if key in _TOP_CHECKED:
         return
     try:
-        _build_top(model_name, image_size, featurizer._read_bytes(weights.location), weights.suffix)
+        _build_top(model_name, image_size, storage.read_bytes(weights.location), weights.suffix)
     except Exception as error:  # Keras and h5py raise several types for a file that does not fit
         text = " ".join(str(error).split())[:300]
         raise ValueError(
             f"weights file {weights.location} does not fit {model_name} with its classifier "
             f"({type(error).__name__}: {text}); give the weights of a {model_name} built with include_top=True "
-            f"(e.g. Keras' {top_architecture(model_name).weights_file}), or set modelName to their network"
+            f"(e.g. Keras' {top_imagenet_weights(model_name).weights_file}), or set modelName to their network"
         ) from None
     _TOP_CHECKED.add(key)
 
@@ -1316,8 +1317,8 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
     """ImageNet predictions of a pretrained network: sparkdl's ``DeepImagePredictor``.
 
     Runs ``modelName`` (``keras.applications``, with its classifier) on the
-    image column, with the featurizer's machinery
-    (:mod:`mnist_spark.featurizer`): weights found on the driver and
+    image column, with the featurizer's machinery (:mod:`mnist_spark.featurizer`,
+    :mod:`mnist_spark.weights`): weights found on the driver and
     broadcast once, the network built once per Python worker, images made RGB,
     resized (``scaleHint``) and given the network's ``preprocess_input``.
 
@@ -1385,7 +1386,7 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
         imageSize=0,
         scaleHint=featurizer.DEFAULT_SCALE_HINT,
         batchSize=featurizer.DEFAULT_BATCH_SIZE,
-        weights=featurizer.WEIGHTS_IMAGENET,
+        weights=weight_files.WEIGHTS_IMAGENET,
     )
 
     @keyword_only
@@ -1400,7 +1401,7 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
         imageSize=0,
         scaleHint=featurizer.DEFAULT_SCALE_HINT,
         batchSize=featurizer.DEFAULT_BATCH_SIZE,
-        weights=featurizer.WEIGHTS_IMAGENET,
+        weights=weight_files.WEIGHTS_IMAGENET,
     ):
         super().__init__()
         self._setDefault(**self._DEFAULTS)
@@ -1418,7 +1419,7 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
         imageSize=0,
         scaleHint=featurizer.DEFAULT_SCALE_HINT,
         batchSize=featurizer.DEFAULT_BATCH_SIZE,
-        weights=featurizer.WEIGHTS_IMAGENET,
+        weights=weight_files.WEIGHTS_IMAGENET,
     ):
         """Set any of the params by keyword; returns ``self``."""
         return self._set(**self._input_kwargs)
@@ -1534,7 +1535,7 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
         broadcast = None
         if weights is not None:
             _check_top_weights(weights, name, size)
-            broadcast = featurizer._broadcast_weights(dataset.sparkSession, weights)
+            broadcast = weight_files.broadcast_weights(dataset.sparkSession, weights)
         config = _PredictorConfig(
             name,
             size,

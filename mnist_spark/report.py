@@ -294,7 +294,7 @@ def write_set_index(folder: str, *, title: str, counts: dict, figures=(), links=
         Heading of the page.
     counts : dict
         ``{split: {label: [originals, variants]}}`` as from
-        :func:`mnist_spark.images.manifest_counts`.
+        :func:`mnist_spark.pngset.manifest_counts`.
     figures : sequence of (str, str)
         ``(file name in the folder, caption)`` of each picture to show.
     links : sequence of (str, str)

@@ -105,8 +105,8 @@ def source_kind(location: str) -> str:
     ValueError
         When nothing is there.
     """
-    from mnist_spark.images import MANIFEST_NAME
     from mnist_spark.ingest import PARQUET_NAME
+    from mnist_spark.pngset import MANIFEST_NAME
 
     if storage.exists(storage.join(location, PARQUET_NAME)):
         return "ingest"
@@ -154,7 +154,7 @@ def read_source(
 
         return Source(read_dataset(spark, location), kind, location, num_classes=_declared_classes(location))
     if kind == "pngset":
-        from mnist_spark.images import read_png_set
+        from mnist_spark.pngset import read_png_set
 
         frame = read_png_set(spark, location)[0]
         return Source(frame, kind, location, num_classes=_declared_classes(location))

@@ -470,7 +470,7 @@ def test_readme_examples_run(spark, quadrants, class_index, shard_count, tmp_pat
     monkeypatch.chdir(tmp_path)
     photos, _ = _colour_frame(spark)
     # ResNet50's "ImageNet" file, random weights under Keras' name, where the class index is.
-    weights = class_index.parent / ml.top_architecture("ResNet50").weights_file
+    weights = class_index.parent / ml.top_imagenet_weights("ResNet50").weights_file
     ml._build_top("ResNet50", 224, None).save_weights(tmp_path / "resnet50.weights.h5")
     (tmp_path / "resnet50.weights.h5").rename(weights)
     blocks = _readme_blocks()

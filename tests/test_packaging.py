@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import PROJECT
-from mnist_spark import cli, evaluation, featurizer, models, session
+from mnist_spark import cli, evaluation, models, session, weights
 
 
 def _pyproject() -> dict:
@@ -44,7 +44,7 @@ def test_no_tensorflow_is_one_line_naming_the_extras(monkeypatch, tmp_path):
     for use in (
         lambda: models.build_model("mlp"),
         lambda: evaluation.load_model(str(tmp_path / "m.keras")),
-        lambda: featurizer.resolve_weights("none", "InceptionV3"),
+        lambda: weights.resolve_weights("none", "InceptionV3"),
         lambda: session.configure_tensorflow_threads(1),
     ):
         with pytest.raises(session.TensorFlowNotFoundError) as error:

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from conftest import load_job, run_main
-from mnist_spark import datasets, featurizer, images, ingest, sampling
+from mnist_spark import datasets, featurizer, ingest, pngset, sampling, weights
 
 transfer = load_job("transfer")
 
@@ -157,7 +157,7 @@ def test_tune_cross_validates_the_grid(spark, small_idx, tmp_path, capsys):
 
 def test_png_set_through_main(spark, tiny_idx, tmp_path, capsys):
     df, _ = ingest.idx_dataframe(spark, datasets.locate(tiny_idx))
-    images.write_png_set(df, str(tmp_path / "pngs"))
+    pngset.write_png_set(df, str(tmp_path / "pngs"))
     out = tmp_path / "run"
     status = transfer.main(
         [
@@ -196,8 +196,8 @@ def test_png_set_through_main(spark, tiny_idx, tmp_path, capsys):
 
 def test_missing_imagenet_weights_stop_the_job_at_once(spark, small_idx, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.delenv(featurizer.ENV_WEIGHTS, raising=False)
-    monkeypatch.setenv(featurizer.ENV_OFFLINE, "0")  # downloads allowed; --offline forbids them
+    monkeypatch.delenv(weights.ENV_WEIGHTS, raising=False)
+    monkeypatch.setenv(weights.ENV_OFFLINE, "0")  # downloads allowed; --offline forbids them
     out = tmp_path / "run"
     status = transfer.main(["--data-dir", str(small_idx), "--output", str(out), "--offline"])
     err = capsys.readouterr().err

@@ -31,7 +31,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from mnist_spark import augment, cli, datasets, flags, images, ingest, report, storage
+from mnist_spark import augment, cli, datasets, flags, ingest, pngset, report, storage
 from mnist_spark.session import task_slots
 
 logger = logging.getLogger("export_png")
@@ -53,7 +53,7 @@ def run(
     num_classes=None,
     augment_variants=0,
     params=None,
-    compress_level=images.PNG_COMPRESS_LEVEL,
+    compress_level=pngset.PNG_COMPRESS_LEVEL,
     sample=24,
 ):
     """Export the dataset as a PNG set into ``output``; return the metrics written to ``metrics.json``.
@@ -113,9 +113,9 @@ def run(
             else None
         )
         write_started = time.perf_counter()
-        images.write_png_set(full, staging, compress_level=compress_level, label_width=len(str(max(classes - 1, 0))))
+        pngset.write_png_set(full, staging, compress_level=compress_level, label_width=len(str(max(classes - 1, 0))))
         write_seconds = time.perf_counter() - write_started
-        counts = images.manifest_counts(staging)
+        counts = pngset.manifest_counts(staging)
         written = sum(o + v for per_label in counts.values() for o, v in per_label.values())
         if written != expected:
             raise RuntimeError(
@@ -132,7 +132,7 @@ def run(
         figures = pictures.result() if pictures else []
         links = [(f"{split}/", f"{split}/: one folder per label") for split in splits]
         links += [
-            (f"{images.MANIFEST_NAME}/", "manifest (Parquet): path, split, index, label, variant, augmentation, bytes"),
+            (f"{pngset.MANIFEST_NAME}/", "manifest (Parquet): path, split, index, label, variant, augmentation, bytes"),
             ("metrics.json", "metrics.json"),
         ]
         report.write_set_index(

@@ -31,6 +31,7 @@ import time
 
 from mnist_spark import cli, featurizer, flags, report, sampling, sources, storage, transfer, tuning
 from mnist_spark import labels as label_subset
+from mnist_spark import weights as weight_files
 from mnist_spark.session import task_slots
 
 logger = logging.getLogger("transfer")
@@ -52,7 +53,7 @@ def run(
     base_model=featurizer.DEFAULT_MODEL,
     image_size=None,
     pooling=featurizer.DEFAULT_POOLING,
-    weights=featurizer.WEIGHTS_IMAGENET,
+    weights=weight_files.WEIGHTS_IMAGENET,
     batch_size=featurizer.DEFAULT_BATCH_SIZE,
     train_limit=transfer.DEFAULT_TRAIN_LIMIT,
     test_limit=transfer.DEFAULT_TEST_LIMIT,
@@ -130,11 +131,11 @@ def arg_parser():
 
 def main(argv=None) -> int:
     args = arg_parser().parse_args(argv)
-    featurizer.forbid_downloads(args.offline)
+    weight_files.forbid_downloads(args.offline)
     inputs = cli.data_inputs(args)
     if args.base_model not in featurizer.ARCHITECTURES:
         inputs.append(("--base-model", args.base_model))
-    if args.weights not in (featurizer.WEIGHTS_IMAGENET, featurizer.WEIGHTS_NONE):
+    if args.weights not in (weight_files.WEIGHTS_IMAGENET, weight_files.WEIGHTS_NONE):
         inputs.append(("--weights", args.weights))
     return cli.run_job(
         "transfer",
