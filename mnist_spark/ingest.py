@@ -340,6 +340,17 @@ def read_dataset(spark, location: str):
     return spark.read.parquet(path).select("split", "index", "label", "image")
 
 
+def dataset_metrics(files, infos: list[SplitInfo]) -> dict:
+    """What a job's ``metrics.json`` says of the IDX dataset it read: name, folder, rows and shapes per split."""
+    return {
+        "dataset": files.dataset.name,
+        "source": {"directory": files.directory, "found_by": files.source},
+        "rows": {info.split: info.count for info in infos},
+        "label_counts": {info.split: list(info.label_counts) for info in infos},
+        "image_shape": {info.split: list(info.image_shape) for info in infos},
+    }
+
+
 def rate(count: int, seconds: float) -> float:
     """Items per second, safe for a zero duration."""
     return count / seconds if seconds > 0 else math.inf

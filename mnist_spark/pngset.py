@@ -267,6 +267,32 @@ def _write_png_batch(batch, filesystem, root: str, made: set, compress_level: in
     )
 
 
+def write_complete_set(df, location: str, expected: int, *, num_classes: int, **options) -> tuple:
+    """:func:`write_png_set`, then make sure the manifest lists all ``expected`` files.
+
+    ``options`` go to :func:`write_png_set`; the label folders are as wide as
+    the largest of ``num_classes`` labels. Returns ``(counts, written,
+    seconds)``, ``counts`` as :func:`manifest_counts` gives them.
+
+    Raises
+    ------
+    RuntimeError
+        When the manifest lists another number of files.
+    """
+    started = time.perf_counter()
+    write_png_set(df, location, label_width=len(str(max(num_classes - 1, 0))), **options)
+    seconds = time.perf_counter() - started
+    counts = manifest_counts(location)
+    written = sum(o + v for per_label in counts.values() for o, v in per_label.values())
+    if written != expected:
+        raise RuntimeError(
+            f"the manifest lists {written} files, expected {expected}; the set is incomplete and was not "
+            "moved into place"
+        )
+    logger.info("wrote %d PNGs in %.1f s (%.0f img/s) to %s", written, seconds, written / max(seconds, 1e-9), location)
+    return counts, written, seconds
+
+
 def write_png_set(df, location: str, *, compress_level: int = PNG_COMPRESS_LEVEL, label_width: int = 1) -> str:
     """Write an image DataFrame as a PNG set, in parallel from the executors.
 

@@ -281,6 +281,17 @@ def set_pictures(rows, folder: str, *, split: str, variants: int, params, seed: 
     return figures
 
 
+def set_links(splits) -> list:
+    """The links of a PNG set's ``index.html``: its split folders, its manifest and ``metrics.json``."""
+    from mnist_spark.pngset import MANIFEST_NAME
+
+    links = [(f"{split}/", f"{split}/: one folder per label") for split in splits]
+    return links + [
+        (f"{MANIFEST_NAME}/", "manifest (Parquet): path, split, index, label, variant, augmentation, bytes"),
+        ("metrics.json", "metrics.json"),
+    ]
+
+
 def write_set_index(folder: str, *, title: str, counts: dict, figures=(), links=(), labels=None) -> str:
     """Write ``index.html`` for an image set: counts per split and label, figures and links.
 

@@ -1,14 +1,10 @@
 """Export an IDX dataset (MNIST by default) as a PNG image set, optionally augmented.
 
 Reads the four IDX files into a Spark DataFrame and writes one PNG file per
-image, in the folder-per-class layout ``keras.utils.image_dataset_from_directory``
-reads::
-
-    <output>/<split>/<label>/<index>.png              the originals
-    <output>/<split>/<label>/<index>_<variant>.png    --augment-variants N variants each
-    <output>/manifest.parquet/                        path, split, index, label, variant, augmentation
-    <output>/contact_sheet.png, augmentations.png     pictures of the set
-    <output>/index.html, metrics.json, _SUCCESS
+image, ``<output>/<split>/<label>/<index>.png`` (``<index>_<variant>.png`` for
+the ``--augment-variants``), the folder-per-class layout that
+``keras.utils.image_dataset_from_directory`` and ``--input`` read, with
+``manifest.parquet``, pictures, ``index.html`` and ``metrics.json``.
 
 Spark's executors write the files, each task its own images, through
 ``pyarrow.fs`` (local paths, ``file://``, ``hdfs://``, ``s3://``). The set is
@@ -58,21 +54,9 @@ def run(
 ):
     """Export the dataset as a PNG set into ``output``; return the metrics written to ``metrics.json``.
 
-
-    Parameters
-    ----------
-    augment_variants : int
-        Augmented variants per image (``--augment-variants``).
-    params : mnist_spark.augment.AugmentParams, optional
-        The transforms; default :meth:`AugmentParams.mnist`.
-    compress_level : int
-        zlib level of the PNG files.
-    sample : int
-        Images in the contact sheet; 0 writes no pictures.
-    partitions : int, optional
-        Write tasks in all; default :data:`TASKS_PER_SLOT` per task slot.
-
-    The other parameters are those of ``jobs/ingest.py``.
+    ``params`` (:class:`mnist_spark.augment.AugmentParams`, default its
+    ``mnist()``) are the transforms of the ``augment_variants``; the other
+    keywords are the flags of the same names.
     """
     params_given, started = flags.run_params(locals()), time.perf_counter()
     splits = tuple(splits)
@@ -85,13 +69,9 @@ def run(
     files = datasets.locate(data_dir)
     # Several tasks per slot: a split's slices are equal in size but splits differ,
     # and with one task per slot the slot that gets the small split idles at the end.
+    tasks = partitions or TASKS_PER_SLOT * task_slots(spark)
     df, infos = ingest.idx_dataframe(
-        spark,
-        files,
-        splits=splits,
-        partitions=partitions or TASKS_PER_SLOT * task_slots(spark),
-        limit=limit,
-        num_classes=num_classes,
+        spark, files, splits=splits, partitions=tasks, limit=limit, num_classes=num_classes
     )
     classes = num_classes or files.dataset.num_classes
     full = augment.add_variants(df, augment_variants, params, seed) if augment_variants else df
@@ -112,54 +92,23 @@ def run(
             if sample
             else None
         )
-        write_started = time.perf_counter()
-        pngset.write_png_set(full, staging, compress_level=compress_level, label_width=len(str(max(classes - 1, 0))))
-        write_seconds = time.perf_counter() - write_started
-        counts = pngset.manifest_counts(staging)
-        written = sum(o + v for per_label in counts.values() for o, v in per_label.values())
-        if written != expected:
-            raise RuntimeError(
-                f"the manifest lists {written} files, expected {expected}; the set is "
-                "incomplete and was not moved into place"
-            )
-        logger.info(
-            "wrote %d PNGs in %.1f s (%.0f img/s) to %s",
-            written,
-            write_seconds,
-            ingest.rate(written, write_seconds),
-            output,
+        counts, written, write_seconds = pngset.write_complete_set(
+            full, staging, expected, num_classes=classes, compress_level=compress_level
         )
         figures = pictures.result() if pictures else []
-        links = [(f"{split}/", f"{split}/: one folder per label") for split in splits]
-        links += [
-            (f"{pngset.MANIFEST_NAME}/", "manifest (Parquet): path, split, index, label, variant, augmentation, bytes"),
-            ("metrics.json", "metrics.json"),
-        ]
-        report.write_set_index(
-            staging,
-            title=f"PNG set of {files.dataset.title}",
-            counts=counts,
-            figures=figures,
-            links=links,
-            labels=range(classes),
-        )
+        title, links = f"PNG set of {files.dataset.title}", report.set_links(splits)
+        report.write_set_index(staging, title=title, counts=counts, figures=figures, links=links, labels=range(classes))
         metrics = {
             "job": "export_png",
-            "dataset": files.dataset.name,
-            "source": {"directory": files.directory, "found_by": files.source},
-            "rows": {info.split: info.count for info in infos},
+            **ingest.dataset_metrics(files, infos),
             "files": written,
             "num_classes": classes,
-            "counts": {
-                split: {str(label): pair for label, pair in per_label.items()} for split, per_label in counts.items()
-            },
-            "image_shape": {info.split: list(info.image_shape) for info in infos},
+            "counts": {split: {str(k): v for k, v in per_label.items()} for split, per_label in counts.items()},
             "seconds": round(time.perf_counter() - started, 3),
             "write_seconds": round(write_seconds, 3),
             "images_per_second": round(ingest.rate(written, write_seconds), 1),
             "params": {
                 **params_given,
-                "output": output,
                 "params": None,
                 "augmentation": dataclasses.asdict(params) if augment_variants else None,
             },

@@ -52,11 +52,7 @@ def run(
         )
         metrics = {
             "job": "ingest",
-            "dataset": files.dataset.name,
-            "source": {"directory": files.directory, "found_by": files.source},
-            "rows": {info.split: info.count for info in infos},
-            "label_counts": {info.split: list(info.label_counts) for info in infos},
-            "image_shape": {info.split: list(info.image_shape) for info in infos},
+            **ingest.dataset_metrics(files, infos),
             "seconds": round(time.perf_counter() - started, 3),
             "write_seconds": round(write_seconds, 3),
             "params": params,
