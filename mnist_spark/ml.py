@@ -938,8 +938,10 @@ class KerasImageClassificationModel(Model, _KerasImageClassifierParams, persiste
         return evaluation.model_from_bytes(self._payload, compile=True)
 
     def writeRunFiles(self, folder: str, classes=None) -> None:
-        """Write a run folder's model files: ``model.keras``, ``model_summary.txt`` and ``labels.json``.
+        """Write a run folder's model files: ``model.keras``, ``saved_model/``, ``model_summary.txt``, ``labels.json``.
 
+        ``saved_model/`` is the model as a TensorFlow SavedModel for TF Serving
+        (:func:`mnist_spark.persistence.export_saved_model`).
         ``labels.json`` holds the labels param, else ``classes`` (the original
         label of each class, e.g. the names that string labels were indexed
         from); neither writes none. The summary is printed too, as Keras prints it.
@@ -949,7 +951,9 @@ class KerasImageClassificationModel(Model, _KerasImageClassifierParams, persiste
         storage.write_bytes(storage.join(folder, MODEL_FILE), self._payload)
         if self.getLabels() or classes:
             label_subset.write_labels(folder, self.getLabels() or classes)
-        summary = models.summary_text(self.kerasModel())
+        network = self.kerasModel()
+        persistence.export_saved_model(network, folder)
+        summary = models.summary_text(network)
         print(summary)
         storage.write_bytes(storage.join(folder, "model_summary.txt"), (summary + "\n").encode())
 

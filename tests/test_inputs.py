@@ -90,6 +90,14 @@ def test_a_jpeg_folder_with_string_labels_trains_and_predicts_its_labels(spark, 
     assert {r["label"] for r in rows} == {"blue", "green", "red"}
     assert {r["prediction"] for r in rows} <= {"blue", "green", "red"}
     assert all(r["origin"].endswith(f"/{r['label']}/{r['origin'].rsplit('/', 1)[1]}") for r in rows)
+    # saved_model/, for TF Serving: the same outputs as model.keras.
+    import keras
+    import tensorflow as tf
+
+    batch = np.random.default_rng(1).integers(0, 256, (4, 64, 64, 3)).astype(np.float32)
+    served = tf.saved_model.load(str(out / "saved_model")).serve(tf.constant(batch)).numpy()
+    expected = keras.saving.load_model(out / "model.keras").predict(batch, verbose=0)
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_parquet_and_table_with_named_columns_and_a_seeded_split(spark, tmp_path):
