@@ -97,6 +97,70 @@ def read_images(spark, options: dict, *, splits=None, unlabelled: bool = False) 
     return source
 
 
+@dataclass
+class SplitImages:
+    """Images to export, with what the job reports of them (:func:`split_images`)."""
+
+    frame: Any  #: ``split, index, label, image`` of the splits asked for
+    rows: dict  #: images per split
+    num_classes: int
+    title: str  #: the dataset's name for people
+    metrics: dict  #: what ``metrics.json`` says of the input
+    first: Any  #: ``first(n)``: the first ``n`` images of the first split as ``(index, label, pixels)``
+
+
+def split_images(spark, options: dict, *, splits, partitions: int, limit=None, num_classes=None) -> SplitImages:
+    """The ``splits`` of the images that a job's options name, in about ``partitions`` tasks.
+
+    From the IDX files (read in ``partitions`` tasks, counted from their
+    headers, pictures read without Spark) or from ``--input`` (its first
+    ``limit`` images of each split by ``index``).
+    """
+    from pyspark.sql import functions as F
+
+    from mnist_spark import ingest
+
+    source = source_from_options(spark, options)
+    if source is None:
+        from mnist_spark import datasets
+
+        files = datasets.locate(options.get("data_dir"))
+        frame, infos = ingest.idx_dataframe(
+            spark, files, splits=splits, partitions=partitions, limit=limit, num_classes=num_classes
+        )
+        rows = {info.split: info.count for info in infos}
+        return SplitImages(
+            frame,
+            rows,
+            num_classes or files.dataset.num_classes,
+            files.dataset.title,
+            ingest.dataset_metrics(files, infos),
+            lambda n: ingest.first_images(infos[0], n),
+        )
+    frames = [source.frame.where(F.col("split") == split) for split in splits]
+    if limit:
+        frames = [df.where(F.col("index") < ingest._index_bound(df, limit)) for df in frames]
+    frame = frames[0]
+    for other in frames[1:]:
+        frame = frame.unionByName(other)
+    frame = frame.repartition(partitions)
+    rows = {split: int(count) for split, count in frame.groupBy("split").count().collect()}
+    missing = [split for split in splits if not rows.get(split)]
+    if missing:
+        raise ValueError(f"--input {source.location} has no images of split {', '.join(missing)}; check --splits")
+    label_counts = {r["label"]: r["count"] for r in frame.groupBy("label").count().collect()}
+    classes = num_classes or source.class_count or max(label_counts) + 1
+
+    def first(n: int) -> list:
+        from mnist_spark.images import first_rows_numpy
+
+        pixels, labels, index = first_rows_numpy(frames[0], n)
+        return list(zip(index.tolist(), labels.tolist(), pixels, strict=True))
+
+    metrics = {"source": {"input": source.location, "kind": source.kind}, "rows": rows}
+    return SplitImages(frame, rows, classes, f"--input {source.location}", metrics, first)
+
+
 def source_kind(location: str) -> str:
     """What ``location`` holds: ``ingest``, ``pngset``, ``parquet`` or ``folder`` (of images).
 

@@ -45,6 +45,13 @@ def test_ingest_output_and_png_set_train_the_same_model_as_the_idx_files(spark, 
     ingested, pngs = tmp_path / "ingested", tmp_path / "pngs"
     load_job("ingest").run(spark, data_dir=str(MNIST_DIR), output=str(ingested), limit=400)
     load_job("export_png").run(spark, data_dir=str(MNIST_DIR), output=str(pngs), limit=400, sample=0)
+    # export_png reads ingest's output too, and writes the same files.
+    again = tmp_path / "pngs-from-ingested"
+    load_job("export_png").run(spark, input=str(ingested), output=str(again), limit=400, sample=2)
+    files = sorted(p.relative_to(pngs) for p in pngs.rglob("*.png"))
+    assert len(files) == 800 and files == sorted(p.relative_to(again) for p in again.rglob("[0-9]*.png"))
+    assert all((pngs / f).read_bytes() == (again / f).read_bytes() for f in files[::37])
+    assert (again / "contact_sheet.png").exists()
     for source in (ingested, pngs):
         out = tmp_path / f"from-{source.name}"
         metrics = train_job.run(spark, input=str(source), output=str(out), **TRAIN)

@@ -1,6 +1,7 @@
-"""Export an IDX dataset (MNIST by default) as a PNG image set, optionally augmented.
+"""Export a dataset (MNIST's IDX files by default) as a PNG image set, optionally augmented.
 
-Reads the four IDX files into a Spark DataFrame and writes one PNG file per
+Reads the four IDX files, or ``--input`` (an ingest output, Parquet, a table,
+a folder of images), into a Spark DataFrame and writes one PNG file per
 image, ``<output>/<split>/<label>/<index>.png`` (``<index>_<variant>.png`` for
 the ``--augment-variants``), the folder-per-class layout that
 ``keras.utils.image_dataset_from_directory`` and ``--input`` read, with
@@ -27,7 +28,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from mnist_spark import augment, cli, datasets, flags, ingest, pngset, report, storage
+from mnist_spark import augment, cli, flags, ingest, pngset, report, sources, storage
 from mnist_spark.session import task_slots
 
 logger = logging.getLogger("export_png")
@@ -40,6 +41,11 @@ def run(
     spark,
     *,
     data_dir=None,
+    input=None,
+    input_table=None,
+    image_col="image",
+    label_col="label",
+    split_col="split",
     output=None,
     overwrite=False,
     seed=0,
@@ -66,43 +72,30 @@ def run(
         params = augment.AugmentParams.mnist()
     output = output or storage.default_output("export_png")
     target = storage.AtomicOutput(output, overwrite=overwrite, job="export_png")
-    files = datasets.locate(data_dir)
     # Several tasks per slot: a split's slices are equal in size but splits differ,
     # and with one task per slot the slot that gets the small split idles at the end.
     tasks = partitions or TASKS_PER_SLOT * task_slots(spark)
-    df, infos = ingest.idx_dataframe(
-        spark, files, splits=splits, partitions=tasks, limit=limit, num_classes=num_classes
+    data = sources.split_images(
+        spark, params_given, splits=splits, partitions=tasks, limit=limit, num_classes=num_classes
     )
-    classes = num_classes or files.dataset.num_classes
-    full = augment.add_variants(df, augment_variants, params, seed) if augment_variants else df
-    expected = sum(info.count for info in infos) * (1 + augment_variants)
+    full = augment.add_variants(data.frame, augment_variants, params, seed) if augment_variants else data.frame
+    expected = sum(data.rows.values()) * (1 + augment_variants)
     with target as staging, ThreadPoolExecutor(max_workers=1) as pool:
         # The driver draws the pictures while the executors write the set; leaving
         # the pool waits for it, so nothing writes into a staging folder being removed.
-        pictures = (
-            pool.submit(
-                report.set_pictures,
-                ingest.first_images(infos[0], sample),
-                staging,
-                split=infos[0].split,
-                variants=augment_variants,
-                params=params,
-                seed=seed,
-            )
-            if sample
-            else None
-        )
+        drawn = {"split": splits[0], "variants": augment_variants, "params": params, "seed": seed}
+        pictures = pool.submit(report.set_pictures, data.first(sample), staging, **drawn) if sample else None
         counts, written, write_seconds = pngset.write_complete_set(
-            full, staging, expected, num_classes=classes, compress_level=compress_level
+            full, staging, expected, num_classes=data.num_classes, compress_level=compress_level
         )
         figures = pictures.result() if pictures else []
-        title, links = f"PNG set of {files.dataset.title}", report.set_links(splits)
-        report.write_set_index(staging, title=title, counts=counts, figures=figures, links=links, labels=range(classes))
+        title, links, labels = f"PNG set of {data.title}", report.set_links(splits), range(data.num_classes)
+        report.write_set_index(staging, title=title, counts=counts, figures=figures, links=links, labels=labels)
         metrics = {
             "job": "export_png",
-            **ingest.dataset_metrics(files, infos),
+            **data.metrics,
             "files": written,
-            "num_classes": classes,
+            "num_classes": data.num_classes,
             "counts": {split: {str(k): v for k, v in per_label.items()} for split, per_label in counts.items()},
             "seconds": round(time.perf_counter() - started, 3),
             "write_seconds": round(write_seconds, 3),
@@ -124,7 +117,7 @@ def arg_parser():
         "export_png",
         __doc__,
         run,
-        "splits limit partitions num_classes compress_level sample",
+        "input input_table image_col label_col split_col splits limit partitions num_classes compress_level sample",
         groups={
             "augmentation": (
                 "--augment-variants N adds N variants of every image; each transform is applied "
@@ -141,7 +134,7 @@ def main(argv=None) -> int:
     return cli.run_job(
         "export_png",
         lambda spark: run(spark, **flags.run_options(run, args), params=flags.augment_params(args)),
-        before=lambda: cli.prepare_output("export_png", args, cli.default_data_inputs(args.data_dir)),
+        before=lambda: cli.prepare_output("export_png", args, cli.data_inputs(args)),
     )
 
 
