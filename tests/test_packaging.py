@@ -7,6 +7,7 @@ import re
 import sys
 
 import pytest
+from standalone_cluster import venv_without_checkout
 
 from conftest import PROJECT
 from mnist_spark import cli, evaluation, models, session, weights
@@ -69,8 +70,6 @@ def test_the_wheel_installs_without_the_checkout_and_its_jobs_run(tmp_path):
     # Built from a copy, so that setuptools' build/ folder never lands in the checkout.
     import shutil
     import subprocess
-    import sysconfig
-    import venv
     from pathlib import Path
 
     source = tmp_path / "source"
@@ -85,15 +84,7 @@ def test_the_wheel_installs_without_the_checkout_and_its_jobs_run(tmp_path):
     )
     (wheel,) = wheels.glob("mnist_spark-*.whl")
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=False)
-    python = env_dir / "bin" / "python"
-    purelib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    Path(purelib, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python = venv_without_checkout(env_dir)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SPARK_CONF_DIR")}
     env.update(PYSPARK_PYTHON=str(python), PYSPARK_DRIVER_PYTHON=str(python))
     # pip sees the dependencies already there, so this installs the wheel alone.
@@ -111,7 +102,7 @@ def test_the_wheel_installs_without_the_checkout_and_its_jobs_run(tmp_path):
         cwd=tmp_path,
         env=env,
     ).stdout.strip()
-    assert where.startswith(purelib), where  # from the wheel, not the checkout
+    assert where.startswith(str(env_dir)), where  # from the wheel, not the checkout
 
     for command in (
         "mnist-spark-ingest",
