@@ -205,8 +205,8 @@ def test_predict_never_writes_over_its_images_or_its_model(tmp_path, capsys, no_
     run.mkdir()
     (run / "model.keras").write_bytes(b"PK\x03\x04 a trained model")
     before_run = snapshot(run)
-    for output, name in ((images, "--images"), (run, "--model-file")):
-        argv = ["--model-file", run / "model.keras", "--images", images, "--output", output, "--overwrite"]
+    for output, name in ((images, "--input"), (run, "--model-file")):
+        argv = ["--model-file", run / "model.keras", "--input", images, "--output", output, "--overwrite"]
         status, lines = run_main("predict", argv, capsys)
         assert status == 2
         assert_one_line("predict", lines, f"the input {name}")
@@ -218,8 +218,8 @@ def test_transfer_never_writes_over_its_png_set(tmp_path, capsys, no_spark):
     images = tmp_path / "pngs"
     before = user_files(images)
     status, lines = run_main("transfer", ["--images", images, "--weights", "none", "--output", images / "out"], capsys)
-    assert status == 2
-    assert_one_line("transfer", lines, "lies inside the input --images")
+    assert status == 2  # --images: the old spelling of --input
+    assert_one_line("transfer", lines, "lies inside the input --input")
     assert snapshot(images) == before
 
 
