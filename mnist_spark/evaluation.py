@@ -138,19 +138,6 @@ def check_classifier(net, path: str, num_classes: int | None = None) -> None:
         )
 
 
-def check_image_size(net, df, source) -> None:
-    """The first image of ``df`` must have the size the model takes; ``source`` names the input."""
-    expected = tuple(net.input_shape[1:])
-    first = df.select("image.height", "image.width", "image.nChannels").first()
-    if first is None:
-        raise ValueError(f"no images to score in {source}")
-    if tuple(first) != expected:
-        raise ValueError(
-            f"the model takes images of {'x'.join(map(str, expected))} but the input holds "
-            f"{'x'.join(map(str, first))}; score images of the size the model was trained on"
-        )
-
-
 def with_original_labels(scored, *, data_classes=None, model_classes=None):
     """``origin, split, index, label, prediction, probabilities`` in the dataset's own labels.
 
@@ -259,8 +246,11 @@ def predict(
     return df.mapInArrow(infer, schema)
 
 
-def evaluate(df, model, *, num_classes: int = 10, batch_size: int = 512, misclassified_limit: int = 100):
+def evaluate(df, model, *, num_classes: int = 10, batch_size: int = 512, misclassified_limit: int = 100, decode=None):
     """Score a model on a labelled image DataFrame, inference in the executors.
+
+    ``decode`` (:func:`mnist_spark.ml.image_decoder`) makes the images the
+    model's input where they differ from it.
 
     Returns
     -------
@@ -274,7 +264,7 @@ def evaluate(df, model, *, num_classes: int = 10, batch_size: int = 512, misclas
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
-    scored = predict(df, model, batch_size=batch_size)
+    scored = predict(df, model, batch_size=batch_size, decode=decode)
     scored = (
         scored.withColumn("nll", -F.log(F.greatest(F.element_at("probabilities", F.col("label") + 1), F.lit(1e-7))))
         .select("split", "index", "label", "prediction", "probabilities", "nll")

@@ -81,6 +81,20 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def image_size(text: str):
+    """argparse type: a side in pixels (``75``), or ``height,width`` (``64,48``).
+
+    Examples
+    --------
+    >>> image_size("75"), image_size("64,48")
+    (75, (64, 48))
+    """
+    sides = tuple(positive_int(part.strip()) for part in text.split(","))
+    if len(sides) > 2:
+        raise argparse.ArgumentTypeError(f"expected a side or height,width in pixels, found {text!r}")
+    return sides[0] if len(sides) == 1 else sides
+
+
 def compress_level(text: str) -> int:
     """argparse type: a zlib level, 0 (none) to 9 (smallest)."""
     value = non_negative_int(text)
@@ -271,7 +285,10 @@ FLAGS: dict[str, Flag] = {
             "last layer before the classifier",
         }
     ),
-    "image_size": Flag({"type": positive_int, "help": "side in pixels the images are resized to"}),
+    "image_size": Flag(
+        {"type": image_size, "metavar": "SIDE|H,W", "help": "size in pixels the images are resized to: a side or H,W"}
+    ),
+    "channels": Flag({"type": int, "choices": (1, 3), "help": "channels the network sees: 1 (grey) or 3 (colour)"}),
     "pooling": Flag({"choices": _pooling(), "help": "avg or max: one value per channel; none: sparkdl's flat output"}),
     "weights": Flag(
         {

@@ -113,6 +113,23 @@ def _param(name: str, doc: str, converter) -> Param:
     return Param(Params._dummy(), name, doc, typeConverter=converter)
 
 
+def _image_size(value):
+    """imageSize: 0 (the images' own), a side (square) or ``[height, width]``."""
+    if isinstance(value, (list, tuple)):
+        sides = [_whole("imageSize", 1)(side) for side in value]
+        if len(sides) != 2:
+            raise ValueError(f"imageSize is a side or [height, width], found {list(value)}")
+        return sides
+    return _whole("imageSize", 0)(value)
+
+
+def _channels(value):
+    value = _whole("channels", 0)(value)
+    if value not in (0, 1, 3):
+        raise ValueError(f"channels must be 1 (grey), 3 (colour) or 0 (the images' own), found {value}")
+    return value
+
+
 # --------------------------------------------------------------------------- shared checks
 
 
@@ -261,6 +278,25 @@ def image_decoder(
 # --------------------------------------------------------------------------- the classifier
 
 
+#: A job's options that shape the classifier's data: the label subset, the image size and channels.
+IMAGE_OPTIONS = ("labels", "image_size", "channels")
+
+
+def image_params(options: dict, num_classes: int = 0) -> dict:
+    """:class:`KerasImageClassifier` params from a job's options (:data:`IMAGE_OPTIONS`).
+
+    ``numClasses`` is the dataset's ``num_classes``, or with ``labels`` as many as those.
+    """
+    labels = list(options.get("labels") or [])
+    size = options.get("image_size") or 0
+    return {
+        "labels": labels,
+        "numClasses": 0 if labels else num_classes,
+        "imageSize": list(size) if isinstance(size, (tuple, list)) else size,
+        "channels": options.get("channels") or 0,
+    }
+
+
 class _KerasImageClassifierParams(HasInputCol, HasLabelCol, HasPredictionCol, HasProbabilityCol, HasSeed):
     """Params of :class:`KerasImageClassifier` and of the model it fits."""
 
@@ -305,8 +341,11 @@ class _KerasImageClassifierParams(HasInputCol, HasLabelCol, HasPredictionCol, Ha
     barrier: Param = _param("barrier", "schedule all replicas of a round together", _flag("barrier"))
     imageSize: Param = _param(
         "imageSize",
-        "side of the square images are resized to; 0: their own size (or modelFile's input)",
-        _whole("imageSize", 0),
+        "size the images are resized to: a side (square) or [height, width]; 0: their own size (or modelFile's input)",
+        _image_size,
+    )
+    channels: Param = _param(
+        "channels", "channels the network sees: 1 (grey) or 3 (colour); 0: the images' own", _channels
     )
     numClasses: Param = _param(
         "numClasses", "classes of the softmax; 0: the largest label + 1", _whole("numClasses", 0)
@@ -392,8 +431,11 @@ class _KerasImageClassifierParams(HasInputCol, HasLabelCol, HasPredictionCol, Ha
     def getBarrier(self) -> bool:
         return self.getOrDefault(self.barrier)
 
-    def getImageSize(self) -> int:
+    def getImageSize(self):
         return self.getOrDefault(self.imageSize)
+
+    def getChannels(self) -> int:
+        return self.getOrDefault(self.channels)
 
     def getNumClasses(self) -> int:
         return self.getOrDefault(self.numClasses)
@@ -449,9 +491,13 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
         0 for ``stepsPerRound`` and ``firstRoundSteps`` means the default schedule.
     partitions : int
         Replicas; 0 (default): the cluster's task slots.
-    imageSize : int
-        Resize the images to this square (Pillow, filter ``scaleHint``);
-        0 (default): train at the images' own size, which must be one size.
+    imageSize : int or [int, int]
+        Resize the images to this square side or ``[height, width]`` (Pillow,
+        filter ``scaleHint``); 0 (default): train at the images' own size,
+        which must be one size.
+    channels : int
+        1 (grey, Pillow's luma) or 3 (colour) for the network; 0 (default):
+        the images' own.
     numClasses : int
         Width of the softmax; 0 (default): the largest label + 1.
     labels : list of int
@@ -506,6 +552,7 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
         batchnormSample=training.TrainConfig.batchnorm_sample,
         barrier=False,
         imageSize=0,
+        channels=0,
         numClasses=0,
         labels=(),
         scaleHint=featurizer.DEFAULT_SCALE_HINT,
@@ -537,6 +584,7 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
         batchnormSample=training.TrainConfig.batchnorm_sample,
         barrier=False,
         imageSize=0,
+        channels=0,
         numClasses=0,
         labels=(),
         scaleHint=featurizer.DEFAULT_SCALE_HINT,
@@ -592,6 +640,9 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
     def setImageSize(self, value) -> KerasImageClassifier:
         return self._set(imageSize=value)
 
+    def setChannels(self, value) -> KerasImageClassifier:
+        return self._set(channels=value)
+
     def setNumClasses(self, value) -> KerasImageClassifier:
         return self._set(numClasses=value)
 
@@ -625,8 +676,8 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
         """The params that decide the prepared data: fits that share them share the shards."""
         return tuple(
             self.getOrDefault(name)
-            for name in ("inputCol", "labelCol", "partitions", "imageSize", "scaleHint", "modelFile", "numClasses")
-        ) + (tuple(self.getLabels()),)
+            for name in ("inputCol", "labelCol", "partitions", "scaleHint", "modelFile", "numClasses", "channels")
+        ) + (tuple(self.getLabels()), str(self.getImageSize()))
 
     def _prepare(self, dataset) -> _Prepared:
         """Check the data and params on the driver, and decode the images into cached shards once."""
@@ -714,13 +765,14 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
                     f"image but the labels need {num_classes} classes; give a model with a "
                     f"softmax of {num_classes} (or set numClasses)"
                 )
-        elif self.getImageSize():
-            shape = (self.getImageSize(), self.getImageSize(), int(stats["channels"]))
         else:
-            shape = (int(stats["height"]), int(stats["width"]), int(stats["channels"]))
+            size = self.getImageSize()
+            sides = (size, size) if isinstance(size, int) else tuple(size)
+            found = (int(stats["height"]), int(stats["width"]))
+            shape = (*(sides if size else found), self.getChannels() or int(stats["channels"]))
         decode = (
             image_decoder(shape, scale_hint=self.getScaleHint(), where=f"{stage} column {input_col!r}")
-            if source is not None or self.getImageSize()
+            if source is not None or self.getImageSize() or self.getChannels()
             else None
         )
         frame = dataset.select(
@@ -810,6 +862,9 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
     def _train(self, dataset, prepared: _Prepared, *, validation=None, state=None, on_round=None, augment=None):
         """One fit on prepared shards, with this estimator's params: ``(model, TrainState, TrainConfig)``."""
         config = self.trainConfig(prepared.partitions, prepared.input_shape, prepared.num_classes, augment)
+        if validation is not None and prepared.decode is not None:  # scored as the network sees the images
+            images, labels = validation
+            validation = (fit_pixels(images, prepared.input_shape, scale_hint=self.getScaleHint()), labels)
         trained, final = training.train(
             dataset.sparkSession,
             prepared.frame,
@@ -937,6 +992,17 @@ class KerasImageClassificationModel(Model, _KerasImageClassifierParams, persiste
         """The trained model as a ``keras.Model`` (loaded in safe mode)."""
         return evaluation.model_from_bytes(self._payload, compile=True)
 
+    def imageDecoder(self):
+        """The function that makes image structs this model's input: resized and converted as in training."""
+        where = f"KerasImageClassificationModel column {self.getInputCol()!r}"
+        return image_decoder(self._input_shape, scale_hint=self.getScaleHint(), where=where)
+
+    def evaluate(self, dataset) -> dict:
+        """:func:`mnist_spark.evaluation.evaluate` of this model on labelled images (class numbers)."""
+        return evaluation.evaluate(
+            dataset, self.kerasModel(), num_classes=self.getNumClasses(), decode=self.imageDecoder()
+        )
+
     def writeRunFiles(self, folder: str, classes=None) -> None:
         """Write a run folder's model files: ``model.keras``, ``saved_model/``, ``model_summary.txt``, ``labels.json``.
 
@@ -980,11 +1046,7 @@ class KerasImageClassificationModel(Model, _KerasImageClassifierParams, persiste
         self.transformSchema(dataset.schema)
         probability, prediction = self.getProbabilityCol(), self.getPredictionCol()
         scores = probability or "__probability"
-        decode = image_decoder(
-            self._input_shape,
-            scale_hint=self.getScaleHint(),
-            where=f"KerasImageClassificationModel column {self.getInputCol()!r}",
-        )
+        decode = self.imageDecoder()
         scored = evaluation.predict(
             dataset,
             self._payload,

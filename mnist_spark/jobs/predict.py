@@ -21,7 +21,7 @@ import logging
 import sys
 import time
 
-from mnist_spark import cli, evaluation, flags, report, sources, storage
+from mnist_spark import cli, evaluation, flags, ml, report, sources, storage
 from mnist_spark import labels as label_subset
 
 logger = logging.getLogger("predict")
@@ -51,8 +51,9 @@ def run(
     target = storage.AtomicOutput(output, overwrite=overwrite, job="predict")
     source = sources.read_images(spark, params, splits=splits, unlabelled=True)
     evaluation.check_classifier(net, path, len(classes) if classes else source.num_classes or None)
-    evaluation.check_image_size(net, source.frame, input or input_table or data_dir)
-    scored = evaluation.predict(source.frame, net, batch_size=batch_size)
+    # Resized and converted to the model's input as in training (Pillow, in the executors).
+    decode = ml.image_decoder(net.input_shape[1:], where="predict: the images")
+    scored = evaluation.predict(source.frame, net, batch_size=batch_size, decode=decode)
     scored = evaluation.with_original_labels(scored, data_classes=source.classes, model_classes=classes)
     with target as staging:
         scored.write.parquet(storage.join(staging, "predictions.parquet"))

@@ -1,20 +1,18 @@
 """Train a Keras CNN on MNIST data-parallel on Spark, and evaluate it.
 
-The training images are split into N partitions (default: the cluster's task
-slots). Each round the driver broadcasts the model's weights and Adam's
-state; every partition trains a replica on its shard for one local epoch (or
-``--steps-per-round`` steps); the driver averages the replicas, weighted by
-sample count, optimizer state included. Then the test split is scored in the
-executors. The images come from the IDX files (``--data-dir``) or from
-``--input`` (an ingest output, a PNG set, a Parquet dataset, a folder of
-images) or ``--input-table``. The run folder gets ``model.keras``,
-``saved_model/`` (TF Serving), ``labels.json`` (with ``--labels`` or indexed
+The training images are split into N partitions (default: the cluster's task slots). Each
+round the driver broadcasts the model's weights and Adam's state; every partition trains a
+replica on its shard for one local epoch (or ``--steps-per-round`` steps); the driver averages
+the replicas, weighted by sample count, optimizer state included. Then the test split is scored
+in the executors. The images come from the IDX files (``--data-dir``), ``--input`` (an ingest
+output, a PNG set, Parquet, a folder of images) or ``--input-table``. The run folder gets
+``model.keras``, ``saved_model/`` (TF Serving), ``labels.json`` (with ``--labels`` or indexed
 string labels), ``metrics.json``, figures and ``report.html``.
 
 Run it with::
 
     spark-submit jobs/train_cnn.py                      # bn_cnn, full MNIST, local Spark
-    spark-submit jobs/train_cnn.py --arch simple_cnn --epochs 3 --partitions 4
+    spark-submit jobs/train_cnn.py --input photos/ --image-size 64,64 --channels 3 --arch simple_cnn
     spark-submit jobs/train_cnn.py --output runs/cnn --resume auto   # continue the run if it was stopped
     spark-submit jobs/train_cnn.py --labels 0,1,2,3,4 --output runs/digits04   # a base network for transfer
 """
@@ -26,13 +24,13 @@ import logging
 import sys
 import time
 
-from mnist_spark import cli, evaluation, flags, images, ingest, ml, report, sources, storage, tracking, training
+from mnist_spark import cli, flags, images, ingest, ml, report, sources, storage, tracking, training
 from mnist_spark.session import task_slots
 
 logger = logging.getLogger("train_cnn")
 
 #: The run's settings beside the TrainConfig that a checkpoint keeps, so --resume reads the same data.
-RUN_SETTINGS = (*sources.SOURCE_OPTIONS, "data_dir", "limit", "labels", "validation_size", "checkpoint_every")
+RUN_SETTINGS = (*sources.SOURCE_OPTIONS, *ml.IMAGE_OPTIONS, "data_dir", "limit", "validation_size", "checkpoint_every")
 
 
 def run(
@@ -48,6 +46,8 @@ def run(
     output=None,
     overwrite=False,
     seed=0,
+    image_size=None,
+    channels=None,
     arch=training.TrainConfig.model,
     model_file=None,
     epochs=training.TrainConfig.epochs,
@@ -83,8 +83,7 @@ def run(
         slots = partitions or task_slots(spark)
         config = training.TrainConfig.from_options(options, model=arch, partitions=slots, augment=augment)
     data, labels = ingest.train_test_frames(spark, settings), settings["labels"]
-    classes = 0 if labels else data.num_classes  # the dataset's, or with --labels as many as those
-    estimator = ml.KerasImageClassifier.fromTrainConfig(config, labels=list(labels or []), numClasses=classes)
+    estimator = ml.KerasImageClassifier.fromTrainConfig(config, **ml.image_params(settings, data.num_classes))
     if data.train_rows is not None:  # from the IDX headers, before any work (else the estimator counts)
         training.check_partitions(config.partitions, data.train_rows, given=bool(partitions or resume))
     validation = data.validation(settings["validation_size"])
@@ -97,7 +96,7 @@ def run(
         scalars.close()
         train_seconds = time.perf_counter() - started
         model.writeRunFiles(staging, classes=data.classes)
-        scores = evaluation.evaluate(data.test, model.kerasModel(), num_classes=config.num_classes)
+        scores = model.evaluate(data.test)
         metrics = {
             **report.training_metrics("train_cnn", config, state, scores, data),
             "labels": labels or (list(data.classes) if data.classes else None),
@@ -117,9 +116,9 @@ def arg_parser():
         "train_cnn",
         __doc__,
         run,
-        "input input_table image_col label_col split_col test_fraction arch model_file epochs batch_size "
-        "partitions steps_per_round first_round_steps lr_scaling warmup_epochs batchnorm_sample learning_rate "
-        "lr_decay barrier limit labels validation_size checkpoint_every resume",
+        "input input_table image_col label_col split_col test_fraction image_size channels arch model_file epochs "
+        "batch_size partitions steps_per_round first_round_steps lr_scaling warmup_epochs batchnorm_sample "
+        "learning_rate lr_decay barrier limit labels validation_size checkpoint_every resume",
         groups={
             "augmentation": (
                 "--augment-on-the-fly trains on a new random variant of every image each epoch, the "
