@@ -136,3 +136,21 @@ def test_parquet_and_table_with_named_columns_and_a_seeded_split(spark, tmp_path
         sources.read_source(spark, str(plain))
     with pytest.raises(ValueError, match=r"column 'kind' is string; expected Spark's image struct"):
         sources.read_source(spark, str(plain), image_col="kind", label_col="kind")
+
+
+def test_image_size_and_channels_say_what_the_network_sees(spark, tmp_path):
+    import keras
+
+    folder = _jpeg_folder(tmp_path / "photos", per_class=8)
+    out = tmp_path / "run"
+    common = dict(arch="simple_cnn", epochs=1, batch_size=8, partitions=2, test_fraction=0.25)
+    metrics = train_job.run(
+        spark, input=str(folder), output=str(out), image_size=(32, 24), channels=1, validation_size=4, **common
+    )
+    assert keras.saving.load_model(out / "model.keras").input_shape == (None, 32, 24, 1)
+    assert 0 <= metrics["history"][-1]["val_accuracy"] <= 1  # validation images resized on the driver too
+    assert metrics["params"]["image_size"] == [32, 24] and metrics["params"]["channels"] == 1
+    scored = predict_job.run(spark, model_file=str(out), input=str(folder), output=str(tmp_path / "scored"))
+    assert scored["count"] == 24
+    args = train_job.arg_parser().parse_args(["--image-size", "32,24", "--channels", "1"])
+    assert args.image_size == (32, 24) and args.channels == 1
