@@ -382,6 +382,7 @@ class _KerasImageClassifierParams(HasInputCol, HasLabelCol, HasPredictionCol, Ha
         batchnormSample=training.TrainConfig.batchnorm_sample,
         barrier=False,
         imageSize=0,
+        channels=0,
         numClasses=0,
         labels=[],
         scaleHint=featurizer.DEFAULT_SCALE_HINT,
