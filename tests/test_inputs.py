@@ -102,7 +102,8 @@ def test_a_jpeg_folder_with_string_labels_trains_and_predicts_its_labels(spark, 
     import tensorflow as tf
 
     batch = np.random.default_rng(1).integers(0, 256, (4, 64, 64, 3)).astype(np.float32)
-    served = tf.saved_model.load(str(out / "saved_model")).serve(tf.constant(batch)).numpy()
+    loaded = tf.saved_model.load(str(out / "saved_model"))  # kept: its variables live as long as it does
+    served = loaded.serve(tf.constant(batch)).numpy()
     expected = keras.saving.load_model(out / "model.keras").predict(batch, verbose=0)
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
 
