@@ -354,6 +354,7 @@ def test_bad_weight_files(spark, test_df, saved_weights, tmp_path):
 # --------------------------------------------------------------------------- pipelines
 
 
+@pytest.mark.slow
 def test_pipeline_saves_loads_and_predicts_the_same(spark, tiny_idx, tmp_path):
     from pyspark.ml import Pipeline, PipelineModel
     from pyspark.ml.classification import LogisticRegression

@@ -11,6 +11,8 @@ import pytest
 from conftest import MNIST_DIR, load_job
 from mnist_spark import sources
 
+pytestmark = pytest.mark.slow  # each test trains a model end to end
+
 train_job, predict_job = load_job("train_cnn"), load_job("predict")
 
 #: A short run of the default model's engine on real digits: two replicas, two rounds.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from conftest import PROJECT, load_job
 from mnist_spark import models
 from mnist_spark import weights as weight_files
@@ -37,6 +39,7 @@ def _inception_weights(folder) -> None:
         legacy_h5_format.save_weights_to_hdf5_group(f, model)
 
 
+@pytest.mark.slow
 def test_every_python_block_of_the_readme_runs(spark, tiny_idx, tmp_path, monkeypatch):
     blocks = _blocks()
     others = [code for section, code in blocks if section != "Spark ML API"]

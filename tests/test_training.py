@@ -396,6 +396,7 @@ def test_run_folder(spark, small_idx, tmp_path):
         train_job.run(spark, data_dir=str(small_idx), output=str(out), limit=200)
 
 
+@pytest.mark.slow
 def test_job_resume_after_a_stop(spark, small_idx, tmp_path, monkeypatch):
     kwargs = dict(
         data_dir=str(small_idx),

@@ -105,6 +105,7 @@ def test_run_folder(spark, small_idx, tmp_path):
         transfer.run(spark, data_dir=str(small_idx), output=str(out), weights="none")
 
 
+@pytest.mark.slow
 def test_tune_cross_validates_the_grid(spark, small_idx, tmp_path, capsys):
     import keras
 
@@ -155,6 +156,7 @@ def test_tune_cross_validates_the_grid(spark, small_idx, tmp_path, capsys):
     assert "Tuning (cross-validated accuracy)" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_png_set_through_main(spark, tiny_idx, tmp_path, capsys):
     df, _ = ingest.idx_dataframe(spark, datasets.locate(tiny_idx))
     pngset.write_png_set(df, str(tmp_path / "pngs"))
