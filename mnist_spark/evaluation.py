@@ -140,8 +140,11 @@ def check_classifier(net, path: str, num_classes: int | None = None) -> None:
 
 def check_image_size(net, df, source) -> None:
     """The first image of ``df`` must have the size the model takes; ``source`` names the input."""
+    from mnist_spark.session import phase
+
     expected = tuple(net.input_shape[1:])
-    first = df.select("image.height", "image.width", "image.nChannels").first()
+    with phase(df.sparkSession, "read images"):
+        first = df.select("image.height", "image.width", "image.nChannels").first()
     if first is None:
         raise ValueError(f"no images to score in {source}")
     if tuple(first) != expected:
@@ -244,6 +247,8 @@ def evaluate(df, model, *, num_classes: int = 10, batch_size: int = 512, misclas
     """
     from pyspark.sql import functions as F
 
+    from mnist_spark.session import phase
+
     started = time.perf_counter()
     scored = predict(df, model, batch_size=batch_size)
     scored = (
@@ -251,11 +256,14 @@ def evaluate(df, model, *, num_classes: int = 10, batch_size: int = 512, misclas
         .select("split", "index", "label", "prediction", "probabilities", "nll")
         .cache()
     )
-    try:
-        cells = scored.groupBy("label", "prediction").agg(F.count("*").alias("n"), F.sum("nll").alias("nll")).collect()
-        wrong = scored.where("label != prediction").orderBy("split", "index").limit(misclassified_limit).collect()
-    finally:
-        scored.unpersist()
+    with phase(df.sparkSession, "evaluation"):
+        try:
+            cells = (
+                scored.groupBy("label", "prediction").agg(F.count("*").alias("n"), F.sum("nll").alias("nll")).collect()
+            )
+            wrong = scored.where("label != prediction").orderBy("split", "index").limit(misclassified_limit).collect()
+        finally:
+            scored.unpersist()
     confusion = np.zeros((num_classes, num_classes), np.int64)
     total_nll = 0.0
     for cell in cells:

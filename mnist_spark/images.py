@@ -427,8 +427,9 @@ def write_png_set(df, location: str, *, compress_level: int = PNG_COMPRESS_LEVEL
     Each task writes the PNG files of its own rows straight to ``location``
     through one ``pyarrow.fs`` file system, and the rows of the manifest
     (:func:`manifest_schema`) go to ``<location>/manifest.parquet``, all in one
-    Spark job. The driver never sees the pixels. File names depend only on the
-    row, so a retried task overwrites what its failed attempt wrote.
+    Spark job, named ``write PNG set`` in the Spark UI. The driver never sees
+    the pixels. File names depend only on the row, so a retried task
+    overwrites what its failed attempt wrote.
 
     Write into an :class:`mnist_spark.storage.AtomicOutput` staging folder: this
     function itself does not guard against a half-written set.
@@ -462,6 +463,7 @@ def write_png_set(df, location: str, *, compress_level: int = PNG_COMPRESS_LEVEL
     'runs/pngs.tmp/manifest.parquet'
     """
     from mnist_spark import storage
+    from mnist_spark.session import phase
 
     _check_image_frame(df, "write_png_set")
     if "variant" in df.columns and "augmentation" not in df.columns:
@@ -480,7 +482,8 @@ def write_png_set(df, location: str, *, compress_level: int = PNG_COMPRESS_LEVEL
             yield _write_png_batch(batch, filesystem, root.rstrip("/"), made, compress_level, label_width)
 
     manifest = storage.join(location, MANIFEST_NAME)
-    (df.select(*columns).mapInArrow(write, manifest_schema()).write.parquet(manifest))
+    with phase(df.sparkSession, "write PNG set"):
+        df.select(*columns).mapInArrow(write, manifest_schema()).write.parquet(manifest)
     return manifest
 
 
@@ -742,8 +745,14 @@ def _relative(origin: str, root: str) -> str:
 
 
 def validation_arrays(df, size: int) -> tuple:
-    """The first ``size`` images of ``df`` by ``index`` as ``(images (n, h, w, c), labels)`` for the driver."""
-    pixels, labels, _ = first_rows_numpy(df, size)
+    """The first ``size`` images of ``df`` by ``index`` as ``(images (n, h, w, c), labels)`` for the driver.
+
+    Collected in the phase ``validation set`` (:func:`mnist_spark.session.phase`).
+    """
+    from mnist_spark.session import phase
+
+    with phase(df.sparkSession, "validation set"):
+        pixels, labels, _ = first_rows_numpy(df, size)
     return (pixels if pixels.ndim == 4 else pixels[..., None], labels)
 
 

@@ -140,16 +140,19 @@ def dataset_frame(spark, data_dir=None, images_dir=None, splits=("train", "test"
     From the IDX files of ``data_dir`` (:func:`mnist_spark.datasets.locate`),
     a PNG set ``images_dir`` (labels from the paths), or any other folder of
     images ``images_dir``, read recursively by Spark's image source as split
-    ``unlabelled`` with label -1.
+    ``unlabelled`` with label -1. The Spark jobs that check the images are
+    in the phase ``read images``.
     """
     if images_dir and data_dir:
         raise ValueError("give --data-dir (IDX files) or --images (a PNG set), not both")
     if images_dir:
         from mnist_spark import images, storage
+        from mnist_spark.session import phase
 
-        if storage.exists(storage.join(images_dir, images.MANIFEST_NAME)):
-            return images.read_png_set(spark, images_dir, splits=tuple(splits))[0], 0
-        return _image_folder(spark, images_dir), 0
+        with phase(spark, "read images"):
+            if storage.exists(storage.join(images_dir, images.MANIFEST_NAME)):
+                return images.read_png_set(spark, images_dir, splits=tuple(splits))[0], 0
+            return _image_folder(spark, images_dir), 0
     from mnist_spark import datasets
 
     files = datasets.locate(data_dir)
@@ -331,8 +334,12 @@ def write_dataset(df, location: str) -> None:
 
     Dictionary encoding is off: pixel blobs are nearly all distinct, and
     trying to build a dictionary for them costs time and saves nothing.
+    The Spark jobs are in the phase ``write Parquet``.
     """
-    (df.write.partitionBy("split").option("parquet.enable.dictionary", "false").parquet(storage.to_uri(location)))
+    from mnist_spark.session import phase
+
+    with phase(df.sparkSession, "write Parquet"):
+        df.write.partitionBy("split").option("parquet.enable.dictionary", "false").parquet(storage.to_uri(location))
 
 
 def read_dataset(spark, location: str):

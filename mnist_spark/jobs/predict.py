@@ -19,7 +19,7 @@ import logging
 import sys
 import time
 
-from mnist_spark import cli, evaluation, flags, ingest, report, storage
+from mnist_spark import cli, evaluation, flags, ingest, report, session, storage
 
 logger = logging.getLogger("predict")
 
@@ -42,7 +42,7 @@ def run(
     scored = scored.select(
         F.col("image.origin").alias("origin"), "split", "index", "label", "prediction", "probabilities"
     )
-    with target as staging:
+    with target as staging, session.phase(spark, "scoring"):
         scored.write.parquet(storage.join(staging, "predictions.parquet"))
         written = spark.read.parquet(storage.join(staging, "predictions.parquet"))
         labelled = written.where("label >= 0")

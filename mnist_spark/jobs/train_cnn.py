@@ -106,8 +106,7 @@ def run(
             "train_seconds": round(train_seconds, 2),
             "params": {**config.to_dict(), **options, "output": output, "resume": resume},
         }
-        wrong = [w["index"] for w in scores["misclassified"][: report.GRID_SIZE]]
-        report.write_training_report(staging, metrics, images.images_by_index(data.test, wrong))
+        report.write_training_report(staging, metrics, data.test)
         report.write_metrics(staging, metrics)
     logger.info("test accuracy %.4f, loss %.4f; run folder %s", scores["accuracy"], scores["loss"], output)
     return metrics
