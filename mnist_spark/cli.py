@@ -364,6 +364,8 @@ def run_job(job: str, work: Callable, *, spark=None, before: Callable | None = N
     returns (with the run folder in ``params["output"]``) are logged to
     MLflow (:func:`mnist_spark.tracking.log_job`); a failure there is logged
     as an error and leaves the exit status to the job, whose output is complete.
+    ``work`` runs in :func:`mnist_spark.session.job_phases`: its Spark jobs
+    carry ``job``'s name in the Spark UI, and its phases ``"<job>: <phase>"``.
 
     Every failure prints one line, ``<job>: error: <message>``, and returns 2
     when a retry cannot help (bad input or settings, an existing output; see
@@ -373,7 +375,7 @@ def run_job(job: str, work: Callable, *, spark=None, before: Callable | None = N
     Set ``MNIST_SPARK_DEBUG=1`` to see the traceback too.
     """
     from mnist_spark import tracking
-    from mnist_spark.session import get_spark
+    from mnist_spark.session import get_spark, job_phases
 
     configure_logging()
     previous = None
@@ -387,7 +389,8 @@ def run_job(job: str, work: Callable, *, spark=None, before: Callable | None = N
             tracking.check_available()
         if spark is None:
             spark = get_spark(job)
-        metrics = work(spark)
+        with job_phases(spark, job):
+            metrics = work(spark)
         if tracking_uri is not None and isinstance(metrics, dict):
             _track(job, metrics, tracking_uri)
     except Terminated:

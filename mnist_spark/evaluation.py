@@ -263,6 +263,8 @@ def evaluate(df, model, *, num_classes: int = 10, batch_size: int = 512, misclas
     """
     from pyspark.sql import functions as F
 
+    from mnist_spark.session import phase
+
     started = time.perf_counter()
     scored = predict(df, model, batch_size=batch_size, decode=decode)
     scored = (
@@ -270,11 +272,14 @@ def evaluate(df, model, *, num_classes: int = 10, batch_size: int = 512, misclas
         .select("split", "index", "label", "prediction", "probabilities", "nll")
         .cache()
     )
-    try:
-        cells = scored.groupBy("label", "prediction").agg(F.count("*").alias("n"), F.sum("nll").alias("nll")).collect()
-        wrong = scored.where("label != prediction").orderBy("split", "index").limit(misclassified_limit).collect()
-    finally:
-        scored.unpersist()
+    with phase(df.sparkSession, "evaluation"):
+        try:
+            cells = (
+                scored.groupBy("label", "prediction").agg(F.count("*").alias("n"), F.sum("nll").alias("nll")).collect()
+            )
+            wrong = scored.where("label != prediction").orderBy("split", "index").limit(misclassified_limit).collect()
+        finally:
+            scored.unpersist()
     confusion = np.zeros((num_classes, num_classes), np.int64)
     total_nll = 0.0
     for cell in cells:

@@ -168,8 +168,14 @@ def binary_buffers(array):
 
 
 def validation_arrays(df, size: int) -> tuple:
-    """The first ``size`` images of ``df`` by ``index`` as ``(images (n, h, w, c), labels)`` for the driver."""
-    pixels, labels, _ = first_rows_numpy(df, size)
+    """The first ``size`` images of ``df`` by ``index`` as ``(images (n, h, w, c), labels)`` for the driver.
+
+    Collected in the phase ``validation set`` (:func:`mnist_spark.session.phase`).
+    """
+    from mnist_spark.session import phase
+
+    with phase(df.sparkSession, "validation set"):
+        pixels, labels, _ = first_rows_numpy(df, size)
     return (pixels if pixels.ndim == 4 else pixels[..., None], labels)
 
 

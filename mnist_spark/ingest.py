@@ -323,8 +323,12 @@ def write_dataset(df, location: str) -> None:
 
     Dictionary encoding is off: pixel blobs are nearly all distinct, and
     trying to build a dictionary for them costs time and saves nothing.
+    The Spark jobs are in the phase ``write Parquet``.
     """
-    (df.write.partitionBy("split").option("parquet.enable.dictionary", "false").parquet(storage.to_uri(location)))
+    from mnist_spark.session import phase
+
+    with phase(df.sparkSession, "write Parquet"):
+        df.write.partitionBy("split").option("parquet.enable.dictionary", "false").parquet(storage.to_uri(location))
 
 
 def read_dataset(spark, location: str):

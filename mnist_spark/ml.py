@@ -682,6 +682,12 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
 
     def _prepare(self, dataset) -> _Prepared:
         """Check the data and params on the driver, and decode the images into cached shards once."""
+        from mnist_spark.session import phase
+
+        with phase(dataset.sparkSession, "shards"):
+            return self._decode_shards(dataset)
+
+    def _decode_shards(self, dataset) -> _Prepared:
         from pyspark.sql import functions as F
         from pyspark.sql.types import IntegralType, NumericType
 

@@ -334,6 +334,7 @@ def write_png_set(df, location: str, *, compress_level: int = PNG_COMPRESS_LEVEL
     'runs/pngs.tmp/manifest.parquet'
     """
     from mnist_spark import storage
+    from mnist_spark.session import phase
 
     check_image_frame(df, "write_png_set")
     if "variant" in df.columns and "augmentation" not in df.columns:
@@ -352,7 +353,8 @@ def write_png_set(df, location: str, *, compress_level: int = PNG_COMPRESS_LEVEL
             yield _write_png_batch(batch, filesystem, root.rstrip("/"), made, compress_level, label_width)
 
     manifest = storage.join(location, MANIFEST_NAME)
-    (df.select(*columns).mapInArrow(write, manifest_schema()).write.parquet(manifest))
+    with phase(df.sparkSession, "write PNG set"):
+        df.select(*columns).mapInArrow(write, manifest_schema()).write.parquet(manifest)
     return manifest
 
 

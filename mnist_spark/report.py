@@ -504,10 +504,11 @@ def files_section(files) -> tuple[str, str]:
 GRID_SIZE, PROBABILITY_ROWS = 24, 4
 
 
-def write_training_report(folder: str, metrics: dict, pictures) -> None:
+def write_training_report(folder: str, metrics: dict, test) -> None:
     """Figures and ``report.html`` of a ``train_cnn`` run folder.
 
-    ``pictures`` are the pixels of ``metrics["evaluation"]["misclassified"][:GRID_SIZE]``.
+    ``test`` is the DataFrame of test images that ``metrics["evaluation"]["misclassified"]``
+    indexes; the pictures of the first :data:`GRID_SIZE` are collected in the phase ``figures``.
     """
     scores = metrics["evaluation"]
     learning_curves(metrics["history"], storage.join(folder, "learning_curves.png"))
@@ -518,6 +519,11 @@ def write_training_report(folder: str, metrics: dict, pictures) -> None:
     ]
     wrong = scores["misclassified"][:GRID_SIZE]
     if wrong:
+        from mnist_spark.images import images_by_index
+        from mnist_spark.session import phase
+
+        with phase(test.sparkSession, "figures"):
+            pictures = images_by_index(test, [w["index"] for w in wrong])
         label_of = metrics["labels"] or range(len(scores["confusion_matrix"]))
         titles = [f"p: {label_of[w['predicted']]}; e: {label_of[w['expected']]}" for w in wrong]
         contact_sheet(

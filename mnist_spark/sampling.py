@@ -30,12 +30,16 @@ def balanced_quotas(counts: dict, limit: int) -> dict:
 def train_test_samples(df, train_limit: int | None, test_limit: int | None, seed: int) -> tuple:
     """The ``train`` and ``test`` splits of ``df``, each sampled by :func:`stratified_sample`.
 
-    Returns ``(train, test, counts)``, ``counts`` mapping each split to its rows per label.
+    Returns ``(train, test, counts)``, ``counts`` mapping each split to its rows per label. The
+    Spark jobs that count the labels are in the phase ``sample``.
     """
     from pyspark.sql import functions as F
 
-    train, train_counts = stratified_sample(df.where(F.col("split") == "train"), train_limit, seed, "train split")
-    test, test_counts = stratified_sample(df.where(F.col("split") == "test"), test_limit, seed, "test split")
+    from mnist_spark.session import phase
+
+    with phase(df.sparkSession, "sample"):
+        train, train_counts = stratified_sample(df.where(F.col("split") == "train"), train_limit, seed, "train split")
+        test, test_counts = stratified_sample(df.where(F.col("split") == "test"), test_limit, seed, "test split")
     logger.info(
         "sampled %d training and %d test images (seed %d)", sum(train_counts.values()), sum(test_counts.values()), seed
     )

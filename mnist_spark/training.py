@@ -1086,7 +1086,7 @@ def train(
     from pyspark import BarrierTaskContext, TaskContext
 
     from mnist_spark.payloads import ship
-    from mnist_spark.session import set_job_description, task_slots
+    from mnist_spark.session import phase, task_slots
 
     architecture = storage.read_bytes(config.model_file) if config.model_file else None
     model, fresh = initial_state(config, architecture)
@@ -1101,21 +1101,21 @@ def train(
     started = time.perf_counter()
     chunk_bytes = chunk_bytes or CHUNK_BYTES
     own_shards = shards is None
-    shards, sizes = (
-        make_shards(train_df, config.partitions, chunk_bytes=chunk_bytes, decode=decode) if own_shards else shards
-    )
-    if len(sizes) != config.partitions:
-        raise ValueError(
-            f"{len(sizes)} shards were given for {config.partitions} partitions; make them "
-            "with make_shards(train_df, config.partitions)"
+    with phase(spark, "shards"):
+        shards, sizes = (
+            make_shards(train_df, config.partitions, chunk_bytes=chunk_bytes, decode=decode) if own_shards else shards
         )
-    shipped = ship(spark, architecture, "network") if architecture is not None else None
-    schedule = plan_schedule(config, sizes)
-    sample = None
-    if config.batchnorm_sample and models.batchnorm_layers(model):
-        sample = training_sample(train_df, config.batchnorm_sample, config.seed, total=sum(sizes), decode=decode)[
-            0
-        ].reshape(-1, *config.input_shape)
+        if len(sizes) != config.partitions:
+            raise ValueError(
+                f"{len(sizes)} shards were given for {config.partitions} partitions; make them "
+                "with make_shards(train_df, config.partitions)"
+            )
+        shipped = ship(spark, architecture, "network") if architecture is not None else None
+        schedule = plan_schedule(config, sizes)
+        sample = None
+        if config.batchnorm_sample and models.batchnorm_layers(model):
+            picked, _ = training_sample(train_df, config.batchnorm_sample, config.seed, total=sum(sizes), decode=decode)
+            sample = picked.reshape(-1, *config.input_shape)
     logger.info(
         "training %s on %d images in %d partitions (%s): %d rounds of %s steps, batch %d, peak learning rate %.4g",
         config.model_file or config.model,
@@ -1158,8 +1158,11 @@ def train(
                     for local in files.values():
                         local.close()
 
-            set_job_description(spark, f"training round {round_ + 1}/{schedule.rounds}")
-            with _timed(overheads, "tasks"), _session_conf(spark, _ONE_CHUNK_TO_PYTHON):
+            with (
+                phase(spark, f"training round {round_ + 1}/{schedule.rounds}"),
+                _timed(overheads, "tasks"),
+                _session_conf(spark, _ONE_CHUNK_TO_PYTHON),
+            ):
                 replicas = shards.mapInArrow(run_round, _result_schema(), barrier=config.barrier)
                 weights, optimizer, results = tree_average(replicas, config.partitions)
                 jobs_done = time.time()

@@ -123,12 +123,16 @@ def fit_and_score(stage, train, test, *, num_classes: int = 0, seed: int = 0, **
     from pyspark.ml import PipelineModel
     from pyspark.ml.evaluation import MulticlassClassificationEvaluator
 
+    from mnist_spark.session import phase
+
+    spark = train.sparkSession
     started = time.perf_counter()
     column = stage.getOutputCol()
     features = stage.transform(train).select("split", "index", "label", column).persist(StorageLevel.MEMORY_AND_DISK)
-    train_rows = features.count()
-    feature_seconds = time.perf_counter() - started
-    feature_size = len(features.select(column).first()[0])
+    with phase(spark, "featurize"):
+        train_rows = features.count()
+        feature_seconds = time.perf_counter() - started
+        feature_size = len(features.select(column).first()[0])
     logger.info(
         "featurized %d training images in %.1f s (%.1f img/s): %d values each",
         train_rows,
@@ -138,7 +142,8 @@ def fit_and_score(stage, train, test, *, num_classes: int = 0, seed: int = 0, **
     )
 
     started = time.perf_counter()
-    fitted, grid = tuning.fit_logistic_regression(features, features_col=column, seed=seed, **regression)
+    with phase(spark, "fit LR (cross-validation)" if regression.get("tune") else "fit LR"):
+        fitted, grid = tuning.fit_logistic_regression(features, features_col=column, seed=seed, **regression)
     fit_seconds = time.perf_counter() - started
     features.unpersist()
     iterations = fitted.summary.totalIterations
@@ -151,10 +156,11 @@ def fit_and_score(stage, train, test, *, num_classes: int = 0, seed: int = 0, **
         .select("index", "label", "prediction", "probability")
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    test_rows = predictions.count()
-    predict_seconds = time.perf_counter() - started
-    scores = {name: float(MulticlassClassificationEvaluator(metricName=name).evaluate(predictions)) for name in METRICS}
-    confusion = evaluation.confusion_from_predictions(predictions, num_classes)
+    with phase(spark, "evaluation"):
+        test_rows = predictions.count()
+        predict_seconds = time.perf_counter() - started
+        scores = {n: float(MulticlassClassificationEvaluator(metricName=n).evaluate(predictions)) for n in METRICS}
+        confusion = evaluation.confusion_from_predictions(predictions, num_classes)
     predictions.unpersist()
     logger.info(
         "scored %d test images in %.1f s: accuracy %.4f, f1 %.4f, logLoss %.4f",
@@ -178,6 +184,14 @@ def fit_and_score(stage, train, test, *, num_classes: int = 0, seed: int = 0, **
         "confusion_matrix": confusion.tolist(),
         "per_class": evaluation.per_class_scores(confusion),
     }
+
+
+def save_model(spark, model, folder: str) -> None:
+    """Save the fitted ``PipelineModel`` as ``<folder>/pipeline_model`` (Spark jobs of the phase ``save model``)."""
+    from mnist_spark.session import phase
+
+    with phase(spark, "save model"):
+        model.write().save(storage.join(folder, "pipeline_model"))
 
 
 def write_report(folder: str, metrics: dict) -> None:

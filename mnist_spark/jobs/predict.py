@@ -21,7 +21,7 @@ import logging
 import sys
 import time
 
-from mnist_spark import cli, evaluation, flags, ml, report, sources, storage
+from mnist_spark import cli, evaluation, flags, ml, report, session, sources, storage
 from mnist_spark import labels as label_subset
 
 logger = logging.getLogger("predict")
@@ -55,7 +55,7 @@ def run(
     decode = ml.image_decoder(net.input_shape[1:], where="predict: the images")
     scored = evaluation.predict(source.frame, net, batch_size=batch_size, decode=decode)
     scored = evaluation.with_original_labels(scored, data_classes=source.classes, model_classes=classes)
-    with target as staging:
+    with target as staging, session.phase(spark, "scoring"):
         scored.write.parquet(storage.join(staging, "predictions.parquet"))
         written = spark.read.parquet(storage.join(staging, "predictions.parquet"))
         labelled = written.where("label IS NOT NULL")

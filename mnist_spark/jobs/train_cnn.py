@@ -24,7 +24,7 @@ import logging
 import sys
 import time
 
-from mnist_spark import cli, flags, images, ingest, ml, report, sources, storage, tracking, training
+from mnist_spark import cli, flags, ingest, ml, report, sources, storage, tracking, training
 from mnist_spark.session import task_slots
 
 logger = logging.getLogger("train_cnn")
@@ -104,8 +104,7 @@ def run(
             "train_seconds": round(train_seconds, 2),
             "params": {**config.to_dict(), **options, "output": output, "resume": resume},
         }
-        wrong = [w["index"] for w in scores["misclassified"][: report.GRID_SIZE]]
-        report.write_training_report(staging, metrics, images.images_by_index(data.test, wrong))
+        report.write_training_report(staging, metrics, data.test)
         report.write_metrics(staging, metrics)
     logger.info("test accuracy %.4f, loss %.4f; run folder %s", scores["accuracy"], scores["loss"], output)
     return metrics

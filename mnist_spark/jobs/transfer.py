@@ -84,7 +84,7 @@ def run(
     with target as staging:
         train, test = train.repartition(partitions), test.repartition(partitions)
         model, results = transfer.fit_and_score(stage, train, test, num_classes=num_classes, seed=seed, **regression)
-        model.write().save(storage.join(staging, "pipeline_model"))
+        transfer.save_model(spark, model, staging)
         metrics = {
             "job": "transfer",
             **results,
