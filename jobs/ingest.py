@@ -86,7 +86,7 @@ def run(
                 "partitions": partitions,
                 "num_classes": num_classes,
             },
-            "environment": report.environment(),
+            "environment": report.environment(spark),
         }
         report.write_metrics(staging, metrics)
     logger.info("ingest done in %.1f s: %s", metrics["seconds"], output)

@@ -136,7 +136,7 @@ def run(
                 "batch_size": batch_size,
                 "output": output,
             },
-            "environment": report.environment(),
+            "environment": report.environment(spark),
         }
         if known:
             correct = labelled.where("label = prediction").count()

@@ -262,7 +262,7 @@ def run(
             "history": state.history,
             "evaluation": scores,
             "params": {**config.to_dict(), **options, "output": output, "resume": resume},
-            "environment": report.environment(),
+            "environment": report.environment(spark),
         }
         wrong = [w["index"] for w in scores["misclassified"][: report.GRID_SIZE]]
         report.write_training_report(staging, metrics, images.images_by_index(test_df, wrong))

@@ -253,7 +253,7 @@ def run(
                 "test": {str(k): v for k, v in test_counts.items()},
             },
             "params": params,
-            "environment": report.environment(),
+            "environment": report.environment(spark),
             "seconds": round(time.perf_counter() - started, 2),
         }
         transfer.write_report(staging, metrics)
