@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export SPARK_CONF_DIR := $(abspath conf)
 
-.PHONY: install run ingest export-png train test test-unit test-fast lint mypy-baseline bench clean
+.PHONY: install run ingest export-png train test test-unit test-fast test-connect lint mypy-baseline bench clean
 
 # TensorFlow through the [cpu] extra (EXTRAS=gpu,test for the tensorflow package instead);
 # CONSTRAINTS=constraints.txt installs the exact versions of the last full test run (Python 3.11).
@@ -105,6 +105,11 @@ test-unit: install
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not cluster and not browser" $(ARGS)
+
+# The same tests on Spark Connect: the shared session is a client of a local[2] Connect server
+# in the test process; the tests marked classic (they need a SparkContext) are deselected.
+test-connect: install
+	MNIST_SPARK_TEST_CONNECT=1 $(BIN)/python -m pytest -m "not slow and not cluster and not browser" $(ARGS)
 
 # Style and types, before the tests in CI: ruff's lint and format, mypy against its baseline.
 lint: install

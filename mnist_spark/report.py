@@ -18,15 +18,25 @@ logger = logging.getLogger(__name__)
 LIBRARIES = ("mnist_spark", "pyspark", "numpy", "pandas", "pyarrow", "pillow", "tensorflow-cpu", "tensorflow", "keras")
 
 
-def environment() -> dict:
-    """Python, platform and library versions, for reproducing a run."""
+def environment(spark=None) -> dict:
+    """Python, platform and library versions, for reproducing a run.
+
+    Given the run's session, also Spark's version (the server's, on Spark
+    Connect) and ``spark_api``: ``"connect"`` for a Spark Connect session,
+    ``"classic"`` for one with a SparkContext in the driver.
+    """
     versions = {}
     for name in LIBRARIES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "libraries": versions}
+    found = {"python": sys.version.split()[0], "platform": platform.platform(), "libraries": versions}
+    if spark is not None:
+        from mnist_spark.session import is_connect
+
+        found.update(spark=spark.version, spark_api="connect" if is_connect(spark) else "classic")
+    return found
 
 
 def _non_finite(value, where: str = ""):
@@ -66,7 +76,7 @@ def training_metrics(job: str, config, state, scores: dict, data) -> dict:
         "images_per_second": images_per_second(state.history),
         "history": state.history,
         "evaluation": scores,
-        "environment": environment(),
+        "environment": environment(data.test.sparkSession),
     }
 
 

@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import threading
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -193,11 +194,13 @@ def get_spark(
     """Build (or return the running) SparkSession, configured for this project.
 
     A Spark Connect session when ``remote`` (``--remote``), ``$SPARK_REMOTE``
-    or ``spark.api.mode=connect`` says so: ``sc://host:port`` connects to a
-    Connect server, and needs neither Java nor Spark's settings here (the
-    server has them); ``local[N]`` (or ``spark.api.mode=connect`` with any
-    master) starts a Connect server in this process with this project's
-    settings, as a classic session would get them.
+    or ``spark.api.mode=connect`` (given to spark-submit, in a properties
+    file or ``spark-defaults.conf``, in ``conf`` or ``$SPARK_API_MODE``) says
+    so. ``sc://host:port`` connects to a Connect server, and needs neither
+    Java nor Spark's settings here (the server has them). ``local[N]``, or
+    ``spark.api.mode=connect`` with any master, starts a Connect server in
+    this process (:func:`_serve_connect`) with this project's settings, as a
+    classic session would get them.
 
     Parameters
     ----------
@@ -220,6 +223,9 @@ def get_spark(
     ------
     JavaNotFoundError
         When Java is missing: one line with the fix instead of a py4j traceback.
+    ValueError
+        For a ``remote`` that is neither ``sc://...`` nor ``local...``, or a
+        Connect session without Spark Connect's client libraries.
 
     Examples
     --------
@@ -231,18 +237,26 @@ def get_spark(
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if SparkContext._active_spark_context is None:
+        # pyspark's switches for a Connect server in this process, inherited from a parent that had one.
+        for var in ("SPARK_LOCAL_REMOTE", "SPARK_CONNECT_MODE_ENABLED"):
+            os.environ.pop(var, None)
     remote = remote or remote_url()
     if remote and remote.startswith("sc://"):
         return _connect_session(app_name, remote, conf)
-    if not under_spark_submit():
+    if remote and not remote.startswith("local"):
+        raise ValueError(
+            f"--remote {remote} is not a Spark Connect address; give sc://host:port for a Connect server, "
+            "or local[N] to start one in this process"
+        )
+    submitted = under_spark_submit()
+    if not submitted:
         check_java()
     folder = conf_dir()
     # spark-submit always exports SPARK_CONF_DIR ($SPARK_HOME/conf by default);
     # without a log4j2.properties there, Spark logs at INFO.
     submit_conf = os.environ.get("SPARK_CONF_DIR")
-    quiet_by_conf = not under_spark_submit() or bool(
-        submit_conf and (Path(submit_conf) / "log4j2.properties").is_file()
-    )
+    quiet_by_conf = not submitted or bool(submit_conf and (Path(submit_conf) / "log4j2.properties").is_file())
     if folder is not None:
         # Read by the JVM that pyspark launches: quiet log4j2 and the defaults.
         os.environ.setdefault("SPARK_CONF_DIR", str(folder))
@@ -253,13 +267,23 @@ def get_spark(
     existing = SparkConf()
     defaults_file = folder / "spark-defaults.conf" if folder else None
     from_conf_dir = read_spark_defaults(defaults_file) if defaults_file else {}
-    settings = dict(from_conf_dir)
+    connect = bool(remote) or api_mode(conf, existing.get, from_conf_dir) == "connect"
+    if connect:
+        _require_connect_client("--remote " + remote if remote else "spark.api.mode=connect")
+        if not _jvm_serves_connect():
+            # The launcher gave a JVM asked for spark.api.mode=connect the classpath of a JVM
+            # Connect client (no Spark SQL, no Connect server): start one that can serve.
+            _relaunch_jvm(existing)
+            existing = SparkConf()
+    settings = {key: value for key, value in from_conf_dir.items() if key not in _MODE_KEYS}
     settings.update(REQUIRED_CONF)
-    settings.update(conf or {})
+    settings.update({key: value for key, value in (conf or {}).items() if key not in _MODE_KEYS})
     if master:
         settings["spark.master"] = master
     elif not existing.contains("spark.master"):
         settings["spark.master"] = "local[*]"
+    if remote:
+        settings["spark.master"] = remote  # --remote local[N]: the master of the server in this process
     user_python = os.environ.get("PYSPARK_PYTHON") or existing.get("spark.pyspark.python", None)
     if not user_python:
         os.environ["PYSPARK_PYTHON"] = sys.executable
@@ -275,6 +299,10 @@ def get_spark(
     quiet_native_logs()
     for var in QUIET_NATIVE_ENV:
         settings.setdefault(f"spark.executorEnv.{var}", os.environ[var])
+    server = _connect_server_conf(existing.get, conf or {}) if connect else {}
+    for key, value in server.items():
+        if key == "spark.plugins" or not (existing.contains(key) or key in (conf or {})):
+            settings[key] = value
 
     # Spark's console progress bar redraws one line with \r: it is for a person at a terminal.
     # spark-submit turns it on for every Python application, so it is set here, not defaulted.
@@ -282,22 +310,13 @@ def get_spark(
 
     builder = SparkSession.builder.appName(app_name)
     for key, value in settings.items():
-        if key in (conf or {}) or key == "spark.master" or not existing.contains(key):
+        if key in (conf or {}) or key in ("spark.master", "spark.plugins") or not existing.contains(key):
             builder = builder.config(key, value)
     for key, value in forced.items():
         if key not in (conf or {}):
             builder = builder.config(key, value)
-    # A Connect server in this process, on the master: --remote local[N], or spark.api.mode=connect.
-    if remote:
-        builder = builder.config("spark.remote", remote)
-    elif (conf or {}).get("spark.api.mode", existing.get("spark.api.mode", "classic")).lower() == "connect":
-        builder = builder.config("spark.api.mode", "connect").config(
-            "spark.master", settings.get("spark.master") or existing.get("spark.master")
-        )
-    spark = builder.getOrCreate()
-    from pyspark import SparkContext as _Context
-
-    started = _Context._active_spark_context.getConf()  # the classic context, or the Connect server's here
+    spark = _classic_session(builder)
+    started = SparkContext._active_spark_context.getConf()
     _log_conf_dir_settings(
         defaults_file,
         {
@@ -307,28 +326,225 @@ def get_spark(
         },
         late=[key for key in LAUNCH_ONLY_CONF if key in from_conf_dir and not existing.contains(key)],
     )
+    where = ""
+    if connect:
+        spark, port = _serve_connect(spark, started.get("spark.connect.authenticate.token"))
+        where = f" (Spark Connect server in this process at localhost:{port})"
     logger.info(
-        "Spark %s %ssession on %s (%d task slots, python %s)",
+        "Spark %s %ssession on %s%s (%d task slots, python %s)",
         spark.version,
         "Connect " if is_connect(spark) else "",
         started.get("spark.master"),
+        where,
         task_slots(spark),
         os.environ.get("PYSPARK_PYTHON", user_python),
     )
     return spark
 
 
-def _connect_session(app_name: str, url: str, conf: Mapping[str, str] | None):
-    """A Spark Connect session at ``url``: the server owns Spark's settings; ``conf`` sets SQL ones."""
-    from pyspark.sql import SparkSession
+#: Settings that choose between classic Spark and Spark Connect: get_spark decides, not the builder.
+_MODE_KEYS = ("spark.api.mode", "spark.remote")
+#: The plugin that makes a classic SparkContext serve Spark Connect; on the classpath of Spark's
+#: ``spark-connect`` jar.
+CONNECT_PLUGIN = "org.apache.spark.sql.connect.SparkConnectPlugin"
 
+
+def api_mode(conf: Mapping[str, str] | None, get, defaults: Mapping[str, str]) -> str:
+    """``classic`` or ``connect``: what ``spark.api.mode`` says, from the first source that sets it.
+
+    ``conf`` (:func:`get_spark`'s), then ``get(key)`` (the JVM's settings:
+    spark-submit's ``--conf`` and properties file, ``spark-defaults.conf`` of
+    ``$SPARK_CONF_DIR``), then ``$SPARK_API_MODE``, then ``defaults`` (the
+    project's ``spark-defaults.conf``); ``classic`` when none does.
+
+    Raises
+    ------
+    ValueError
+        For a value other than ``classic`` and ``connect``.
+
+    Examples
+    --------
+    >>> api_mode(None, {"spark.api.mode": "Connect"}.get, {})
+    'connect'
+    >>> api_mode({"spark.api.mode": "classic"}, {"spark.api.mode": "connect"}.get, {})
+    'classic'
+    """
+    for value in (
+        (conf or {}).get("spark.api.mode"),
+        get("spark.api.mode"),
+        os.environ.get("SPARK_API_MODE"),
+        defaults.get("spark.api.mode"),
+    ):
+        if value:
+            mode = value.strip().lower()
+            if mode not in ("classic", "connect"):
+                raise ValueError(f"spark.api.mode is {value!r}; choose one of: classic, connect")
+            return mode
+    return "classic"
+
+
+def _require_connect_client(what: str) -> None:
+    """Raise one line naming the extra to install when Spark Connect's client libraries are missing."""
     try:
         import pyspark.sql.connect.session  # noqa: F401  (grpc and the other client libraries)
     except ImportError as error:
         raise ValueError(
-            f"--remote {url} needs Spark Connect's client libraries ({error}); "
+            f"{what} needs Spark Connect's client libraries ({error}); "
             "pip install 'mnist_spark[connect]' (pyspark[connect])"
         ) from None
+
+
+def _jvm_serves_connect() -> bool:
+    """True when the JVM this process uses has Spark SQL and Spark Connect's server on its classpath."""
+    from pyspark import SparkContext
+
+    jvm = SparkContext._jvm
+    assert jvm is not None, "get_spark starts the JVM first"
+    utils = jvm.org.apache.spark.util.Utils
+    return bool(utils.classIsLoadable(CONNECT_PLUGIN)) and bool(
+        utils.classIsLoadable("org.apache.spark.sql.classic.SparkSession")
+    )
+
+
+def _relaunch_jvm(existing) -> None:
+    """Replace this process's JVM by one pyspark launches with the same settings and ``spark.api.mode=classic``.
+
+    Spark 4's launcher builds the classpath of a JVM started with
+    ``spark.api.mode=connect`` (``spark-submit --conf``, a properties file,
+    ``spark-defaults.conf``) for a JVM Spark Connect client: without Spark
+    SQL and without the Connect server, which a Python application needs to
+    serve itself. The new JVM gets every setting of the old one through a
+    properties file (readable only by this user; secrets stay off the
+    command line). Under spark-submit the old JVM waits for this process
+    to end, as before; a JVM pyspark launched for this process is stopped.
+    """
+    import shlex
+    import tempfile
+
+    from pyspark import SparkContext
+
+    settings = {key: value for key, value in existing.getAll() if key not in _MODE_KEYS}
+    settings["spark.api.mode"] = "classic"
+    old = SparkContext._gateway
+    assert old is not None, "get_spark starts the JVM first"
+    process = getattr(old, "proc", None)
+    with contextlib.suppress(Exception):  # a gateway already closed
+        old.close()
+    if process is not None:  # pyspark's JVM for this process: it exits when its stdin closes
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+        try:
+            process.wait(timeout=60)
+        except Exception:
+            process.kill()
+    SparkContext._gateway = None
+    SparkContext._jvm = None
+    for var in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET"):
+        os.environ.pop(var, None)
+    args = shlex.split(os.environ.get("PYSPARK_SUBMIT_ARGS", "pyspark-shell"))
+    if args and args[-1] == "pyspark-shell":
+        args = args[:-1]
+    before = os.environ.get("PYSPARK_SUBMIT_ARGS")
+    with tempfile.TemporaryDirectory(prefix="mnist_spark-") as folder:
+        properties = Path(folder) / "spark.properties"
+        with open(os.open(properties, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as sink:
+            for key, value in sorted(settings.items()):
+                sink.write(f"{_escape_property(key, key=True)}={_escape_property(value)}\n")
+        os.environ["PYSPARK_SUBMIT_ARGS"] = shlex.join(["--properties-file", str(properties), *args, "pyspark-shell"])
+        try:
+            SparkContext._ensure_initialized()  # returns once the JVM has read its settings
+        finally:
+            if before is None:
+                os.environ.pop("PYSPARK_SUBMIT_ARGS", None)
+            else:
+                os.environ["PYSPARK_SUBMIT_ARGS"] = before
+    logger.info(
+        "started a JVM that serves Spark Connect, with the %d settings of the one spark.api.mode=connect "
+        "started as a JVM Spark Connect client",
+        len(settings),
+    )
+
+
+def _escape_property(text: str, key: bool = False) -> str:
+    r"""``text`` as a key or value of a Java properties file.
+
+    Examples
+    --------
+    >>> print(_escape_property("C:\\tmp"), _escape_property("a=b", key=True))
+    C:\\tmp a\=b
+    """
+    out = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    if key:
+        for char in "=: #!":
+            out = out.replace(char, "\\" + char)
+    elif out.startswith(" "):
+        out = "\\" + out
+    return out
+
+
+def _connect_server_conf(get, conf: Mapping[str, str]) -> dict:
+    """Settings that make the classic session serve Spark Connect, on this machine only.
+
+    ``get(key)`` reads the settings already made (spark-submit's) and
+    ``conf`` is get_spark's: the Connect plugin joins their
+    ``spark.plugins``, and a binding address, port or token they set wins
+    over these. The server listens on 127.0.0.1, on a free port (two jobs on
+    one machine never meet), and takes only clients that send its token.
+    """
+    plugins = [name.strip() for name in (conf.get("spark.plugins") or get("spark.plugins") or "").split(",")]
+    plugins = [name for name in plugins if name]
+    if CONNECT_PLUGIN not in plugins:
+        plugins.append(CONNECT_PLUGIN)
+    return {
+        "spark.plugins": ",".join(plugins),
+        "spark.connect.grpc.binding.address": "127.0.0.1",
+        "spark.connect.grpc.binding.port": "0",
+        "spark.connect.authenticate.token": uuid.uuid4().hex,
+        # As pyspark's own local Connect server: each session's artifacts (Python files, jars) apart.
+        "spark.sql.artifact.isolation.enabled": "true",
+        "spark.sql.artifact.isolation.alwaysApplyClassloader": "true",
+    }
+
+
+def _classic_session(builder):
+    """``builder.getOrCreate()`` as a classic session, whatever ``$SPARK_REMOTE``/``$SPARK_API_MODE`` say.
+
+    get_spark has already decided between classic Spark and Spark Connect;
+    pyspark's builder would otherwise decide again from the environment.
+    """
+    hidden = {var: os.environ.pop(var) for var in ("SPARK_REMOTE", "SPARK_API_MODE") if var in os.environ}
+    try:
+        return builder.getOrCreate()
+    finally:
+        os.environ.update(hidden)
+
+
+def _serve_connect(classic, token: str | None):
+    """A Spark Connect session served by ``classic``'s SparkContext; returns it and the server's port.
+
+    As pyspark's ``SparkSession.builder.remote("local[N]")``: the classic
+    session's context runs the Connect server (:data:`CONNECT_PLUGIN`) and
+    this process becomes its client; stopping the Connect session stops the
+    context (pyspark's ``SPARK_LOCAL_REMOTE``). Unlike it, the server is on a
+    free port rather than 15002 and always asks for a token.
+    """
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    service = getattr(classic._jvm, "org.apache.spark.sql.connect.service.SparkConnectService$")
+    port = int(getattr(service, "MODULE$").localPort())
+    # pyspark's own switches for a Connect client beside its local server: pyspark.sql.functions
+    # and friends build Connect plans, and stop() stops the server's context.
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    os.environ["SPARK_LOCAL_REMOTE"] = "1"
+    url = f"sc://localhost:{port}/;token={token}" if token else f"sc://localhost:{port}"
+    return ConnectSession.builder.remote(url).getOrCreate(), port
+
+
+def _connect_session(app_name: str, url: str, conf: Mapping[str, str] | None):
+    """A Spark Connect session at ``url``: the server owns Spark's settings; ``conf`` sets SQL ones."""
+    from pyspark.sql import SparkSession
+
+    _require_connect_client(f"--remote {url}")
     # pyspark's own builder also switches pyspark.sql.functions to Spark Connect.
     builder = SparkSession.builder.remote(url).appName(app_name)
     for key, value in (conf or {}).items():

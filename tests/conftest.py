@@ -37,6 +37,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker("unit")
 
 
+def partition_count(df) -> int:
+    """How many partitions ``df`` has: all of them on classic Spark; on Spark Connect, which has no
+    RDDs to ask, those holding rows."""
+    from pyspark.sql import functions as F
+
+    from mnist_spark.session import is_connect
+
+    if not is_connect(df.sparkSession):
+        return df.rdd.getNumPartitions()
+    return df.select(F.spark_partition_id().alias("partition")).distinct().count()
+
+
 def load_job(name: str):
     """The job module ``mnist_spark.jobs.<name>``, so tests call its ``run`` and ``main``."""
     return importlib.import_module(f"mnist_spark.jobs.{name}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import partition_count
 from mnist_spark import augment, datasets, ingest
 from mnist_spark.augment import AugmentParams, Transform, apply_transform, augment_batch
 
@@ -118,7 +119,7 @@ def test_variants_are_identical_for_1_and_3_partitions(spark, tiny_idx):
     for partitions in (1, 3):
         df, _ = ingest.idx_dataframe(spark, files, splits=("train",), partitions=partitions)
         more = augment.add_variants(df, 3, params, seed=42)
-        assert more.rdd.getNumPartitions() == partitions
+        assert partition_count(more) == partitions
         results.append(sorted(more.collect(), key=key))
     one, three = results
     assert len(one) == 30 * 4

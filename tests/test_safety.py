@@ -512,8 +512,10 @@ def test_errors_in_spark_tasks_are_one_line(spark, capsys, monkeypatch):
             raise ValueError("image 7 of test-images.idx is 0x0 pixels;\nexpected 28x28")
             yield batch
 
-    def lose_storage(value):
-        raise ConnectionResetError(104, "Connection reset by peer: s3://data/mnist")
+    def lose_storage(batches):
+        for batch in batches:
+            raise ConnectionResetError(104, "Connection reset by peer: s3://data/mnist")
+            yield batch
 
     def nan_lr(spark):
         frame = spark.createDataFrame([(1.0, Vectors.dense([1.0])), (0.0, Vectors.dense([0.0]))], ["label", "features"])
@@ -526,7 +528,7 @@ def test_errors_in_spark_tasks_are_one_line(spark, capsys, monkeypatch):
             "job: error: image 7 of test-images.idx is 0x0 pixels; expected 28x28",
         ),
         (
-            lambda spark: spark.sparkContext.parallelize([1], 1).map(lose_storage).collect(),
+            lambda spark: spark.range(1).mapInArrow(lose_storage, "id long").collect(),
             1,
             "job: error: ConnectionResetError: [Errno 104] Connection reset by peer: s3://data/mnist; a retry may help",
         ),

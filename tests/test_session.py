@@ -24,8 +24,9 @@ def test_read_spark_defaults(tmp_path):
 
 
 def test_session_settings(spark):
-    conf = spark.sparkContext.getConf()
-    assert spark.conf.get("spark.sql.execution.arrow.pyspark.enabled") == "true"
+    """The session's settings (on Spark Connect, those of the server get_spark started in this process)."""
+    conf = spark.conf
+    assert conf.get("spark.sql.execution.arrow.pyspark.enabled") == "true"
     assert conf.get("spark.python.worker.reuse") == "true"
     # The driver's interpreter, set by get_spark unless the user (or the Makefile) chose it.
     assert conf.get("spark.pyspark.python", os.environ.get("PYSPARK_PYTHON")) == sys.executable
@@ -37,15 +38,25 @@ def test_session_settings(spark):
 
 
 def test_executors_run_the_drivers_python(spark):
-    def probe(_):
+    def probe(batches):
         import sys as worker_sys
 
-        import pandas  # noqa: F401  (fails under the system python)
+        import pandas  # (fails under the system python)
 
-        yield worker_sys.executable, os.environ.get("TF_NUM_INTRAOP_THREADS")
+        for _ in batches:
+            yield pandas.DataFrame({"python": [worker_sys.executable]})
+
+    found = spark.range(2).repartition(2).mapInPandas(probe, "python string").distinct().collect()
+    assert [row.python for row in found] == [sys.executable]
+
+
+@pytest.mark.classic(reason="Spark Connect's Python functions carry no spark.executorEnv to a local server's workers")
+def test_executors_python_workers_get_the_executor_env(spark):
+    def probe(_):
+        yield os.environ.get("TF_NUM_INTRAOP_THREADS"), os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 
     found = set(spark.sparkContext.parallelize(range(2), 2).mapPartitions(probe).collect())
-    assert found == {(sys.executable, "1")}
+    assert found == {("1", os.environ["TF_CPP_MIN_LOG_LEVEL"])}  # spark.task.cpus; the driver's setting
 
 
 def test_missing_java_is_one_clear_line(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import MNIST_DIR, load_job
 from mnist_spark import datasets, evaluation, idx, ingest, storage
+from mnist_spark.session import is_connect
 
 train_job = load_job("train_cnn")
 
@@ -26,8 +27,9 @@ S3_ENV = {
 def s3(spark):
     """A local S3 endpoint with bucket ``data`` holding ``mnist/`` and an empty bucket ``runs``.
 
-    The settings reach the driver through its environment and the executors'
-    Python workers through ``spark.executorEnv`` (``sc.environment``).
+    The settings reach the driver through its environment and, on classic Spark, the
+    executors' Python workers through ``sc.environment``. Spark Connect has no way to give
+    them to the server's executors, whose environment is the server's.
     """
     import boto3  # boto3 and moto come with the test extras
     from moto.server import ThreadedMotoServer
@@ -38,7 +40,8 @@ def s3(spark):
     settings = {**S3_ENV, "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}"}
     saved = {key: os.environ.get(key) for key in settings}
     os.environ.update(settings)
-    spark.sparkContext.environment.update(settings)
+    executors = {} if is_connect(spark) else spark.sparkContext.environment
+    executors.update(settings)
     client = boto3.client("s3", endpoint_url=settings["AWS_ENDPOINT_URL_S3"])
     for bucket in ("data", "runs"):
         client.create_bucket(Bucket=bucket)
@@ -47,7 +50,7 @@ def s3(spark):
             client.upload_file(str(MNIST_DIR / name), "data", f"mnist/{name}")
     yield client
     for key, value in saved.items():
-        spark.sparkContext.environment.pop(key, None)
+        executors.pop(key, None)
         if value is None:
             os.environ.pop(key, None)
         else:
@@ -60,6 +63,7 @@ def _keys(client, bucket: str, prefix: str = "") -> list[str]:
     return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
 
 
+@pytest.mark.classic(reason="the executors reach S3 through settings sc.environment gives them")
 def test_locate_checksums_and_executors_read_slices_from_s3(spark, s3):
     files = datasets.locate("s3://data/mnist")
     assert files.dataset is datasets.MNIST  # the published MD5s matched, streamed from S3
@@ -80,6 +84,7 @@ def test_missing_s3_folder_is_one_clear_error(s3):
 
 
 @pytest.mark.slow
+@pytest.mark.classic(reason="the executors reach S3 through settings sc.environment gives them")
 def test_train_cnn_reads_and_writes_s3(spark, s3):
     """Hadoop's s3a:// names work too: the same URI serves Spark and pyarrow."""
     metrics = train_job.run(

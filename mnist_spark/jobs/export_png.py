@@ -105,7 +105,7 @@ def run(
                 "params": None,
                 "augmentation": dataclasses.asdict(params) if augment_variants else None,
             },
-            "environment": report.environment(),
+            "environment": report.environment(spark),
         }
         report.write_metrics(staging, metrics)
     logger.info("export done in %.1f s: %s", metrics["seconds"], output)

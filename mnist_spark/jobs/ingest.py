@@ -56,7 +56,7 @@ def run(
             "seconds": round(time.perf_counter() - started, 3),
             "write_seconds": round(write_seconds, 3),
             "params": params,
-            "environment": report.environment(),
+            "environment": report.environment(spark),
         }
         report.write_metrics(staging, metrics)
     logger.info("ingest done in %.1f s: %s", metrics["seconds"], output)

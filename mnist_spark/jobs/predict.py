@@ -67,7 +67,7 @@ def run(
             "labelled": known,
             "seconds": round(time.perf_counter() - started, 2),
             "params": params,
-            "environment": report.environment(),
+            "environment": report.environment(spark),
         }
         if known:
             metrics["accuracy"] = labelled.where("label = prediction").count() / known

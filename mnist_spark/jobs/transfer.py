@@ -96,7 +96,7 @@ def run(
             "weights": weights,
             "label_counts": {split: {str(k): v for k, v in per.items()} for split, per in counts.items()},
             "params": params,
-            "environment": report.environment(),
+            "environment": report.environment(spark),
             "seconds": round(time.perf_counter() - started, 2),
         }
         transfer.write_report(staging, metrics)
