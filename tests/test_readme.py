@@ -68,4 +68,4 @@ def test_every_python_block_of_the_readme_runs(spark, tiny_idx, tmp_path, monkey
     # What the blocks made: a saved pipeline, a featurizer of the own network, PNG sets read back.
     assert (tmp_path / "runs" / "digits-model" / "stages").is_dir()
     assert names["featurizer"].getModelFile() == f"{tmp_path}/runs/digits04/model.keras"
-    assert names["df"].count() == 2 * 6 and names["bad"] == []  # train and test, 6 each
+    assert names["df"].count() == 6 + 5 and names["bad"] == []  # 6 train images, and the 5 test images there are
