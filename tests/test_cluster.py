@@ -21,27 +21,36 @@ from mnist_spark import training
 
 pytestmark = pytest.mark.slow
 
-#: Two epochs of 12,000 images per replica in three rounds (a quarter epoch, the rest of the
-#: first, the second): each round runs a few seconds on one core.
+#: Three epochs of 3,000 images per replica in four rounds (a quarter epoch, the rest of the
+#: first, the second, the third): each round runs a few seconds on one core. --limit takes
+#: 6,000 test images too.
 TRAIN = (
     "--data-dir",
     str(MNIST_DIR),
     "--limit",
-    "24000",
+    "6000",
     "--epochs",
-    "2",
+    "3",
+    "--batch-size",
+    "64",
     "--arch",
     "simple_cnn",
     "--validation-size",
     "0",
 )
-ROUNDS = 3
-#: 10,000 test images and 3 variants each: 40,000 PNG files.
+#: Each worker offers one (made-up) GPU and each task asks for one: every training run here
+#: places its replicas on the GPU Spark gave their task, so the runs that are killed and the
+#: undisturbed one they are compared with are scheduled alike.
+GPU = {"spark.executor.resource.gpu.amount": "1", "spark.task.resource.gpu.amount": "1"}
+ROUNDS = 4
+#: 2,500 test images and 3 variants each: 10,000 PNG files.
 EXPORT = (
     "--data-dir",
     str(MNIST_DIR),
     "--splits",
     "test",
+    "--limit",
+    "2500",
     "--augment-variants",
     "3",
     "--partitions",
@@ -49,7 +58,7 @@ EXPORT = (
     "--sample",
     "0",
 )
-EXPORT_FILES = 40_000
+EXPORT_FILES = 10_000
 #: Seconds any one job may take here before the test fails.
 JOB_TIMEOUT = 300
 
@@ -66,9 +75,9 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def undisturbed(cluster, tmp_path_factory):
-    """The run folder of train_cnn with TRAIN, undisturbed."""
+    """The run folder of train_cnn with TRAIN on the workers' GPUs, undisturbed."""
     out = tmp_path_factory.mktemp("undisturbed") / "run"
-    result = cluster.submit("train_cnn", *TRAIN, "--output", str(out), timeout=JOB_TIMEOUT)
+    result = cluster.submit("train_cnn", *TRAIN, "--output", str(out), timeout=JOB_TIMEOUT, conf=GPU)
     assert result.returncode == 0, result.stdout[-3000:]
     # The executors ran the interpreter without the checkout's mnist_spark.
     assert f"python {cluster.executor_python()})" in result.stdout
@@ -101,19 +110,9 @@ def _assert_same_model(run, reference) -> None:
     assert metrics["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-12)
 
 
-def test_each_replica_trains_on_the_gpu_spark_gave_its_task(cluster, tmp_path):
+def test_each_replica_trains_on_the_gpu_spark_gave_its_task(undisturbed):
     """Each worker offers one (made-up) GPU; tasks that ask for one get their executor's."""
-    out = tmp_path / "gpu"
-    result = cluster.submit(
-        "train_cnn",
-        *TRAIN,
-        "--output",
-        str(out),
-        timeout=JOB_TIMEOUT,
-        conf={"spark.executor.resource.gpu.amount": "1", "spark.task.resource.gpu.amount": "1"},
-    )
-    assert result.returncode == 0, result.stdout[-3000:]
-    history = json.loads((out / "metrics.json").read_text())["history"]
+    history = json.loads((undisturbed / "metrics.json").read_text())["history"]
     devices = [device for record in history for device in record["devices"]]
     # Without GPU scheduling every replica reports "cpu"; with it, each task its own executor's GPU.
     assert set(devices) == {"gpu:0", "gpu:1"}, devices
@@ -141,7 +140,7 @@ def test_executors_get_the_library_only_from_the_zip(cluster):
 def test_train_cnn_on_the_cluster(undisturbed):
     metrics = json.loads((undisturbed / "metrics.json").read_text())
     assert metrics["partitions"] == 2 and metrics["rounds"] == ROUNDS
-    assert metrics["train_rows"] == 24000 and metrics["test_rows"] == 10000
+    assert metrics["train_rows"] == 6000 and metrics["test_rows"] == 6000
     assert 0.9 < metrics["test_accuracy"] <= 1.0
     assert {"model.keras", "report.html", "_SUCCESS"} <= set(os.listdir(undisturbed))
 
@@ -171,12 +170,12 @@ def test_transfer_on_the_cluster(cluster, tmp_path):
     assert {"pipeline_model", "report.html", "_SUCCESS"} <= set(os.listdir(out))
 
 
-def _hold_round_2(folder) -> dict:
-    """Settings that hold every replica of round 2 in its task until ``folder/release`` exists."""
-    return {f"spark.executorEnv.{training.ENV_HOLD_REPLICA}": f"2:{folder}"}
+def _hold(round_: int, folder) -> dict:
+    """TRAIN's settings, and every replica of ``round_`` held in its task until ``folder/release`` exists."""
+    return {**GPU, f"spark.executorEnv.{training.ENV_HOLD_REPLICA}": f"{round_}:{folder}"}
 
 
-def _held_replica(job, folder, timeout: float = JOB_TIMEOUT) -> int:
+def _held_replica(job, round_: int, folder, timeout: float = JOB_TIMEOUT) -> int:
     """Wait until a replica of the held round runs; return its Python worker's process id."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -184,10 +183,10 @@ def _held_replica(job, folder, timeout: float = JOB_TIMEOUT) -> int:
         if held:
             return int(held[0].read_text())
         if job.process.poll() is not None:
-            raise RuntimeError(f"job ended before round 2 ran:\n{job.output[-3000:]}")
+            raise RuntimeError(f"job ended before round {round_} ran:\n{job.output[-3000:]}")
         time.sleep(0.1)
     job.kill()
-    raise TimeoutError(f"no replica of round 2 ran within {timeout} s:\n{job.output[-3000:]}")
+    raise TimeoutError(f"no replica of round {round_} ran within {timeout} s:\n{job.output[-3000:]}")
 
 
 def _executor_of(cluster, pid: int) -> str:
@@ -201,40 +200,61 @@ def _executor_of(cluster, pid: int) -> str:
     raise AssertionError("the held replica runs in no executor of this cluster")
 
 
-def test_a_killed_executor_changes_nothing(cluster, undisturbed, tmp_path):
-    """SIGKILL the executor of a replica held running in round 2: Spark retries the task on a
-    live executor, recomputes the lost cached shard, and the final model is bit-identical."""
-    out, hold = tmp_path / "run", tmp_path / "hold"
-    hold.mkdir()
-    job = cluster.submit("train_cnn", *TRAIN, "--output", str(out), wait=False, conf=_hold_round_2(hold))
-    victim = _executor_of(cluster, _held_replica(job, hold))
+@pytest.fixture(scope="module")
+def killed_twice(cluster, tmp_path_factory):
+    """train_cnn --resume auto, its driver SIGKILLed while round 2 runs; then the same command
+    re-issued, with the executor of a replica held running in round 3 SIGKILLed.
+
+    The re-issued run resumes from round 1, so round 3 is its second round and round 4 runs
+    after the loss: the executor dies as it would in a run that was never stopped.
+    """
+    runs = tmp_path_factory.mktemp("killed")
+    out = runs / "run"
+    command = (*TRAIN, "--output", str(out), "--resume", "auto")
+    hold = tmp_path_factory.mktemp("hold-round-2")
+    driver = cluster.submit("train_cnn", *command, wait=False, conf=_hold(2, hold))
+    _held_replica(driver, 2, hold)
+    driver.kill()
+    (hold / "release").touch()
+    cluster.wait_for_no_executors()
+    partial = out.with_name("run.partial") / "checkpoints"
+    after_driver = sorted(os.listdir(runs)), sorted(os.listdir(partial)) if partial.is_dir() else None
+    hold = tmp_path_factory.mktemp("hold-round-3")
+    resumed = cluster.submit("train_cnn", *command, wait=False, conf=_hold(3, hold))
+    victim = _executor_of(cluster, _held_replica(resumed, 3, hold))
     os.kill(cluster.executor_pids()[victim], signal.SIGKILL)
     (hold / "release").touch()  # the other replica goes on; the retried one is not held
-    assert job.wait(timeout=JOB_TIMEOUT) == 0, job.output[-3000:]
-    assert f"Lost executor {victim}" in job.output
-    assert "ExecutorLostFailure" in job.output  # the replica was running when its executor died
-    _assert_same_model(out, undisturbed)
+    status = resumed.wait(timeout=JOB_TIMEOUT)
+    return {
+        "after_driver": after_driver,
+        "victim": victim,
+        "status": status,
+        "output": resumed.output,
+        "runs": sorted(os.listdir(runs)),
+        "run": out,
+    }
 
 
-def test_a_killed_driver_resumes_from_its_checkpoint(cluster, undisturbed, tmp_path):
+def test_a_killed_driver_resumes_from_its_checkpoint(killed_twice, undisturbed):
     """SIGKILL spark-submit while round 2 runs: nothing appears at --output, the round-1
     checkpoint stays in <output>.partial, and the same command, re-issued, finishes with the
     undisturbed run's model (--resume auto)."""
-    out, hold = tmp_path / "run", tmp_path / "hold"
-    hold.mkdir()
-    command = (*TRAIN, "--output", str(out), "--resume", "auto")
-    job = cluster.submit("train_cnn", *command, wait=False, conf=_hold_round_2(hold))
-    _held_replica(job, hold)
-    job.kill()
-    (hold / "release").touch()
-    cluster.wait_for_no_executors()
-    assert sorted(os.listdir(tmp_path)) == ["hold", "run.partial"]
-    assert sorted(os.listdir(tmp_path / "run.partial" / "checkpoints")) == ["round-0001.npz"]
-    result = cluster.submit("train_cnn", *command, timeout=JOB_TIMEOUT)
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert "from round 1" in result.stdout
-    assert sorted(os.listdir(tmp_path)) == ["hold", "run"]
-    _assert_same_model(out, undisturbed)
+    assert killed_twice["after_driver"] == (["run.partial"], ["round-0001.npz"])
+    assert killed_twice["status"] == 0, killed_twice["output"][-3000:]
+    assert "from round 1" in killed_twice["output"]
+    assert killed_twice["runs"] == ["run"]
+    _assert_same_model(killed_twice["run"], undisturbed)
+
+
+def test_a_killed_executor_changes_nothing(killed_twice, undisturbed):
+    """SIGKILL the executor of a replica held running in round 3: Spark retries the task on a
+    live executor, recomputes the lost cached shard, round 4 runs on, and the final model is
+    bit-identical."""
+    victim, output = killed_twice["victim"], killed_twice["output"]
+    assert killed_twice["status"] == 0, output[-3000:]
+    assert f"Lost executor {victim}" in output
+    assert "ExecutorLostFailure" in output  # the replica was running when its executor died
+    _assert_same_model(killed_twice["run"], undisturbed)
 
 
 def _pngs(folder) -> int:
