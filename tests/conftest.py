@@ -98,3 +98,43 @@ def small_idx(tmp_path_factory) -> Path:
 def mnist_files():
     """The bundled real MNIST files."""
     return datasets.locate(MNIST_DIR, download=False)
+
+
+@pytest.fixture(scope="session")
+def train_cnn_run(spark, small_idx, tmp_path_factory) -> Path:
+    """A train_cnn run folder (simple_cnn, 2 epochs, 200 images of ``small_idx``): the run
+    folder's tests and the report's browser test read it."""
+    out = tmp_path_factory.mktemp("train_cnn_run") / "run"
+    load_job("train_cnn").run(
+        spark,
+        data_dir=str(small_idx),
+        output=str(out),
+        arch="simple_cnn",
+        epochs=2,
+        batch_size=32,
+        partitions=2,
+        limit=200,
+        validation_size=50,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def transfer_run(spark, small_idx, tmp_path_factory) -> tuple[Path, dict]:
+    """A transfer run folder (InceptionV3 at 75 px, random weights, 60 and 20 images of
+    ``small_idx``) and the metrics ``run`` returned: the run folder's tests and the report's
+    browser test read it."""
+    out = tmp_path_factory.mktemp("transfer_run") / "run"
+    metrics = load_job("transfer").run(
+        spark,
+        data_dir=str(small_idx),
+        output=str(out),
+        weights="none",
+        image_size=75,
+        train_limit=60,
+        test_limit=20,
+        max_iter=5,
+        seed=3,
+        partitions=2,
+    )
+    return out, metrics

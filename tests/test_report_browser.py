@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROJECT, load_job
+from conftest import PROJECT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = PROJECT / "test-artifacts"
@@ -119,34 +119,12 @@ def _need_chromium():
         pytest.fail("chromium is not installed; `make browser` (part of `make test`) installs it")
 
 
-def test_train_cnn_report_in_chromium(spark, small_idx, tmp_path):
-    run = tmp_path / "train"
-    load_job("train_cnn").run(
-        spark,
-        data_dir=str(small_idx),
-        output=str(run),
-        arch="simple_cnn",
-        epochs=1,
-        limit=200,
-        validation_size=50,
-        partitions=2,
-    )
-    shown = check_in_browser(run, tmp_path, "train_cnn", ("test_accuracy", "test_loss"))
+def test_train_cnn_report_in_chromium(train_cnn_run, tmp_path):
+    shown = check_in_browser(train_cnn_run, tmp_path, "train_cnn", ("test_accuracy", "test_loss"))
     assert 0 <= float(shown["test_accuracy"]) <= 1
 
 
-def test_transfer_report_in_chromium(spark, small_idx, tmp_path):
-    run = tmp_path / "transfer"
-    load_job("transfer").run(
-        spark,
-        data_dir=str(small_idx),
-        output=str(run),
-        weights="none",
-        image_size=75,
-        train_limit=40,
-        test_limit=20,
-        max_iter=5,
-        partitions=2,
-    )
+def test_transfer_report_in_chromium(transfer_run, tmp_path):
+    run, _ = transfer_run
     shown = check_in_browser(run, tmp_path, "transfer", ("accuracy", "f1", "model_name", "image_size"))
     assert shown["model_name"] == "InceptionV3"

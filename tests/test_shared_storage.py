@@ -24,8 +24,9 @@ S3_ENV = {
 
 
 @pytest.fixture(scope="module")
-def s3(spark):
-    """A local S3 endpoint with bucket ``data`` holding ``mnist/`` and an empty bucket ``runs``.
+def s3(spark, small_idx):
+    """A local S3 endpoint with bucket ``data`` holding ``mnist/`` (the real MNIST) and ``small/``
+    (the 600 synthetic training images of ``small_idx``), and an empty bucket ``runs``.
 
     The settings reach the driver through its environment and, on classic Spark, the
     executors' Python workers through ``sc.environment``. Spark Connect has no way to give
@@ -45,9 +46,10 @@ def s3(spark):
     client = boto3.client("s3", endpoint_url=settings["AWS_ENDPOINT_URL_S3"])
     for bucket in ("data", "runs"):
         client.create_bucket(Bucket=bucket)
-    for name in sorted(os.listdir(MNIST_DIR)):
-        if name.endswith(".gz"):
-            client.upload_file(str(MNIST_DIR / name), "data", f"mnist/{name}")
+    for folder, prefix in ((MNIST_DIR, "mnist"), (small_idx, "small")):
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".gz"):
+                client.upload_file(str(folder / name), "data", f"{prefix}/{name}")
     yield client
     for key, value in saved.items():
         executors.pop(key, None)
@@ -89,7 +91,7 @@ def test_train_cnn_reads_and_writes_s3(spark, s3):
     """Hadoop's s3a:// names work too: the same URI serves Spark and pyarrow."""
     metrics = train_job.run(
         spark,
-        data_dir="s3a://data/mnist",
+        data_dir="s3a://data/small",
         output="s3a://runs/cnn",
         arch="simple_cnn",
         epochs=2,
@@ -114,7 +116,7 @@ def test_train_cnn_reads_and_writes_s3(spark, s3):
     assert model.count_params() > 0
     # An existing output on S3 is refused like a local one.
     with pytest.raises(FileExistsError, match="--overwrite"):
-        train_job.run(spark, data_dir="s3a://data/mnist", output="s3a://runs/cnn", limit=200)
+        train_job.run(spark, data_dir="s3a://data/small", output="s3a://runs/cnn", limit=200)
     assert storage.read_bytes("s3://runs/cnn/metrics.json").startswith(b"{")
     assert np.isfinite(metrics["test_loss"])
 

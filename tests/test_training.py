@@ -31,6 +31,13 @@ def train_df(spark, small_idx):
     return df.cache()
 
 
+@pytest.fixture(scope="module")
+def trained(spark, train_df):
+    """The state CONFIG trains on train_df: what the tests of determinism compare with."""
+    _, state = training.train(spark, train_df, CONFIG)
+    return state
+
+
 # --------------------------------------------------------------------------- averaging
 
 
@@ -152,8 +159,8 @@ def test_one_partition_matches_plain_keras(spark, train_df, small_idx):
     assert state.history[-1]["images"] == 256
 
 
-def test_same_seed_and_partitioning_give_the_same_model(spark, train_df):
-    _, first = training.train(spark, train_df, CONFIG)
+def test_same_seed_and_partitioning_give_the_same_model(spark, train_df, trained):
+    first = trained
     _, again = training.train(spark, train_df.repartition(5), CONFIG)  # input partitioning differs
     _, other = training.train(spark, train_df, replace(CONFIG, seed=8))
     assert _same(first.weights, again.weights) and _same(first.optimizer, again.optimizer)
@@ -162,16 +169,15 @@ def test_same_seed_and_partitioning_give_the_same_model(spark, train_df):
     assert first.optimizer[0] == 2 * 4  # Adam's step: 2 epochs of 128 images / 32 per batch
 
 
-def test_shards_in_small_chunks_give_the_same_model(spark, train_df):
+def test_shards_in_small_chunks_give_the_same_model(spark, train_df, trained):
     shards, sizes = training.make_shards(train_df, 2, chunk_bytes=784 * 10)
     rows = shards.select("shard", "chunk", F.length("pixels").alias("bytes")).collect()
     shards.unpersist()
     assert sizes == [128, 128] and len(rows) == 2 * 13  # 10 images a row: 13 rows a shard
     assert max(r["bytes"] for r in rows) == 784 * 10
     assert sorted((r["shard"], r["chunk"]) for r in rows) == [(s, c) for s in (0, 1) for c in range(13)]
-    _, whole = training.train(spark, train_df, CONFIG)
     _, chunked = training.train(spark, train_df, CONFIG, chunk_bytes=784 * 10)
-    assert _same(whole.weights, chunked.weights) and _same(whole.optimizer, chunked.optimizer)
+    assert _same(trained.weights, chunked.weights) and _same(trained.optimizer, chunked.optimizer)
 
 
 def test_a_replica_reads_its_shard_from_a_local_file(tmp_path, monkeypatch):
@@ -203,15 +209,14 @@ def test_a_replica_reads_its_shard_from_a_local_file(tmp_path, monkeypatch):
     missing.close()
 
 
-def test_barrier_mode_gives_the_same_model(spark, train_df):
-    _, plain = training.train(spark, train_df, CONFIG)
+def test_barrier_mode_gives_the_same_model(spark, train_df, trained):
     _, barrier = training.train(spark, train_df, replace(CONFIG, barrier=True))
-    assert _same(plain.weights, barrier.weights)
+    assert _same(trained.weights, barrier.weights)
     with pytest.raises(ValueError, match="barrier mode runs all 3 replicas at once"):
         training.train(spark, train_df, replace(CONFIG, barrier=True, partitions=3))
 
 
-def test_on_the_fly_augmentation_is_deterministic_and_changes_training(spark, train_df):
+def test_on_the_fly_augmentation_is_deterministic_and_changes_training(spark, train_df, trained):
     from dataclasses import asdict
 
     from mnist_spark.augment import AugmentParams
@@ -219,9 +224,8 @@ def test_on_the_fly_augmentation_is_deterministic_and_changes_training(spark, tr
     config = replace(CONFIG, augment=asdict(AugmentParams().rotate(1.0, 25, 25)))
     _, first = training.train(spark, train_df, config)
     _, again = training.train(spark, train_df.repartition(3), config)
-    _, plain = training.train(spark, train_df, CONFIG)
     assert _same(first.weights, again.weights)
-    assert not _same(first.weights, plain.weights)
+    assert not _same(first.weights, trained.weights)
 
 
 def test_too_many_partitions_is_a_clear_error(spark, small_idx):
@@ -343,19 +347,8 @@ def test_evaluation_matches_model_predict(spark, small_idx):
 # --------------------------------------------------------------------------- the job
 
 
-def test_run_folder(spark, small_idx, tmp_path):
-    out = tmp_path / "run"
-    train_job.run(
-        spark,
-        data_dir=str(small_idx),
-        output=str(out),
-        arch="simple_cnn",
-        epochs=2,
-        batch_size=32,
-        partitions=2,
-        limit=200,
-        validation_size=50,
-    )
+def test_run_folder(spark, small_idx, train_cnn_run):
+    out = train_cnn_run
     names = set(os.listdir(out))
     assert {
         "_SUCCESS",

@@ -46,22 +46,10 @@ def test_stratified_sample_is_balanced_and_seeded(spark, small_idx):
     assert whole is df and sum(counts.values()) == 600
 
 
-def test_run_folder(spark, small_idx, tmp_path):
+def test_run_folder(spark, small_idx, transfer_run):
     from pyspark.ml import PipelineModel
 
-    out = tmp_path / "run"
-    metrics = transfer.run(
-        spark,
-        data_dir=str(small_idx),
-        output=str(out),
-        weights="none",
-        image_size=75,
-        train_limit=60,
-        test_limit=20,
-        max_iter=5,
-        seed=3,
-        partitions=2,
-    )
+    out, metrics = transfer_run
     assert {"_SUCCESS", "pipeline_model", "metrics.json", "confusion_matrix.png", "report.html"} <= set(os.listdir(out))
     saved = json.loads((out / "metrics.json").read_text())
     for key in (
