@@ -389,20 +389,30 @@ def test_run_folder(spark, small_idx, train_cnn_run):
         train_job.run(spark, data_dir=str(small_idx), output=str(out), limit=200)
 
 
+#: train_cnn's settings in the tests of resuming and retrying: 128 images, 3 epochs in 4 rounds.
+JOB = dict(
+    arch="simple_cnn",
+    epochs=3,
+    batch_size=32,
+    partitions=2,
+    limit=128,
+    validation_size=0,
+    checkpoint_every=1,
+)
+
+
+@pytest.fixture(scope="module")
+def whole_run(spark, small_idx, tmp_path_factory):
+    """The run folder and metrics of train_cnn with JOB, run once through: the run the resumed
+    and the retried runs must equal. --resume auto with nothing to continue starts the run."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    return out, train_job.run(spark, data_dir=str(small_idx), output=str(out), resume="auto", **JOB)
+
+
 @pytest.mark.slow
-def test_job_resume_after_a_stop(spark, small_idx, tmp_path, monkeypatch):
-    kwargs = dict(
-        data_dir=str(small_idx),
-        arch="simple_cnn",
-        epochs=3,
-        batch_size=32,
-        partitions=2,
-        limit=128,
-        validation_size=0,
-        checkpoint_every=1,
-    )
-    # --resume auto with nothing to continue starts the run.
-    whole = train_job.run(spark, output=str(tmp_path / "whole"), resume="auto", **kwargs)
+def test_job_resume_after_a_stop(spark, small_idx, whole_run, tmp_path, monkeypatch):
+    kwargs = dict(data_dir=str(small_idx), **JOB)
+    _, whole = whole_run
 
     real_save = training.save_checkpoint
 
@@ -439,38 +449,10 @@ def test_resume_auto_needs_an_output(capsys):
 
 
 @pytest.mark.slow
-def test_retried_task_gives_identical_weights(spark, small_idx, tmp_path):
+def test_retried_task_gives_identical_weights(small_idx, whole_run, tmp_path):
     """A task that fails once (local[2,2] allows one retry) redoes exactly the same work."""
-    kwargs = [
-        "--data-dir",
-        str(small_idx),
-        "--arch",
-        "simple_cnn",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "32",
-        "--partitions",
-        "2",
-        "--limit",
-        "128",
-        "--validation-size",
-        "0",
-        "--checkpoint-every",
-        "0",
-    ]
-    reference = train_job.run(
-        spark,
-        output=str(tmp_path / "reference"),
-        data_dir=str(small_idx),
-        arch="simple_cnn",
-        epochs=2,
-        batch_size=32,
-        partitions=2,
-        limit=128,
-        validation_size=0,
-        checkpoint_every=0,
-    )
+    reference_out, reference = whole_run
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in JOB.items()]
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_CONF_DIR=str(PROJECT / "conf"))
     env[training.ENV_INJECT_FAILURE] = "1:1"
     submit = Path(sys.executable).parent / "spark-submit"
@@ -480,7 +462,9 @@ def test_retried_task_gives_identical_weights(spark, small_idx, tmp_path):
             "--master",
             "local[2,2]",
             str(PROJECT / "jobs" / "train_cnn.py"),
-            *kwargs,
+            "--data-dir",
+            str(small_idx),
+            *flags,
             "--output",
             str(tmp_path / "retried"),
         ],
@@ -494,7 +478,7 @@ def test_retried_task_gives_identical_weights(spark, small_idx, tmp_path):
     retried = json.loads((tmp_path / "retried" / "metrics.json").read_text())
     assert "inject_failure" not in retried["params"]
     assert [h["loss"] for h in retried["history"]] == [h["loss"] for h in reference["history"]]
-    a = evaluation.load_model(str(tmp_path / "reference" / "model.keras"))
+    a = evaluation.load_model(str(reference_out / "model.keras"))
     b = evaluation.load_model(str(tmp_path / "retried" / "model.keras"))
     assert _same(a.get_weights(), b.get_weights())
 
