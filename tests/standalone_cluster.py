@@ -121,6 +121,8 @@ class StandaloneCluster:
         self.spark_home = Path(pyspark.__file__).parent
         self.folder = Path(folder or tempfile.mkdtemp(prefix="spark-cluster-"))
         self.folder.mkdir(parents=True, exist_ok=True)
+        #: The jobs submitted without waiting, so a failed test can end the ones it left running.
+        self.submissions: list[Submission] = []
         self.workers = workers
         self.worker_memory = worker_memory
         self.port, self.ui_port = port or _free_port(), ui_port or _free_port()
@@ -266,7 +268,19 @@ class StandaloneCluster:
             process = subprocess.Popen(
                 command, env=full_env, cwd=self.folder, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
             )
-        return Submission(process, log, ui_port)
+        self.submissions.append(Submission(process, log, ui_port))
+        return self.submissions[-1]
+
+    def kill_submissions(self) -> int:
+        """SIGKILL every submitted job still running and wait until the workers run no executor;
+        returns how many were running."""
+        running = [job for job in self.submissions if job.process.poll() is None]
+        for job in running:
+            job.kill()
+        self.submissions.clear()
+        if running:
+            self.wait_for_no_executors()
+        return len(running)
 
     def executor_pids(self) -> dict[str, int]:
         """Process ids of the executors the workers launched, by Spark executor id."""

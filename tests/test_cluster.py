@@ -73,6 +73,15 @@ def cluster(tmp_path_factory):
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
 
 
+@pytest.fixture(autouse=True)
+def no_job_outlives_its_test(cluster):
+    """A test that fails while a job it submitted runs (held, say) ends it, so the next test
+    gets the workers' cores (a fixture that fails is ended before the next test)."""
+    cluster.kill_submissions()
+    yield
+    cluster.kill_submissions()
+
+
 @pytest.fixture(scope="module")
 def undisturbed(cluster, tmp_path_factory):
     """The run folder of train_cnn with TRAIN on the workers' GPUs, undisturbed."""
@@ -179,7 +188,7 @@ def _held_replica(job, round_: int, folder, timeout: float = JOB_TIMEOUT) -> int
     """Wait until a replica of the held round runs; return its Python worker's process id."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        held = sorted(folder.glob("held-*"))
+        held = sorted(path for path in folder.glob("held-*") if path.suffix != ".tmp")  # not the note being written
         if held:
             return int(held[0].read_text())
         if job.process.poll() is not None:
