@@ -39,6 +39,26 @@ export-png: install
 transfer: install
 	$(BIN)/spark-submit jobs/transfer.py $(ARGS)
 
+# The pipeline end to end, each step reading the previous step's output in Spark formats:
+# IDX files -> ingest (Parquet) -> export_png (PNG set) -> train_cnn -> predict, and transfer
+# learning from the trained network on the ingested Parquet. Each step is skipped when its
+# output is complete, so a re-run after a failure does only what is left.
+# Small: make pipeline PIPELINE=runs/small LIMIT=2000 EPOCHS=1
+PIPELINE ?= runs/pipeline
+LIMIT    ?=
+EPOCHS   ?= 2
+STEP     := $(BIN)/spark-submit
+SKIP     := --if-exists skip
+.PHONY: pipeline
+pipeline: install
+	$(STEP) jobs/ingest.py --output $(PIPELINE)/ingest $(if $(LIMIT),--limit $(LIMIT)) $(SKIP)
+	$(STEP) jobs/export_png.py --input $(PIPELINE)/ingest --output $(PIPELINE)/pngs --sample 12 $(SKIP)
+	$(STEP) jobs/train_cnn.py --input $(PIPELINE)/pngs --output $(PIPELINE)/model --epochs $(EPOCHS) \
+		--resume auto $(SKIP)
+	$(STEP) jobs/predict.py --model-file $(PIPELINE)/model --input $(PIPELINE)/pngs --output $(PIPELINE)/predictions $(SKIP)
+	$(STEP) jobs/transfer.py --input $(PIPELINE)/ingest --base-model $(PIPELINE)/model \
+		--output $(PIPELINE)/transfer $(SKIP)
+
 # Headless Chromium from the system's packages, for the browser test of report.html.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -57,14 +77,14 @@ cluster-down:
 .PHONY: dist dist-env
 # The library as a zip for spark-submit --py-files.
 dist: dist/mnist_spark.zip
-dist/mnist_spark.zip: $(wildcard mnist_spark/*.py)
+dist/mnist_spark.zip: $(wildcard mnist_spark/*.py mnist_spark/jobs/*.py)
 	mkdir -p dist && rm -f $@
-	$(PYTHON) -c "import zipfile, glob; z = zipfile.ZipFile('$@', 'w'); [z.write(f) for f in sorted(glob.glob('mnist_spark/*.py'))]"
+	$(PYTHON) -c "import zipfile, glob; z = zipfile.ZipFile('$@', 'w'); [z.write(f) for f in sorted(glob.glob('mnist_spark/**/*.py', recursive=True))]"
 
 # A packed virtualenv with mnist_spark and its dependencies, for spark-submit --archives.
 # Nodes need the same Python at the same path as this machine (venv-pack keeps the link to it).
 dist-env: dist/mnist_spark_env.tar.gz
-dist/mnist_spark_env.tar.gz: pyproject.toml $(wildcard mnist_spark/*.py)
+dist/mnist_spark_env.tar.gz: pyproject.toml $(wildcard mnist_spark/*.py mnist_spark/jobs/*.py)
 	rm -rf build/env && $(PYTHON) -m venv build/env
 	build/env/bin/python -m pip install --quiet --upgrade pip
 	build/env/bin/python -m pip install --quiet '.[cpu]' venv-pack

@@ -49,12 +49,9 @@ sys.path.insert(0, str(PROJECT))
 
 
 def load_job(name: str):
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location(f"jobs_{name}", PROJECT / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"mnist_spark.jobs.{name}")
 
 
 def pillow_loop(data_dir: Path, out: Path, compress_level: int | None, limit: int | None = None) -> dict:
@@ -114,7 +111,7 @@ def augment_speed(data_dir: Path) -> dict:
 
 def measure(spark, export_job, data_dir: Path, workdir: str, repeats: int) -> dict:
     """Export and Pillow loop, alternating, in one scratch folder; the best of each."""
-    from mnist_spark import images
+    from mnist_spark import pngset
     from mnist_spark.session import task_slots
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-export-png-", dir=workdir))
@@ -127,7 +124,7 @@ def measure(spark, export_job, data_dir: Path, workdir: str, repeats: int) -> di
             exports.append((time.perf_counter() - started, metrics))
             shutil.rmtree(tmp / "export")
             os.sync()
-            loops.append(pillow_loop(data_dir, tmp / "pillow", images.PNG_COMPRESS_LEVEL))
+            loops.append(pillow_loop(data_dir, tmp / "pillow", pngset.PNG_COMPRESS_LEVEL))
             shutil.rmtree(tmp / "pillow")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -186,7 +183,7 @@ def main() -> None:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_CONF_DIR", str(PROJECT / "conf"))
 
-    from mnist_spark import cli, images
+    from mnist_spark import cli, pngset
     from mnist_spark.session import get_spark, task_slots
 
     cli.configure_logging()
@@ -216,7 +213,7 @@ def main() -> None:
         "images": 70000,
         "cores": os.cpu_count(),
         "task_slots": slots,
-        "compress_level": images.PNG_COMPRESS_LEVEL,
+        "compress_level": pngset.PNG_COMPRESS_LEVEL,
         "spark_start_seconds": round(spark_start, 2),
         "warm_up_seconds": round(warm_seconds, 2),
         "export_images_per_second": primary["export_images_per_second"],

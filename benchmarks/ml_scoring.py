@@ -51,12 +51,9 @@ from mnist_spark import datasets, idx, ingest, ml, models  # noqa: E402
 
 
 def _load_predict_job():
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location("jobs_predict", PROJECT / "jobs" / "predict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("mnist_spark.jobs.predict")
 
 
 def train_model(files, folder: Path, epochs: int) -> str:

@@ -52,12 +52,9 @@ BASE_LABELS, NEW_LABELS = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 
 
 def _load_job(name: str):
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location(f"jobs_{name}", PROJECT / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"mnist_spark.jobs.{name}")
 
 
 def from_scratch(spark, transfer, size: int, seed: int, model_name: str) -> dict:

@@ -483,9 +483,9 @@ def add_variants(df, n: int, params: AugmentParams, seed: int = 0):
     >>> more.count() == 5 * df.count()  # doctest: +SKIP
     True
     """
-    from mnist_spark.images import _check_image_frame
+    from mnist_spark.images import check_image_frame
 
-    _check_image_frame(df, "add_variants")
+    check_image_frame(df, "add_variants")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"add_variants: n (variants per image) must be a whole number of 0 or more, found {n!r}")
     if not isinstance(params, AugmentParams):

@@ -1,6 +1,6 @@
-"""What every job's command line shares: the common flags, logging, and clean failure.
+"""What every job's run shares: its output checks, logging, and clean failure.
 
-A job is ``_arg_parser()`` plus ``run(spark, ...)`` plus ``main()``;
+A job is its flags (:mod:`mnist_spark.flags`) plus ``run(spark, ...)`` plus ``main()``;
 ``main()`` hands :func:`run_job` a function of the session and the checks
 that need no Spark (:func:`prepare_output`). Every failure, on the driver or
 in a Spark task, comes out as one line on stderr, never as a traceback, with
@@ -17,12 +17,10 @@ an exit status that tells a scheduler whether a retry can help:
 
 from __future__ import annotations
 
-import argparse
 import builtins
 import contextlib
 import importlib
 import logging
-import math
 import os
 import re
 import signal
@@ -67,238 +65,6 @@ class Terminated(KeyboardInterrupt):
     """Raised in the main thread on SIGTERM, so ``with`` blocks clean up as on Ctrl-C."""
 
 
-def finite_float(text: str) -> float:
-    """argparse type: a finite number (NaN and infinities refused).
-
-    Examples
-    --------
-    >>> finite_float("1e-3")
-    0.001
-    >>> finite_float("nan")
-    Traceback (most recent call last):
-    ...
-    argparse.ArgumentTypeError: expected a finite number, found 'nan'
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, found {text!r}")
-    return value
-
-
-def split_list(text: str) -> tuple:
-    """argparse type: a comma-separated list of names, at least one (``--splits``)."""
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected one or more comma-separated names, found {text!r}")
-    return names
-
-
-def label_list(text: str) -> tuple:
-    """argparse type: distinct labels separated by commas (``--labels 0,1,2,3,4``)."""
-    from mnist_spark.labels import parse_labels
-
-    try:
-        return parse_labels(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer above zero."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, found {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer of zero or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, found {value}")
-    return value
-
-
-def _transform_numbers(flag: str, names: tuple, build):
-    """argparse type: comma-separated numbers for one transform, checked by ``build``."""
-
-    def parse(text: str):
-        from mnist_spark.augment import AugmentParams
-
-        parts = [p.strip() for p in text.split(",")]
-        try:
-            values = [finite_float(p) for p in parts]
-        except argparse.ArgumentTypeError:
-            raise argparse.ArgumentTypeError(f"expected {','.join(names)} as finite numbers, found {text!r}") from None
-        if len(values) != len(names):
-            raise argparse.ArgumentTypeError(
-                f"expected {len(names)} numbers {','.join(names)}, found {len(values)} in {text!r}"
-            )
-        try:
-            build(AugmentParams(), *values)
-        except (ValueError, TypeError) as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-        return tuple(values)
-
-    parse.__name__ = flag
-    return parse
-
-
-def add_transform_flags(group) -> None:
-    """Add the augmentation transforms' flags (probability and range of each) to a parser or group.
-
-    Defaults are :meth:`mnist_spark.augment.AugmentParams.mnist`; read the
-    result back with :func:`augment_params`.
-    """
-    from mnist_spark.augment import AugmentParams
-
-    defaults = AugmentParams.mnist()
-    group.add_argument(
-        "--rotate",
-        metavar="P,LEFT,RIGHT",
-        type=_transform_numbers("rotate", ("P", "LEFT", "RIGHT"), AugmentParams.rotate),
-        default=(defaults.rotate_probability, defaults.max_left_rotation, defaults.max_right_rotation),
-        help="rotate by up to LEFT degrees counter-clockwise or RIGHT clockwise",
-    )
-    group.add_argument(
-        "--shear",
-        metavar="P,MAX",
-        type=_transform_numbers("shear", ("P", "MAX"), AugmentParams.shear),
-        default=(defaults.shear_probability, defaults.max_shear),
-        help="shear horizontally by up to MAX degrees either way",
-    )
-    group.add_argument(
-        "--zoom",
-        metavar="P,MIN,MAX",
-        type=_transform_numbers("zoom", ("P", "MIN", "MAX"), AugmentParams.zoom),
-        default=(defaults.zoom_probability, defaults.min_zoom, defaults.max_zoom),
-        help="zoom by a factor from MIN to MAX",
-    )
-    group.add_argument(
-        "--shift",
-        metavar="P,MAX",
-        type=_transform_numbers("shift", ("P", "MAX"), AugmentParams.shift),
-        default=(defaults.shift_probability, defaults.max_shift),
-        help="shift by up to MAX of the width and height, each way",
-    )
-    group.add_argument(
-        "--elastic",
-        metavar="P,ALPHA,SIGMA",
-        type=_transform_numbers("elastic", ("P", "ALPHA", "SIGMA"), AugmentParams.elastic),
-        default=(defaults.elastic_probability, defaults.elastic_alpha, defaults.elastic_sigma),
-        help="elastic distortion of ALPHA pixels smoothed over SIGMA pixels",
-    )
-
-
-def augment_params(args):
-    """The :class:`mnist_spark.augment.AugmentParams` that the transform flags describe."""
-    from mnist_spark.augment import AugmentParams
-
-    return (
-        AugmentParams()
-        .rotate(*args.rotate)
-        .shear(*args.shear)
-        .zoom(*args.zoom)
-        .shift(*args.shift)
-        .elastic(*args.elastic)
-    )
-
-
-class JobArgumentParser(argparse.ArgumentParser):
-    """An argument parser whose result also says ``overwrite`` (``--if-exists overwrite``)."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        parsed, extras = super().parse_known_args(args, namespace)
-        if hasattr(parsed, "if_exists"):
-            parsed.overwrite = parsed.if_exists == "overwrite"
-        if hasattr(parsed, "mlflow"):
-            from mnist_spark import tracking
-
-            tracking.request(parsed.mlflow)
-        if hasattr(parsed, "remote"):
-            from mnist_spark import session
-
-            session.request_remote(parsed.remote)
-        return parsed, extras
-
-
-class _DeprecatedFlag(argparse.Action):
-    """An old flag spelling: works as the new one for one more release, with a warning line."""
-
-    def __init__(self, option_strings, dest, *, advice: str, **kwargs):
-        self.advice = advice
-        super().__init__(option_strings, dest, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        logger.warning("%s is deprecated and will be removed in the next release; %s", option_string, self.advice)
-        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
-
-
-def deprecated_flag(parser, old: str, new: str, *, switch: bool = False, **kwargs) -> None:
-    """Accept ``old`` as a deprecated spelling of the flag ``new`` (hidden from ``--help``).
-
-    ``switch=True`` for an ``on/off`` flag (``store_true``).
-    """
-    dest = new.lstrip("-").replace("-", "_")
-    extra = dict(nargs=0, const=True) if switch else kwargs
-    parser.add_argument(
-        old,
-        dest=dest,
-        action=_DeprecatedFlag,
-        advice=f"use {new}",
-        default=argparse.SUPPRESS,
-        help=argparse.SUPPRESS,
-        **extra,
-    )
-
-
-def compress_level(text: str) -> int:
-    """argparse type: a zlib level, 0 (none) to 9 (smallest)."""
-    value = non_negative_int(text)
-    if value > 9:
-        raise argparse.ArgumentTypeError(f"expected a zlib level from 0 to 9, found {value}")
-    return value
-
-
-def float_list(text: str) -> tuple:
-    """argparse type: comma-separated finite numbers (``--tune-reg-params 0.01,0.1``)."""
-    values = tuple(finite_float(part) for part in split_list(text))
-    return values
-
-
-def run_options(run, args) -> dict:
-    """The parsed flags that ``run(spark, **options)`` takes, by its keyword names.
-
-    Each flag's ``dest`` is the keyword of ``run``, so ``main`` is one call
-    and ``metrics.json``'s ``params`` (:func:`run_params`) holds the same
-    names in every job.
-    """
-    import inspect
-
-    names = [name for name, p in inspect.signature(run).parameters.items() if p.kind == p.KEYWORD_ONLY]
-    return {name: getattr(args, name) for name in names if hasattr(args, name)}
-
-
-def run_defaults(run) -> dict:
-    """The defaults of ``run``'s keyword arguments."""
-    import inspect
-
-    return {
-        name: p.default
-        for name, p in inspect.signature(run).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
 def resume_target(resume, output):
     """The run to continue: ``resume`` itself, or for ``auto`` ``output`` when it left a checkpoint.
 
@@ -317,13 +83,6 @@ def resume_target(resume, output):
     return None
 
 
-def run_params(values: dict) -> dict:
-    """A job's ``run`` arguments (its ``locals()`` on entry) as JSON values, for ``metrics.json``."""
-    return {
-        name: list(value) if isinstance(value, tuple) else value for name, value in values.items() if name != "spark"
-    }
-
-
 def in_flag_terms(message: str, flags: dict) -> str:
     """``message`` of a library error with its param names replaced by the job's flags.
 
@@ -339,73 +98,20 @@ def in_flag_terms(message: str, flags: dict) -> str:
     return message
 
 
-def job_parser(doc: str | None, job: str, *, seed: bool = True) -> argparse.ArgumentParser:
-    """An argument parser with the flags every job shares.
+def prepare_resumable_output(job: str, args) -> bool:
+    """:func:`prepare_output` for a job with ``--resume``: the run to continue is the output."""
+    args.resume = resume_target(args.resume, args.output)
+    if args.resume:
+        args.output = args.resume
+    inputs = [] if args.resume else data_inputs(args)
+    return prepare_output(job, args, inputs, resumable=True, resume=bool(args.resume))
 
-    ``--data-dir``, ``--output``, ``--if-exists`` (``--overwrite`` is short for
-    ``--if-exists overwrite``), ``--remote``, ``--mlflow`` and, for a job that draws
-    random numbers (``seed=True``), ``--seed``; defaults are shown in ``--help``. The
-    parsed arguments carry ``if_exists`` and ``overwrite``.
-    """
-    from mnist_spark.storage import IF_EXISTS
 
-    parser = JobArgumentParser(
-        prog=f"{job}.py",
-        description=doc,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder (or URI) with the four IDX files; default: $MNIST_SPARK_DATA, then "
-        "data/mnist, then the user cache, then a download",
-    )
-    parser.add_argument("--output", default=None, help=f"run folder; default: runs/{job}-<timestamp>")
-    existing = parser.add_mutually_exclusive_group()
-    existing.add_argument(
-        "--if-exists",
-        choices=IF_EXISTS,
-        default="error",
-        help="when --output exists: error (exit 2); overwrite a run folder this project wrote; "
-        "skip (exit 0 at once) when it is a complete output of this job",
-    )
-    existing.add_argument(
-        "--overwrite",
-        dest="if_exists",
-        action="store_const",
-        const="overwrite",
-        default=argparse.SUPPRESS,
-        help="short for --if-exists overwrite",
-    )
-    if seed:
-        parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
-    else:
-        parser.add_argument(
-            "--seed",
-            dest="unused_seed",
-            action=_DeprecatedFlag,
-            type=non_negative_int,
-            advice=f"{job} is deterministic and takes no seed",
-            default=argparse.SUPPRESS,
-            help=argparse.SUPPRESS,
-        )
-    parser.add_argument(
-        "--remote",
-        default=None,
-        metavar="URL",
-        help="run on a Spark Connect server, sc://host:port (default: $SPARK_REMOTE; local[N] starts "
-        "one in this process)",
-    )
-    parser.add_argument(
-        "--mlflow",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="URI",
-        help="log params, metrics, figures and the model to MLflow at URI (default: "
-        "$MLFLOW_TRACKING_URI); on whenever MLFLOW_TRACKING_URI is set",
-    )
-    return parser
+def data_inputs(args) -> list:
+    """The data a job reads as ``(flag, location)``: ``--input``, else the IDX folders (default_data_inputs)."""
+    if getattr(args, "input", None):
+        return [("--input", args.input)]
+    return default_data_inputs(args.data_dir)
 
 
 def default_data_inputs(data_dir) -> list:
@@ -658,6 +364,8 @@ def run_job(job: str, work: Callable, *, spark=None, before: Callable | None = N
     returns (with the run folder in ``params["output"]``) are logged to
     MLflow (:func:`mnist_spark.tracking.log_job`); a failure there is logged
     as an error and leaves the exit status to the job, whose output is complete.
+    ``work`` runs in :func:`mnist_spark.session.job_phases`: its Spark jobs
+    carry ``job``'s name in the Spark UI, and its phases ``"<job>: <phase>"``.
 
     Every failure prints one line, ``<job>: error: <message>``, and returns 2
     when a retry cannot help (bad input or settings, an existing output; see
@@ -667,7 +375,7 @@ def run_job(job: str, work: Callable, *, spark=None, before: Callable | None = N
     Set ``MNIST_SPARK_DEBUG=1`` to see the traceback too.
     """
     from mnist_spark import tracking
-    from mnist_spark.session import get_spark
+    from mnist_spark.session import get_spark, job_phases
 
     configure_logging()
     previous = None
@@ -681,7 +389,8 @@ def run_job(job: str, work: Callable, *, spark=None, before: Callable | None = N
             tracking.check_available()
         if spark is None:
             spark = get_spark(job)
-        metrics = work(spark)
+        with job_phases(spark, job):
+            metrics = work(spark)
         if tracking_uri is not None and isinstance(metrics, dict):
             _track(job, metrics, tracking_uri)
     except Terminated:

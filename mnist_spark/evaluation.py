@@ -116,6 +116,57 @@ def load_model(location: str):
         ) from None
 
 
+def check_classifier(net, path: str, num_classes: int | None = None) -> None:
+    """The model must give one row of class probabilities per image: output ``(batch, classes)``.
+
+    With ``num_classes`` (the labels are known) the output size must equal it.
+    """
+    from mnist_spark.models import shape_text
+
+    found = net.output_shape
+    several = isinstance(found, list) or (bool(found) and isinstance(found[0], (list, tuple)))
+    if several or len(found) != 2 or (num_classes is not None and found[-1] != num_classes):
+        expected = f"(batch, {num_classes})" if num_classes is not None else "(batch, classes)"
+        what = (
+            f", one probability for each of the dataset's {num_classes} classes"
+            if num_classes is not None
+            else ", one probability per class"
+        )
+        raise ValueError(
+            f"model file {path} outputs shape {shape_text(found)}; expected {expected}{what}; "
+            "give a classifier trained on this dataset"
+        )
+
+
+def with_original_labels(scored, *, data_classes=None, model_classes=None):
+    """``origin, split, index, label, prediction, probabilities`` in the dataset's own labels.
+
+    ``label`` is the data's label (its name when the labels were indexed from
+    ``data_classes``; null when unknown, -1), ``prediction`` the model's class
+    as the label it stands for (``model_classes``, its ``labels.json``), so the
+    two compare wherever the class numbers of data and model differ.
+    """
+    from pyspark.sql import functions as F
+
+    def named(column, classes):
+        if not classes:
+            return column
+        return F.element_at(F.array(*[F.lit(v) for v in classes]), column + 1)
+
+    label = F.when(F.col("label") >= 0, named(F.col("label"), data_classes))
+    prediction = named(F.col("prediction"), model_classes)
+    if bool(data_classes) != bool(model_classes):  # names on one side, numbers on the other
+        label, prediction = label.cast("string"), prediction.cast("string")
+    return scored.select(
+        F.col("image.origin").alias("origin"),
+        "split",
+        "index",
+        label.alias("label"),
+        prediction.alias("prediction"),
+        "probabilities",
+    )
+
+
 def predict(
     df,
     model,
@@ -195,8 +246,11 @@ def predict(
     return df.mapInArrow(infer, schema)
 
 
-def evaluate(df, model, *, num_classes: int = 10, batch_size: int = 512, misclassified_limit: int = 100):
+def evaluate(df, model, *, num_classes: int = 10, batch_size: int = 512, misclassified_limit: int = 100, decode=None):
     """Score a model on a labelled image DataFrame, inference in the executors.
+
+    ``decode`` (:func:`mnist_spark.ml.image_decoder`) makes the images the
+    model's input where they differ from it.
 
     Returns
     -------
@@ -209,18 +263,23 @@ def evaluate(df, model, *, num_classes: int = 10, batch_size: int = 512, misclas
     """
     from pyspark.sql import functions as F
 
+    from mnist_spark.session import phase
+
     started = time.perf_counter()
-    scored = predict(df, model, batch_size=batch_size)
+    scored = predict(df, model, batch_size=batch_size, decode=decode)
     scored = (
         scored.withColumn("nll", -F.log(F.greatest(F.element_at("probabilities", F.col("label") + 1), F.lit(1e-7))))
         .select("split", "index", "label", "prediction", "probabilities", "nll")
         .cache()
     )
-    try:
-        cells = scored.groupBy("label", "prediction").agg(F.count("*").alias("n"), F.sum("nll").alias("nll")).collect()
-        wrong = scored.where("label != prediction").orderBy("split", "index").limit(misclassified_limit).collect()
-    finally:
-        scored.unpersist()
+    with phase(df.sparkSession, "evaluation"):
+        try:
+            cells = (
+                scored.groupBy("label", "prediction").agg(F.count("*").alias("n"), F.sum("nll").alias("nll")).collect()
+            )
+            wrong = scored.where("label != prediction").orderBy("split", "index").limit(misclassified_limit).collect()
+        finally:
+            scored.unpersist()
     confusion = np.zeros((num_classes, num_classes), np.int64)
     total_nll = 0.0
     for cell in cells:

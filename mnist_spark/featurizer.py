@@ -9,11 +9,13 @@ and no Spark 2.4. It adds ``pooling``, ``imageSize``, ``batchSize`` and
 How a DataFrame is featurized:
 
 1. On the driver, before any task runs, :meth:`DeepImageFeaturizer.transformSchema`
-   checks the columns and params, and the weights are found and checked
-   (:func:`resolve_weights`, :func:`check_weights`): a missing ImageNet file, a
-   truncated file or the weights of another network is one clear error here,
-   never a traceback from an executor.
-2. The weight file's bytes are broadcast once. Each Python worker builds the
+   checks the columns and params, and the weights are found
+   (:func:`mnist_spark.weights.resolve_weights`) and checked against the
+   network (:func:`check_weights`): a missing ImageNet file, a truncated file
+   or the weights of another network is one clear error here, never a
+   traceback from an executor.
+2. The weight file's bytes are broadcast once
+   (:func:`mnist_spark.weights.broadcast_weights`). Each Python worker builds the
    network once, loads the weights and keeps the model for its later batches
    and tasks (:func:`mnist_spark.evaluation.worker_model`, keyed by model
    name, image size, pooling and the weights' SHA-256).
@@ -35,7 +37,6 @@ cheap.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -52,6 +53,15 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 
 from mnist_spark.persistence import SavesModelFile
+from mnist_spark.weights import (
+    IMAGENET_WEIGHTS,
+    WEIGHTS_IMAGENET,
+    WEIGHTS_NONE,
+    ZIP_SIGNATURE,
+    WeightsFile,
+    broadcast_weights,
+    resolve_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,19 +75,10 @@ class Architecture:
     native_size: int  #: the input size it was trained at
     min_size: int  #: the smallest input size Keras accepts without the top
     channels: int  #: values per position of its last block (the pooled feature size)
-    weights_file: str  #: Keras' file name of its ImageNet weights without the top
-    weights_md5: str  #: that file's MD5, as Keras publishes it
-    url_folder: str  #: folder of that file on Keras' storage
-
-    @property
-    def weights_url(self) -> str:
-        return f"{KERAS_WEIGHTS_URL}{self.url_folder}/{self.weights_file}"
 
 
-#: Where Keras downloads its ImageNet weights from.
-KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
-
-#: The networks by modelName (sparkdl's five), in sparkdl's order.
+#: The networks by modelName (sparkdl's five), in sparkdl's order; their ImageNet weight files are
+#: :data:`mnist_spark.weights.IMAGENET_WEIGHTS`.
 ARCHITECTURES = {
     a.name: a
     for a in (
@@ -87,9 +88,6 @@ ARCHITECTURES = {
             299,
             75,
             2048,
-            "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            "bcbd6486424b2319ff4ef7d526e38f63",
-            "inception_v3",
         ),
         Architecture(
             "Xception",
@@ -97,9 +95,6 @@ ARCHITECTURES = {
             299,
             71,
             2048,
-            "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            "b0042744bf5b25fce3cb969f33bebb97",
-            "xception",
         ),
         Architecture(
             "ResNet50",
@@ -107,9 +102,6 @@ ARCHITECTURES = {
             224,
             32,
             2048,
-            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            "4d473c1dd8becc155b73f8504c6f6626",
-            "resnet",
         ),
         Architecture(
             "VGG16",
@@ -117,9 +109,6 @@ ARCHITECTURES = {
             224,
             32,
             512,
-            "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            "6d6bbae143d832006294945121d1f1fc",
-            "vgg16",
         ),
         Architecture(
             "VGG19",
@@ -127,9 +116,6 @@ ARCHITECTURES = {
             224,
             32,
             512,
-            "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            "253f8cb515780f3b799900260a226db6",
-            "vgg19",
         ),
     )
 }
@@ -146,14 +132,6 @@ SCALE_HINTS = {
 #: ``pooling`` choices: ``avg`` and ``max`` give ``channels`` values per image,
 #: ``none`` the flat output of the last block (sparkdl's vector).
 POOLING_CHOICES = ("avg", "max", "none")
-#: ``weights`` values that are not a file.
-WEIGHTS_IMAGENET, WEIGHTS_NONE = "imagenet", "none"
-#: A folder of Keras weight files (by Keras' names) for clusters without internet access.
-ENV_WEIGHTS = "MNIST_SPARK_WEIGHTS"
-#: ``1`` forbids downloading weights (``--offline``): ``imagenet`` must be found on the machine.
-ENV_OFFLINE = "MNIST_SPARK_OFFLINE"
-#: A mirror of Keras' weight files (the same folders and names) to download from instead.
-ENV_WEIGHTS_URL = "MNIST_SPARK_WEIGHTS_URL"
 #: The seed of the random weights of ``weights="none"``: every worker builds the same network.
 RANDOM_WEIGHTS_SEED = 0
 
@@ -163,9 +141,6 @@ MODEL_FILE = "modelFile"
 DEFAULT_SCALE_HINT = "SCALE_AREA_AVERAGING"
 DEFAULT_POOLING = "avg"
 DEFAULT_BATCH_SIZE = 32
-
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_ZIP_SIGNATURE = b"PK\x03\x04"
 
 
 # --------------------------------------------------------------------------- param converters
@@ -511,7 +486,7 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, SavesModelFile
             raise TypeError(
                 f"DeepImageFeaturizer: column {input_col!r} must be Spark's image struct "
                 f"({wanted.simpleString()}), found {found.simpleString()}; read images with "
-                "spark.read.format('image'), mnist_spark.images.read_png_set or mnist_spark.ingest"
+                "spark.read.format('image'), mnist_spark.pngset.read_png_set or mnist_spark.ingest"
             )
         if output_col in names:
             raise ValueError(
@@ -549,7 +524,7 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, SavesModelFile
             described = config.model_name
         broadcast = None
         if weights is not None:
-            broadcast = _broadcast_weights(dataset.sparkSession, weights)
+            broadcast = broadcast_weights(dataset.sparkSession, weights)
             config = config.with_weights(weights)
         logger.info(
             "DeepImageFeaturizer: %s at %s, pooling %s, batches of %d, weights %s",
@@ -600,22 +575,7 @@ def featurizer_for(base_model: str, **params) -> DeepImageFeaturizer:
     return DeepImageFeaturizer(modelFile=evaluation.model_file(base_model), **params)
 
 
-# --------------------------------------------------------------------------- weights
-
-
-@dataclass(frozen=True)
-class WeightsFile:
-    """A weights file found and read on the driver."""
-
-    location: str  #: local path or URI
-    size: int  #: bytes
-    digest: str  #: SHA-256 of the content: the weights' identity in the worker cache
-    suffix: str  #: how Keras loads it: ``.h5`` (legacy, as Keras publishes ImageNet weights),
-    #: ``.weights.h5`` (``save_weights``) or ``.keras`` (a saved model)
-    source: str  #: how it was found: ``path``, ``$MNIST_SPARK_WEIGHTS``, ``keras cache`` or ``download``
-
-    def describe(self) -> str:
-        return f"{self.location} ({self.source}, {self.size / 2**20:.1f} MiB, sha256 {self.digest[:12]})"
+# --------------------------------------------------------------------------- what a task needs
 
 
 @dataclass(frozen=True)
@@ -642,263 +602,9 @@ class FeaturizerConfig:
         return ("featurizer", self.model_name, self.input_shape, self.pooling, self.weights_id, self.output_layer)
 
 
-def keras_cache_dirs() -> list[str]:
-    """Where Keras keeps downloaded weights, as ``keras.utils.get_file`` decides it.
+# --------------------------------------------------------------------------- weights against the network
 
-    ``$KERAS_HOME/models``, else ``~/.keras/models``; Keras falls back to
-    ``/tmp/.keras/models`` when the home folder is not writable.
-    """
-    if "KERAS_HOME" in os.environ:
-        homes = [os.environ["KERAS_HOME"]]
-    else:
-        homes = [os.path.join(os.path.expanduser("~"), ".keras"), os.path.join("/tmp", ".keras")]
-    return [os.path.join(os.path.expanduser(home), "models") for home in homes]
-
-
-_FILES: dict = {}  # (location, size, mtime) -> WeightsFile: each file is read and hashed once
 _CHECKED: set = set()  # (modelName, digest) pairs loaded into their network on this driver
-_BROADCASTS: dict = {}  # (application id, digest) -> Broadcast of the file's bytes
-
-
-def resolve_weights(weights: str, model_name: str, *, offline: bool | None = None) -> WeightsFile | None:
-    """Find the weights on the driver; ``None`` for ``weights="none"``.
-
-    ``imagenet`` looks for Keras' file name (:attr:`Architecture.weights_file`)
-    in ``$MNIST_SPARK_WEIGHTS``, then in Keras' cache (:func:`keras_cache_dirs`),
-    and when it is in neither, downloads it into Keras' cache, once, here on
-    the driver (:func:`download_weights`: ``keras.utils.get_file`` with
-    Keras' published MD5). Offline (``offline=True``, or
-    ``$MNIST_SPARK_OFFLINE=1``) a missing file is an error that says which
-    file is needed, where to put it and how to get it. Anything else is a
-    path or URI of a file, or of a folder holding the file under Keras' name.
-
-    Raises
-    ------
-    ValueError
-        When the file is not found (and may not be downloaded).
-    WeightsDownloadError
-        When the download fails or its MD5 differs from Keras' (a retry may help).
-    """
-    from mnist_spark import storage
-    from mnist_spark.session import require_tensorflow
-
-    require_tensorflow()  # every featurizer runs a network: say so before any task
-    architecture = ARCHITECTURES[model_name]
-    if weights == WEIGHTS_NONE:
-        return None
-    if weights == WEIGHTS_IMAGENET:
-        candidates = []
-        folder = os.environ.get(ENV_WEIGHTS)
-        if folder:
-            candidates.append((storage.join(folder, architecture.weights_file), f"${ENV_WEIGHTS}"))
-        candidates += [(os.path.join(d, architecture.weights_file), "keras cache") for d in keras_cache_dirs()]
-        for location, source in candidates:
-            if storage.exists(location):
-                return _read_weights(location, source, architecture)
-        if not (is_offline() if offline is None else offline):
-            return _read_weights(download_weights(architecture), "download", architecture)
-        places = [f"${ENV_WEIGHTS} ({folder})" if folder else f"${ENV_WEIGHTS} (not set)"]
-        places.append(f"Keras' cache {keras_cache_dirs()[0]}")
-        raise ValueError(
-            f"the ImageNet weights of {model_name} are not on this machine: it needs "
-            f"{architecture.weights_file}, looked for in {' and '.join(places)}, and may not download "
-            f"them (--offline or ${ENV_OFFLINE}). Get the file where there is internet access, with "
-            f'python -c "import keras; '
-            f'keras.applications.{model_name}(include_top=False)" (it lands in ~/.keras/models) or '
-            f"from {architecture.weights_url}; then copy it into Keras' cache folder or into a folder "
-            f"named by ${ENV_WEIGHTS}, or pass its path as weights. weights='none' gives random "
-            "weights for an offline smoke run"
-        )
-    location = weights
-    if not storage.exists(location):
-        raise ValueError(
-            f"weights file {location} does not exist; give the path of a {model_name} weights file "
-            f"without the top layers (e.g. Keras' {architecture.weights_file}), 'imagenet' or 'none'"
-        )
-    filesystem, path = storage.resolve(location)
-    from pyarrow import fs as pafs
-
-    if filesystem.get_file_info(path).type == pafs.FileType.Directory:
-        inside = storage.join(location, architecture.weights_file)
-        if not storage.exists(inside):
-            raise ValueError(
-                f"weights folder {location} has no {architecture.weights_file}, the file of {model_name}'s "
-                "ImageNet weights; put it there or give the path of the weights file itself"
-            )
-        location = inside
-    return _read_weights(location, "path", architecture)
-
-
-class WeightsDownloadError(OSError):
-    """Downloading ImageNet weights failed, or gave a file other than Keras' (a retry may help)."""
-
-
-def is_offline() -> bool:
-    """True when ``$MNIST_SPARK_OFFLINE`` forbids downloads (``1``, ``true``, ``yes``)."""
-    return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def forbid_downloads(forbid: bool = True) -> None:
-    """``--offline``: set ``$MNIST_SPARK_OFFLINE`` in this process (a job's entry point), so
-    missing ImageNet weights are an error instead of a download."""
-    if forbid:
-        os.environ[ENV_OFFLINE] = "1"
-
-
-def weights_origin(architecture: Architecture) -> str:
-    """Where the ImageNet weights of a network are downloaded from: Keras' storage or
-    ``$MNIST_SPARK_WEIGHTS_URL``, a mirror with the same folders and file names."""
-    base = os.environ.get(ENV_WEIGHTS_URL) or KERAS_WEIGHTS_URL
-    return f"{base.rstrip('/')}/{architecture.url_folder}/{architecture.weights_file}"
-
-
-def _writable_cache_dir() -> str:
-    """The first of Keras' cache folders (:func:`keras_cache_dirs`) this process can write."""
-    for folder in keras_cache_dirs():
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(folder, os.W_OK | os.X_OK):
-            return folder
-    raise WeightsDownloadError(
-        f"none of Keras' cache folders ({', '.join(keras_cache_dirs())}) can be "
-        "written; set KERAS_HOME to a writable folder"
-    )
-
-
-def download_weights(architecture: Architecture) -> str:
-    """Download a network's ImageNet weights into Keras' cache; return the file's path.
-
-    ``keras.utils.get_file`` fetches the file with Keras' published MD5 into a
-    scratch folder beside the cache; only a file whose MD5 matches is moved
-    into the cache (atomically), so a corrupted download is never found there
-    later, and two processes downloading at once each move a whole file.
-
-    Raises
-    ------
-    WeightsDownloadError
-        One line naming the file, the address and what went wrong.
-    """
-    import shutil
-
-    import keras
-
-    from mnist_spark.session import quiet_keras
-
-    origin = weights_origin(architecture)
-    folder = _writable_cache_dir()
-    target = os.path.join(folder, architecture.weights_file)
-    quiet_keras()
-    logger.info("downloading the ImageNet weights of %s from %s into %s", architecture.name, origin, folder)
-    started = time.perf_counter()
-    scratch = tempfile.mkdtemp(prefix=".download-", dir=folder)
-    try:
-        try:
-            fetched = keras.utils.get_file(
-                architecture.weights_file,
-                origin,
-                file_hash=architecture.weights_md5,
-                hash_algorithm="md5",
-                cache_dir=scratch,
-                cache_subdir="",
-            )
-        except ValueError:
-            fetched = os.path.join(scratch, architecture.weights_file)
-            if not os.path.isfile(fetched):
-                raise
-            with open(fetched, "rb") as stream:
-                md5 = hashlib.md5(stream.read(), usedforsecurity=False).hexdigest()
-            raise WeightsDownloadError(
-                f"{origin}: the downloaded {architecture.weights_file} has MD5 {md5}, not {architecture.weights_md5} "
-                f"as Keras publishes it (a broken download, or not Keras' file); it was not kept. Run again, or "
-                f"put the file in {folder} or in ${ENV_WEIGHTS} yourself"
-            ) from None
-        except Exception as error:
-            reason = " ".join(str(error).split()) or type(error).__name__
-            raise WeightsDownloadError(
-                f"could not download the ImageNet weights of {architecture.name} from {origin}: {reason}. "
-                f"Without internet access, put {architecture.weights_file} in {folder} or in ${ENV_WEIGHTS} "
-                f"(or name a mirror in ${ENV_WEIGHTS_URL}); --offline ({ENV_OFFLINE}=1) says which file "
-                "is missing without trying"
-            ) from None
-        os.replace(fetched, target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    logger.info(
-        "downloaded %s (%.1f MiB, MD5 checked) in %.1f s",
-        target,
-        os.path.getsize(target) / 2**20,
-        time.perf_counter() - started,
-    )
-    return target
-
-
-def _read_weights(location: str, source: str, architecture: Architecture) -> WeightsFile:
-    """Read a weights file once per version (size, mtime); hash it and find its format."""
-    from mnist_spark import storage
-
-    filesystem, path = storage.resolve(location)
-    info = filesystem.get_file_info(path)
-    key = (storage.to_uri(location), info.size, info.mtime_ns)
-    known = _FILES.get(key)
-    if known is not None:
-        return known
-    started = time.perf_counter()
-    payload = _read_bytes(location)
-    if not payload:
-        raise ValueError(f"weights file {location} is empty; copy it again")
-    suffix = _weights_suffix(payload, location)
-    weights = WeightsFile(storage.to_uri(location), len(payload), hashlib.sha256(payload).hexdigest(), suffix, source)
-    if os.path.basename(path) == architecture.weights_file:
-        md5 = hashlib.md5(payload, usedforsecurity=False).hexdigest()
-        if md5 != architecture.weights_md5:
-            logger.warning(
-                "%s is named like Keras' ImageNet weights of %s but its MD5 is %s, not %s: "
-                "it is not the published file",
-                location,
-                architecture.name,
-                md5,
-                architecture.weights_md5,
-            )
-    _FILES.clear()  # keep one file's record at a time
-    _FILES[key] = weights
-    logger.info("read weights %s in %.1f s", weights.describe(), time.perf_counter() - started)
-    return weights
-
-
-def _read_bytes(location: str) -> bytes:
-    from mnist_spark import storage
-
-    with storage.open_input(location) as stream:
-        return stream.read()
-
-
-def _weights_suffix(payload: bytes, location: str) -> str:
-    """How Keras must load these bytes: ``.h5`` (legacy layout), ``.weights.h5`` or ``.keras``.
-
-    Keras picks the loader by file name; the content decides here, so a
-    ``save_weights`` file renamed to ``.h5`` still loads.
-    """
-    import io
-
-    if payload.startswith(_ZIP_SIGNATURE):
-        return ".keras"
-    if not payload.startswith(_HDF5_SIGNATURE):
-        raise ValueError(
-            f"weights file {location} is not an HDF5 weights file (.h5 or .weights.h5) nor a .keras "
-            "file; give the weights Keras publishes or a file written by model.save_weights"
-        )
-    import h5py
-
-    try:
-        with h5py.File(io.BytesIO(payload), "r") as f:
-            legacy = "layer_names" in f.attrs or "model_weights" in f
-    except OSError as error:
-        raise ValueError(
-            f"weights file {location} is damaged or truncated ({error}); copy or download it again"
-        ) from None
-    return ".h5" if legacy else ".weights.h5"
 
 
 def check_weights(weights: WeightsFile, model_name: str) -> None:
@@ -909,13 +615,15 @@ def check_weights(weights: WeightsFile, model_name: str) -> None:
     ValueError
         When the file is damaged or holds the weights of another network.
     """
+    from mnist_spark import storage
+
     key = (model_name, weights.digest)
     if key in _CHECKED:
         return
     architecture = ARCHITECTURES[model_name]
     started = time.perf_counter()
     try:
-        _build(model_name, architecture.min_size, DEFAULT_POOLING, _read_bytes(weights.location), weights.suffix)
+        _build(model_name, architecture.min_size, DEFAULT_POOLING, storage.read_bytes(weights.location), weights.suffix)
     except Exception as error:  # Keras and h5py raise several types for a file that does not fit
         text = " ".join(str(error).split())
         text = text if len(text) < 300 else text[:300] + "..."
@@ -926,8 +634,8 @@ def check_weights(weights: WeightsFile, model_name: str) -> None:
         raise ValueError(
             f"weights file {weights.location} does not fit {model_name} without its top layers "
             f"({type(error).__name__}: {text}); give the weights of a {model_name} built with "
-            "include_top=False (e.g. Keras' " + architecture.weights_file + "), or set modelName to the "
-            "network they belong to"
+            f"include_top=False (e.g. Keras' {IMAGENET_WEIGHTS[model_name].weights_file}), or set modelName to "
+            "the network they belong to"
         ) from None
     _CHECKED.add(key)
     logger.info(
@@ -936,30 +644,6 @@ def check_weights(weights: WeightsFile, model_name: str) -> None:
         model_name,
         time.perf_counter() - started,
     )
-
-
-def _broadcast_weights(spark, weights: WeightsFile):
-    """The weight file's bytes as a broadcast: shipped once per executor, read once per worker.
-
-    On Spark Connect (no broadcasts) they travel with the query, or through
-    shared storage when large (:func:`mnist_spark.payloads.ship`).
-    """
-    from mnist_spark.payloads import ship
-    from mnist_spark.session import is_connect
-
-    if is_connect(spark):
-        return ship(spark, _read_bytes(weights.location), "weights")
-    context = spark.sparkContext
-    key = (context.applicationId, weights.digest)
-    broadcast = _BROADCASTS.get(key)
-    if broadcast is None:
-        for old in _BROADCASTS.values():
-            with contextlib.suppress(Exception):  # a broadcast of a stopped context
-                old.unpersist()
-        _BROADCASTS.clear()
-        broadcast = context.broadcast(_read_bytes(weights.location))
-        _BROADCASTS[key] = broadcast
-    return broadcast
 
 
 # --------------------------------------------------------------------------- your own network
@@ -1025,8 +709,8 @@ def user_network(location: str, output_layer: str = "") -> UserNetwork:
     key = (storage.to_uri(location), info.size, info.mtime_ns, output_layer)
     if key in _NETWORKS:
         return _NETWORKS[key]
-    payload = _read_bytes(location)
-    if not payload.startswith(_ZIP_SIGNATURE):
+    payload = storage.read_bytes(location)
+    if not payload.startswith(ZIP_SIGNATURE):
         raise ValueError(
             f"model file {location} is not a .keras file (a zip archive written by "
             "model.save); save the network with model.save('name.keras')"
@@ -1043,7 +727,9 @@ def user_network(location: str, output_layer: str = "") -> UserNetwork:
     inputs = getattr(model, "inputs", None) or []
     shape = tuple(inputs[0].shape) if len(inputs) == 1 else ()
     if len(shape) != 4 or shape[3] not in (1, 3):
-        found = ", ".join(_shape_text(i.shape) for i in inputs) or "none"
+        from mnist_spark.models import shape_text
+
+        found = ", ".join(shape_text(i.shape) for i in inputs) or "none"
         raise ValueError(
             f"model file {location} does not take images: its input is {found}; the featurizer feeds "
             "(batch, height, width, 1 or 3) pixels 0-255, so give a model whose one input is an image"
@@ -1058,10 +744,6 @@ def user_network(location: str, output_layer: str = "") -> UserNetwork:
     _NETWORKS.clear()  # keep one file's record at a time
     _NETWORKS[key] = network
     return network
-
-
-def _shape_text(shape) -> str:
-    return "(" + ", ".join("batch" if side is None else str(side) for side in shape) + ")"
 
 
 def default_feature_layer(model) -> str:
@@ -1179,13 +861,15 @@ def build_model(
     >>> model.output_shape  # doctest: +SKIP
     (None, 2048)
     """
+    from mnist_spark import storage
+
     _choice("modelName", SUPPORTED_MODELS)(model_name)
     _choice("pooling", POOLING_CHOICES)(pooling)
     size = image_size or ARCHITECTURES[model_name].native_size
     found = resolve_weights(weights, model_name)
     if found is None:
         return _build(model_name, size, pooling, None)
-    return _build(model_name, size, pooling, _read_bytes(found.location), found.suffix)
+    return _build(model_name, size, pooling, storage.read_bytes(found.location), found.suffix)
 
 
 # --------------------------------------------------------------------------- images -> features

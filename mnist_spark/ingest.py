@@ -21,6 +21,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -133,22 +134,82 @@ def plan_tasks(infos: list[SplitInfo], partitions: int) -> list[ReadTask]:
     return tasks
 
 
-def dataset_frame(spark, data_dir=None, images_dir=None, splits=("train", "test")):
-    """A dataset's images as one DataFrame of an ingest, and its number of classes (0 when unknown).
+@dataclass
+class TrainTest:
+    """The training and test images of a run (:func:`train_test_frames`)."""
 
-    From the IDX files of ``data_dir`` (:func:`mnist_spark.datasets.locate`)
-    or from a PNG set ``images_dir`` (labels from the paths).
+    train: Any  #: every training image; an estimator with ``labels`` picks its own
+    test: Any  #: the test images, cached; with ``labels`` only those, labelled by class position
+    train_rows: int | None  #: from the IDX headers; None when ``labels`` leaves it to count
+    test_rows: int | None
+    num_classes: int  #: the dataset's
+    labels: tuple | None = None  #: the dataset labels kept, in class order
+    classes: tuple | None = None  #: the original label of each class, when the labels were indexed
+
+    def validation(self, size: int):
+        """The first ``size`` test images as numpy for the driver to score each round; None for 0."""
+        from mnist_spark.images import validation_arrays
+
+        return validation_arrays(self.test, size) if size else None
+
+    def train_count(self) -> int:
+        """Training images (of ``labels``): from the headers, else counted by Spark."""
+        from mnist_spark.labels import select_labels
+
+        if self.train_rows is not None:
+            return self.train_rows
+        return (select_labels(self.train, self.labels) if self.labels else self.train).count()
+
+    def test_count(self) -> int:
+        """Test images (of ``labels``): from the headers, else counted by Spark."""
+        return self.test_rows if self.test_rows is not None else self.test.count()
+
+
+def train_test_frames(spark, options: dict) -> TrainTest:
+    """A dataset's training and test splits for training and scoring a classifier.
+
+    ``options`` are a job's: the IDX files of ``data_dir``, or the source
+    that ``input`` or ``input_table`` names (:func:`mnist_spark.sources.source_from_options`).
+    ``limit`` keeps the first images of each split by ``index``. ``labels``
+    (dataset labels) keeps only those test images, labelled ``0 ..
+    len(labels) - 1`` in that order, as the model's classes are.
     """
-    if images_dir and data_dir:
-        raise ValueError("give --data-dir (IDX files) or --images (a PNG set), not both")
-    if images_dir:
-        from mnist_spark.images import read_png_set
+    from pyspark.sql import functions as F
 
-        return read_png_set(spark, images_dir, splits=tuple(splits))[0], 0
-    from mnist_spark import datasets
+    from mnist_spark import datasets, sources
+    from mnist_spark import labels as label_subset
 
-    files = datasets.locate(data_dir)
-    return idx_dataframe(spark, files, splits=tuple(splits))[0], files.dataset.num_classes
+    source = sources.source_from_options(spark, options)
+    data_dir, limit, labels = options.get("data_dir"), options.get("limit"), options.get("labels")
+
+    if source is not None:
+        train, test = (source.frame.where(F.col("split") == split) for split in ("train", "test"))
+        if limit:
+            train, test = (df.where(F.col("index") < _index_bound(df, limit)) for df in (train, test))
+        rows, num_classes = (None, None), source.class_count
+    else:
+        files = datasets.locate(data_dir)
+        train, (train_info,) = idx_dataframe(spark, files, splits=("train",), limit=limit)
+        test, (test_info,) = idx_dataframe(spark, files, splits=("test",), limit=limit)
+        rows, num_classes = (train_info.count, test_info.count), files.dataset.num_classes
+    if labels:
+        if num_classes:
+            label_subset.check_labels(labels, num_classes)
+        test, rows = label_subset.select_labels(test, labels, index=True), (None, None)
+    # Small, and scored by the Python workers that trained.
+    classes = source.classes if source is not None else None
+    return TrainTest(train, test.cache(), *rows, num_classes, tuple(labels) if labels else None, classes)
+
+
+def _index_bound(df, limit: int) -> int:
+    """The ``index`` below which ``df`` has its first ``limit`` rows (all rows when it has fewer)."""
+    from pyspark.sql import functions as F
+
+    row = df.select("index").orderBy("index").offset(limit - 1).limit(1).first() if limit > 0 else None
+    if row is not None:
+        return int(row[0]) + 1
+    top = df.agg(F.max("index")).first()[0] if limit > 0 else None
+    return int(top) + 1 if top is not None else 0
 
 
 def first_images(info: SplitInfo, count: int) -> list:
@@ -262,8 +323,12 @@ def write_dataset(df, location: str) -> None:
 
     Dictionary encoding is off: pixel blobs are nearly all distinct, and
     trying to build a dictionary for them costs time and saves nothing.
+    The Spark jobs are in the phase ``write Parquet``.
     """
-    (df.write.partitionBy("split").option("parquet.enable.dictionary", "false").parquet(storage.to_uri(location)))
+    from mnist_spark.session import phase
+
+    with phase(df.sparkSession, "write Parquet"):
+        df.write.partitionBy("split").option("parquet.enable.dictionary", "false").parquet(storage.to_uri(location))
 
 
 def read_dataset(spark, location: str):
@@ -277,6 +342,17 @@ def read_dataset(spark, location: str):
     if not storage.exists(path):
         raise ValueError(f"no dataset at {location}: expected a Parquet folder written by jobs/ingest.py")
     return spark.read.parquet(path).select("split", "index", "label", "image")
+
+
+def dataset_metrics(files, infos: list[SplitInfo]) -> dict:
+    """What a job's ``metrics.json`` says of the IDX dataset it read: name, folder, rows and shapes per split."""
+    return {
+        "dataset": files.dataset.name,
+        "source": {"directory": files.directory, "found_by": files.source},
+        "rows": {info.split: info.count for info in infos},
+        "label_counts": {info.split: list(info.label_counts) for info in infos},
+        "image_shape": {info.split: list(info.image_shape) for info in infos},
+    }
 
 
 def rate(count: int, seconds: float) -> float:

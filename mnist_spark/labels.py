@@ -71,11 +71,16 @@ def select_labels(df, labels, *, index: bool = False):
 
 
 def write_labels(folder: str, labels) -> str:
-    """Write ``labels.json`` (``{"labels": [...]}``, class ``k`` is ``labels[k]``) into ``folder``."""
+    """Write ``labels.json`` (``{"labels": [...]}``, class ``k`` is ``labels[k]``) into ``folder``.
+
+    The labels are the dataset's: class numbers (a subset, ``--labels``) or
+    the names that string labels were indexed from.
+    """
     from mnist_spark import storage
 
     location = storage.join(folder, LABELS_FILE)
-    storage.write_bytes(location, (json.dumps({"labels": [int(v) for v in labels]}) + "\n").encode())
+    values = [v if isinstance(v, str) else int(v) for v in labels]  # class numbers, or names such as "cat"
+    storage.write_bytes(location, (json.dumps({"labels": values}) + "\n").encode())
     return location
 
 
@@ -92,4 +97,4 @@ def read_labels(folder: str) -> tuple | None:
         raise ValueError(
             f'{location} is not a label mapping ({error}); expected {{"labels": [...]}}, as train_cnn writes it'
         ) from None
-    return tuple(int(v) for v in labels)
+    return tuple(v if isinstance(v, str) else int(v) for v in labels)

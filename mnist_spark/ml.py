@@ -54,6 +54,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from mnist_spark import evaluation, featurizer, images, models, persistence, storage, training
 from mnist_spark import labels as label_subset
+from mnist_spark import weights as weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,23 @@ def _param(name: str, doc: str, converter) -> Param:
     return Param(Params._dummy(), name, doc, typeConverter=converter)
 
 
+def _image_size(value):
+    """imageSize: 0 (the images' own), a side (square) or ``[height, width]``."""
+    if isinstance(value, (list, tuple)):
+        sides = [_whole("imageSize", 1)(side) for side in value]
+        if len(sides) != 2:
+            raise ValueError(f"imageSize is a side or [height, width], found {list(value)}")
+        return sides
+    return _whole("imageSize", 0)(value)
+
+
+def _channels(value):
+    value = _whole("channels", 0)(value)
+    if value not in (0, 1, 3):
+        raise ValueError(f"channels must be 1 (grey), 3 (colour) or 0 (the images' own), found {value}")
+    return value
+
+
 # --------------------------------------------------------------------------- shared checks
 
 
@@ -133,7 +151,7 @@ def _image_column(schema, column: str, stage: str) -> None:
         raise TypeError(
             f"{stage}: column {column!r} must be Spark's image struct ({wanted.simpleString()}), found "
             f"{found.simpleString()}; read images with spark.read.format('image'), "
-            "mnist_spark.images.read_png_set or mnist_spark.ingest"
+            "mnist_spark.pngset.read_png_set or mnist_spark.ingest"
         )
 
 
@@ -143,12 +161,6 @@ def _new_column(schema, column: str, stage: str, param: str) -> None:
             f"{stage}: output column {column!r} already exists in the DataFrame; set {param} "
             "to a new name or drop that column first"
         )
-
-
-def _shape_text(shape) -> str:
-    if isinstance(shape, (list, tuple)) and shape and all(isinstance(s, (list, tuple)) for s in shape):
-        return "[" + ", ".join(_shape_text(s) for s in shape) + "]"
-    return "(" + ", ".join("batch" if s is None else str(s) for s in shape) + ")"
 
 
 @dataclass(frozen=True)
@@ -208,14 +220,14 @@ def read_keras_file(location: str, stage: str, *, payload: bytes | None = None) 
     inputs, outputs = _SHAPES[digest]
     if isinstance(inputs, list) or len(inputs) != 4 or inputs[3] not in (1, 3) or any(s is None for s in inputs[1:]):
         raise ValueError(
-            f"{stage}: model file {location} takes input {_shape_text(inputs)}; expected one "
+            f"{stage}: model file {location} takes input {models.shape_text(inputs)}; expected one "
             "batch of images (batch, height, width, channels) of a fixed size with 1 or 3 "
             "channels"
         )
     several = isinstance(outputs, list) or (bool(outputs) and isinstance(outputs[0], (list, tuple)))
     if several or len(outputs) != 2 or outputs[1] is None:
         raise ValueError(
-            f"{stage}: model file {location} outputs shape {_shape_text(outputs)}; expected "
+            f"{stage}: model file {location} outputs shape {models.shape_text(outputs)}; expected "
             "(batch, n), one row of values per image; end the model in a Dense layer (add "
             "Flatten or pooling before it)"
         )
@@ -266,6 +278,25 @@ def image_decoder(
 # --------------------------------------------------------------------------- the classifier
 
 
+#: A job's options that shape the classifier's data: the label subset, the image size and channels.
+IMAGE_OPTIONS = ("labels", "image_size", "channels")
+
+
+def image_params(options: dict, num_classes: int = 0) -> dict:
+    """:class:`KerasImageClassifier` params from a job's options (:data:`IMAGE_OPTIONS`).
+
+    ``numClasses`` is the dataset's ``num_classes``, or with ``labels`` as many as those.
+    """
+    labels = list(options.get("labels") or [])
+    size = options.get("image_size") or 0
+    return {
+        "labels": labels,
+        "numClasses": 0 if labels else num_classes,
+        "imageSize": list(size) if isinstance(size, (tuple, list)) else size,
+        "channels": options.get("channels") or 0,
+    }
+
+
 class _KerasImageClassifierParams(HasInputCol, HasLabelCol, HasPredictionCol, HasProbabilityCol, HasSeed):
     """Params of :class:`KerasImageClassifier` and of the model it fits."""
 
@@ -310,8 +341,11 @@ class _KerasImageClassifierParams(HasInputCol, HasLabelCol, HasPredictionCol, Ha
     barrier: Param = _param("barrier", "schedule all replicas of a round together", _flag("barrier"))
     imageSize: Param = _param(
         "imageSize",
-        "side of the square images are resized to; 0: their own size (or modelFile's input)",
-        _whole("imageSize", 0),
+        "size the images are resized to: a side (square) or [height, width]; 0: their own size (or modelFile's input)",
+        _image_size,
+    )
+    channels: Param = _param(
+        "channels", "channels the network sees: 1 (grey) or 3 (colour); 0: the images' own", _channels
     )
     numClasses: Param = _param(
         "numClasses", "classes of the softmax; 0: the largest label + 1", _whole("numClasses", 0)
@@ -348,6 +382,7 @@ class _KerasImageClassifierParams(HasInputCol, HasLabelCol, HasPredictionCol, Ha
         batchnormSample=training.TrainConfig.batchnorm_sample,
         barrier=False,
         imageSize=0,
+        channels=0,
         numClasses=0,
         labels=[],
         scaleHint=featurizer.DEFAULT_SCALE_HINT,
@@ -397,8 +432,11 @@ class _KerasImageClassifierParams(HasInputCol, HasLabelCol, HasPredictionCol, Ha
     def getBarrier(self) -> bool:
         return self.getOrDefault(self.barrier)
 
-    def getImageSize(self) -> int:
+    def getImageSize(self):
         return self.getOrDefault(self.imageSize)
+
+    def getChannels(self) -> int:
+        return self.getOrDefault(self.channels)
 
     def getNumClasses(self) -> int:
         return self.getOrDefault(self.numClasses)
@@ -454,9 +492,13 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
         0 for ``stepsPerRound`` and ``firstRoundSteps`` means the default schedule.
     partitions : int
         Replicas; 0 (default): the cluster's task slots.
-    imageSize : int
-        Resize the images to this square (Pillow, filter ``scaleHint``);
-        0 (default): train at the images' own size, which must be one size.
+    imageSize : int or [int, int]
+        Resize the images to this square side or ``[height, width]`` (Pillow,
+        filter ``scaleHint``); 0 (default): train at the images' own size,
+        which must be one size.
+    channels : int
+        1 (grey, Pillow's luma) or 3 (colour) for the network; 0 (default):
+        the images' own.
     numClasses : int
         Width of the softmax; 0 (default): the largest label + 1.
     labels : list of int
@@ -511,6 +553,7 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
         batchnormSample=training.TrainConfig.batchnorm_sample,
         barrier=False,
         imageSize=0,
+        channels=0,
         numClasses=0,
         labels=(),
         scaleHint=featurizer.DEFAULT_SCALE_HINT,
@@ -542,6 +585,7 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
         batchnormSample=training.TrainConfig.batchnorm_sample,
         barrier=False,
         imageSize=0,
+        channels=0,
         numClasses=0,
         labels=(),
         scaleHint=featurizer.DEFAULT_SCALE_HINT,
@@ -597,6 +641,9 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
     def setImageSize(self, value) -> KerasImageClassifier:
         return self._set(imageSize=value)
 
+    def setChannels(self, value) -> KerasImageClassifier:
+        return self._set(channels=value)
+
     def setNumClasses(self, value) -> KerasImageClassifier:
         return self._set(numClasses=value)
 
@@ -630,11 +677,17 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
         """The params that decide the prepared data: fits that share them share the shards."""
         return tuple(
             self.getOrDefault(name)
-            for name in ("inputCol", "labelCol", "partitions", "imageSize", "scaleHint", "modelFile", "numClasses")
-        ) + (tuple(self.getLabels()),)
+            for name in ("inputCol", "labelCol", "partitions", "scaleHint", "modelFile", "numClasses", "channels")
+        ) + (tuple(self.getLabels()), str(self.getImageSize()))
 
     def _prepare(self, dataset) -> _Prepared:
         """Check the data and params on the driver, and decode the images into cached shards once."""
+        from mnist_spark.session import phase
+
+        with phase(dataset.sparkSession, "shards"):
+            return self._decode_shards(dataset)
+
+    def _decode_shards(self, dataset) -> _Prepared:
         from pyspark.sql import functions as F
         from pyspark.sql.types import IntegralType, NumericType
 
@@ -719,13 +772,14 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
                     f"image but the labels need {num_classes} classes; give a model with a "
                     f"softmax of {num_classes} (or set numClasses)"
                 )
-        elif self.getImageSize():
-            shape = (self.getImageSize(), self.getImageSize(), int(stats["channels"]))
         else:
-            shape = (int(stats["height"]), int(stats["width"]), int(stats["channels"]))
+            size = self.getImageSize()
+            sides = (size, size) if isinstance(size, int) else tuple(size)
+            found = (int(stats["height"]), int(stats["width"]))
+            shape = (*(sides if size else found), self.getChannels() or int(stats["channels"]))
         decode = (
             image_decoder(shape, scale_hint=self.getScaleHint(), where=f"{stage} column {input_col!r}")
-            if source is not None or self.getImageSize()
+            if source is not None or self.getImageSize() or self.getChannels()
             else None
         )
         frame = dataset.select(
@@ -772,9 +826,9 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
     @classmethod
     def fromTrainConfig(cls, config: training.TrainConfig, **params) -> KerasImageClassifier:
         """The estimator whose fit repeats ``config`` (a saved run's), with ``params`` besides."""
+        model = {"modelFile": config.model_file} if config.model_file else {"modelName": config.model}
         return cls(
-            modelName=config.model,
-            modelFile=config.model_file or "",
+            **model,
             epochs=config.epochs,
             batchSize=config.batch_size,
             partitions=config.partitions,
@@ -815,6 +869,9 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
     def _train(self, dataset, prepared: _Prepared, *, validation=None, state=None, on_round=None, augment=None):
         """One fit on prepared shards, with this estimator's params: ``(model, TrainState, TrainConfig)``."""
         config = self.trainConfig(prepared.partitions, prepared.input_shape, prepared.num_classes, augment)
+        if validation is not None and prepared.decode is not None:  # scored as the network sees the images
+            images, labels = validation
+            validation = (fit_pixels(images, prepared.input_shape, scale_hint=self.getScaleHint()), labels)
         trained, final = training.train(
             dataset.sparkSession,
             prepared.frame,
@@ -942,6 +999,37 @@ class KerasImageClassificationModel(Model, _KerasImageClassifierParams, persiste
         """The trained model as a ``keras.Model`` (loaded in safe mode)."""
         return evaluation.model_from_bytes(self._payload, compile=True)
 
+    def imageDecoder(self):
+        """The function that makes image structs this model's input: resized and converted as in training."""
+        where = f"KerasImageClassificationModel column {self.getInputCol()!r}"
+        return image_decoder(self._input_shape, scale_hint=self.getScaleHint(), where=where)
+
+    def evaluate(self, dataset) -> dict:
+        """:func:`mnist_spark.evaluation.evaluate` of this model on labelled images (class numbers)."""
+        return evaluation.evaluate(
+            dataset, self.kerasModel(), num_classes=self.getNumClasses(), decode=self.imageDecoder()
+        )
+
+    def writeRunFiles(self, folder: str, classes=None) -> None:
+        """Write a run folder's model files: ``model.keras``, ``saved_model/``, ``model_summary.txt``, ``labels.json``.
+
+        ``saved_model/`` is the model as a TensorFlow SavedModel for TF Serving
+        (:func:`mnist_spark.persistence.export_saved_model`).
+        ``labels.json`` holds the labels param, else ``classes`` (the original
+        label of each class, e.g. the names that string labels were indexed
+        from); neither writes none. The summary is printed too, as Keras prints it.
+        """
+        if self._payload is None:
+            raise ValueError("KerasImageClassificationModel has no trained model to write")
+        storage.write_bytes(storage.join(folder, MODEL_FILE), self._payload)
+        if self.getLabels() or classes:
+            label_subset.write_labels(folder, self.getLabels() or classes)
+        network = self.kerasModel()
+        persistence.export_saved_model(network, folder)
+        summary = models.summary_text(network)
+        print(summary)
+        storage.write_bytes(storage.join(folder, "model_summary.txt"), (summary + "\n").encode())
+
     def transformSchema(self, schema):
         from pyspark.ml.linalg import VectorUDT
         from pyspark.sql.types import DoubleType, StructField, StructType
@@ -965,11 +1053,7 @@ class KerasImageClassificationModel(Model, _KerasImageClassifierParams, persiste
         self.transformSchema(dataset.schema)
         probability, prediction = self.getProbabilityCol(), self.getPredictionCol()
         scores = probability or "__probability"
-        decode = image_decoder(
-            self._input_shape,
-            scale_hint=self.getScaleHint(),
-            where=f"KerasImageClassificationModel column {self.getInputCol()!r}",
-        )
+        decode = self.imageDecoder()
         scored = evaluation.predict(
             dataset,
             self._payload,
@@ -1171,57 +1255,57 @@ FIXED_SIZE_MODELS = ("VGG16", "VGG19")
 IMAGENET_CLASSES = 1000
 
 
-def top_architecture(model_name: str) -> featurizer.Architecture:
-    """The featurizer's record of ``model_name``, for the network with its top: Keras' file name and MD5."""
+def top_imagenet_weights(model_name: str) -> weight_files.ImagenetWeights:
+    """Keras' published ImageNet weights of ``model_name`` with its top: file name and MD5."""
     from dataclasses import replace
 
-    base = featurizer.ARCHITECTURES[model_name]
+    base = weight_files.IMAGENET_WEIGHTS[model_name]
     return replace(base, weights_file=base.weights_file.replace("_notop", ""), weights_md5=TOP_WEIGHTS_MD5[model_name])
 
 
 def resolve_top_weights(weights: str, model_name: str):
     """Find the weights of ``model_name`` with its classifier on the driver; ``None`` for ``none``.
 
-    As :func:`mnist_spark.featurizer.resolve_weights`, for Keras' file with the
+    As :func:`mnist_spark.weights.resolve_weights`, for Keras' file with the
     top (``resnet50_weights_tf_dim_ordering_tf_kernels.h5``...): ``imagenet``
     looks in ``$MNIST_SPARK_WEIGHTS``, then Keras' cache, and never downloads;
     anything else is the path or URI of a weights file.
     """
-    architecture = top_architecture(model_name)
-    if weights == featurizer.WEIGHTS_NONE:
+    published = top_imagenet_weights(model_name)
+    if weights == weight_files.WEIGHTS_NONE:
         return None
-    if weights == featurizer.WEIGHTS_IMAGENET:
-        location, source = _find_keras_file(architecture.weights_file)
+    if weights == weight_files.WEIGHTS_IMAGENET:
+        location, source = _find_keras_file(published.weights_file)
         if location is None:
             raise ValueError(
                 f"the ImageNet weights of {model_name} with its classifier are not on this machine: it needs "
-                f"{architecture.weights_file}, looked for in {source}, and does not download them. Get the "
+                f"{published.weights_file}, looked for in {source}, and does not download them. Get the "
                 f'file where there is internet access, with python -c "import keras; '
                 f'keras.applications.{model_name}()" (it lands in ~/.keras/models) or from '
-                f"{architecture.weights_url}; then copy it into Keras' cache folder or into a folder named by "
-                f"${featurizer.ENV_WEIGHTS}, or pass its path as weights. weights='none' gives random weights "
+                f"{published.weights_url}; then copy it into Keras' cache folder or into a folder named by "
+                f"${weight_files.ENV_WEIGHTS}, or pass its path as weights. weights='none' gives random weights "
                 "for an offline smoke run"
             )
-        return featurizer._read_weights(location, source, architecture)
+        return weight_files.read_weights(location, source, published)
     if not storage.exists(weights):
         raise ValueError(
             f"weights file {weights} does not exist; give the path of a {model_name} weights file "
-            f"with its classifier (e.g. Keras' {architecture.weights_file}), 'imagenet' or 'none'"
+            f"with its classifier (e.g. Keras' {published.weights_file}), 'imagenet' or 'none'"
         )
-    return featurizer._read_weights(weights, "path", architecture)
+    return weight_files.read_weights(weights, "path", published)
 
 
 def _find_keras_file(name: str):
     """``(location, source)`` of a Keras download in ``$MNIST_SPARK_WEIGHTS`` or Keras' cache, else
     ``(None, where it was looked for)``."""
-    folder = os.environ.get(featurizer.ENV_WEIGHTS)
-    candidates = [(storage.join(folder, name), f"${featurizer.ENV_WEIGHTS}")] if folder else []
-    candidates += [(os.path.join(d, name), "keras cache") for d in featurizer.keras_cache_dirs()]
+    folder = os.environ.get(weight_files.ENV_WEIGHTS)
+    candidates = [(storage.join(folder, name), f"${weight_files.ENV_WEIGHTS}")] if folder else []
+    candidates += [(os.path.join(d, name), "keras cache") for d in weight_files.keras_cache_dirs()]
     for location, source in candidates:
         if storage.exists(location):
             return location, source
-    places = f"${featurizer.ENV_WEIGHTS} ({folder})" if folder else f"${featurizer.ENV_WEIGHTS} (not set)"
-    return None, f"{places} and Keras' cache {featurizer.keras_cache_dirs()[0]}"
+    places = f"${weight_files.ENV_WEIGHTS} ({folder})" if folder else f"${weight_files.ENV_WEIGHTS} (not set)"
+    return None, f"{places} and Keras' cache {weight_files.keras_cache_dirs()[0]}"
 
 
 _CLASS_NAMES: dict = {}  # (location, size, mtime) -> [(wnid, name), ...]
@@ -1248,7 +1332,7 @@ def imagenet_class_names() -> list:
             '"import keras, numpy; keras.applications.imagenet_utils.decode_predictions('
             'numpy.zeros((1, 1000)))" (it lands in ~/.keras/models) or '
             f"from {CLASS_INDEX_URL}; then copy it into Keras' cache folder or into the "
-            f"folder named by ${featurizer.ENV_WEIGHTS}, or set decodePredictions=False"
+            f"folder named by ${weight_files.ENV_WEIGHTS}, or set decodePredictions=False"
         )
     filesystem, path = storage.resolve(location)
     info = filesystem.get_file_info(path)
@@ -1291,13 +1375,13 @@ def _check_top_weights(weights, model_name: str, image_size: int) -> None:
     if key in _TOP_CHECKED:
         return
     try:
-        _build_top(model_name, image_size, featurizer._read_bytes(weights.location), weights.suffix)
+        _build_top(model_name, image_size, storage.read_bytes(weights.location), weights.suffix)
     except Exception as error:  # Keras and h5py raise several types for a file that does not fit
         text = " ".join(str(error).split())[:300]
         raise ValueError(
             f"weights file {weights.location} does not fit {model_name} with its classifier "
             f"({type(error).__name__}: {text}); give the weights of a {model_name} built with include_top=True "
-            f"(e.g. Keras' {top_architecture(model_name).weights_file}), or set modelName to their network"
+            f"(e.g. Keras' {top_imagenet_weights(model_name).weights_file}), or set modelName to their network"
         ) from None
     _TOP_CHECKED.add(key)
 
@@ -1306,8 +1390,8 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
     """ImageNet predictions of a pretrained network: sparkdl's ``DeepImagePredictor``.
 
     Runs ``modelName`` (``keras.applications``, with its classifier) on the
-    image column, with the featurizer's machinery
-    (:mod:`mnist_spark.featurizer`): weights found on the driver and
+    image column, with the featurizer's machinery (:mod:`mnist_spark.featurizer`,
+    :mod:`mnist_spark.weights`): weights found on the driver and
     broadcast once, the network built once per Python worker, images made RGB,
     resized (``scaleHint``) and given the network's ``preprocess_input``.
 
@@ -1375,7 +1459,7 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
         imageSize=0,
         scaleHint=featurizer.DEFAULT_SCALE_HINT,
         batchSize=featurizer.DEFAULT_BATCH_SIZE,
-        weights=featurizer.WEIGHTS_IMAGENET,
+        weights=weight_files.WEIGHTS_IMAGENET,
     )
 
     @keyword_only
@@ -1390,7 +1474,7 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
         imageSize=0,
         scaleHint=featurizer.DEFAULT_SCALE_HINT,
         batchSize=featurizer.DEFAULT_BATCH_SIZE,
-        weights=featurizer.WEIGHTS_IMAGENET,
+        weights=weight_files.WEIGHTS_IMAGENET,
     ):
         super().__init__()
         self._setDefault(**self._DEFAULTS)
@@ -1408,7 +1492,7 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
         imageSize=0,
         scaleHint=featurizer.DEFAULT_SCALE_HINT,
         batchSize=featurizer.DEFAULT_BATCH_SIZE,
-        weights=featurizer.WEIGHTS_IMAGENET,
+        weights=weight_files.WEIGHTS_IMAGENET,
     ):
         """Set any of the params by keyword; returns ``self``."""
         return self._set(**self._input_kwargs)
@@ -1524,7 +1608,7 @@ class DeepImagePredictor(Transformer, HasInputCol, HasOutputCol, DefaultParamsRe
         broadcast = None
         if weights is not None:
             _check_top_weights(weights, name, size)
-            broadcast = featurizer._broadcast_weights(dataset.sparkSession, weights)
+            broadcast = weight_files.broadcast_weights(dataset.sparkSession, weights)
         config = _PredictorConfig(
             name,
             size,

@@ -154,6 +154,21 @@ def build_model(
     return model
 
 
+def shape_text(shape) -> str:
+    """A Keras shape as text, ``(batch, 28, 28, 1)``; several shapes as a list of them.
+
+    Examples
+    --------
+    >>> shape_text((None, 10))
+    '(batch, 10)'
+    >>> shape_text([(None, 4), (None, 2)])
+    '[(batch, 4), (batch, 2)]'
+    """
+    if isinstance(shape, (list, tuple)) and shape and all(isinstance(s, (list, tuple)) for s in shape):
+        return "[" + ", ".join(shape_text(s) for s in shape) + "]"
+    return "(" + ", ".join("batch" if side is None else str(side) for side in shape) + ")"
+
+
 def summary_text(model) -> str:
     """``model.summary()`` as text."""
     lines = []

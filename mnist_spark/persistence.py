@@ -16,6 +16,33 @@ from mnist_spark import storage
 MODEL_FILE = "model.keras"
 
 
+#: The TensorFlow SavedModel beside a run's model.keras, for TF Serving.
+SAVED_MODEL = "saved_model"
+
+
+def export_saved_model(model, folder: str) -> str:
+    """Write ``model`` as a TensorFlow SavedModel (``model.export``) into ``folder/saved_model``.
+
+    TF Serving loads it as it is; its ``serve`` signature takes a batch of
+    float32 images as the Keras model does. On object stores the export is
+    written locally first and copied up with ``pyarrow.fs.copy_files``.
+    Returns the location.
+    """
+    import tempfile
+
+    from pyarrow import fs as pafs
+
+    location = storage.join(folder, SAVED_MODEL)
+    if not storage.is_uri(location):
+        model.export(location, verbose=False)
+        return location
+    with tempfile.TemporaryDirectory() as local:
+        model.export(local, verbose=False)
+        filesystem, path = storage.resolve(location)
+        pafs.copy_files(local, path, destination_filesystem=filesystem)
+    return location
+
+
 class _Writer(MLWriter):
     """Params as ``DefaultParamsWriter`` writes them, and the model file inside the folder."""
 

@@ -56,6 +56,30 @@ def _non_finite(value, where: str = ""):
     return None
 
 
+def training_metrics(job: str, config, state, scores: dict, data) -> dict:
+    """The metrics of a training run: test scores, rows, rounds, throughput, history, versions.
+
+    ``data`` is the run's :class:`mnist_spark.ingest.TrainTest`.
+    """
+    from mnist_spark.training import images_per_second
+
+    return {
+        "train_rows": data.train_count(),
+        "test_rows": data.test_count(),
+        "job": job,
+        "model": config.model,
+        "test_accuracy": scores["accuracy"],
+        "test_loss": scores["loss"],
+        "epochs": config.epochs,
+        "rounds": state.round,
+        "partitions": config.partitions,
+        "images_per_second": images_per_second(state.history),
+        "history": state.history,
+        "evaluation": scores,
+        "environment": environment(data.test.sparkSession),
+    }
+
+
 def write_metrics(folder: str, metrics: dict) -> str:
     """Write ``metrics.json`` into a run folder (local path or URI); return its location.
 
@@ -267,6 +291,17 @@ def set_pictures(rows, folder: str, *, split: str, variants: int, params, seed: 
     return figures
 
 
+def set_links(splits) -> list:
+    """The links of a PNG set's ``index.html``: its split folders, its manifest and ``metrics.json``."""
+    from mnist_spark.pngset import MANIFEST_NAME
+
+    links = [(f"{split}/", f"{split}/: one folder per label") for split in splits]
+    return links + [
+        (f"{MANIFEST_NAME}/", "manifest (Parquet): path, split, index, label, variant, augmentation, bytes"),
+        ("metrics.json", "metrics.json"),
+    ]
+
+
 def write_set_index(folder: str, *, title: str, counts: dict, figures=(), links=(), labels=None) -> str:
     """Write ``index.html`` for an image set: counts per split and label, figures and links.
 
@@ -280,7 +315,7 @@ def write_set_index(folder: str, *, title: str, counts: dict, figures=(), links=
         Heading of the page.
     counts : dict
         ``{split: {label: [originals, variants]}}`` as from
-        :func:`mnist_spark.images.manifest_counts`.
+        :func:`mnist_spark.pngset.manifest_counts`.
     figures : sequence of (str, str)
         ``(file name in the folder, caption)`` of each picture to show.
     links : sequence of (str, str)
@@ -479,10 +514,11 @@ def files_section(files) -> tuple[str, str]:
 GRID_SIZE, PROBABILITY_ROWS = 24, 4
 
 
-def write_training_report(folder: str, metrics: dict, pictures) -> None:
+def write_training_report(folder: str, metrics: dict, test) -> None:
     """Figures and ``report.html`` of a ``train_cnn`` run folder.
 
-    ``pictures`` are the pixels of ``metrics["evaluation"]["misclassified"][:GRID_SIZE]``.
+    ``test`` is the DataFrame of test images that ``metrics["evaluation"]["misclassified"]``
+    indexes; the pictures of the first :data:`GRID_SIZE` are collected in the phase ``figures``.
     """
     scores = metrics["evaluation"]
     learning_curves(metrics["history"], storage.join(folder, "learning_curves.png"))
@@ -493,6 +529,11 @@ def write_training_report(folder: str, metrics: dict, pictures) -> None:
     ]
     wrong = scores["misclassified"][:GRID_SIZE]
     if wrong:
+        from mnist_spark.images import images_by_index
+        from mnist_spark.session import phase
+
+        with phase(test.sparkSession, "figures"):
+            pictures = images_by_index(test, [w["index"] for w in wrong])
         label_of = metrics["labels"] or range(len(scores["confusion_matrix"]))
         titles = [f"p: {label_of[w['predicted']]}; e: {label_of[w['expected']]}" for w in wrong]
         contact_sheet(

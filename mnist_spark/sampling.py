@@ -27,6 +27,25 @@ def balanced_quotas(counts: dict, limit: int) -> dict:
     return quotas
 
 
+def train_test_samples(df, train_limit: int | None, test_limit: int | None, seed: int) -> tuple:
+    """The ``train`` and ``test`` splits of ``df``, each sampled by :func:`stratified_sample`.
+
+    Returns ``(train, test, counts)``, ``counts`` mapping each split to its rows per label. The
+    Spark jobs that count the labels are in the phase ``sample``.
+    """
+    from pyspark.sql import functions as F
+
+    from mnist_spark.session import phase
+
+    with phase(df.sparkSession, "sample"):
+        train, train_counts = stratified_sample(df.where(F.col("split") == "train"), train_limit, seed, "train split")
+        test, test_counts = stratified_sample(df.where(F.col("split") == "test"), test_limit, seed, "test split")
+    logger.info(
+        "sampled %d training and %d test images (seed %d)", sum(train_counts.values()), sum(test_counts.values()), seed
+    )
+    return train, test, {"train": train_counts, "test": test_counts}
+
+
 def stratified_sample(df, limit: int | None, seed: int, where: str):
     """Up to ``limit`` rows of ``df``, balanced over ``label``, chosen by a hash of ``(seed, split, index)``.
 

@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -628,10 +629,90 @@ def cores_from_conf(get) -> int | None:
     return None
 
 
-def set_job_description(spark, text: str) -> None:
-    """Name the next Spark jobs in the UI (classic Spark; Spark Connect has no SparkContext to tell)."""
-    if not is_connect(spark):
-        spark.sparkContext.setJobDescription(text)
+#: The job whose Spark jobs are being named (:func:`job_phases`); a phase's jobs read ``"<job>: <phase>"``.
+_job: str | None = None
+#: The operation tag this thread's Spark Connect phase set, per thread as Connect's tags are.
+_connect_tag = threading.local()
+#: The local property behind ``SparkContext.setJobDescription``: the description of a job in the UI.
+DESCRIPTION_PROPERTY = "spark.job.description"
+
+
+@contextlib.contextmanager
+def job_phases(spark, job: str):
+    """Name the Spark jobs of a run of ``job``: ``job`` itself, and ``"<job>: <phase>"`` in a :func:`phase`.
+
+    ``cli.run_job`` runs every job in this block, so the Spark UI (and an
+    event log, or the History Server) shows which job each Spark job belongs
+    to. On leaving, the names are those from before.
+    """
+    global _job
+    previous, _job = _job, job
+    try:
+        with _named(spark, job):
+            yield
+    finally:
+        _job = previous
+
+
+@contextlib.contextmanager
+def phase(spark, name: str):
+    """Name the Spark jobs that this thread starts in the block: ``"<job>: <name>"`` inside :func:`job_phases`.
+
+    On classic Spark this is the jobs' description (``setJobDescription``),
+    shown beside each job's number in the UI's job and stage lists; on
+    leaving, the description from before is back, so nesting works and no
+    later job carries the phase's name. A Spark Connect session has no
+    SparkContext: there the name is an operation tag (``SparkSession.addTag``)
+    of the block's queries, which the server adds to its jobs' tags and which
+    ``SparkSession.interruptTag`` can cancel.
+
+    The description is a property of the thread (of its JVM thread, in
+    PySpark's pinned-thread mode): Spark jobs run from threads that the
+    block starts carry the name only when started with
+    ``pyspark.inheritable_thread_target`` (as Spark ML's ``CrossValidator``
+    does), which copies the properties of the thread that wraps them.
+
+    Examples
+    --------
+    >>> with phase(spark, "evaluation"):
+    ...     spark.range(3).count()
+    3
+    """
+    with _named(spark, f"{_job}: {name}" if _job else name):
+        yield
+
+
+@contextlib.contextmanager
+def _named(spark, text: str):
+    """Name this thread's Spark jobs ``text`` in the block: their description, or on Connect an operation tag."""
+    if is_connect(spark):
+        with _tagged(spark, text.replace(",", ";")):  # Spark's job tags are comma-separated
+            yield
+        return
+    context = spark.sparkContext
+    previous = context.getLocalProperty(DESCRIPTION_PROPERTY)
+    context.setJobDescription(text)
+    try:
+        yield
+    finally:
+        context.setLocalProperty(DESCRIPTION_PROPERTY, previous)  # None removes it
+
+
+@contextlib.contextmanager
+def _tagged(spark, tag: str):
+    """Tag this thread's Spark Connect queries ``tag`` instead of the enclosing phase's tag, in the block."""
+    previous = getattr(_connect_tag, "value", None)
+    if previous:
+        spark.removeTag(previous)
+    spark.addTag(tag)
+    _connect_tag.value = tag
+    try:
+        yield
+    finally:
+        spark.removeTag(tag)
+        _connect_tag.value = previous
+        if previous:
+            spark.addTag(previous)
 
 
 def configure_tensorflow_threads(threads: int | None = None) -> int:

@@ -170,6 +170,14 @@ def join(location: str | os.PathLike, *parts: str) -> str:
     return os.path.join(location, *parts)
 
 
+def parent(location: str | os.PathLike) -> str:
+    """The folder holding ``location`` (a local path or a URI)."""
+    location = os.fspath(location).rstrip("/")
+    if is_uri(location):
+        return posixpath.dirname(location)
+    return os.path.dirname(os.path.abspath(location))
+
+
 def exists(location: str | os.PathLike) -> bool:
     """True when a file or folder exists at ``location``."""
     from pyarrow import fs as pafs
@@ -190,16 +198,15 @@ def read_bytes(location: str | os.PathLike) -> bytes:
         return stream.read()
 
 
-def list_files(location: str | os.PathLike) -> list[str] | None:
-    """Sorted names of the files in a folder; None when there is no such folder."""
+def list_files(location: str | os.PathLike, *, folders: bool = False) -> list[str] | None:
+    """Sorted names of the files (with ``folders``, the sub-folders) in a folder; None when there is no folder."""
     from pyarrow import fs as pafs
 
     filesystem, path = resolve(location)
     if filesystem.get_file_info(path).type != pafs.FileType.Directory:
         return None
-    return sorted(
-        info.base_name for info in filesystem.get_file_info(pafs.FileSelector(path)) if info.type == pafs.FileType.File
-    )
+    kind = pafs.FileType.Directory if folders else pafs.FileType.File
+    return sorted(info.base_name for info in filesystem.get_file_info(pafs.FileSelector(path)) if info.type == kind)
 
 
 def move(source: str | os.PathLike, destination: str | os.PathLike) -> None:

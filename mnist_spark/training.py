@@ -35,8 +35,9 @@ import math
 import os
 import pickle
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -183,6 +184,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_options(cls, options: dict, **values) -> TrainConfig:
+        """The config of the ``options`` named as its fields (a job's flags), with ``values`` over them."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in options.items() if k in names}, **values})
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -1079,7 +1086,7 @@ def train(
     from pyspark import BarrierTaskContext, TaskContext
 
     from mnist_spark.payloads import ship
-    from mnist_spark.session import set_job_description, task_slots
+    from mnist_spark.session import phase, task_slots
 
     architecture = storage.read_bytes(config.model_file) if config.model_file else None
     model, fresh = initial_state(config, architecture)
@@ -1094,21 +1101,21 @@ def train(
     started = time.perf_counter()
     chunk_bytes = chunk_bytes or CHUNK_BYTES
     own_shards = shards is None
-    shards, sizes = (
-        make_shards(train_df, config.partitions, chunk_bytes=chunk_bytes, decode=decode) if own_shards else shards
-    )
-    if len(sizes) != config.partitions:
-        raise ValueError(
-            f"{len(sizes)} shards were given for {config.partitions} partitions; make them "
-            "with make_shards(train_df, config.partitions)"
+    with phase(spark, "shards"):
+        shards, sizes = (
+            make_shards(train_df, config.partitions, chunk_bytes=chunk_bytes, decode=decode) if own_shards else shards
         )
-    shipped = ship(spark, architecture, "network") if architecture is not None else None
-    schedule = plan_schedule(config, sizes)
-    sample = None
-    if config.batchnorm_sample and models.batchnorm_layers(model):
-        sample = training_sample(train_df, config.batchnorm_sample, config.seed, total=sum(sizes), decode=decode)[
-            0
-        ].reshape(-1, *config.input_shape)
+        if len(sizes) != config.partitions:
+            raise ValueError(
+                f"{len(sizes)} shards were given for {config.partitions} partitions; make them "
+                "with make_shards(train_df, config.partitions)"
+            )
+        shipped = ship(spark, architecture, "network") if architecture is not None else None
+        schedule = plan_schedule(config, sizes)
+        sample = None
+        if config.batchnorm_sample and models.batchnorm_layers(model):
+            picked, _ = training_sample(train_df, config.batchnorm_sample, config.seed, total=sum(sizes), decode=decode)
+            sample = picked.reshape(-1, *config.input_shape)
     logger.info(
         "training %s on %d images in %d partitions (%s): %d rounds of %s steps, batch %d, peak learning rate %.4g",
         config.model_file or config.model,
@@ -1151,8 +1158,11 @@ def train(
                     for local in files.values():
                         local.close()
 
-            set_job_description(spark, f"training round {round_ + 1}/{schedule.rounds}")
-            with _timed(overheads, "tasks"), _session_conf(spark, _ONE_CHUNK_TO_PYTHON):
+            with (
+                phase(spark, f"training round {round_ + 1}/{schedule.rounds}"),
+                _timed(overheads, "tasks"),
+                _session_conf(spark, _ONE_CHUNK_TO_PYTHON),
+            ):
                 replicas = shards.mapInArrow(run_round, _result_schema(), barrier=config.barrier)
                 weights, optimizer, results = tree_average(replicas, config.partitions)
                 jobs_done = time.time()
@@ -1249,6 +1259,39 @@ def check_partitions(partitions: int, rows: int, *, given: bool = True) -> None:
     if partitions > rows:
         flag = f"--partitions {partitions}" + ("" if given else " (the cluster's task slots)")
         raise ValueError(f"{flag} needs at least {partitions} training images, found {rows}; use fewer --partitions")
+
+
+def images_per_second(history: list[dict]) -> float:
+    """Training throughput over a run's rounds (their ``images`` and ``seconds``)."""
+    seconds = sum(h["seconds"] for h in history)
+    return round(sum(h["images"] for h in history) / seconds, 1) if seconds else 0.0
+
+
+def checkpointer(folder: str, every: int, extra: dict, *, also: Callable | None = None) -> Callable:
+    """An ``on_round(state, schedule, config)`` that saves a checkpoint every ``every`` rounds and after the last.
+
+    ``every=0`` saves none. ``also(record)`` gets the round's history record first.
+    """
+
+    def on_round(state: TrainState, schedule, config: TrainConfig) -> None:
+        if also is not None:
+            also(state.history[-1])
+        if every and (state.round % every == 0 or state.round == schedule.rounds):
+            save_checkpoint(folder, state, config, extra=extra)
+
+    return on_round
+
+
+def resume_from(folder: str, run: str, given: dict, defaults: dict, names) -> tuple:
+    """The latest checkpoint of ``run`` in ``folder``, once ``given`` settings agree with the saved ones.
+
+    Returns ``(state, config, settings)``: the run settings ``names`` as
+    saved, or their ``defaults`` where the checkpoint has none. See
+    :func:`check_resume_settings`.
+    """
+    state, config, saved = load_checkpoint(folder)
+    check_resume_settings(run, {**config.to_dict(), "arch": config.model, **saved}, given, defaults)
+    return state, config, {name: saved.get(name, defaults.get(name)) for name in names}
 
 
 def check_resume_settings(run: str, saved: dict, given: dict, defaults: dict) -> None:

@@ -16,6 +16,16 @@ from mnist_spark import evaluation, report, storage, tuning
 
 logger = logging.getLogger(__name__)
 
+#: Defaults: all of MNIST at InceptionV3's minimum size, 4.5 to 10 minutes on 2 cores
+#: (README "Transfer learning"); larger datasets are sampled down to this size.
+DEFAULT_IMAGE_SIZE = 75
+DEFAULT_TRAIN_LIMIT = 60000
+DEFAULT_TEST_LIMIT = 10000
+#: LogisticRegression settings.
+DEFAULT_MAX_ITER, DEFAULT_REG_PARAM, DEFAULT_ELASTIC_NET_PARAM = 20, 0.05, 0.3
+#: The featurizer's params by the job's flags, for its error messages.
+FEATURIZER_FLAGS = {"imageSize": "--image-size", "outputLayer": "--output-layer", "base model": "--base-model"}
+
 #: What MulticlassClassificationEvaluator reports, under its own metric names.
 METRICS = ("accuracy", "f1", "weightedPrecision", "weightedRecall", "logLoss")
 
@@ -32,26 +42,58 @@ def check_regression_settings(max_iter: int, reg_params, elastic_net_params) -> 
             raise ValueError(f"--elastic-net-param must lie in [0, 1] (0: L2, 1: L1), found {value}")
 
 
-def featurizer_stage(base_model: str, *, output_layer: str = "", **params) -> tuple:
-    """The checked featurizer of ``--base-model`` and a description of its network.
+def regression_settings(options: dict) -> dict:
+    """LogisticRegression's settings (:func:`mnist_spark.tuning.fit_logistic_regression`) from the job's options.
 
-    ``params``: ``image_size``, ``pooling``, ``weights``, ``batch_size``. The
-    network is checked on the driver (:meth:`DeepImageFeaturizer.checkNetwork`).
+    Checked before any data is read (:func:`check_regression_settings`).
     """
-    from mnist_spark import featurizer
-
-    stage = featurizer.featurizer_for(
-        base_model,
-        outputLayer=output_layer,
-        imageSize=params["image_size"],
-        pooling=params["pooling"],
-        weights=params["weights"],
-        batchSize=params["batch_size"],
+    tune = options["tune"]
+    reg_params, elastic_net_params = (
+        (options["tune_reg_params"], options["tune_elastic_net_params"]) if tune else ((), ())
     )
-    stage.checkNetwork()
-    if not stage.getModelFile():
-        return stage, base_model
-    layer = featurizer.user_network(stage.getModelFile(), output_layer).output_layer
+    check_regression_settings(
+        options["max_iter"], [options["reg_param"], *reg_params], [options["elastic_net_param"], *elastic_net_params]
+    )
+    return {
+        "max_iter": options["max_iter"],
+        "reg_param": options["reg_param"],
+        "elastic_net_param": options["elastic_net_param"],
+        "tune": tune,
+        "reg_params": options["tune_reg_params"],
+        "elastic_net_params": options["tune_elastic_net_params"],
+        "folds": options["tune_folds"],
+    }
+
+
+def featurizer_stage(options: dict) -> tuple:
+    """The checked featurizer that the job's options describe, and a description of its network.
+
+    ``options``: ``base_model``, ``output_layer``, ``image_size``,
+    ``pooling``, ``weights``, ``batch_size``. ``image_size`` None means
+    :data:`DEFAULT_IMAGE_SIZE` for a keras.applications network and the input
+    size of your own. The network is checked on the driver
+    (:meth:`DeepImageFeaturizer.checkNetwork`); errors name the job's flags.
+    """
+    from mnist_spark import cli, featurizer
+
+    base_model, output_layer, image_size = options["base_model"], options["output_layer"], options["image_size"]
+    if image_size is None:
+        image_size = DEFAULT_IMAGE_SIZE if base_model in featurizer.ARCHITECTURES else 0
+    try:
+        stage = featurizer.featurizer_for(
+            base_model,
+            outputLayer=output_layer,
+            imageSize=image_size,
+            pooling=options["pooling"],
+            weights=options["weights"],
+            batchSize=options["batch_size"],
+        )
+        stage.checkNetwork()
+        if not stage.getModelFile():
+            return stage, base_model
+        layer = featurizer.user_network(stage.getModelFile(), output_layer).output_layer
+    except ValueError as error:
+        raise ValueError(cli.in_flag_terms(str(error), FEATURIZER_FLAGS)) from None
     return stage, f"{stage.getModelFile()}, layer {layer}"
 
 
@@ -81,12 +123,16 @@ def fit_and_score(stage, train, test, *, num_classes: int = 0, seed: int = 0, **
     from pyspark.ml import PipelineModel
     from pyspark.ml.evaluation import MulticlassClassificationEvaluator
 
+    from mnist_spark.session import phase
+
+    spark = train.sparkSession
     started = time.perf_counter()
     column = stage.getOutputCol()
     features = stage.transform(train).select("split", "index", "label", column).persist(StorageLevel.MEMORY_AND_DISK)
-    train_rows = features.count()
-    feature_seconds = time.perf_counter() - started
-    feature_size = len(features.select(column).first()[0])
+    with phase(spark, "featurize"):
+        train_rows = features.count()
+        feature_seconds = time.perf_counter() - started
+        feature_size = len(features.select(column).first()[0])
     logger.info(
         "featurized %d training images in %.1f s (%.1f img/s): %d values each",
         train_rows,
@@ -96,7 +142,8 @@ def fit_and_score(stage, train, test, *, num_classes: int = 0, seed: int = 0, **
     )
 
     started = time.perf_counter()
-    fitted, grid = tuning.fit_logistic_regression(features, features_col=column, seed=seed, **regression)
+    with phase(spark, "fit LR (cross-validation)" if regression.get("tune") else "fit LR"):
+        fitted, grid = tuning.fit_logistic_regression(features, features_col=column, seed=seed, **regression)
     fit_seconds = time.perf_counter() - started
     features.unpersist()
     iterations = fitted.summary.totalIterations
@@ -109,10 +156,11 @@ def fit_and_score(stage, train, test, *, num_classes: int = 0, seed: int = 0, **
         .select("index", "label", "prediction", "probability")
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    test_rows = predictions.count()
-    predict_seconds = time.perf_counter() - started
-    scores = {name: float(MulticlassClassificationEvaluator(metricName=name).evaluate(predictions)) for name in METRICS}
-    confusion = evaluation.confusion_from_predictions(predictions, num_classes)
+    with phase(spark, "evaluation"):
+        test_rows = predictions.count()
+        predict_seconds = time.perf_counter() - started
+        scores = {n: float(MulticlassClassificationEvaluator(metricName=n).evaluate(predictions)) for n in METRICS}
+        confusion = evaluation.confusion_from_predictions(predictions, num_classes)
     predictions.unpersist()
     logger.info(
         "scored %d test images in %.1f s: accuracy %.4f, f1 %.4f, logLoss %.4f",
@@ -136,6 +184,14 @@ def fit_and_score(stage, train, test, *, num_classes: int = 0, seed: int = 0, **
         "confusion_matrix": confusion.tolist(),
         "per_class": evaluation.per_class_scores(confusion),
     }
+
+
+def save_model(spark, model, folder: str) -> None:
+    """Save the fitted ``PipelineModel`` as ``<folder>/pipeline_model`` (Spark jobs of the phase ``save model``)."""
+    from mnist_spark.session import phase
+
+    with phase(spark, "save model"):
+        model.write().save(storage.join(folder, "pipeline_model"))
 
 
 def write_report(folder: str, metrics: dict) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -50,11 +50,8 @@ def partition_count(df) -> int:
 
 
 def load_job(name: str):
-    """Import ``jobs/<name>.py`` as a module, so tests call its ``run`` and ``main``."""
-    spec = importlib.util.spec_from_file_location(f"jobs_{name}", PROJECT / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The job module ``mnist_spark.jobs.<name>``, so tests call its ``run`` and ``main``."""
+    return importlib.import_module(f"mnist_spark.jobs.{name}")
 
 
 def run_main(job_module, argv: list, capsys) -> tuple[int, list]:

@@ -84,6 +84,27 @@ class Submission:
         self.process.wait()
 
 
+def venv_without_checkout(folder: Path) -> Path:
+    """A new venv whose site-packages points at this one's, without its ``.pth`` files; returns its python.
+
+    A ``.pth`` line adds a folder to ``sys.path`` but the ``.pth`` files in
+    that folder are not run, so the editable install's import hook is not
+    installed: numpy, pyspark and TensorFlow import, ``mnist_spark`` does not.
+    """
+    import sysconfig
+
+    python = folder / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    Path(purelib, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
 class StandaloneCluster:
     """Start with :meth:`start`, submit jobs with :meth:`submit`, stop with :meth:`stop`."""
 
@@ -189,26 +210,9 @@ class StandaloneCluster:
         }
 
     def executor_python(self) -> Path:
-        """A venv whose site-packages points at this one's, without its ``.pth`` files.
-
-        A ``.pth`` line adds a folder to ``sys.path`` but the ``.pth`` files in
-        that folder are not run, so the editable install's import hook is not
-        installed: numpy, pyspark and TensorFlow import, ``mnist_spark`` does not.
-        """
-        import sysconfig
-
-        venv = self.folder / "executor-python"
-        python = venv / "bin" / "python"
-        if not python.exists():
-            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-            purelib = subprocess.run(
-                [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
-            Path(purelib, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-        return python
+        """A venv with this one's dependencies but not the checkout's ``mnist_spark`` (venv_without_checkout)."""
+        python = self.folder / "executor-python" / "bin" / "python"
+        return python if python.exists() else venv_without_checkout(self.folder / "executor-python")
 
     def library_zip(self) -> Path:
         """The ``mnist_spark`` package as a zip for ``--py-files``."""

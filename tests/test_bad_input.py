@@ -343,12 +343,12 @@ DEPRECATED = [
 
 @pytest.mark.parametrize("job, argv, dest, value, new", DEPRECATED, ids=[f"{d[0]}{d[1][0]}" for d in DEPRECATED])
 def test_old_flag_spellings_still_work_with_a_warning(job, argv, dest, value, new, caplog):
-    args = load_job(job)._arg_parser().parse_args(argv)
+    args = load_job(job).arg_parser().parse_args(argv)
     assert getattr(args, dest) == value
     assert f"{argv[0]} is deprecated and will be removed in the next release; use {new}" in caplog.text
 
 
 def test_old_flag_spellings_keep_their_checks(capsys):
     with pytest.raises(SystemExit):
-        load_job("train_cnn")._arg_parser().parse_args(["--model", "nope"])
+        load_job("train_cnn").arg_parser().parse_args(["--model", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err

@@ -39,14 +39,10 @@ SERVER = textwrap.dedent("""
 #: Runs the jobs' main() one after the other in one Connect client process; prints their exit
 #: statuses, and whether this process ever started a JVM.
 CLIENT = textwrap.dedent("""
-    import importlib.util, json, sys
-    from pathlib import Path
+    import importlib, json, sys
 
     def job(name):
-        spec = importlib.util.spec_from_file_location(name, Path(sys.argv[1]) / "jobs" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+        return importlib.import_module(f"mnist_spark.jobs.{name}")
 
     runs = json.loads(sys.argv[2])
     statuses = {name: job(name).main(argv) for name, argv in runs}

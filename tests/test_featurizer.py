@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import PROJECT
-from mnist_spark import datasets, featurizer, idx, images, ingest
+from mnist_spark import datasets, featurizer, idx, images, ingest, pngset
+from mnist_spark import weights as weight_files
 from mnist_spark.featurizer import DeepImageFeaturizer
 
 SIZE = 75
@@ -77,7 +78,7 @@ def saved_weights(tmp_path_factory):
     folder = tmp_path_factory.mktemp("weights")
     keras.utils.set_random_seed(5)
     model = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3), pooling="avg")
-    legacy = folder / featurizer.ARCHITECTURES["InceptionV3"].weights_file
+    legacy = folder / weight_files.IMAGENET_WEIGHTS["InceptionV3"].weights_file
     with h5py.File(legacy, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, model)
     modern = folder / "inception.weights.h5"
@@ -178,8 +179,8 @@ def test_png_set_gives_the_same_vectors(spark, tiny_idx, tmp_path):
     df, _ = ingest.idx_dataframe(spark, datasets.locate(tiny_idx))
     df = df.cache()
     df.count()
-    images.write_png_set(df, str(tmp_path / "pngs"))
-    back, bad = images.read_png_set(spark, str(tmp_path / "pngs"))
+    pngset.write_png_set(df, str(tmp_path / "pngs"))
+    back, bad = pngset.read_png_set(spark, str(tmp_path / "pngs"))
     assert bad == []
     stage = DeepImageFeaturizer(imageSize=SIZE, weights="none")
     from_idx, from_png = _features(df, stage), _features(back, stage)
@@ -248,8 +249,8 @@ def test_validation_errors_come_from_the_driver(spark, test_df, monkeypatch, tmp
 
 def test_missing_imagenet_weights_say_what_to_do(spark, test_df, monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.delenv(featurizer.ENV_WEIGHTS, raising=False)
-    monkeypatch.setenv(featurizer.ENV_OFFLINE, "1")
+    monkeypatch.delenv(weight_files.ENV_WEIGHTS, raising=False)
+    monkeypatch.setenv(weight_files.ENV_OFFLINE, "1")
     with pytest.raises(ValueError) as caught:
         DeepImageFeaturizer(imageSize=SIZE).transform(test_df)
     message = str(caught.value)
@@ -262,7 +263,7 @@ def test_missing_imagenet_weights_say_what_to_do(spark, test_df, monkeypatch, tm
         "weights='none'",
     ):
         assert part in message, part
-    monkeypatch.setenv(featurizer.ENV_WEIGHTS, str(tmp_path / "offline"))
+    monkeypatch.setenv(weight_files.ENV_WEIGHTS, str(tmp_path / "offline"))
     with pytest.raises(
         ValueError,
         match=r"resnet50_weights_tf_dim_ordering_tf_kernels_notop\.h5.*"
@@ -302,23 +303,23 @@ def test_weights_from_files(spark, test_df, test_images, saved_weights, monkeypa
 
     # Keras' published layout, found by name as "imagenet" in $MNIST_SPARK_WEIGHTS (air-gapped clusters).
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setenv(featurizer.ENV_WEIGHTS, str(saved_weights["folder"]))
+    monkeypatch.setenv(weight_files.ENV_WEIGHTS, str(saved_weights["folder"]))
     check(DeepImageFeaturizer(imageSize=SIZE))
     # ... and in Keras' own cache.
-    monkeypatch.delenv(featurizer.ENV_WEIGHTS)
+    monkeypatch.delenv(weight_files.ENV_WEIGHTS)
     cache = tmp_path / "keras" / "models"
     cache.mkdir(parents=True)
     (cache / saved_weights["legacy"].name).write_bytes(saved_weights["legacy"].read_bytes())
-    weights = featurizer.resolve_weights("imagenet", "InceptionV3")
+    weights = weight_files.resolve_weights("imagenet", "InceptionV3")
     assert weights.source == "keras cache" and weights.suffix == ".h5"
     # A file from save_weights, by path, loads through the same code; a folder holding Keras' file name.
-    modern = featurizer.resolve_weights(str(saved_weights["modern"]), "InceptionV3")
+    modern = weight_files.resolve_weights(str(saved_weights["modern"]), "InceptionV3")
     assert modern.suffix == ".weights.h5"
     loaded = featurizer.build_model("InceptionV3", SIZE, "avg", str(saved_weights["modern"]))
     assert all(
         np.array_equal(a, b) for a, b in zip(loaded.get_weights(), saved_weights["model"].get_weights(), strict=True)
     )
-    assert featurizer.resolve_weights(str(saved_weights["folder"]), "InceptionV3").location == str(
+    assert weight_files.resolve_weights(str(saved_weights["folder"]), "InceptionV3").location == str(
         saved_weights["legacy"]
     )
 
@@ -353,6 +354,7 @@ def test_bad_weight_files(spark, test_df, saved_weights, tmp_path):
 # --------------------------------------------------------------------------- pipelines
 
 
+@pytest.mark.slow
 def test_pipeline_saves_loads_and_predicts_the_same(spark, tiny_idx, tmp_path):
     from pyspark.ml import Pipeline, PipelineModel
     from pyspark.ml.classification import LogisticRegression

@@ -165,7 +165,7 @@ def test_job_rejects_bad_flags(argv, capsys):
 
 
 def test_seed_is_gone_with_a_warning(caplog):
-    args = ingest_job._arg_parser().parse_args(["--seed", "3"])
+    args = ingest_job.arg_parser().parse_args(["--seed", "3"])
     assert not hasattr(args, "seed")
     assert "--seed is deprecated and will be removed in the next release; ingest is deterministic" in caplog.text
 

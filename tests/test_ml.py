@@ -157,6 +157,7 @@ def test_defaults_setters_and_save_load_of_every_stage(spark, tmp_path):
 # --------------------------------------------------------------------------- the classifier
 
 
+@pytest.mark.slow
 def test_pipeline_model_predicts_the_same_in_a_fresh_process(spark, quadrants, tmp_path):
     from pyspark.ml import Pipeline
 
@@ -217,6 +218,7 @@ def test_fit_multiple_decodes_once_and_equals_single_fits(spark, quadrants, shar
     assert single.getSeed() == 1 and fitted[1].getSeed() == 1 and fitted[0].getSeed() == 0
 
 
+@pytest.mark.slow
 def test_cross_validator_returns_the_best_model(spark, quadrants, shard_count):
     from pyspark.ml.evaluation import MulticlassClassificationEvaluator
     from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
@@ -464,13 +466,14 @@ def _readme_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
+@pytest.mark.slow
 def test_readme_examples_run(spark, quadrants, class_index, shard_count, tmp_path, monkeypatch):
     """Every python block of the README's "Spark ML API" section, in order, on small data."""
     train, test = quadrants
     monkeypatch.chdir(tmp_path)
     photos, _ = _colour_frame(spark)
     # ResNet50's "ImageNet" file, random weights under Keras' name, where the class index is.
-    weights = class_index.parent / ml.top_architecture("ResNet50").weights_file
+    weights = class_index.parent / ml.top_imagenet_weights("ResNet50").weights_file
     ml._build_top("ResNet50", 224, None).save_weights(tmp_path / "resnet50.weights.h5")
     (tmp_path / "resnet50.weights.h5").rename(weights)
     blocks = _readme_blocks()

@@ -169,6 +169,7 @@ def test_parse_labels():
         labels.check_labels((1, 12), 10)
 
 
+@pytest.mark.slow
 def test_train_cnn_on_a_label_subset_then_transfer(spark, small_idx, tmp_path, capsys):
     base = tmp_path / "base"
     metrics = load_job("train_cnn").run(

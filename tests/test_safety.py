@@ -205,8 +205,8 @@ def test_predict_never_writes_over_its_images_or_its_model(tmp_path, capsys, no_
     run.mkdir()
     (run / "model.keras").write_bytes(b"PK\x03\x04 a trained model")
     before_run = snapshot(run)
-    for output, name in ((images, "--images"), (run, "--model-file")):
-        argv = ["--model-file", run / "model.keras", "--images", images, "--output", output, "--overwrite"]
+    for output, name in ((images, "--input"), (run, "--model-file")):
+        argv = ["--model-file", run / "model.keras", "--input", images, "--output", output, "--overwrite"]
         status, lines = run_main("predict", argv, capsys)
         assert status == 2
         assert_one_line("predict", lines, f"the input {name}")
@@ -218,8 +218,8 @@ def test_transfer_never_writes_over_its_png_set(tmp_path, capsys, no_spark):
     images = tmp_path / "pngs"
     before = user_files(images)
     status, lines = run_main("transfer", ["--images", images, "--weights", "none", "--output", images / "out"], capsys)
-    assert status == 2
-    assert_one_line("transfer", lines, "lies inside the input --images")
+    assert status == 2  # --images: the old spelling of --input
+    assert_one_line("transfer", lines, "lies inside the input --input")
     assert snapshot(images) == before
 
 
@@ -408,7 +408,7 @@ def test_if_exists_skip_does_not_take_another_folder_for_a_finished_run(tmp_path
 
 
 def test_if_exists_flags(capsys):
-    parser = JOBS["ingest"]._arg_parser()
+    parser = JOBS["ingest"].arg_parser()
     assert (parser.parse_args([]).if_exists, parser.parse_args([]).overwrite) == ("error", False)
     assert parser.parse_args(["--overwrite"]).if_exists == "overwrite"
     assert parser.parse_args(["--if-exists", "overwrite"]).overwrite is True
@@ -685,29 +685,29 @@ def test_a_decompression_bomb_png_is_refused_in_one_line(monkeypatch, side, kind
     import numpy as np
     from PIL import Image
 
-    from mnist_spark import images
+    from mnist_spark import pngset
 
-    png = images.encode_png(np.zeros((side, side), np.uint8))
+    png = pngset.encode_png(np.zeros((side, side), np.uint8))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the refusal must not depend on the caller's warning filters
         with pytest.raises(ValueError) as refused:
-            images.decode_png(png, where="test/3/bomb.png")
+            pngset.decode_png(png, where="test/3/bomb.png")
     message = str(refused.value)
     assert "\n" not in message
     assert message.startswith("test/3/bomb.png: refused as a possible decompression bomb")
     assert str(side * side) in message and "at most 1000 pixels" in message
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
-    assert images.decode_png(png).shape == (side, side, 1)
+    assert pngset.decode_png(png).shape == (side, side, 1)
 
 
 def _png_set_with_bad_numbers(folder: Path) -> dict:
     """A PNG set with one good image and files whose numbers are not ASCII or out of range."""
     import numpy as np
 
-    from mnist_spark import images
+    from mnist_spark import pngset
 
-    png = images.encode_png(np.zeros((28, 28), np.uint8))
+    png = pngset.encode_png(np.zeros((28, 28), np.uint8))
     reasons = {
         "train/\u0663/1.png": "ASCII digits 0-9",  # an Arabic-Indic three
         "train/3/\u0662.png": "ASCII digits 0-9",
@@ -723,17 +723,17 @@ def _png_set_with_bad_numbers(folder: Path) -> dict:
 
 
 def test_numbers_in_png_paths_must_be_ascii_digits_in_range(tmp_path):
-    from mnist_spark import images
+    from mnist_spark import pngset
 
     reasons = _png_set_with_bad_numbers(tmp_path / "pngs")
     for relative, reason in reasons.items():
-        assert reason in images.png_path_problem(relative, num_classes=10), relative
-    assert images.parse_png_path("train/\u0663/1.png") is None
-    assert images.parse_png_path("train/3/\u0662.png") is None
-    assert images.png_path_problem("train/3/2.png", num_classes=10) is None
-    assert images.png_path_problem("train/12/6.png") is None  # no class count given: any 32-bit label
+        assert reason in pngset.png_path_problem(relative, num_classes=10), relative
+    assert pngset.parse_png_path("train/\u0663/1.png") is None
+    assert pngset.parse_png_path("train/3/\u0662.png") is None
+    assert pngset.png_path_problem("train/3/2.png", num_classes=10) is None
+    assert pngset.png_path_problem("train/12/6.png") is None  # no class count given: any 32-bit label
     with pytest.raises(ValueError) as refused:  # refused from the listing, before Spark reads a file
-        images.read_png_set(None, str(tmp_path / "pngs"), num_classes=10)
+        pngset.read_png_set(None, str(tmp_path / "pngs"), num_classes=10)
     message = str(refused.value)
     assert message.startswith("6 bad file(s) in PNG set")
     for relative, reason in reasons.items():
@@ -741,9 +741,9 @@ def test_numbers_in_png_paths_must_be_ascii_digits_in_range(tmp_path):
 
 
 def test_png_files_with_bad_numbers_are_left_out_with_on_bad_skip(spark, tmp_path):
-    from mnist_spark import images
+    from mnist_spark import pngset
 
     reasons = _png_set_with_bad_numbers(tmp_path / "pngs")
-    df, bad = images.read_png_set(spark, str(tmp_path / "pngs"), on_bad="skip", num_classes=10)
+    df, bad = pngset.read_png_set(spark, str(tmp_path / "pngs"), on_bad="skip", num_classes=10)
     assert sorted(b.path for b in bad) == sorted(reasons)
     assert [tuple(r) for r in df.select("split", "label", "index").collect()] == [("train", 3, 2)]

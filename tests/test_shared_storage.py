@@ -83,6 +83,7 @@ def test_missing_s3_folder_is_one_clear_error(s3):
         datasets.locate("s3://data/nothing-here")
 
 
+@pytest.mark.slow
 @pytest.mark.classic(reason="the executors reach S3 through settings sc.environment gives them")
 def test_train_cnn_reads_and_writes_s3(spark, s3):
     """Hadoop's s3a:// names work too: the same URI serves Spark and pyarrow."""

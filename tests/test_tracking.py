@@ -35,6 +35,7 @@ def _one_run(uri: str):
     return client, runs[0]
 
 
+@pytest.mark.slow
 def test_train_cnn_logs_params_rounds_metrics_figures_and_model(spark, tiny_idx, tmp_path, store, capsys):
     import mlflow
     from tensorflow.compat.v1.train import summary_iterator

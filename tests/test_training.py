@@ -14,7 +14,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from conftest import PROJECT, load_job, write_idx_dataset
-from mnist_spark import datasets, evaluation, idx, ingest, models, training
+from mnist_spark import datasets, evaluation, idx, ingest, ml, models, training
 
 train_job = load_job("train_cnn")
 
@@ -396,6 +396,7 @@ def test_run_folder(spark, small_idx, tmp_path):
         train_job.run(spark, data_dir=str(small_idx), output=str(out), limit=200)
 
 
+@pytest.mark.slow
 def test_job_resume_after_a_stop(spark, small_idx, tmp_path, monkeypatch):
     kwargs = dict(
         data_dir=str(small_idx),
@@ -529,11 +530,14 @@ def test_predict_job_scores_idx_files_and_a_plain_image_folder(spark, small_idx,
     unlabelled = predict_job.run(
         spark,
         model_file=str(tmp_path / "model.keras"),
-        images_dir=str(tmp_path / "pngs"),
+        input=str(tmp_path / "pngs"),
         output=str(tmp_path / "scored-pngs"),
     )
     assert unlabelled["count"] == 3 and unlabelled["labelled"] == 0 and "accuracy" not in unlabelled
-    with pytest.raises(ValueError, match="takes images of 28x28x1 but the input holds 5x7x1"):
-        other = write_idx_dataset(tmp_path / "small-images", 4, 2, shape=(5, 7))
-        predict_job.run(spark, model_file=str(tmp_path), data_dir=str(other), output=str(tmp_path / "bad"))
-    assert not (tmp_path / "bad").exists()
+    # Images of another size are resized to the model's input, as training resizes them.
+    other = write_idx_dataset(tmp_path / "small-images", 4, 3, shape=(5, 7))
+    resized = predict_job.run(spark, model_file=str(tmp_path), data_dir=str(other), output=str(tmp_path / "resized"))
+    small = idx.read_idx(other / "t10k-images-idx3-ubyte.gz")[..., None]
+    want = model.predict(ml.fit_pixels(small, (28, 28, 1)).astype(np.float32), verbose=0).argmax(axis=1)
+    rows = spark.read.parquet(str(tmp_path / "resized" / "predictions.parquet")).orderBy("index").collect()
+    assert resized["count"] == 3 and [r["prediction"] for r in rows] == want.tolist()

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from conftest import load_job, run_main
-from mnist_spark import datasets, featurizer, images, ingest, sampling
+from mnist_spark import datasets, featurizer, ingest, pngset, sampling, weights
 
 transfer = load_job("transfer")
 
@@ -105,6 +105,7 @@ def test_run_folder(spark, small_idx, tmp_path):
         transfer.run(spark, data_dir=str(small_idx), output=str(out), weights="none")
 
 
+@pytest.mark.slow
 def test_tune_cross_validates_the_grid(spark, small_idx, tmp_path, capsys):
     import keras
 
@@ -155,9 +156,10 @@ def test_tune_cross_validates_the_grid(spark, small_idx, tmp_path, capsys):
     assert "Tuning (cross-validated accuracy)" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_png_set_through_main(spark, tiny_idx, tmp_path, capsys):
     df, _ = ingest.idx_dataframe(spark, datasets.locate(tiny_idx))
-    images.write_png_set(df, str(tmp_path / "pngs"))
+    pngset.write_png_set(df, str(tmp_path / "pngs"))
     out = tmp_path / "run"
     status = transfer.main(
         [
@@ -184,7 +186,7 @@ def test_png_set_through_main(spark, tiny_idx, tmp_path, capsys):
     assert status == 0, capsys.readouterr().err
     saved = json.loads((out / "metrics.json").read_text())
     assert (saved["train_rows"], saved["test_rows"]) == (20, 5)
-    assert saved["params"]["images_dir"] == str(tmp_path / "pngs")
+    assert saved["params"]["input"] == str(tmp_path / "pngs")
     params = saved["params"]
     assert (params["max_iter"], params["reg_param"], params["elastic_net_param"], params["batch_size"]) == (
         3,
@@ -196,8 +198,8 @@ def test_png_set_through_main(spark, tiny_idx, tmp_path, capsys):
 
 def test_missing_imagenet_weights_stop_the_job_at_once(spark, small_idx, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.delenv(featurizer.ENV_WEIGHTS, raising=False)
-    monkeypatch.setenv(featurizer.ENV_OFFLINE, "0")  # downloads allowed; --offline forbids them
+    monkeypatch.delenv(weights.ENV_WEIGHTS, raising=False)
+    monkeypatch.setenv(weights.ENV_OFFLINE, "0")  # downloads allowed; --offline forbids them
     out = tmp_path / "run"
     status = transfer.main(["--data-dir", str(small_idx), "--output", str(out), "--offline"])
     err = capsys.readouterr().err
@@ -214,5 +216,5 @@ def test_bad_settings_are_clear_errors(spark, small_idx, tmp_path):
     with pytest.raises(ValueError, match=r"--elastic-net-param must lie in \[0, 1\]"):
         transfer.run(spark, output=str(tmp_path / "b"), elastic_net_param=2, **kwargs)
     with pytest.raises(ValueError, match="not both"):
-        transfer.run(spark, output=str(tmp_path / "c"), images_dir=str(tmp_path), **kwargs)
+        transfer.run(spark, output=str(tmp_path / "c"), input=str(tmp_path), **kwargs)
     assert not any(tmp_path.iterdir())

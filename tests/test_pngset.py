@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import load_job
-from mnist_spark import datasets, idx, images, ingest
+from mnist_spark import datasets, idx, images, ingest, pngset
 
 export_job = load_job("export_png")
 
@@ -49,9 +49,9 @@ def test_encode_decode_round_trip(shape):
     from PIL import Image
 
     pixels = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
-    png = images.encode_png(pixels)
+    png = pngset.encode_png(pixels)
     expected = pixels[..., None] if pixels.ndim == 2 else pixels
-    np.testing.assert_array_equal(images.decode_png(png), expected)
+    np.testing.assert_array_equal(pngset.decode_png(png), expected)
     # The file holds RGB(A): Spark's BGR(A) order is swapped on the way out.
     with Image.open(io.BytesIO(png)) as image:
         stored = np.asarray(image)
@@ -61,18 +61,18 @@ def test_encode_decode_round_trip(shape):
 
 def test_decode_refuses_what_is_not_an_image():
     with pytest.raises(ValueError, match=r"train/3/1\.png: not a readable image"):
-        images.decode_png(b"hello", "train/3/1.png")
+        pngset.decode_png(b"hello", "train/3/1.png")
     with pytest.raises(TypeError, match="uint8"):
-        images.encode_png(np.zeros((3, 3), np.float32))
+        pngset.encode_png(np.zeros((3, 3), np.float32))
 
 
 def test_paths_in_a_set():
-    assert images.png_path("train", 3, 12) == "train/3/12.png"
-    assert images.png_path("test", 7, 5, variant=2, label_width=2) == "test/07/5_2.png"
-    assert images.parse_png_path("test/07/5_2.png") == ("test", 7, 5, 2)
-    assert images.parse_png_path("train/3/12.png") == ("train", 3, 12, 0)
+    assert pngset.png_path("train", 3, 12) == "train/3/12.png"
+    assert pngset.png_path("test", 7, 5, variant=2, label_width=2) == "test/07/5_2.png"
+    assert pngset.parse_png_path("test/07/5_2.png") == ("test", 7, 5, 2)
+    assert pngset.parse_png_path("train/3/12.png") == ("train", 3, 12, 0)
     for outside in ("train/3/notes.txt", "train/x/1.png", "train/3/sub/1.png", "train/3/1_.png"):
-        assert images.parse_png_path(outside) is None
+        assert pngset.parse_png_path(outside) is None
 
 
 def test_a_retried_write_overwrites_the_same_files(tmp_path):
@@ -92,11 +92,11 @@ def test_a_retried_write_overwrites_the_same_files(tmp_path):
     (tmp_path / "train" / "5").mkdir(parents=True)
     (tmp_path / "train" / "5" / "1.png").write_bytes(b"half-written")
     for _ in range(2):
-        manifest = images._write_png_batch(batch, pafs.LocalFileSystem(), str(tmp_path), set(), 1, 1)
+        manifest = pngset._write_png_batch(batch, pafs.LocalFileSystem(), str(tmp_path), set(), 1, 1)
     assert _files(tmp_path) == {"train/5/0.png", "train/5/1.png", "train/2/2.png"}
     assert manifest.column("path").to_pylist() == ["train/5/0.png", "train/5/1.png", "train/2/2.png"]
     for row, path in enumerate(manifest.column("path").to_pylist()):
-        np.testing.assert_array_equal(images.decode_png((tmp_path / path).read_bytes())[..., 0], pixels[row])
+        np.testing.assert_array_equal(pngset.decode_png((tmp_path / path).read_bytes())[..., 0], pixels[row])
 
 
 # --------------------------------------------------------------------------- the export job
@@ -130,7 +130,7 @@ def test_export_layout_file_count_and_manifest(spark, tiny_set, tiny_idx):
     manifest = spark.read.parquet(str(tiny_set / "manifest.parquet")).collect()
     assert {r.path for r in manifest} == expected
     for row in manifest:
-        assert images.parse_png_path(row.path) == (row.split, row.label, row["index"], row.variant)
+        assert pngset.parse_png_path(row.path) == (row.split, row.label, row["index"], row.variant)
         assert row.bytes == (tiny_set / row.path).stat().st_size
         if row.variant == 0:
             assert row.augmentation == ""
@@ -146,7 +146,7 @@ def test_round_trip_idx_png_dataframe_is_byte_exact(spark, small_idx, tmp_path):
     out = tmp_path / "set"
     export_job.run(spark, data_dir=str(small_idx), output=str(out), partitions=3, sample=0)
     assert len(_files(out)) == 700
-    back, bad = images.read_png_set(spark, str(out))
+    back, bad = pngset.read_png_set(spark, str(out))
     assert bad == []
     assert back.schema == ingest.dataset_schema()
     fresh, _ = ingest.idx_dataframe(spark, datasets.locate(small_idx))
@@ -164,7 +164,7 @@ def test_round_trip_idx_png_dataframe_is_byte_exact(spark, small_idx, tmp_path):
 def test_variants_read_back_equal_the_augmentation_step(spark, tiny_set, tiny_idx):
     from mnist_spark import augment
 
-    back, bad = images.read_png_set(spark, str(tiny_set), variants=True)
+    back, bad = pngset.read_png_set(spark, str(tiny_set), variants=True)
     assert bad == [] and back.count() == 105
     assert back.columns == ["split", "index", "label", "image", "variant"]
     df, _ = ingest.idx_dataframe(spark, datasets.locate(tiny_idx))
@@ -173,7 +173,7 @@ def test_variants_read_back_equal_the_augmentation_step(spark, tiny_set, tiny_id
     got, want = sorted(back.collect(), key=key), sorted(made.collect(), key=key)
     assert [key(r) for r in got] == [key(r) for r in want]
     assert [r.image.data for r in got] == [r.image.data for r in want]
-    originals, _ = images.read_png_set(spark, str(tiny_set), splits=["test"])
+    originals, _ = pngset.read_png_set(spark, str(tiny_set), splits=["test"])
     assert originals.count() == 5
 
 
@@ -198,7 +198,7 @@ def test_a_file_uri_destination(spark, tiny_idx, tmp_path):
     assert len(_files(tmp_path / "uri-set")) == 5
     assert (tmp_path / "uri-set" / "_SUCCESS").exists()
     assert (tmp_path / "uri-set" / "contact_sheet.png").stat().st_size > 1000
-    back, _ = images.read_png_set(spark, uri)
+    back, _ = pngset.read_png_set(spark, uri)
     assert sorted(r["index"] for r in back.collect()) == [0, 1, 2, 3, 4]
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
 
@@ -224,7 +224,7 @@ def test_bad_files_fail_by_name(spark, tiny_set, tmp_path):
     shutil.copytree(tiny_set, root)
     spoiled = _spoil(root)
     with pytest.raises(ValueError) as error:
-        images.read_png_set(spark, str(root), variants=True)
+        pngset.read_png_set(spark, str(root), variants=True)
     message = str(error.value)
     # The driver's listing finds the empty and the stray file before any Spark job.
     assert message.startswith("2 bad file(s) in PNG set")
@@ -234,7 +234,7 @@ def test_bad_files_fail_by_name(spark, tiny_set, tmp_path):
         if path.endswith(".txt") or (root / path).stat().st_size == 0:
             (root / path).unlink()
     with pytest.raises(ValueError, match=r"2 bad file\(s\)") as error:
-        images.read_png_set(spark, str(root), variants=True)
+        pngset.read_png_set(spark, str(root), variants=True)
     for path in spoiled[:4]:
         if (root / path).exists():
             assert f"{path}: not a readable image" in str(error.value)
@@ -244,8 +244,8 @@ def test_bad_files_skipped_are_reported(spark, tiny_set, tmp_path, caplog):
     root = tmp_path / "spoiled"
     shutil.copytree(tiny_set, root)
     spoiled = _spoil(root)
-    with caplog.at_level(logging.WARNING, logger="mnist_spark.images"):
-        df, bad = images.read_png_set(spark, str(root), variants=True, on_bad="skip")
+    with caplog.at_level(logging.WARNING, logger="mnist_spark.pngset"):
+        df, bad = pngset.read_png_set(spark, str(root), variants=True, on_bad="skip")
     assert sorted(b.path for b in bad) == spoiled
     assert "4 bad file(s)" in caplog.text and all(path in caplog.text for path in spoiled)
     # 105 images, 3 of them spoiled; the stray file was never one of them.
@@ -254,21 +254,21 @@ def test_bad_files_skipped_are_reported(spark, tiny_set, tmp_path, caplog):
     read = {f"{r.split}/{r.label}/{r['index']}" + (f"_{r.variant}" if r.variant else "") + ".png" for r in rows}
     assert not read & set(spoiled)
     with pytest.raises(ValueError, match="'ignore' is not a supported on_bad; choose one of: fail, skip"):
-        images.read_png_set(spark, str(root), on_bad="ignore")
+        pngset.read_png_set(spark, str(root), on_bad="ignore")
 
 
 def test_reading_what_is_not_a_set(spark, tmp_path):
     with pytest.raises(ValueError, match="no PNG set at .*does not exist"):
-        images.read_png_set(spark, str(tmp_path / "nothing"))
+        pngset.read_png_set(spark, str(tmp_path / "nothing"))
     (tmp_path / "set" / "train").mkdir(parents=True)
     with pytest.raises(ValueError, match="has no split validation; it holds: train"):
-        images.read_png_set(spark, str(tmp_path / "set"), splits=["validation"])
+        pngset.read_png_set(spark, str(tmp_path / "set"), splits=["validation"])
 
 
 def test_write_checks_columns_on_the_driver(spark, tmp_path):
     df = spark.createDataFrame([("train", 1)], "split string, index long")
     with pytest.raises(ValueError, match="no column 'label'"):
-        images.write_png_set(df, str(tmp_path / "set"))
+        pngset.write_png_set(df, str(tmp_path / "set"))
     assert not (tmp_path / "set").exists()
 
 

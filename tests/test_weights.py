@@ -14,10 +14,10 @@ import threading
 
 import pytest
 
-from mnist_spark import cli, featurizer
+from mnist_spark import cli, weights
 
 NAME = "VGG16"
-ARCHITECTURE = featurizer.ARCHITECTURES[NAME]
+PUBLISHED = weights.IMAGENET_WEIGHTS[NAME]
 
 
 def _weights_bytes(tmp_path) -> bytes:
@@ -36,9 +36,9 @@ def _weights_bytes(tmp_path) -> bytes:
 def mirror(tmp_path, monkeypatch):
     """A local mirror of Keras' storage holding VGG16's file; yields its folder and the requests it served."""
     served = tmp_path / "served"
-    (served / ARCHITECTURE.url_folder).mkdir(parents=True)
+    (served / PUBLISHED.url_folder).mkdir(parents=True)
     payload = _weights_bytes(tmp_path)
-    (served / ARCHITECTURE.url_folder / ARCHITECTURE.weights_file).write_bytes(payload)
+    (served / PUBLISHED.url_folder / PUBLISHED.weights_file).write_bytes(payload)
     requests = []
 
     class Handler(http.server.SimpleHTTPRequestHandler):
@@ -52,15 +52,15 @@ def mirror(tmp_path, monkeypatch):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=served))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    monkeypatch.setenv(featurizer.ENV_WEIGHTS_URL, f"http://127.0.0.1:{server.server_port}/")
+    monkeypatch.setenv(weights.ENV_WEIGHTS_URL, f"http://127.0.0.1:{server.server_port}/")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.delenv(featurizer.ENV_WEIGHTS, raising=False)
-    monkeypatch.delenv(featurizer.ENV_OFFLINE, raising=False)
+    monkeypatch.delenv(weights.ENV_WEIGHTS, raising=False)
+    monkeypatch.delenv(weights.ENV_OFFLINE, raising=False)
     monkeypatch.setitem(
-        featurizer.ARCHITECTURES, NAME, dataclasses.replace(ARCHITECTURE, weights_md5=hashlib.md5(payload).hexdigest())
+        weights.IMAGENET_WEIGHTS, NAME, dataclasses.replace(PUBLISHED, weights_md5=hashlib.md5(payload).hexdigest())
     )
     yield {
-        "file": served / ARCHITECTURE.url_folder / ARCHITECTURE.weights_file,
+        "file": served / PUBLISHED.url_folder / PUBLISHED.weights_file,
         "payload": payload,
         "requests": requests,
         "cache": tmp_path / "keras" / "models",
@@ -70,13 +70,13 @@ def mirror(tmp_path, monkeypatch):
 
 
 def test_imagenet_weights_are_downloaded_once_into_keras_cache(mirror):
-    found = featurizer.resolve_weights("imagenet", NAME)
+    found = weights.resolve_weights("imagenet", NAME)
     assert found.source == "download" and found.suffix == ".h5"
-    assert found.location == str(mirror["cache"] / ARCHITECTURE.weights_file)
+    assert found.location == str(mirror["cache"] / PUBLISHED.weights_file)
     assert found.digest == hashlib.sha256(mirror["payload"]).hexdigest()
-    assert mirror["requests"] == [f"/{ARCHITECTURE.url_folder}/{ARCHITECTURE.weights_file}"]
-    assert os.listdir(mirror["cache"]) == [ARCHITECTURE.weights_file]  # no scratch folder left
-    again = featurizer.resolve_weights("imagenet", NAME)  # found in the cache now
+    assert mirror["requests"] == [f"/{PUBLISHED.url_folder}/{PUBLISHED.weights_file}"]
+    assert os.listdir(mirror["cache"]) == [PUBLISHED.weights_file]  # no scratch folder left
+    again = weights.resolve_weights("imagenet", NAME)  # found in the cache now
     assert again.location == found.location and len(mirror["requests"]) == 1
 
 
@@ -84,14 +84,14 @@ def test_a_corrupt_download_is_refused_in_one_line_and_not_kept(mirror):
     damaged = bytearray(mirror["payload"])
     damaged[-1] ^= 0xFF
     mirror["file"].write_bytes(bytes(damaged))
-    with pytest.raises(featurizer.WeightsDownloadError) as error:
-        featurizer.resolve_weights("imagenet", NAME)
+    with pytest.raises(weights.WeightsDownloadError) as error:
+        weights.resolve_weights("imagenet", NAME)
     message = str(error.value)
     assert "\n" not in message
     for part in (
-        ARCHITECTURE.weights_file,
+        PUBLISHED.weights_file,
         hashlib.md5(damaged).hexdigest(),
-        featurizer.ARCHITECTURES[NAME].weights_md5,
+        weights.IMAGENET_WEIGHTS[NAME].weights_md5,
         "it was not kept",
         "$MNIST_SPARK_WEIGHTS",
     ):
@@ -103,19 +103,19 @@ def test_a_corrupt_download_is_refused_in_one_line_and_not_kept(mirror):
 
 def test_offline_never_downloads(mirror, monkeypatch):
     with pytest.raises(ValueError, match="are not on this machine.*may not download them"):
-        featurizer.resolve_weights("imagenet", NAME, offline=True)
-    monkeypatch.setenv(featurizer.ENV_OFFLINE, "1")
-    with pytest.raises(ValueError, match=rf"needs {ARCHITECTURE.weights_file}.*--offline"):
-        featurizer.resolve_weights("imagenet", NAME)
+        weights.resolve_weights("imagenet", NAME, offline=True)
+    monkeypatch.setenv(weights.ENV_OFFLINE, "1")
+    with pytest.raises(ValueError, match=rf"needs {PUBLISHED.weights_file}.*--offline"):
+        weights.resolve_weights("imagenet", NAME)
     assert mirror["requests"] == [] and not mirror["cache"].exists()
 
 
 def test_an_unreachable_mirror_is_one_line_that_a_retry_may_help(mirror, monkeypatch):
-    monkeypatch.setenv(featurizer.ENV_WEIGHTS_URL, "http://127.0.0.1:9/nothing/")  # the discard port
+    monkeypatch.setenv(weights.ENV_WEIGHTS_URL, "http://127.0.0.1:9/nothing/")  # the discard port
     with pytest.raises(
-        featurizer.WeightsDownloadError,
+        weights.WeightsDownloadError,
         match=r"could not download the ImageNet weights of "
         r"VGG16 from http://127\.0\.0\.1:9/nothing/vgg16/.*--offline",
     ) as error:
-        featurizer.resolve_weights("imagenet", NAME)
+        weights.resolve_weights("imagenet", NAME)
     assert cli.classify(error.value)[0] == cli.EXIT_FAILED
