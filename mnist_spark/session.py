@@ -689,7 +689,10 @@ def _named(spark, text: str):
         with _tagged(spark, text.replace(",", ";")):  # Spark's job tags are comma-separated
             yield
         return
-    context = spark.sparkContext
+    context = getattr(spark, "sparkContext", None)
+    if context is None:  # not a SparkSession (a stand-in): nothing to name
+        yield
+        return
     previous = context.getLocalProperty(DESCRIPTION_PROPERTY)
     context.setJobDescription(text)
     try:
