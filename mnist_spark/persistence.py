@@ -8,13 +8,9 @@ at that copy, so a saved ``PipelineModel`` needs nothing else on another machine
 
 from __future__ import annotations
 
-import logging
-
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter
 
 from mnist_spark import storage
-
-logger = logging.getLogger(__name__)
 
 #: The model file's name inside a saved stage's folder.
 MODEL_FILE = "model.keras"
@@ -55,16 +51,15 @@ class _Writer(MLWriter):
         self.instance = instance
 
     def _handleOverwrite(self, path: str) -> None:
-        """``write().overwrite()``: pyspark removes ``path`` through the JVM, which Spark Connect hides.
-
-        On Spark Connect the folder is removed here, through :mod:`mnist_spark.storage`.
-        """
+        """``write().overwrite()``: on Spark Connect, through the server, as pyspark's own writers do there."""
         from mnist_spark.session import is_connect
 
-        if not is_connect(self.sparkSession):
+        if is_connect(self.sparkSession):
+            from pyspark.ml.connect.readwrite import RemoteMLWriter
+
+            RemoteMLWriter.handleOverwrite(path, True)
+        else:
             super()._handleOverwrite(path)
-        elif storage.delete(path):
-            logger.info("removed %s to save the %s in its place", path, type(self.instance).__name__)
 
     def saveImpl(self, path: str) -> None:
         payload = self.instance._model_payload()

@@ -220,24 +220,6 @@ def delete_file(location: str | os.PathLike) -> None:
     filesystem.delete_file(path)
 
 
-def delete(location: str | os.PathLike) -> bool:
-    """Delete a file, or a folder with everything in it; False when nothing is there."""
-    return _delete(*resolve(location))
-
-
-def _delete(filesystem, path: str) -> bool:
-    from pyarrow import fs as pafs
-
-    info = filesystem.get_file_info(path)
-    if info.type == pafs.FileType.Directory:
-        filesystem.delete_dir(path)
-    elif info.type == pafs.FileType.File:
-        filesystem.delete_file(path)
-    else:
-        return False
-    return True
-
-
 def write_bytes(location: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a file, creating parent folders."""
     filesystem, path = resolve(location)
@@ -847,4 +829,10 @@ class AtomicOutput:
             pass
 
     def _delete(self, path: str) -> None:
-        _delete(self.filesystem, path)
+        from pyarrow import fs as pafs
+
+        info = self.filesystem.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            self.filesystem.delete_dir(path)
+        elif info.type == pafs.FileType.File:
+            self.filesystem.delete_file(path)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -169,6 +170,68 @@ def test_train_predict_and_transfer_run_on_spark_connect(connect_server, tiny_id
     assert json.loads((tmp_path / "scored" / "metrics.json").read_text())["count"] == 5
     transfer = json.loads((tmp_path / "transfer" / "metrics.json").read_text())
     assert 0 <= transfer["accuracy"] <= 1 and (tmp_path / "transfer" / "pipeline_model").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_spark_submit_with_api_mode_connect_runs_the_job_on_spark_connect(tiny_idx, tmp_path):
+    """``spark-submit --conf spark.api.mode=connect``: the job serves itself Spark Connect and runs on it.
+
+    spark-submit's JVM has a Connect client's classpath; the job starts a JVM with Spark Connect's
+    server, with spark-submit's settings (here its master and shuffle partitions)."""
+    env = _env(uuid.uuid4().hex)
+    del env["SPARK_CONNECT_AUTHENTICATE_TOKEN"]
+    submit = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]"]
+    submit += ["--conf", "spark.api.mode=connect", "--conf", "spark.sql.shuffle.partitions=3"]
+    train = [str(PROJECT / "jobs" / "train_cnn.py"), "--data-dir", str(tiny_idx), "--arch", "mlp"]
+    train += ["--epochs", "1", "--batch-size", "8", "--validation-size", "0", "--output", str(tmp_path / "cnn")]
+    log = tmp_path / "job.log"
+    with open(log, "wb") as sink:
+        done = subprocess.run(
+            [*submit, *train], env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, timeout=600
+        )
+    text = log.read_text()
+    assert done.returncode == 0, text[-4000:]
+    assert "INFO mnist_spark.session: Spark 4" in text and " Connect session on local[2] " in text, text[-4000:]
+    metrics = json.loads((tmp_path / "cnn" / "metrics.json").read_text())
+    assert metrics["environment"]["spark_api"] == "connect"
+    assert metrics["partitions"] == 2 and metrics["test_rows"] == 5
+    assert (tmp_path / "cnn" / "_SUCCESS").exists() and (tmp_path / "cnn" / "model.keras").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_api_mode_connect_in_spark_defaults_gives_a_connect_session(tmp_path):
+    """``spark.api.mode connect`` in the ``spark-defaults.conf`` of ``SPARK_CONF_DIR``, run with python:
+    the JVM pyspark launched (a Connect client's classpath) is replaced by one that serves Connect."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "log4j2.properties").write_text((PROJECT / "conf" / "log4j2.properties").read_text())
+    defaults = (PROJECT / "conf" / "spark-defaults.conf").read_text()
+    (conf / "spark-defaults.conf").write_text(defaults + "\nspark.api.mode connect\n")
+    probe = textwrap.dedent("""
+        import logging
+        from mnist_spark.session import get_spark, is_connect
+
+        logging.basicConfig(level=logging.INFO)
+        spark = get_spark("probe", master="local[1]")
+        print("API", "connect" if is_connect(spark) else "classic", spark.range(7).count(), flush=True)
+        spark.stop()
+    """)
+    env = dict(_env(uuid.uuid4().hex), SPARK_CONF_DIR=str(conf), MNIST_SPARK_CONF_DIR=str(conf))
+    del env["SPARK_CONNECT_AUTHENTICATE_TOKEN"]
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.splitlines() == ["API connect 7"], done.stderr[-4000:]
+    assert "started a JVM that serves Spark Connect" in done.stderr
 
 
 def test_task_slots_of_a_connect_server_come_from_its_settings():

@@ -132,6 +132,7 @@ def test_every_spark_job_carries_the_name_of_its_job_and_phase(tiny_idx, tmp_pat
     assert {job: name for job, name in others.items() if not name.startswith(("train_cnn: ", "transfer: "))} == {}
 
 
+@pytest.mark.classic(reason="a job description is the SparkContext's; the next test covers Connect's operation tags")
 def test_phases_nest_and_restore_the_description_before_them(spark):
     context = spark.sparkContext
 
