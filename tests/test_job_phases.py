@@ -150,26 +150,29 @@ def test_every_spark_job_carries_the_name_of_its_job_and_phase(tiny_idx, tmp_pat
     } == {}
 
 
-def test_phases_nest_and_restore_the_description_before_them(spark):
-    context = spark.sparkContext
+def test_phases_nest_and_restore_the_name_before_them(spark):
+    """The shared session's own names: its jobs' description on classic Spark, its operation tags on Connect."""
 
-    def described():
-        return context.getLocalProperty("spark.job.description")
+    def names():
+        if session.is_connect(spark):
+            return spark.getTags()
+        described = spark.sparkContext.getLocalProperty("spark.job.description")
+        return {described} if described else set()
 
-    assert described() is None
+    assert names() == set()
     with session.phase(spark, "evaluation"):
-        assert described() == "evaluation"  # outside a job: the phase alone
+        assert names() == {"evaluation"}  # outside a job: the phase alone
     with session.job_phases(spark, "train_cnn"):
-        assert described() == "train_cnn"
+        assert names() == {"train_cnn"}
         with session.phase(spark, "evaluation"):
-            assert described() == "train_cnn: evaluation"
+            assert names() == {"train_cnn: evaluation"}
             with session.phase(spark, "figures"):
-                assert described() == "train_cnn: figures"
-            assert described() == "train_cnn: evaluation"
+                assert names() == {"train_cnn: figures"}
+            assert names() == {"train_cnn: evaluation"}
         with pytest.raises(RuntimeError), session.phase(spark, "training round 1/2"):
             raise RuntimeError("a failed round")
-        assert described() == "train_cnn"
-    assert described() is None
+        assert names() == {"train_cnn"}
+    assert names() == set()
 
 
 class _ConnectSession:
