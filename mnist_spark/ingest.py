@@ -153,16 +153,23 @@ class TrainTest:
         return validation_arrays(self.test, size) if size else None
 
     def train_count(self) -> int:
-        """Training images (of ``labels``): from the headers, else counted by Spark."""
+        """Training images (of ``labels``): from the headers, else counted by Spark (the phase ``counts``)."""
         from mnist_spark.labels import select_labels
+        from mnist_spark.session import phase
 
         if self.train_rows is not None:
             return self.train_rows
-        return (select_labels(self.train, self.labels) if self.labels else self.train).count()
+        with phase(self.train.sparkSession, "counts"):
+            return (select_labels(self.train, self.labels) if self.labels else self.train).count()
 
     def test_count(self) -> int:
-        """Test images (of ``labels``): from the headers, else counted by Spark."""
-        return self.test_rows if self.test_rows is not None else self.test.count()
+        """Test images (of ``labels``): from the headers, else counted by Spark (the phase ``counts``)."""
+        from mnist_spark.session import phase
+
+        if self.test_rows is not None:
+            return self.test_rows
+        with phase(self.test.sparkSession, "counts"):
+            return self.test.count()
 
 
 def train_test_frames(spark, options: dict) -> TrainTest:
@@ -178,6 +185,7 @@ def train_test_frames(spark, options: dict) -> TrainTest:
 
     from mnist_spark import datasets, sources
     from mnist_spark import labels as label_subset
+    from mnist_spark.session import phase
 
     source = sources.source_from_options(spark, options)
     data_dir, limit, labels = options.get("data_dir"), options.get("limit"), options.get("labels")
@@ -185,7 +193,8 @@ def train_test_frames(spark, options: dict) -> TrainTest:
     if source is not None:
         train, test = (source.frame.where(F.col("split") == split) for split in ("train", "test"))
         if limit:
-            train, test = (df.where(F.col("index") < _index_bound(df, limit)) for df in (train, test))
+            with phase(spark, "read images"):
+                train, test = (df.where(F.col("index") < _index_bound(df, limit)) for df in (train, test))
         rows, num_classes = (None, None), source.class_count
     else:
         files = datasets.locate(data_dir)

@@ -114,11 +114,13 @@ def split_images(spark, options: dict, *, splits, partitions: int, limit=None, n
 
     From the IDX files (read in ``partitions`` tasks, counted from their
     headers, pictures read without Spark) or from ``--input`` (its first
-    ``limit`` images of each split by ``index``).
+    ``limit`` images of each split by ``index``, counted in the phase ``read
+    images``; the pictures' images collected in the phase ``figures``).
     """
     from pyspark.sql import functions as F
 
     from mnist_spark import ingest
+    from mnist_spark.session import phase
 
     source = source_from_options(spark, options)
     if source is None:
@@ -138,23 +140,25 @@ def split_images(spark, options: dict, *, splits, partitions: int, limit=None, n
             lambda n: ingest.first_images(infos[0], n),
         )
     frames = [source.frame.where(F.col("split") == split) for split in splits]
-    if limit:
-        frames = [df.where(F.col("index") < ingest._index_bound(df, limit)) for df in frames]
-    frame = frames[0]
-    for other in frames[1:]:
-        frame = frame.unionByName(other)
-    frame = frame.repartition(partitions)
-    rows = {split: int(count) for split, count in frame.groupBy("split").count().collect()}
-    missing = [split for split in splits if not rows.get(split)]
-    if missing:
-        raise ValueError(f"--input {source.location} has no images of split {', '.join(missing)}; check --splits")
-    label_counts = {r["label"]: r["count"] for r in frame.groupBy("label").count().collect()}
+    with phase(spark, "read images"):
+        if limit:
+            frames = [df.where(F.col("index") < ingest._index_bound(df, limit)) for df in frames]
+        frame = frames[0]
+        for other in frames[1:]:
+            frame = frame.unionByName(other)
+        frame = frame.repartition(partitions)
+        rows = {split: int(count) for split, count in frame.groupBy("split").count().collect()}
+        missing = [split for split in splits if not rows.get(split)]
+        if missing:
+            raise ValueError(f"--input {source.location} has no images of split {', '.join(missing)}; check --splits")
+        label_counts = {r["label"]: r["count"] for r in frame.groupBy("label").count().collect()}
     classes = num_classes or source.class_count or max(label_counts) + 1
 
     def first(n: int) -> list:
         from mnist_spark.images import first_rows_numpy
 
-        pixels, labels, index = first_rows_numpy(frames[0], n)
+        with phase(spark, "figures"):
+            pixels, labels, index = first_rows_numpy(frames[0], n)
         return list(zip(index.tolist(), labels.tolist(), pixels, strict=True))
 
     metrics = {"source": {"input": source.location, "kind": source.kind}, "rows": rows}
@@ -202,12 +206,20 @@ def read_source(
     """Read ``location`` (or the table ``table``) as the pipeline's DataFrame; see the module's text.
 
     ``unlabelled`` also takes a folder of images without class folders (kind
-    ``images``: split ``unlabelled``, label -1), for scoring.
+    ``images``: split ``unlabelled``, label -1), for scoring. The Spark jobs
+    that list, check and index the data are in the phase ``read images``.
     """
+    from mnist_spark.session import phase
+
     if (location is None) == (table is None):
         raise ValueError("give one of --input (a folder or URI) and --input-table (a table name)")
     if not 0 < test_fraction < 1:
         raise ValueError(f"--test-fraction must lie between 0 and 1, found {test_fraction}")
+    with phase(spark, "read images"):
+        return _read(spark, location, table, image_col, label_col, split_col, test_fraction, seed, unlabelled)
+
+
+def _read(spark, location, table, image_col, label_col, split_col, test_fraction, seed, unlabelled) -> Source:
     if table is not None:
         df = spark.table(table)
         return _columns(df, "table", table, image_col, label_col, split_col, test_fraction, seed)
