@@ -165,16 +165,18 @@ def test_transfer_on_the_cluster(cluster, tmp_path):
         "--image-size",
         "75",
         "--train-limit",
-        "200",
-        "--test-limit",
         "100",
+        "--test-limit",
+        "50",
+        "--max-iter",
+        "5",
         "--output",
         str(out),
         timeout=JOB_TIMEOUT,
     )
     assert result.returncode == 0, result.stdout[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["train_rows"] == 200 and metrics["test_rows"] == 100
+    assert metrics["train_rows"] == 100 and metrics["test_rows"] == 50
     assert metrics["image_size"] == 75 and metrics["weights"] == "none"
     assert {"pipeline_model", "report.html", "_SUCCESS"} <= set(os.listdir(out))
 
