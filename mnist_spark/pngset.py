@@ -470,6 +470,7 @@ def read_png_set(
     on_bad: str = "fail",
     partitions: int | None = None,
     num_classes: int | None = None,
+    persist: bool = False,
 ):
     """Read a PNG set back into the DataFrame shape of an ingested dataset.
 
@@ -502,6 +503,11 @@ def read_png_set(
     num_classes : int, optional
         Labels (folder names) must lie in ``0 .. num_classes - 1``. Default:
         any that fits in a 32-bit integer.
+    persist : bool
+        Keep the decoded files (in memory, spilling to disk) from the check on,
+        so later passes over the result (training, evaluation, the report)
+        read them from there instead of decoding every file again. The jobs
+        do; ``spark.catalog.clearCache()`` frees them. Default: ``False``.
 
     Returns
     -------
@@ -550,6 +556,10 @@ def read_png_set(
         .load([storage.join(location, s) for s in names])
         .coalesce(partitions or task_slots(spark))
     )
+    if persist:  # the check below decodes every file once, and fills the cache as it does
+        from pyspark import StorageLevel
+
+        raw = raw.persist(StorageLevel.MEMORY_AND_DISK)
     tail = r"/(" + "|".join(names) + r")/(\d+)/(\d+)(?:_(\d+))?\.png$"
     origin = F.col("image.origin")
     in_layout = origin.rlike(tail)

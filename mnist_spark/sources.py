@@ -18,6 +18,10 @@ sorted order; :attr:`Source.classes` keeps the original label of each class,
 which training writes beside the model as ``labels.json``. Where there is no
 split, a seeded hash of each row's ``index`` puts ``test_fraction`` of the
 rows in ``test``: the same seed gives the same split on any partitioning.
+
+Files (a PNG set, a folder of images) are decoded once and persisted, in
+memory and spilling to disk, so a job's later passes over them (training,
+evaluation, the report) do not decode every file again.
 """
 
 from __future__ import annotations
@@ -232,7 +236,7 @@ def _read(spark, location, table, image_col, label_col, split_col, test_fraction
     if kind == "pngset":
         from mnist_spark.pngset import read_png_set
 
-        frame = read_png_set(spark, location)[0]
+        frame = read_png_set(spark, location, persist=True)[0]
         return Source(frame, kind, location, num_classes=_declared_classes(location))
     if kind == "parquet":
         df = spark.read.parquet(storage.to_uri(location))
@@ -308,7 +312,7 @@ def _image_folder(spark, location: str, test_fraction: float, seed: int, unlabel
         frame = images.select(
             F.lit("unlabelled").alias("split"), index.alias("index"), F.lit(-1).alias("label"), "image"
         )
-        return Source(frame, "images", location)
+        return Source(_decoded_once(frame), "images", location)
     if layout is None:
         raise ValueError(
             f"--input {location} holds no class folders with images in them; put each class's images in a "
@@ -330,7 +334,15 @@ def _image_folder(spark, location: str, test_fraction: float, seed: int, unlabel
     frame, classes = _index_labels(frame)
     if not by_split:
         frame = _split_by_hash(frame, test_fraction, seed)
-    return Source(frame, "folder", location, classes, split_given=by_split)
+    return Source(_decoded_once(frame), "folder", location, classes, split_given=by_split)
+
+
+def _decoded_once(frame):
+    """``frame``, persisted (in memory, spilling to disk): a job's passes over a folder of image
+    files (training, evaluation, the report) decode and index the files once, not on every pass."""
+    from pyspark import StorageLevel
+
+    return frame.persist(StorageLevel.MEMORY_AND_DISK)
 
 
 def _folders(location: str) -> list:

@@ -76,6 +76,18 @@ def _jpeg_folder(root, per_class: int = 24):
     return root
 
 
+def test_a_folder_of_images_is_decoded_once(spark, tmp_path):
+    """The jobs' passes over a folder (training, evaluation, report) read the files once."""
+    folder = _jpeg_folder(tmp_path / "photos", per_class=4)
+    frame = sources.read_source(spark, str(folder)).frame
+    assert frame.count() == 12
+    for jpeg in folder.rglob("*.jpg"):
+        jpeg.write_bytes(b"")  # spoiled after the first pass: only a kept copy still has them
+    rows = frame.select("label", "image.height").collect()
+    assert len(rows) == 12 and {r["height"] for r in rows} == {64}
+    frame.unpersist()
+
+
 def test_a_jpeg_folder_with_string_labels_trains_and_predicts_its_labels(spark, tmp_path):
     folder = _jpeg_folder(tmp_path / "photos")
     out = tmp_path / "run"

@@ -219,6 +219,22 @@ def _spoil(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in (truncated, garbage, empty, stray))
 
 
+def test_a_persisted_set_is_decoded_once(spark, tiny_set, tmp_path):
+    """With persist, the check's pass keeps the decoded files: later passes no longer read them."""
+    for persist in (False, True):
+        root = tmp_path / f"persist-{persist}"
+        shutil.copytree(tiny_set, root)
+        df, _ = pngset.read_png_set(spark, str(root), variants=True, persist=persist)
+        for png in root.rglob("*.png"):
+            png.write_bytes(b"")  # every file spoiled after the read: only a kept copy still has them
+        if persist:
+            rows = df.select("index", "variant", "image.data").collect()
+            assert len(rows) == 35 * 3 and all(len(r["data"]) == 28 * 28 for r in rows)
+        else:
+            assert len(df.select("index", "image.data").collect()) < 35 * 3  # Spark skips empty files
+    spark.catalog.clearCache()
+
+
 def test_bad_files_fail_by_name(spark, tiny_set, tmp_path):
     root = tmp_path / "spoiled"
     shutil.copytree(tiny_set, root)
