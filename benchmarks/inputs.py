@@ -5,13 +5,16 @@ MNIST with the same seed, model and partitions, reading:
 
 * ``idx``: the four IDX files (``--data-dir``), the baseline;
 * ``parquet``: ingest's output (``--input runs/.../ingest``);
-* ``pngs``: export_png's PNG set, a folder of images (``--input runs/.../pngs``).
+* ``pngs``: export_png's PNG set, a folder of images (``--input runs/.../pngs``);
+* ``folder``: the same files without the set's manifest, a plain
+  ``<split>/<class>/<file>`` folder of images such as a user brings
+  (indexed by path, so its shards, and its model, differ from the others').
 
 Reports the training throughput (images per second over the rounds, as
 ``metrics.json`` has it), the whole job's wall time as a user sees it
 (Spark start, reading, decoding, training, evaluation, report), the ratio of
 each to the IDX run and whether the models are bit-identical. Target: the
-Parquet and image-folder runs reach at least 0.95x the IDX run's images per
+Parquet, PNG-set and image-folder runs reach at least 0.95x the IDX run's images per
 second. The ingest and export that make the inputs run first and are timed
 apart. Writes ``benchmarks/results/inputs.json`` and prints it.
 
@@ -27,6 +30,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,6 +73,9 @@ def main() -> None:
         train += ["--validation-size", "0", "--checkpoint-every", "0", "--seed", "0"]
         sources = {"idx": ["--data-dir", str(DATA)], "parquet": ["--input", str(work / "ingest")]}
         sources["pngs"] = ["--input", str(work / "pngs")]
+        for split in ("train", "test"):
+            shutil.copytree(work / "pngs" / split, work / "folder" / split)
+        sources["folder"] = ["--input", str(work / "folder")]
         runs = {}
         for name, given in sources.items():
             out = work / f"run-{name}"
