@@ -115,7 +115,10 @@ class StandaloneCluster:
         worker_memory: str = "3g",
         port: int | None = None,
         ui_port: int | None = None,
+        java_options: str = "",
     ):
+        """``java_options`` go to every JVM of the cluster: master, workers, executors and, through
+        ``SPARK_SUBMIT_OPTS``, the drivers :meth:`submit` starts."""
         import pyspark
 
         self.spark_home = Path(pyspark.__file__).parent
@@ -128,6 +131,7 @@ class StandaloneCluster:
         self.port, self.ui_port = port or _free_port(), ui_port or _free_port()
         self.url = f"spark://127.0.0.1:{self.port}"
         self.processes: list[subprocess.Popen] = []
+        self.java_options = java_options
 
     def _env(self) -> dict:
         env = dict(
@@ -139,6 +143,9 @@ class StandaloneCluster:
             SPARK_LOCAL_IP="127.0.0.1",
         )
         env.pop("PYSPARK_GATEWAY_PORT", None)
+        if self.java_options:
+            env["SPARK_DAEMON_JAVA_OPTS"] = self.java_options
+            env["SPARK_SUBMIT_OPTS"] = self.java_options
         return env
 
     def _launch(self, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
@@ -252,6 +259,7 @@ class StandaloneCluster:
             f"spark.pyspark.driver.python={sys.executable}",
             "--conf",
             f"spark.pyspark.python={self.executor_python()}",
+            *([f"--conf=spark.executor.extraJavaOptions={self.java_options}"] if self.java_options else []),
             *[f"--conf={key}={value}" for key, value in (conf or {}).items()],
             "--py-files",
             str(self.library_zip()),

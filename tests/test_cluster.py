@@ -65,7 +65,9 @@ JOB_TIMEOUT = 300
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    started = StandaloneCluster(workers=2, folder=str(tmp_path_factory.mktemp("cluster"))).start()
+    started = StandaloneCluster(
+        workers=2, folder=str(tmp_path_factory.mktemp("cluster")), java_options=os.environ.get("SPARK_SUBMIT_OPTS", "")
+    ).start()
     yield started
     pids = [p.pid for p in started.processes]
     started.stop()
