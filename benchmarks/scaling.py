@@ -78,6 +78,7 @@ def plain_keras(model_name: str, epochs: int, launched: float) -> dict:
         "test_accuracy": curve[-1]["accuracy"],
         "wall_seconds": round(time.time() - launched, 2),
         "images_per_second": round(epochs * len(y) / fit_seconds, 1),
+        "batch_size": config.batch_size,
     }
 
 
@@ -145,6 +146,7 @@ def spark_run(model_name: str, epochs: int, partitions: int, output: Path) -> di
             overheads.setdefault(name, []).append(seconds)
     return {
         "partitions": partitions,
+        "batch_size": metrics["batch_size"],
         "rounds": len(history),
         "curve": curve,
         "test_accuracy": metrics["test_accuracy"],
@@ -239,20 +241,22 @@ def main() -> None:
         json.dumps({"benchmark": "scaling", "cores": os.cpu_count(), "results": results}, indent=2) + "\n"
     )
     print(
-        "| model | replicas | test accuracy | plain Keras | gap (points) | round-1 val | to 99.0% | "
+        "| model | replicas | batch | test accuracy | plain Keras | gap (points) | round-1 val | to 99.0% | "
         "to 99.3% | img/s | ratio | spread | driver peak |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for result in results:
         plain = result["plain_keras"]
         print(
-            f"| {result['model']} ({result['epochs']} ep) | plain | | {100 * plain['test_accuracy']:.2f}% | | | "
+            f"| {result['model']} ({result['epochs']} ep) | plain | {plain['batch_size']} | | "
+            f"{100 * plain['test_accuracy']:.2f}% | | | "
             f"{plain['seconds_to_0.99']} s | {plain['seconds_to_0.993']} s | {plain['images_per_second']:.0f} | "
             "1 | | |"
         )
         for run in result["spark"]:
             print(
-                f"| | {run['partitions']} | {100 * run['test_accuracy']:.2f}% | | {run['accuracy_gap_points']:+.2f} | "
+                f"| | {run['partitions']} | {run['batch_size']} | {100 * run['test_accuracy']:.2f}% | | "
+                f"{run['accuracy_gap_points']:+.2f} | "
                 f"{run['round1_val_accuracy']:.3f} | {run['seconds_to_0.99']} s | {run['seconds_to_0.993']} s | "
                 f"{run['images_per_second']:.0f} | {run['throughput_ratio']:.2f} | "
                 f"{run['spread_full_rounds']:.2f} | {run['driver_peak_rss_gib']:.2f} GiB |"

@@ -309,7 +309,11 @@ class _KerasImageClassifierParams(HasInputCol, HasLabelCol, HasPredictionCol, Ha
         "modelFile", "a saved .keras model trained instead of modelName, from its weights ('' for none)", _path
     )
     epochs: Param = _param("epochs", "passes over the training data", _whole("epochs", 1))
-    batchSize: Param = _param("batchSize", "per-replica training batch size", _whole("batchSize", 1))
+    batchSize: Param = _param(
+        "batchSize",
+        "per-replica training batch size (0: 128 up to 2 replicas, 64 beyond)",
+        _whole("batchSize", 0),
+    )
     learningRate: Param = _param(
         "learningRate",
         "Adam's learning rate in the first epoch, before scaling",
@@ -371,7 +375,7 @@ class _KerasImageClassifierParams(HasInputCol, HasLabelCol, HasPredictionCol, Ha
         modelName=models.DEFAULT_MODEL,
         modelFile="",
         epochs=training.TrainConfig.epochs,
-        batchSize=training.TrainConfig.batch_size,
+        batchSize=0,
         learningRate=training.TrainConfig.learning_rate,
         lrDecay=training.TrainConfig.lr_decay,
         lrScaling=training.TrainConfig.lr_scaling,
@@ -542,7 +546,7 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
         modelName=models.DEFAULT_MODEL,
         modelFile="",
         epochs=training.TrainConfig.epochs,
-        batchSize=training.TrainConfig.batch_size,
+        batchSize=0,
         learningRate=training.TrainConfig.learning_rate,
         lrDecay=training.TrainConfig.lr_decay,
         lrScaling=training.TrainConfig.lr_scaling,
@@ -574,7 +578,7 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
         modelName=models.DEFAULT_MODEL,
         modelFile="",
         epochs=training.TrainConfig.epochs,
-        batchSize=training.TrainConfig.batch_size,
+        batchSize=0,
         learningRate=training.TrainConfig.learning_rate,
         lrDecay=training.TrainConfig.lr_decay,
         lrScaling=training.TrainConfig.lr_scaling,
@@ -807,7 +811,7 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
             model=self.getModelName(),
             model_file=self.getModelFile() or None,
             epochs=self.getEpochs(),
-            batch_size=self.getBatchSize(),
+            batch_size=self.getBatchSize() or None,
             partitions=partitions,
             seed=self.getSeed(),
             steps_per_round=self.getStepsPerRound() or None,

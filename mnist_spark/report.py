@@ -73,6 +73,7 @@ def training_metrics(job: str, config, state, scores: dict, data) -> dict:
         "epochs": config.epochs,
         "rounds": state.round,
         "partitions": config.partitions,
+        "batch_size": config.batch_size,
         "images_per_second": images_per_second(state.history),
         "history": state.history,
         "evaluation": scores,

@@ -298,6 +298,18 @@ def test_tree_average_in_the_executors_equals_the_plain_mean(spark, fan_in):
     assert _same(weights, again)
 
 
+def test_the_default_batch_is_64_beyond_two_replicas():
+    assert [training.TrainConfig(partitions=n).batch_size for n in (1, 2, 3, 8, 16)] == [128, 128, 64, 64, 64]
+    assert training.TrainConfig(partitions=8, batch_size=128).batch_size == 128  # given, it stays
+    saved = training.TrainConfig(partitions=16).to_dict()  # checkpoints and metrics.json hold the number
+    assert saved["batch_size"] == 64 and training.TrainConfig.from_dict(saved).batch_size == 64
+    estimator = ml.KerasImageClassifier()
+    assert estimator.getBatchSize() == 0 and estimator.trainConfig(4, (28, 28, 1), 10).batch_size == 64
+    assert ml.KerasImageClassifier(batchSize=32).trainConfig(4, (28, 28, 1), 10).batch_size == 32
+    with pytest.raises(ValueError, match="partitions must be above 0, found 0"):
+        training.TrainConfig(partitions=0)
+
+
 @pytest.mark.slow
 def test_eight_replicas_match_one_replica(spark, mnist_files):
     """The default model at 8 replicas is within a point of a single replica on the same data.

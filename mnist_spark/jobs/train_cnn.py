@@ -51,7 +51,7 @@ def run(
     arch=training.TrainConfig.model,
     model_file=None,
     epochs=training.TrainConfig.epochs,
-    batch_size=training.TrainConfig.batch_size,
+    batch_size=None,
     partitions=None,
     steps_per_round=None,
     learning_rate=training.TrainConfig.learning_rate,
@@ -127,7 +127,7 @@ def arg_parser():
         },
         help={
             "partitions": "replicas; default: the cluster's task slots",
-            "batch_size": "per-replica batch size",
+            "batch_size": "per-replica batch size; default: 128 up to 2 replicas, 64 beyond",
             "labels": "train on these labels only (e.g. 0,1,2,3,4); class k of the model is the k-th "
             "label, as labels.json in the run folder records",
         },
