@@ -705,6 +705,7 @@ def _order(config: TrainConfig, schedule: Schedule, partition: int, round_: int,
     only through where rounds cut the stream.
     """
     batch = config.batch_size
+    assert batch is not None  # TrainConfig sets it
     per_epoch = schedule.steps_per_epoch * batch
     first = schedule.starts[round_] * batch
     positions = np.arange(first, schedule.starts[round_ + 1] * batch)
@@ -727,6 +728,7 @@ def _batches(images, labels, index, order, config: TrainConfig, schedule: Schedu
     import keras
 
     batch_size = config.batch_size
+    assert batch_size is not None  # TrainConfig sets it
     params = None
     if config.augment:
         from mnist_spark import augment
