@@ -598,7 +598,8 @@ def make_shards(df, partitions: int, *, chunk_bytes: int | None = None, decode=N
     # The split is plain SQL, so the stage reading the images runs one Python
     # worker per task; the next stage runs the other.
     shard = (F.col("index") % partitions).cast("int")
-    key = F.element_at(F.array(*[F.lit(k) for k in keys]), shard + 1)
+    # Long, as partition_keys hashed them: Spark hashes an int and a long of the same value differently.
+    key = F.element_at(F.array(*[F.lit(k).cast("long") for k in keys]), shard + 1)
     rows = df.select(shard.alias("shard"), key.alias("key"), "index", "label", "image")
     with _session_conf(df.sparkSession, _ONE_CHUNK_CACHED):
         # Sorted by index inside each partition (Spark's sort spills as needed), so a task
@@ -1180,6 +1181,7 @@ def train(
                     for local in files.values():
                         local.close()
 
+            launched = time.time()
             with (
                 phase(spark, f"training round {round_ + 1}/{schedule.rounds}"),
                 _timed(overheads, "tasks"),
@@ -1194,7 +1196,14 @@ def train(
                 with _timed(overheads, "batchnorm"):
                     models.reestimate_batchnorm(model, sample)
                     weights = model.get_weights()
-            logger.debug("round %d replicas ran in Python workers %s", round_ + 1, [r["pid"] for r in results])
+            logger.debug(
+                "round %d replicas (partition, Python worker, seconds, finished since the round's start): %s",
+                round_ + 1,
+                [
+                    (r["partition"], r["pid"], round(r["seconds"], 2), round(r["finished"] - launched, 2))
+                    for r in results
+                ],
+            )
             images = sum(r["count"] for r in results)
             counts = [r["count"] for r in results]
             record = {

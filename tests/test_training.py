@@ -180,6 +180,16 @@ def test_shards_in_small_chunks_give_the_same_model(spark, train_df, trained):
     assert _same(trained.weights, chunked.weights) and _same(trained.optimizer, chunked.optimizer)
 
 
+@pytest.mark.parametrize("partitions", [4, 8, 16])
+def test_each_partition_holds_its_own_shard(spark, train_df, partitions):
+    # Two shards in one partition train one after the other in one task while another slot idles.
+    shards, sizes = training.make_shards(train_df, partitions)
+    placed = shards.select(F.spark_partition_id().alias("partition"), "shard").distinct().collect()
+    shards.unpersist()
+    assert sizes == [256 // partitions] * partitions
+    assert sorted((r["partition"], r["shard"]) for r in placed) == [(k, k) for k in range(partitions)]
+
+
 def test_a_replica_reads_its_shard_from_a_local_file(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARK_LOCAL_DIRS", f"{tmp_path},/elsewhere")
     images = np.arange(5 * 4, dtype=np.uint8).reshape(5, 2, 2, 1)
