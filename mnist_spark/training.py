@@ -938,9 +938,23 @@ def average_replicas(results: list[dict]) -> tuple[list, list]:
     return _mean_of(_add_partial_sums([_partial_sum(r) for r in results]))
 
 
-def tree_fan_in(replicas: int) -> int:
-    """Partial sums added per task in :func:`tree_average`: about the square root of the replicas."""
-    return max(2, math.ceil(math.sqrt(replicas)))
+#: The replica states one averaging task may hold at once, in bytes: below it, one level of
+#: :func:`tree_average` adds all the replicas. Each level is a Spark stage (about 0.35 s a round).
+GROUP_BYTES = 512 * 2**20
+
+
+def tree_fan_in(replicas: int, state_bytes: int = 0) -> int:
+    """Partial sums added per task in :func:`tree_average`.
+
+    All the replicas, in one task, while their states (``state_bytes`` each)
+    fit in :data:`GROUP_BYTES`; else about the square root of the replicas,
+    so that two levels reach one sum and no task holds more than that many.
+
+    >>> tree_fan_in(16, 14 * 2**20), tree_fan_in(16, 300 * 2**20), tree_fan_in(100, 300 * 2**20)
+    (16, 4, 10)
+    """
+    fits = GROUP_BYTES // max(1, state_bytes)
+    return max(2, math.ceil(math.sqrt(replicas)), min(replicas, fits))
 
 
 #: One partial sum of :func:`tree_average` between its levels: its group, and the sum pickled.
@@ -967,17 +981,17 @@ def _add_group(key, table):
     )
 
 
-def tree_average(results, replicas: int, fan_in: int | None = None):
+def tree_average(results, replicas: int, fan_in: int | None = None, state_bytes: int = 0):
     """Average replica results in the executors; the driver receives a single sum.
 
     ``results`` is a DataFrame of replica rows (:func:`_result_schema`). Each
     level groups the partial sums by ``id // fan_in`` (``groupBy`` and
     ``applyInArrow``: DataFrames only, so it runs on Spark Connect too), and
     each group's task adds them in ``id`` order, so the result is the same bit
-    for bit whatever order the shuffle delivers them in. With the default
-    fan-in, ``sqrt(replicas)``, two levels reach one sum for up to
-    ``fan_in ** 2`` replicas, and no task or driver holds more than
-    ``fan_in`` models.
+    for bit whatever order the shuffle delivers them in. The default fan-in,
+    :func:`tree_fan_in` of the replicas and the bytes of one replica's state
+    (``state_bytes``), adds small models in one level and large ones in two,
+    and no task or driver holds more than ``fan_in`` models.
 
     Returns
     -------
@@ -986,7 +1000,7 @@ def tree_average(results, replicas: int, fan_in: int | None = None):
     """
     from pyspark.sql import functions as F
 
-    fan_in = fan_in or tree_fan_in(replicas)
+    fan_in = fan_in or tree_fan_in(replicas, state_bytes)
     schema = ", ".join(f"{name} {'int' if kind == 'int32' else kind}" for name, kind in _PART_FIELDS)
     # Replicas travel as they are (float32) to the first level, which makes them float64 sums.
     level, key = results, "partition"
@@ -1152,6 +1166,7 @@ def train(
     )
     loop_started = time.perf_counter()
     first_round = state.round
+    state_bytes = sum(np.asarray(a).nbytes for a in (*state.weights, *state.optimizer))
     try:
         for round_ in range(state.round, schedule.rounds):
             round_started = time.perf_counter()
@@ -1188,7 +1203,7 @@ def train(
                 _session_conf(spark, _ONE_CHUNK_TO_PYTHON),
             ):
                 replicas = shards.mapInArrow(run_round, _result_schema(), barrier=config.barrier)
-                weights, optimizer, results = tree_average(replicas, config.partitions)
+                weights, optimizer, results = tree_average(replicas, config.partitions, state_bytes=state_bytes)
                 jobs_done = time.time()
             payload.destroy()
             load_state(model, weights, optimizer)
@@ -1229,10 +1244,16 @@ def train(
             # task start: scheduling, worker start, the shard's local file, loading the state.
             overheads["averaging"] = max(0.0, jobs_done - max(r["finished"] for r in results))
             overheads["task_start"] = max(0.0, overheads.pop("tasks") - fitting - overheads["averaging"])
+            # Scoring the model each round is not training, and BatchNorm is re-estimated before
+            # the last round only for it: the training throughput leaves both out.
+            scoring = overheads.get("validation", 0.0)
+            if round_ + 1 < schedule.rounds:
+                scoring += overheads.get("batchnorm", 0.0)
             record.update(
                 time=round(time.time(), 3),
                 seconds=round(seconds, 3),
-                images_per_second=round(images / seconds, 1),
+                train_seconds=round(seconds - scoring, 3),
+                images_per_second=round(images / (seconds - scoring), 1),
                 fit_seconds=round(fitting, 3),
                 overhead_seconds={k: round(v, 3) for k, v in sorted(overheads.items())},
             )
@@ -1293,8 +1314,11 @@ def check_partitions(partitions: int, rows: int, *, given: bool = True) -> None:
 
 
 def images_per_second(history: list[dict]) -> float:
-    """Training throughput over a run's rounds (their ``images`` and ``seconds``)."""
-    seconds = sum(h["seconds"] for h in history)
+    """Training throughput over a run's rounds: their ``images`` over their ``train_seconds``.
+
+    Histories saved before rounds recorded ``train_seconds`` count their ``seconds``.
+    """
+    seconds = sum(h.get("train_seconds", h["seconds"]) for h in history)
     return round(sum(h["images"] for h in history) / seconds, 1) if seconds else 0.0
 
 

@@ -399,6 +399,12 @@ def test_run_folder(spark, small_idx, train_cnn_run):
         assert key in saved
     assert saved["epochs"] == 2 and saved["partitions"] == 2 and len(saved["history"]) == 3
     assert set(saved["history"][-1]["overhead_seconds"]) == {"averaging", "broadcast", "task_start", "validation"}
+    # Training throughput leaves out each round's scoring of the validation sample, as plain Keras's does.
+    for h in saved["history"]:
+        assert h["train_seconds"] == pytest.approx(h["seconds"] - h["overhead_seconds"]["validation"], abs=2e-3)
+        assert h["images_per_second"] == pytest.approx(h["images"] / h["train_seconds"], rel=1e-3, abs=0.06)
+    total = sum(h["images"] for h in saved["history"]) / sum(h["train_seconds"] for h in saved["history"])
+    assert saved["images_per_second"] == pytest.approx(total, rel=1e-3, abs=0.06)
     assert "val_accuracy" in saved["history"][0]
     assert saved["environment"]["libraries"]["pyspark"]
     assert "Total params" in (out / "model_summary.txt").read_text()
