@@ -149,8 +149,6 @@ def spark_run(model_name: str, epochs: int, partitions: int, output: Path) -> di
     curve = [
         {"epoch": h["epoch"], "accuracy": h["val_accuracy"], "time": round(h["time"] - launched, 2)} for h in history
     ]
-    longest = max(h["steps"] for h in history)
-    full = [h["images_per_second"] for h in history if h["steps"] == longest]
     overheads: dict = {}
     for h in history:
         for name, seconds in h["overhead_seconds"].items():
@@ -165,7 +163,7 @@ def spark_run(model_name: str, epochs: int, partitions: int, output: Path) -> di
         "wall_seconds": round(time.time() - launched, 2),
         "images_per_second": metrics["images_per_second"],
         "round_images_per_second": [h["images_per_second"] for h in history],
-        "spread_full_rounds": round((max(full) - min(full)) / statistics.median(full), 3),
+        "spread_full_rounds": metrics["round_spread"],
         "mean_overhead_seconds": {k: round(statistics.mean(v), 3) for k, v in sorted(overheads.items())},
         "driver_peak_rss_gib": round(peak[0] / 2**30, 3),
     }

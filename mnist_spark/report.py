@@ -61,7 +61,7 @@ def training_metrics(job: str, config, state, scores: dict, data) -> dict:
 
     ``data`` is the run's :class:`mnist_spark.ingest.TrainTest`.
     """
-    from mnist_spark.training import images_per_second
+    from mnist_spark.training import images_per_second, round_spread
 
     return {
         "train_rows": data.train_count(),
@@ -75,6 +75,7 @@ def training_metrics(job: str, config, state, scores: dict, data) -> dict:
         "partitions": config.partitions,
         "batch_size": config.batch_size,
         "images_per_second": images_per_second(state.history),
+        "round_spread": round_spread(state.history),
         "history": state.history,
         "evaluation": scores,
         "environment": environment(data.test.sparkSession),

@@ -62,6 +62,7 @@ ROUND_METRICS = (
     "learning_rate",
     "epoch",
     "images_per_second",
+    "train_seconds",
     "seconds",
 )
 #: MLflow's longest param value.

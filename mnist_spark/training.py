@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import pickle
+import statistics
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -1320,6 +1321,21 @@ def images_per_second(history: list[dict]) -> float:
     """
     seconds = sum(h.get("train_seconds", h["seconds"]) for h in history)
     return round(sum(h["images"] for h in history) / seconds, 1) if seconds else 0.0
+
+
+def round_spread(history: list[dict]) -> float | None:
+    """How much training throughput varies across a run's full-length rounds.
+
+    ``(max - min) / median`` of the ``images_per_second`` of the rounds of
+    the most steps; None when fewer than two rounds have that length.
+
+    >>> round_spread([{"steps": 15, "images_per_second": 900}] + [
+    ...     {"steps": 59, "images_per_second": r} for r in (5000, 4000, 4500)])
+    0.222
+    """
+    longest = max((h["steps"] for h in history), default=0)
+    rates = [h["images_per_second"] for h in history if h["steps"] == longest]
+    return round((max(rates) - min(rates)) / statistics.median(rates), 3) if len(rates) > 1 else None
 
 
 def checkpointer(folder: str, every: int, extra: dict, *, also: Callable | None = None) -> Callable:

@@ -391,6 +391,7 @@ def test_run_folder(spark, small_idx, train_cnn_run):
         "epochs",
         "partitions",
         "images_per_second",
+        "round_spread",
         "seconds",
         "history",
         "params",
