@@ -180,6 +180,28 @@ def test_shards_in_small_chunks_give_the_same_model(spark, train_df, trained):
     assert _same(trained.weights, chunked.weights) and _same(trained.optimizer, chunked.optimizer)
 
 
+def test_replicas_beyond_the_slots_share_tasks_on_a_local_master(spark, train_df, monkeypatch):
+    class Conf(dict):
+        def get(self, key, default=None):
+            return super().get(key, default)
+
+    def session(master):
+        return type("Session", (), {"conf": Conf({"spark.master": master})})()
+
+    assert training.replica_tasks(session("local[2]"), 16, 2) == 2
+    assert training.replica_tasks(session("local[2]"), 2, 2) == 2
+    assert training.replica_tasks(session("spark://host:7077"), 16, 2) == 16  # executors may come and go
+    used = []
+    shared = training.replica_tasks
+    monkeypatch.setattr(training, "replica_tasks", lambda *a: used.append(shared(*a)) or used[-1])
+    config = replace(CONFIG, partitions=4, epochs=1)
+    _, together = training.train(spark, train_df, config)  # 2 tasks of 2 replicas each
+    monkeypatch.setattr(training, "replica_tasks", lambda spark, partitions, slots: partitions)
+    _, apart = training.train(spark, train_df, config)  # a task per replica
+    assert used == [2]
+    assert _same(together.weights, apart.weights) and _same(together.optimizer, apart.optimizer)
+
+
 @pytest.mark.parametrize("partitions", [4, 8, 16])
 def test_each_partition_holds_its_own_shard(spark, train_df, partitions):
     # Two shards in one partition train one after the other in one task while another slot idles.
