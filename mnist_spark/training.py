@@ -462,23 +462,43 @@ class ShardFile:
             os.unlink(self.path)
 
 
-def shard_files(batches, chunk_bytes: int) -> dict:
-    """A task's cached chunk rows written to one :class:`ShardFile` per shard, as they stream in."""
-    files: dict = {}
+def shard_files(batches, chunk_bytes: int):
+    """A task's cached chunk rows written to one :class:`ShardFile` per shard, as they stream in.
+
+    Yields ``(shard, ShardFile)`` as each shard's rows end, so a task that
+    trains several shards (:func:`replica_tasks`) has one shard's file on
+    disk at a time; the caller closes each file it gets. A shard's rows
+    arrive together, as one cached partition, or a coalesced run of them,
+    delivers them.
+
+    Raises
+    ------
+    ValueError
+        When a shard's rows arrive apart, after another shard's.
+    """
+    local: ShardFile | None = None
+    shard, seen = None, set()
     try:
         for batch in batches:
             for position in range(batch.num_rows):
                 row = {name: batch.column(name)[position].as_buffer() for name in ("shape", "index", "label", "pixels")}
                 row["chunk"] = batch.column("chunk")[position].as_py()
-                shard = batch.column("shard")[position].as_py()
-                if shard not in files:
-                    files[shard] = ShardFile(chunk_bytes)
-                files[shard].add(row)
-        return {shard: local.finish() for shard, local in files.items()}
-    except BaseException:
-        for local in files.values():
+                number = batch.column("shard")[position].as_py()
+                if local is None or number != shard:
+                    if local is not None:
+                        finished, local = local.finish(), None
+                        yield shard, finished
+                    if number in seen:
+                        raise ValueError(f"the rows of shard {number} arrived apart, after another shard's")
+                    seen.add(number)
+                    shard, local = number, ShardFile(chunk_bytes)
+                local.add(row)
+        if local is not None:
+            finished, local = local.finish(), None
+            yield shard, finished
+    finally:
+        if local is not None:
             local.close()
-        raise
 
 
 @contextmanager
@@ -1196,9 +1216,8 @@ def train(
                 import pyarrow as pa
 
                 context = BarrierTaskContext.get() if config.barrier else TaskContext.get()
-                files = shard_files(batches, chunk_bytes)
-                try:
-                    for shard, local in sorted(files.items()):
+                for shard, local in shard_files(batches, chunk_bytes):
+                    try:
                         result = train_replica(
                             shard,
                             (local.images, local.labels, local.index),
@@ -1209,10 +1228,9 @@ def train(
                             attempt=context.attemptNumber() if context else 0,
                             architecture=shipped.value if shipped is not None else None,
                         )
-                        yield pa.RecordBatch.from_pylist([_result_row(result)], schema=_result_arrow())
-                finally:
-                    for local in files.values():
+                    finally:
                         local.close()
+                    yield pa.RecordBatch.from_pylist([_result_row(result)], schema=_result_arrow())
 
             launched = time.time()
             with (

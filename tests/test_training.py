@@ -241,6 +241,33 @@ def test_a_replica_reads_its_shard_from_a_local_file(tmp_path, monkeypatch):
     missing.close()
 
 
+def test_a_task_holds_one_shard_file_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARK_LOCAL_DIRS", str(tmp_path))
+    images = np.arange(7 * 4, dtype=np.uint8).reshape(7, 2, 2)
+    labels, index = np.arange(7, dtype=np.int32), np.arange(7, dtype=np.int64)
+    rows = [  # shard 0 in two chunks of 3 images, shard 1 in one
+        *training._shard_rows(0, 10, (2, 2), index[:5], labels[:5], images[:5], chunk_bytes=3 * 4),
+        *training._shard_rows(1, 11, (2, 2), index[5:], labels[5:], images[5:], chunk_bytes=3 * 4),
+    ]
+    seen = []
+    for shard, local in training.shard_files(iter(rows), 3 * 4):
+        seen.append((shard, len(os.listdir(tmp_path)), local.images.tolist(), local.labels.tolist()))
+        local.close()
+    assert (
+        seen
+        == [
+            (0, 1, images[:5].tolist(), [0, 1, 2, 3, 4]),  # shard 1's file is not begun yet
+            (1, 1, images[5:].tolist(), [5, 6]),  # shard 0's was closed
+        ]
+    )
+    assert os.listdir(tmp_path) == []
+    apart = iter([rows[0], rows[2], rows[1]])  # shard 0's second chunk after shard 1
+    with pytest.raises(ValueError, match="the rows of shard 0 arrived apart, after another shard's"):
+        for _, local in training.shard_files(apart, 3 * 4):
+            local.close()
+    assert os.listdir(tmp_path) == []
+
+
 def test_barrier_mode_gives_the_same_model(spark, train_df, trained):
     _, barrier = training.train(spark, train_df, replace(CONFIG, barrier=True))
     assert _same(trained.weights, barrier.weights)
