@@ -86,9 +86,7 @@ def plain_keras(model_name: str, epochs: int, launched: float) -> dict:
         "images_per_second": round(epochs * len(y) / fit_seconds, 1),
         "epoch_images_per_second": [round(rate, 1) for rate in epoch_rates],
         # As the Spark runs' full-epoch rounds: the epochs after the first (which traces the model).
-        "spread_epochs": round((max(epoch_rates[1:]) - min(epoch_rates[1:])) / statistics.median(epoch_rates[1:]), 3)
-        if epochs > 2
-        else None,
+        "spread_epochs": training.spread(epoch_rates[1:]),
         "batch_size": config.batch_size,
     }
 

@@ -1199,7 +1199,7 @@ def train(
         config.batch_size,
         learning_rate_at(config, schedule, int(config.warmup_epochs * schedule.steps_per_epoch)),
     )
-    # Each task trains the shards its partition holds, in shard order: fewer tasks, the same model.
+    # Each task trains the shards its partition holds one after the other: fewer tasks, the same model.
     tasks = config.partitions if config.barrier else replica_tasks(spark, config.partitions, slots)
     source = shards.coalesce(tasks) if tasks < config.partitions else shards
     loop_started = time.perf_counter()
@@ -1369,7 +1369,11 @@ def round_spread(history: list[dict]) -> float | None:
     0.222
     """
     longest = max((h["steps"] for h in history), default=0)
-    rates = [h["images_per_second"] for h in history if h["steps"] == longest]
+    return spread([h["images_per_second"] for h in history if h["steps"] == longest])
+
+
+def spread(rates: list) -> float | None:
+    """``(max - min) / median`` of ``rates``, to 3 places; None for fewer than two."""
     return round((max(rates) - min(rates)) / statistics.median(rates), 3) if len(rates) > 1 else None
 
 
