@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 #: The model this Python worker keeps between batches and tasks, by key (one at a time).
 _MODELS: dict = {}
+#: Models this Python worker has built or loaded into :data:`_MODELS` since it started.
+_BUILDS = 0
 
 
 def worker_model(key, build):
@@ -48,14 +50,21 @@ def worker_model(key, build):
     from mnist_spark.session import configure_tensorflow_threads, device_scope, task_device
 
     key = (key, task_device())  # a worker serving tasks on another GPU builds the model there
+    global _BUILDS
     model = _MODELS.get(key)
     if model is None:
+        _BUILDS += 1
         configure_tensorflow_threads()
         with device_scope():
             model = build()
         _MODELS.clear()  # one model per worker at a time bounds memory
         _MODELS[key] = model
     return model
+
+
+def worker_builds() -> int:
+    """How many models this Python worker has built or loaded (:func:`worker_model`) since it started."""
+    return _BUILDS
 
 
 def model_bytes(model) -> bytes:

@@ -16,10 +16,14 @@ How a run goes:
    it from a local file a batch at a time, and returns its weights, optimizer
    variables, sample count and metrics. On a local master, replicas beyond
    the task slots share tasks (:func:`replica_tasks`).
-4. :func:`tree_average` adds the replicas in the executors, weighted by sample
-   count, optimizer state included (so averaging does not reset Adam); the
-   driver receives one sum, takes the mean and re-estimates BatchNorm's
-   statistics on a training sample (:func:`mnist_spark.models.reestimate_batchnorm`).
+4. :func:`tree_average` averages the replicas in the executors, weighted by
+   sample count, optimizer state included (so averaging does not reset Adam);
+   the driver receives the mean and re-estimates BatchNorm's statistics on a
+   training sample (:func:`mnist_spark.models.reestimate_batchnorm`).
+
+Before the first round, :class:`WarmUp` has each task slot's Python worker
+import TensorFlow, build its replica and trace the training step while the
+driver builds its own model, so that start-up overlaps the driver's.
 
 Every random choice in a task derives from ``(seed, partition, round)``, and a
 cached replica is fully reset from the broadcast state at the start of each
@@ -821,6 +825,7 @@ def train_replica(
 
     Returns the replica's weights, optimizer state, sample count and metrics.
     """
+    from mnist_spark.evaluation import worker_builds
     from mnist_spark.session import device_scope, task_device
 
     _hold_if_asked(partition, round_, attempt)
@@ -828,6 +833,7 @@ def train_replica(
     started = time.perf_counter()
     images, labels, index = shard
     weights, optimizer = pickle.loads(state_payload)
+    builds = worker_builds()
     model = _replica(config, architecture)
     first_step = schedule.starts[round_]
     load_state(
@@ -853,10 +859,35 @@ def train_replica(
         "seconds": time.perf_counter() - started,
         "fit_seconds": time.perf_counter() - loaded,
         "finished": time.time(),
+        "cold": int(worker_builds() > builds),
         "weights": [np.array(w) for w in model.get_weights()],
         "optimizer": optimizer_variables(model),
         "pid": os.getpid(),
     }
+
+
+def warm_replica(config: TrainConfig, schedule: Schedule, architecture: bytes | None = None) -> dict:
+    """Build this Python worker's replica and trace its training step, before the first round.
+
+    Runs in a Spark task of :func:`warm_up`. Importing TensorFlow, building
+    and compiling the model and tracing its step cost a worker some seconds
+    once; done here, while the driver prepares the run, the first round
+    starts on a model that is ready. The step trains on a batch of zeros:
+    every round loads the broadcast state over it (:func:`load_state`), so
+    the model does not depend on it.
+    """
+    from mnist_spark.session import device_scope
+
+    started = time.perf_counter()
+    model = _replica(config, architecture)
+    size = config.batch_size
+    assert size is not None  # TrainConfig sets it
+    images = np.zeros((size, *config.input_shape), np.uint8)
+    labels = np.zeros(size, np.int32)
+    batches = _batches(images, labels, np.arange(size, dtype=np.int64), np.arange(size), config, schedule, 0)
+    with device_scope():
+        model.fit(batches, epochs=1, shuffle=False, verbose=0)
+    return {"pid": os.getpid(), "seconds": time.perf_counter() - started}
 
 
 _RESULT_FIELDS = (
@@ -869,6 +900,7 @@ _RESULT_FIELDS = (
     ("fit_seconds", "float64"),
     ("finished", "float64"),
     ("pid", "int64"),
+    ("cold", "int32"),
     ("state", "binary"),
 )
 
@@ -996,11 +1028,13 @@ def tree_fan_in(replicas: int, state_bytes: int = 0) -> int:
 _PART_FIELDS = (("id", "int32"), ("part", "binary"))
 
 
-def _add_group(key, table):
+def _sum_group(key, table, last: bool):
     """Group ``key`` of a level of :func:`tree_average` (an Arrow table): its sum, added in ``id`` order.
 
     The first level's rows are replica results (:func:`_result_schema`), the
-    next levels' rows partial sums (``id``, ``part``).
+    next levels' rows partial sums (``id``, ``part``). The ``last`` level's
+    one group divides its sum by the count: the driver receives the averaged
+    state in the model's own dtypes, half the bytes of the float64 sum.
     """
     import pyarrow as pa
 
@@ -1010,20 +1044,33 @@ def _add_group(key, table):
         items = [(row["partition"], _result_from_row(row)) for row in table.to_pylist()]
     items.sort(key=lambda item: item[0])
     total = _add_partial_sums([_as_partial_sum(part) for _, part in items])
+    part = (*_mean_of(total), total["replicas"]) if last else total
     return pa.Table.from_pylist(
-        [{"id": key[0].as_py(), "part": pickle.dumps(total, protocol=5)}],
+        [{"id": key[0].as_py(), "part": pickle.dumps(part, protocol=5)}],
         schema=pa.schema([(n, getattr(pa, k)()) for n, k in _PART_FIELDS]),
     )
 
 
+# applyInArrow takes functions of (key, table) without type hints.
+def _add_group(key, table):
+    """A group of a level of :func:`tree_average` before the last: its sum (:func:`_sum_group`)."""
+    return _sum_group(key, table, last=False)
+
+
+def _add_last_group(key, table):
+    """The last level's one group: the averaged state (:func:`_sum_group`)."""
+    return _sum_group(key, table, last=True)
+
+
 def tree_average(results, replicas: int, fan_in: int | None = None, state_bytes: int = 0):
-    """Average replica results in the executors; the driver receives a single sum.
+    """Average replica results in the executors; the driver receives the averaged state alone.
 
     ``results`` is a DataFrame of replica rows (:func:`_result_schema`). Each
     level groups the partial sums by ``id // fan_in`` (``groupBy`` and
     ``applyInArrow``: DataFrames only, so it runs on Spark Connect too), and
     each group's task adds them in ``id`` order, so the result is the same bit
-    for bit whatever order the shuffle delivers them in. The default fan-in,
+    for bit whatever order the shuffle delivers them in; the last level's task
+    divides the sum. The default fan-in,
     :func:`tree_fan_in` of the replicas and the bytes of one replica's state
     (``state_bytes``), adds small models in one level and large ones in two,
     and no task or driver holds more than ``fan_in`` models.
@@ -1042,18 +1089,68 @@ def tree_average(results, replicas: int, fan_in: int | None = None, state_bytes:
     groups = replicas
     while groups > 1:
         groups = math.ceil(groups / fan_in)
-        level = level.groupBy(F.floor(F.col(key) / F.lit(fan_in)).alias("_group")).applyInArrow(_add_group, schema)
+        add = _add_last_group if groups == 1 else _add_group
+        level = level.groupBy(F.floor(F.col(key) / F.lit(fan_in)).alias("_group")).applyInArrow(add, schema)
         key = "id"
-    rows = level.collect()
+    rows = level.toArrow().to_pylist()  # Arrow, not Row objects: a third faster for a model's bytes
     if len(rows) != 1:
         raise RuntimeError(f"averaging ended with {len(rows)} partial sums instead of 1")
-    row = rows[0].asDict()
-    total = _as_partial_sum(pickle.loads(row["part"]) if "part" in row else _result_from_row(row))
-    weights, optimizer = _mean_of(total)
-    return weights, optimizer, sorted(total["replicas"], key=lambda r: r["partition"])
+    metrics: list[dict]
+    if "part" in rows[0]:
+        weights, optimizer, metrics = pickle.loads(rows[0]["part"])
+    else:  # one replica: no level ran
+        total = _partial_sum(_result_from_row(rows[0]))
+        (weights, optimizer), metrics = _mean_of(total), total["replicas"]
+    return weights, optimizer, sorted(metrics, key=lambda r: r["partition"])
 
 
 # --------------------------------------------------------------------------- the driver's loop
+
+
+class WarmUp:
+    """:func:`warm_replica` in one Spark task per partition of ``source``, in a background thread.
+
+    Started before the driver builds its own model and prepares the run,
+    so the executors' one-time start-up (TensorFlow, the model, its traced
+    step) overlaps the driver's instead of delaying the first round. With
+    Python worker reuse (Spark's default), the workers that warmed up run
+    the rounds. :meth:`wait` returns each task's ``(Python worker, seconds)``,
+    or raises what the job raised.
+    """
+
+    def __init__(self, spark, source, config: TrainConfig, schedule: Schedule, shipped=None):
+        import threading
+
+        from mnist_spark.session import phase
+
+        self._rows: list = []
+        self._error: BaseException | None = None
+
+        def warm(batches):
+            import pyarrow as pa
+
+            for _ in batches:
+                pass
+            result = warm_replica(config, schedule, shipped.value if shipped is not None else None)
+            yield pa.RecordBatch.from_pylist(
+                [result], schema=pa.schema([("pid", pa.int64()), ("seconds", pa.float64())])
+            )
+
+        def run():
+            try:
+                with phase(spark, "warming up replicas"):
+                    self._rows = source.select("shard").mapInArrow(warm, "pid long, seconds double").collect()
+            except BaseException as error:  # raised again in wait()
+                self._error = error
+
+        self._thread = threading.Thread(target=run, name="warm-up-replicas", daemon=True)
+        self._thread.start()
+
+    def wait(self, raise_error: bool = True) -> list[tuple[int, float]]:
+        self._thread.join()
+        if self._error is not None and raise_error:
+            raise self._error
+        return [(row["pid"], row["seconds"]) for row in self._rows]
 
 
 def initial_state(config: TrainConfig, architecture: bytes | None = None):
@@ -1161,9 +1258,6 @@ def train(
     from mnist_spark.session import phase, task_slots
 
     architecture = storage.read_bytes(config.model_file) if config.model_file else None
-    model, fresh = initial_state(config, architecture)
-    state = state or fresh
-    load_state(model, state.weights, state.optimizer)
     slots = task_slots(spark)
     if config.barrier and config.partitions > slots:
         raise ValueError(
@@ -1182,33 +1276,48 @@ def train(
                 f"{len(sizes)} shards were given for {config.partitions} partitions; make them "
                 "with make_shards(train_df, config.partitions)"
             )
-        shipped = ship(spark, architecture, "network") if architecture is not None else None
-        schedule = plan_schedule(config, sizes)
-        sample = None
-        if config.batchnorm_sample and models.batchnorm_layers(model):
-            picked, _ = training_sample(train_df, config.batchnorm_sample, config.seed, total=sum(sizes), decode=decode)
-            sample = picked.reshape(-1, *config.input_shape)
-    logger.info(
-        "training %s on %d images in %d partitions (%s): %d rounds of %s steps, batch %d, peak learning rate %.4g",
-        config.model_file or config.model,
-        sum(sizes),
-        config.partitions,
-        ", ".join(map(str, sizes)),
-        schedule.rounds,
-        _round_lengths(schedule),
-        config.batch_size,
-        learning_rate_at(config, schedule, int(config.warmup_epochs * schedule.steps_per_epoch)),
-    )
+    shipped = ship(spark, architecture, "network") if architecture is not None else None
+    schedule = plan_schedule(config, sizes)
     # Each task trains the shards its partition holds one after the other: fewer tasks, the same model.
     tasks = config.partitions if config.barrier else replica_tasks(spark, config.partitions, slots)
     source = shards.coalesce(tasks) if tasks < config.partitions else shards
-    loop_started = time.perf_counter()
-    first_round = state.round
-    state_bytes = sum(np.asarray(a).nbytes for a in (*state.weights, *state.optimizer))
+    # The executors start up while the driver builds its own model and prepares the run.
+    warming = (
+        WarmUp(spark, source, config, schedule, shipped) if state is None or state.round < schedule.rounds else None
+    )
     try:
+        model, fresh = initial_state(config, architecture)
+        state = state or fresh
+        load_state(model, state.weights, state.optimizer)
+        with phase(spark, "shards"):
+            sample = None
+            if config.batchnorm_sample and models.batchnorm_layers(model):
+                picked, _ = training_sample(
+                    train_df, config.batchnorm_sample, config.seed, total=sum(sizes), decode=decode
+                )
+                sample = picked.reshape(-1, *config.input_shape)
+        logger.info(
+            "training %s on %d images in %d partitions (%s): %d rounds of %s steps, batch %d, peak learning rate %.4g",
+            config.model_file or config.model,
+            sum(sizes),
+            config.partitions,
+            ", ".join(map(str, sizes)),
+            schedule.rounds,
+            _round_lengths(schedule),
+            config.batch_size,
+            learning_rate_at(config, schedule, int(config.warmup_epochs * schedule.steps_per_epoch)),
+        )
+        loop_started = time.perf_counter()
+        first_round = state.round
+        state_bytes = sum(np.asarray(a).nbytes for a in (*state.weights, *state.optimizer))
         for round_ in range(state.round, schedule.rounds):
             round_started = time.perf_counter()
             overheads: dict = {}
+            if warming is not None:  # the first round waits for what the warm-up has left to do
+                with _timed(overheads, "warm_up"):
+                    warmed = warming.wait()
+                warming = None
+                logger.debug("warmed replicas (Python worker, seconds): %s", [(p, round(t, 2)) for p, t in warmed])
             with _timed(overheads, "broadcast"):
                 payload = ship(spark, pickle.dumps((state.weights, state.optimizer), protocol=5), "model state")
 
@@ -1266,6 +1375,8 @@ def train(
                 "accuracy": float(np.average([r["accuracy"] for r in results], weights=counts)),
                 "images": images,
                 "devices": [r["device"] for r in results],
+                # Replicas whose Python worker had to build the model this round (not warmed up).
+                "cold_replicas": sum(r["cold"] for r in results),
             }
             if validation is not None:
                 with _timed(overheads, "validation"):
@@ -1316,6 +1427,8 @@ def train(
             if on_round is not None:
                 on_round(state, schedule)
     finally:
+        if warming is not None:  # the run stopped before its first round: let the warm-up end first
+            warming.wait(raise_error=False)
         if own_shards:
             shards.unpersist()
         if shipped is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from dataclasses import replace
@@ -202,6 +203,43 @@ def test_replicas_beyond_the_slots_share_tasks_on_a_local_master(spark, train_df
     assert _same(together.weights, apart.weights) and _same(together.optimizer, apart.optimizer)
 
 
+def test_a_warmed_up_replica_trains_as_a_fresh_one():
+    """The warm-up trains a step on zeros; the round's state, loaded over it, leaves no trace of it."""
+    rng = np.random.default_rng(3)
+    shard = (rng.integers(0, 256, (96, 28, 28, 1), np.uint8), rng.integers(0, 10, 96).astype(np.int32), np.arange(96))
+    config = replace(CONFIG, augment={"rotate_probability": 1.0, "max_left_rotation": 20.0, "max_right_rotation": 20.0})
+    schedule = training.plan_schedule(config, [96, 96])
+    _, state = training.initial_state(config)
+    payload = pickle.dumps((state.weights, state.optimizer), protocol=5)
+    evaluation._MODELS.clear()
+    fresh = training.train_replica(1, shard, payload, 1, config, schedule)
+    evaluation._MODELS.clear()
+    warmed = training.warm_replica(config, schedule)
+    after = training.train_replica(1, shard, payload, 1, config, schedule)
+    assert fresh["cold"] == 1 and after["cold"] == 0 and warmed["pid"] == os.getpid()
+    assert _same(fresh["weights"], after["weights"]) and _same(fresh["optimizer"], after["optimizer"])
+
+
+def test_the_workers_warm_up_once_before_the_first_round(spark, train_df, monkeypatch):
+    waits = []
+
+    class Recorded(training.WarmUp):
+        def wait(self, raise_error=True):
+            waits.append(super().wait(raise_error))
+            return waits[-1]
+
+    monkeypatch.setattr(training, "WarmUp", Recorded)
+    config = replace(CONFIG, epochs=1)
+    _, state = training.train(spark, train_df, config)
+    assert len(waits) == 1 and len(waits[0]) == 2  # a task per partition of the rounds' source
+    assert all(seconds > 0 for _, seconds in waits[0])
+    first, *later = state.history
+    assert "warm_up" in first["overhead_seconds"] and not any("warm_up" in r["overhead_seconds"] for r in later)
+    assert all(0 <= r["cold_replicas"] <= 2 for r in state.history)
+    training.train(spark, train_df, config, state=state)  # nothing left to train: nothing to warm up
+    assert len(waits) == 1
+
+
 @pytest.mark.parametrize("partitions", [4, 8, 16])
 def test_each_partition_holds_its_own_shard(spark, train_df, partitions):
     # Two shards in one partition train one after the other in one task while another slot idles.
@@ -328,6 +366,7 @@ def _replica_rows(count: int):
             "fit_seconds": 0.9,
             "finished": 0.0,
             "pid": 100 + k,
+            "cold": 0,
             "weights": [rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)],
             "optimizer": [np.array(10 * (k + 1), np.int64), rng.normal(size=(5, 3)).astype(np.float32)],
         }
