@@ -164,6 +164,8 @@ def spark_run(model_name: str, epochs: int, partitions: int, output: Path) -> di
         "spread_full_rounds": metrics["round_spread"],
         "mean_overhead_seconds": {k: round(statistics.mean(v), 3) for k, v in sorted(overheads.items())},
         "driver_peak_rss_gib": round(peak[0] / 2**30, 3),
+        "round_fit_seconds": [h["fit_seconds"] for h in history],
+        "cold_replicas": [h["cold_replicas"] for h in history],
     }
 
 
