@@ -803,8 +803,12 @@ class _StepLearningRate:
         import keras
 
         class StepLearningRate(keras.callbacks.Callback):
+            rate = None
+
             def on_train_batch_begin(self, batch, logs=None):
-                self.model.optimizer.learning_rate = learning_rate_at(config, schedule, first_step + batch)
+                rate = learning_rate_at(config, schedule, first_step + batch)
+                if rate != self.rate:  # constant within an epoch after the warm-up: no assignment per step
+                    self.model.optimizer.learning_rate = self.rate = rate
 
         return StepLearningRate()
 
