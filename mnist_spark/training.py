@@ -873,7 +873,7 @@ def train_replica(
 def warm_replica(config: TrainConfig, schedule: Schedule, architecture: bytes | None = None) -> dict:
     """Build this Python worker's replica and trace its training step, before the first round.
 
-    Runs in a Spark task of :func:`warm_up`. Importing TensorFlow, building
+    Runs in a Spark task of :class:`WarmUp`. Importing TensorFlow, building
     and compiling the model and tracing its step cost a worker some seconds
     once; done here, while the driver prepares the run, the first round
     starts on a model that is ready. The step trains on a batch of zeros:
