@@ -241,7 +241,8 @@ FLAGS: dict[str, Flag] = {
     "lr_scaling": Flag(
         {
             "choices": _lr_scaling(),
-            "help": "peak learning rate against the replicas: x partitions, x sqrt(partitions) or unchanged",
+            "help": "peak learning rate against the averaged batch: x partitions*batch/64 (one replica: x1), "
+            "its square root, or unchanged",
         }
     ),
     "warmup_epochs": Flag(

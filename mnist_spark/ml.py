@@ -322,7 +322,7 @@ class _KerasImageClassifierParams(HasInputCol, HasLabelCol, HasPredictionCol, Ha
     lrDecay: Param = _param("lrDecay", "learning rate factor per epoch", _number("lrDecay", 0, above=True, maximum=1))
     lrScaling: Param = _param(
         "lrScaling",
-        "peak learning rate against the replicas: linear, sqrt or none",
+        "peak learning rate against the averaged batch (partitions x batch / 64): linear, sqrt or none",
         _choice("lrScaling", tuple(training.LR_SCALING)),
     )
     warmupEpochs: Param = _param(
