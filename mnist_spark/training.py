@@ -1338,7 +1338,7 @@ def train(
             schedule.rounds,
             _round_lengths(schedule),
             config.batch_size,
-            learning_rate_at(config, schedule, int(config.warmup_epochs * schedule.steps_per_epoch)),
+            peak_learning_rate(config),
         )
         loop_started = time.perf_counter()
         first_round = state.round

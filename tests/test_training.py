@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import subprocess
@@ -230,7 +231,7 @@ def test_a_warmed_up_replica_trains_as_a_fresh_one():
     assert _same(fresh["weights"], after["weights"]) and _same(fresh["optimizer"], after["optimizer"])
 
 
-def test_the_workers_warm_up_once_before_the_first_round(spark, train_df, monkeypatch):
+def test_the_workers_warm_up_once_before_the_first_round(spark, train_df, monkeypatch, caplog):
     waits = []
 
     class Recorded(training.WarmUp):
@@ -240,8 +241,11 @@ def test_the_workers_warm_up_once_before_the_first_round(spark, train_df, monkey
 
     monkeypatch.setattr(training, "WarmUp", Recorded)
     config = replace(CONFIG, epochs=1)
-    _, state = training.train(spark, train_df, config)
+    with caplog.at_level(logging.INFO, logger="mnist_spark.training"):
+        _, state = training.train(spark, train_df, config)
     assert len(waits) == 1 and len(waits[0]) == 2  # a task per partition of the rounds' source
+    # The run's first line names the peak rate, not the decayed rate of the step after the warm-up.
+    assert f"peak learning rate {training.peak_learning_rate(config):.4g}" in caplog.text
     assert all(seconds > 0 for _, seconds in waits[0])
     first, *later = state.history
     assert "warm_up" in first["overhead_seconds"] and not any("warm_up" in r["overhead_seconds"] for r in later)
