@@ -241,7 +241,7 @@ FLAGS: dict[str, Flag] = {
     "lr_scaling": Flag(
         {
             "choices": _lr_scaling(),
-            "help": "peak learning rate against the averaged batch: x partitions*batch/64 (one replica: x1), "
+            "help": "peak learning rate against the averaged batch: x partitions*batch/64 (at least x1), "
             "its square root, or unchanged",
         }
     ),

@@ -133,8 +133,8 @@ class TrainConfig:
         averaged update stands for, ``partitions * batch_size`` images:
         ``linear`` (``learning_rate * partitions * batch_size / 64``, the
         default, which measured best), ``sqrt`` (its square root) or
-        ``none``. One replica trains as plain Keras does, unscaled
-        (:func:`peak_learning_rate`).
+        ``none``; never below ``learning_rate``, so one replica trains as
+        plain Keras does (:func:`peak_learning_rate`).
     warmup_epochs : float
         Epochs over which the learning rate rises linearly from
         ``learning_rate`` to its scaled peak (Goyal et al., 2017).
@@ -326,8 +326,9 @@ def peak_learning_rate(config: TrainConfig) -> float:
     Adam on MNIST (``benchmarks/scaling.py``). Two replicas of 128 and four
     of 64 both peak at 4x, and 2x or 8x did worse for simple_cnn: at 2
     replicas, 2x ended 0.2 points below plain Keras on average over three
-    seeds, and 4x matched it. One replica is plain Keras and keeps
-    ``learning_rate``.
+    seeds, and 4x matched it. The peak never falls below ``learning_rate``:
+    one replica is plain Keras and keeps it, and small averaged batches
+    (N * B below 64) do too.
 
     >>> [peak_learning_rate(TrainConfig(partitions=n)) for n in (1, 2, 4, 8, 16)]
     [0.001, 0.004, 0.004, 0.008, 0.016]
@@ -335,7 +336,7 @@ def peak_learning_rate(config: TrainConfig) -> float:
     0.002828
     """
     assert config.batch_size is not None  # TrainConfig sets it
-    factor = 1.0 if config.partitions == 1 else config.partitions * config.batch_size / LR_REFERENCE_BATCH
+    factor = 1.0 if config.partitions == 1 else max(1.0, config.partitions * config.batch_size / LR_REFERENCE_BATCH)
     return config.learning_rate * LR_SCALING[config.lr_scaling](factor)
 
 

@@ -98,13 +98,13 @@ def test_learning_rate_warms_up_to_the_scaled_peak_then_decays():
     for rule, peak in (("sqrt", 8**0.5 * 1e-3), ("none", 1e-3)):
         assert training.learning_rate_at(replace(config, lr_scaling=rule), schedule, 9) == pytest.approx(peak)
     # The peak follows the batch the averaged update stands for: replicas x batch, over 64.
-    for partitions, batch, peak in ((2, 128, 4e-3), (4, 64, 4e-3), (8, 128, 16e-3), (2, 32, 1e-3)):
+    for partitions, batch, peak in ((2, 128, 4e-3), (4, 64, 4e-3), (8, 128, 16e-3), (2, 32, 1e-3), (2, 8, 1e-3)):
         sized = replace(config, partitions=partitions, batch_size=batch)
         assert training.learning_rate_at(sized, schedule, 9) == pytest.approx(peak)
     assert training.learning_rate_at(replace(config, partitions=8, batch_size=128, lr_scaling="sqrt"), schedule, 9) == (
         pytest.approx(4e-3)
     )
-    # One replica trains as plain Keras: no warm-up to a higher rate, whatever its batch.
+    # One replica trains as plain Keras: no warm-up to another rate, whatever its batch.
     single = replace(config, partitions=1, batch_size=128)
     assert [training.learning_rate_at(single, schedule, step) for step in (0, 9)] == [1e-3, 1e-3]
 
