@@ -40,6 +40,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def master_state(ui_url: str) -> dict | None:
+    """The standalone master's state from its web UI (``<ui_url>/json/``), or None while the UI is not ready.
+
+    A starting master may refuse the connection, or answer ``/json/`` with its
+    HTML overview page until the JSON handler is attached.
+    """
+    try:
+        with urllib.request.urlopen(f"{ui_url}/json/", timeout=2) as response:
+            return json.load(response)
+    except (OSError, ValueError):  # not listening yet, or not JSON yet
+        return None
+
+
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -193,12 +206,9 @@ class StandaloneCluster:
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                state = json.load(urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/", timeout=2))
-                if sum(w["state"] == "ALIVE" for w in state["workers"]) == self.workers:
-                    return self
-            except OSError:
-                pass
+            state = master_state(f"http://127.0.0.1:{self.ui_port}")
+            if state is not None and sum(w["state"] == "ALIVE" for w in state["workers"]) == self.workers:
+                return self
             time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"standalone cluster did not start in {timeout} s; see logs in {self.folder}")
