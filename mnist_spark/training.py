@@ -308,9 +308,10 @@ def plan_schedule(config: TrainConfig, shard_sizes) -> Schedule:
     starts = [0]
     while starts[-1] < total:
         step = starts[-1] + min(length, full)
-        if growing:  # rounds end at epoch ends, and none is left shorter than the one before it
+        if growing:  # rounds end at epoch ends, none longer than full nor, where it can, shorter than the last
             epoch_end = (starts[-1] // steps_per_epoch + 1) * steps_per_epoch
-            step = epoch_end if epoch_end - step < min(length, full) else step
+            step = epoch_end if epoch_end - step < min(length, full) and epoch_end - starts[-1] <= full else step
+            step = min(step, epoch_end)
         starts.append(min(step, total))
         length *= 2
     return Schedule(steps_per_epoch, tuple(starts))

@@ -83,6 +83,10 @@ def test_rounds_start_short_and_grow_to_an_epoch():
     assert doubling.starts == (0, 1, 3, 7, 15, 31, 59, 118, 177)
     fixed = training.plan_schedule(replace(config, steps_per_round=50), [7500] * 8)
     assert fixed.starts == (0, 50, 100, 150, 177)
+    # Growing to --steps-per-round: no round is longer than it, and each ends by its epoch's end.
+    capped = training.plan_schedule(replace(config, first_round_steps=15, steps_per_round=30), [7500] * 8)
+    assert capped.starts == (0, 15, 45, 59, 89, 118, 148, 177)
+    assert capped.steps_per_round == 30
     # The same inputs give the same schedule; it depends on the smallest shard only.
     assert training.plan_schedule(config, [7600, 7500] * 4) == schedule
 
