@@ -973,36 +973,50 @@ def _result_from_row(row) -> dict:
     return result
 
 
+def _replica_metrics(result: dict) -> dict:
+    """A replica's result without its state."""
+    return {k: v for k, v in result.items() if k not in ("weights", "optimizer")}
+
+
+def _weighted(value, count: int) -> np.ndarray:
+    """``value * count`` in float64, as an array (0-d included) that a sum can add into."""
+    return np.asarray(np.multiply(value, count, dtype=np.float64))
+
+
 def _partial_sum(result: dict) -> dict:
     """One replica as a partial sum: count-weighted float64 state, and its metrics."""
     count = result["count"]
     return {
         "count": count,
-        "replicas": [{k: v for k, v in result.items() if k not in ("weights", "optimizer")}],
-        "weights": [np.asarray(w, np.float64) * count for w in result["weights"]],
-        "optimizer": [np.asarray(o, np.float64) * count for o in result["optimizer"]],
+        "replicas": [_replica_metrics(result)],
+        "weights": [_weighted(w, count) for w in result["weights"]],
+        "optimizer": [_weighted(o, count) for o in result["optimizer"]],
         "dtypes": [np.asarray(a).dtype.str for a in (*result["weights"], *result["optimizer"])],
     }
 
 
-def _as_partial_sum(item: dict) -> dict:
-    """A partial sum as it is, or a replica's result made one."""
-    return item if "dtypes" in item else _partial_sum(item)
+def _accumulate(total: dict | None, item: dict) -> dict:
+    """``total`` plus ``item`` (a replica's result or a partial sum), added into ``total``'s arrays.
 
-
-def _add_partial_sums(parts: list[dict]) -> dict:
-    """The sum of partial sums, added in the order given (callers sort, for determinism)."""
-    total = parts[0]
-    for part in parts[1:]:
-        if len(part["weights"]) != len(total["weights"]) or len(part["optimizer"]) != len(total["optimizer"]):
-            raise ValueError("replicas returned states of different structure; they cannot be averaged")
-        total = {
-            "count": total["count"] + part["count"],
-            "replicas": total["replicas"] + part["replicas"],
-            "weights": [a + b for a, b in zip(total["weights"], part["weights"], strict=True)],
-            "optimizer": [a + b for a, b in zip(total["optimizer"], part["optimizer"], strict=True)],
-            "dtypes": total["dtypes"],
-        }
+    One item at a time, so a group's task holds its running sum and one
+    state, not every state of the group. ``total`` is this function's own
+    (None starts a sum, from a copy of ``item``). Each addition is that of
+    the partial sums themselves, so the order of the calls alone decides
+    the bits.
+    """
+    replica = "dtypes" not in item
+    if total is None:
+        if replica:
+            return _partial_sum(item)
+        arrays = {name: [np.array(a, np.float64) for a in item[name]] for name in ("weights", "optimizer")}
+        return {**item, **arrays, "replicas": list(item["replicas"])}
+    if len(item["weights"]) != len(total["weights"]) or len(item["optimizer"]) != len(total["optimizer"]):
+        raise ValueError("replicas returned states of different structure; they cannot be averaged")
+    for name in ("weights", "optimizer"):
+        for into, value in zip(total[name], item[name], strict=True):
+            np.add(into, _weighted(value, item["count"]) if replica else value, out=into)
+    total["count"] += item["count"]
+    total["replicas"] += [_replica_metrics(item)] if replica else item["replicas"]
     return total
 
 
@@ -1037,7 +1051,10 @@ def average_replicas(results: list[dict]) -> tuple[list, list]:
     """
     if not results:
         raise ValueError("no replica results to average")
-    return _mean_of(_add_partial_sums([_partial_sum(r) for r in results]))
+    total = _accumulate(None, results[0])
+    for result in results[1:]:
+        total = _accumulate(total, result)
+    return _mean_of(total)
 
 
 #: The replica states one averaging task may hold at once, in bytes: below it, one level of
@@ -1073,12 +1090,13 @@ def _sum_group(key, table, last: bool):
     """
     import pyarrow as pa
 
-    if "part" in table.column_names:
-        items = [(row["id"], pickle.loads(row["part"])) for row in table.to_pylist()]
-    else:
-        items = [(row["partition"], _result_from_row(row)) for row in table.to_pylist()]
-    items.sort(key=lambda item: item[0])
-    total = _add_partial_sums([_as_partial_sum(part) for _, part in items])
+    partial = "part" in table.column_names
+    ids = table.column("id" if partial else "partition").to_pylist()
+    total = None
+    for row in sorted(range(table.num_rows), key=ids.__getitem__):  # one state at a time, in id order
+        (values,) = table.slice(row, 1).to_pylist()
+        total = _accumulate(total, pickle.loads(values["part"]) if partial else _result_from_row(values))
+    assert total is not None  # a group has rows
     part = (*_mean_of(total), total["replicas"]) if last else total
     return pa.Table.from_pylist(
         [{"id": key[0].as_py(), "part": pickle.dumps(part, protocol=5)}],

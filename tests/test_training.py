@@ -393,6 +393,30 @@ def _replica_rows(count: int):
     return results, [training._result_row(r) for r in results]
 
 
+def test_averaging_adds_one_state_at_a_time_and_leaves_its_inputs_alone():
+    """The running sum is added into in place; the states it adds, replicas' or partial sums, are not."""
+    results, _ = _replica_rows(4)
+    before = pickle.dumps(results)
+    weights, optimizer = training.average_replicas(results)
+    assert pickle.dumps(results) == before
+    counts = [r["count"] for r in results]
+    for k, got in enumerate(weights + optimizer[1:]):  # the same additions in the same order, bit for bit
+        arrays = [(r["weights"] + r["optimizer"][1:])[k] for r in results]
+        total = np.asarray(arrays[0], np.float64) * counts[0]
+        for count, array in zip(counts[1:], arrays[1:], strict=True):
+            total = total + np.asarray(array, np.float64) * count
+        np.testing.assert_array_equal(got, (total / sum(counts)).astype(np.float32))
+    # A level above the first adds partial sums (pickled between levels) the same way.
+    low, high = (pickle.loads(pickle.dumps(training._partial_sum(r))) for r in results[:2])
+    kept = pickle.dumps((low, high))
+    total = training._accumulate(training._accumulate(None, low), high)
+    assert pickle.dumps((low, high)) == kept and total["count"] == counts[0] + counts[1]
+    assert [r["partition"] for r in total["replicas"]] == [0, 1]
+    np.testing.assert_array_equal(total["weights"][0], low["weights"][0] + high["weights"][0])
+    with pytest.raises(ValueError, match="states of different structure"):
+        training.average_replicas([results[0], {**results[1], "weights": results[1]["weights"][:1]}])
+
+
 @pytest.mark.parametrize("fan_in", [2, 4])
 def test_tree_average_in_the_executors_equals_the_plain_mean(spark, fan_in):
     results, rows = _replica_rows(4)
