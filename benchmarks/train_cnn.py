@@ -90,7 +90,7 @@ def _tree_rss(root_pid: int) -> int:
     return total
 
 
-def distributed(data_dir: Path, model_name: str, epochs: int, batch_size: int, output: Path) -> dict:
+def distributed(data_dir: Path, model_name: str, epochs: int, batch_size: int | None, output: Path) -> dict:
     env = dict(os.environ)
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.setdefault("SPARK_CONF_DIR", str(PROJECT / "conf"))
@@ -104,8 +104,7 @@ def distributed(data_dir: Path, model_name: str, epochs: int, batch_size: int, o
         model_name,
         "--epochs",
         str(epochs),
-        "--batch-size",
-        str(batch_size),
+        *(["--batch-size", str(batch_size)] if batch_size is not None else []),
         "--output",
         str(output),
         "--checkpoint-every",
@@ -133,6 +132,7 @@ def distributed(data_dir: Path, model_name: str, epochs: int, batch_size: int, o
         "round_seconds": round(sum(h["seconds"] for h in metrics["history"]), 2),
         "images_per_second": metrics["images_per_second"],
         "partitions": metrics["partitions"],
+        "batch_size": metrics["batch_size"],
         "test_accuracy": metrics["test_accuracy"],
         "test_loss": metrics["test_loss"],
         "peak_memory_gib": round(peak[0] / 2**30, 3),
@@ -144,17 +144,18 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(PROJECT / "data" / "mnist"))
     parser.add_argument("--model", default=models.DEFAULT_MODEL)
     parser.add_argument("--epochs", type=int, default=training.TrainConfig.epochs)
-    parser.add_argument("--batch-size", type=int, default=training.TrainConfig.batch_size)
+    parser.add_argument("--batch-size", type=int, help="per replica; default: the job's (128 up to 2 replicas)")
     args = parser.parse_args()
     data_dir = Path(args.data_dir)
     with tempfile.TemporaryDirectory() as tmp:
         spark_run = distributed(data_dir, args.model, args.epochs, args.batch_size, Path(tmp) / "run")
-    plain = plain_keras(data_dir, args.model, args.epochs, args.batch_size)
+    batch_size = spark_run["batch_size"]  # the job's, given or its default: plain Keras uses the same
+    plain = plain_keras(data_dir, args.model, args.epochs, batch_size)
     result = {
         "benchmark": "train_cnn",
         "model": args.model,
         "epochs": args.epochs,
-        "batch_size": args.batch_size,
+        "batch_size": batch_size,
         "cores": os.cpu_count(),
         "plain_keras": plain,
         "distributed": spark_run,
