@@ -1,37 +1,65 @@
 """Every Spark job of a run names its job and phase in the Spark UI, and only while the phase lasts.
 
-ingest, then train_cnn and transfer on its output (``--input``), run through their ``main`` in one
-subprocess whose session writes Spark's event log: the UI's (and the History Server's) record of
-each job, description included. The subprocess also notes which Spark jobs each library step
-started (Spark's job numbers before and after the call), so each job's description is checked
-against the step that really ran it.
+ingest, then train_cnn and transfer on its output (``--input``), run through their ``main`` in the
+shared session. Spark's status store (what the UI and the History Server show) gives each job's
+description; the test notes which Spark jobs each library step started (Spark's job numbers before
+and after the call), so each job's description is checked against the step that really ran it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
-from conftest import PROJECT
-from mnist_spark import session
+from mnist_spark import evaluation, images, ingest, ml, report, sampling, session, sources, training, transfer, tuning
+from mnist_spark.jobs import ingest as ingest_job
+from mnist_spark.jobs import train_cnn as train_job
+from mnist_spark.jobs import transfer as transfer_job
 
-#: Runs the jobs in one local[2] session with an event log; prints the Spark jobs each step started.
-SCRIPT = textwrap.dedent("""
-    import json, sys
-    from mnist_spark import evaluation, images, ingest, ml, report, sampling, sources, training, transfer, tuning
-    from mnist_spark.jobs import ingest as ingest_job, train_cnn, transfer as transfer_job
-    from mnist_spark.session import get_spark
+#: The library steps whose Spark jobs the test names: (owner, attribute, step).
+STEPS = (
+    (ingest, "write_dataset", "write Parquet"),
+    (sources, "read_source", "read images"),
+    (images, "validation_arrays", "validation set"),
+    (ml.KerasImageClassifier, "_prepare", "shards"),
+    (training, "tree_average", "training round"),
+    (evaluation, "evaluate", "evaluation"),
+    (ingest.TrainTest, "train_count", "counts"),
+    (ingest.TrainTest, "test_count", "counts"),
+    (report, "write_training_report", "figures"),
+    (sampling, "train_test_samples", "sample"),
+    (transfer, "fit_and_score", "fit and score"),
+    (tuning, "fit_logistic_regression", "fit LR"),
+    (transfer, "save_model", "save model"),
+)
 
-    events, runs = sys.argv[1], json.loads(sys.argv[2])
-    spark = get_spark("job-phases", master="local[2]", conf={
-        "spark.eventLog.enabled": "true", "spark.eventLog.dir": events, "spark.eventLog.compress": "false",
-        "spark.eventLog.rolling.enabled": "false", "spark.ui.enabled": "false",
-        "spark.sql.shuffle.partitions": "4"})
+
+def _job_descriptions(spark, numbers) -> dict:
+    """``{job number: spark.job.description}`` (None when unset), from Spark's status store."""
+    context = spark.sparkContext._jsc.sc()
+    context.listenerBus().waitUntilEmpty()  # the store has taken in every job started so far
+    store, jobs = context.statusStore(), {}
+    for number in numbers:
+        described = store.job(number).description()
+        jobs[number] = described.get() if described.isDefined() else None
+    return jobs
+
+
+@pytest.mark.classic(reason="reads the SparkContext's job numbers and status store")
+@pytest.mark.slow  # three jobs: about 15 s on 2 cores
+def test_every_spark_job_carries_the_name_of_its_job_and_phase(spark, tiny_idx, tmp_path, monkeypatch):
+    data = str(tmp_path / "ingested")
+    cnn = ["--input", data, "--partitions", "2", "--arch", "simple_cnn", "--epochs", "1", "--batch-size", "8"]
+    cnn += ["--steps-per-round", "1", "--validation-size", "5", "--checkpoint-every", "0"]
+    transfer_flags = ["--input", data, "--partitions", "2", "--weights", "none", "--base-model", "VGG16"]
+    transfer_flags += ["--image-size", "32", "--batch-size", "8", "--train-limit", "20", "--test-limit", "5"]
+    transfer_flags += ["--max-iter", "2"]
+    runs = (
+        ("ingest", ingest_job, ["--data-dir", str(tiny_idx), "--output", data]),
+        ("train_cnn", train_job, [*cnn, "--output", str(tmp_path / "cnn")]),
+        ("transfer", transfer_job, [*transfer_flags, "--output", str(tmp_path / "transfer")]),
+    )
     # Spark numbers its jobs 0, 1, ... as they are submitted, before the call that runs them returns.
     scheduler, steps, running = spark.sparkContext._jsc.sc().dagScheduler(), [], []
 
@@ -43,81 +71,24 @@ SCRIPT = textwrap.dedent("""
             try:
                 return real(*args, **kwargs)
             finally:
-                steps.append([running[-1], step, list(range(first, scheduler.numTotalJobs()))])
+                steps.append((running[-1], step, list(range(first, scheduler.numTotalJobs()))))
 
-        setattr(owner, name, watched)
+        monkeypatch.setattr(owner, name, watched)
 
-    watch(ingest, "write_dataset", "write Parquet")
-    watch(sources, "read_source", "read images")
-    watch(images, "validation_arrays", "validation set")
-    watch(ml.KerasImageClassifier, "_prepare", "shards")
-    watch(training, "tree_average", "training round")
-    watch(evaluation, "evaluate", "evaluation")
-    watch(ingest.TrainTest, "train_count", "counts")
-    watch(ingest.TrainTest, "test_count", "counts")
-    watch(report, "write_training_report", "figures")
-    watch(sampling, "train_test_samples", "sample")
-    watch(transfer, "fit_and_score", "fit and score")
-    watch(tuning, "fit_logistic_regression", "fit LR")
-    watch(transfer, "save_model", "save model")
+    for owner, name, step in STEPS:
+        watch(owner, name, step)
+    monkeypatch.chdir(tmp_path)
+    before = scheduler.numTotalJobs()
     statuses = []
-    for job, module in (("ingest", ingest_job), ("train_cnn", train_cnn), ("transfer", transfer_job)):
+    for job, module, argv in runs:
         running.append(job)
-        statuses.append(module.main(runs[job]))
+        statuses.append(module.main(argv))
     first = scheduler.numTotalJobs()
     spark.range(3).count()  # a Spark job after the runs
     after = list(range(first, scheduler.numTotalJobs()))
-    print("STEPS " + json.dumps({"statuses": statuses, "steps": steps, "after": after}))
-    spark.stop()
-""")
-
-
-def _job_descriptions(events) -> dict:
-    """``{job id: spark.job.description}`` (None when unset) of every job in the event log in ``events``."""
-    (log,) = [path for path in events.iterdir() if not path.name.startswith(".")]
-    jobs = {}
-    for line in log.read_text().splitlines():
-        event = json.loads(line)
-        if event["Event"] == "SparkListenerJobStart":
-            jobs[event["Job ID"]] = event.get("Properties", {}).get("spark.job.description")
-    return jobs
-
-
-@pytest.mark.spark
-@pytest.mark.slow  # three jobs in a new process: about 35 s on 2 cores
-def test_every_spark_job_carries_the_name_of_its_job_and_phase(tiny_idx, tmp_path):
-    events, data = tmp_path / "events", str(tmp_path / "ingested")
-    events.mkdir()
-    cnn = ["--input", data, "--partitions", "2", "--arch", "simple_cnn", "--epochs", "1", "--batch-size", "8"]
-    cnn += ["--steps-per-round", "1", "--validation-size", "5", "--checkpoint-every", "0"]
-    transfer = ["--input", data, "--partitions", "2", "--weights", "none", "--base-model", "VGG16", "--image-size"]
-    transfer += ["32", "--batch-size", "8", "--train-limit", "20", "--test-limit", "5", "--max-iter", "2"]
-    runs = {
-        "ingest": ["--data-dir", str(tiny_idx), "--output", data],
-        "train_cnn": [*cnn, "--output", str(tmp_path / "cnn")],
-        "transfer": [*transfer, "--output", str(tmp_path / "transfer")],
-    }
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYSPARK_GATEWAY", "SPARK_REMOTE"))}
-    env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")])),
-        PYSPARK_PYTHON=sys.executable,
-        SPARK_CONF_DIR=str(PROJECT / "conf"),
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(events), json.dumps(runs)],
-        env=env,
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    printed = [line for line in done.stdout.splitlines() if line.startswith("STEPS ")]
-    assert done.returncode == 0 and printed, done.stderr[-4000:]
-    outcome = json.loads(printed[0][len("STEPS ") :])
-    assert outcome["statuses"] == [0, 0, 0], done.stderr[-4000:]
-    jobs = _job_descriptions(events)
-    steps = [(job, step, ids) for job, step, ids in outcome["steps"] if ids]  # a step without Spark jobs names none
+    assert statuses == [0, 0, 0]
+    jobs = _job_descriptions(spark, range(before, scheduler.numTotalJobs()))
+    steps = [(job, step, ids) for job, step, ids in steps if ids]  # a step without Spark jobs names none
 
     # What each step's Spark jobs must be called; transfer's fit_and_score featurizes, fits, then scores.
     assert {(job, step) for job, step, _ in steps} == {
@@ -142,7 +113,6 @@ def test_every_spark_job_carries_the_name_of_its_job_and_phase(tiny_idx, tmp_pat
     assert {number: jobs[number] for number in expected} == expected
 
     # Every other Spark job of the runs is in a phase too, and a job after the runs carries no name.
-    after = set(outcome["after"])
     assert after and {jobs[number] for number in after} == {None}
     others = {number: name or "" for number, name in jobs.items() if number not in after and number not in expected}
     assert {
