@@ -96,20 +96,28 @@ browser:
 	command -v chromium >/dev/null || ($(SUDO) apt-get update && \
 		$(SUDO) apt-get install -y --no-install-recommends chromium)
 
+# make test, test-fast and test-connect run the test files in TEST_PROCESSES pytest processes
+# (pytest-xdist), each with its own local[2] session (or Connect server, on a free port): while
+# one process waits on a job it started in a subprocess, which keeps about one core busy, the
+# other uses the second core. A file's tests stay in one process, so a module's fixtures (the
+# standalone cluster) start once. TEST_PROCESSES=0: one process, the tests in order.
+TEST_PROCESSES ?= 2
+PYTEST_SPLIT   := -n $(TEST_PROCESSES) --dist loadfile
+
 test: install browser
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest $(PYTEST_SPLIT) $(ARGS)
 
 # The inner loop: tests without Spark (under a minute), then all but the slow, cluster and browser ones.
 test-unit: install
 	$(BIN)/python -m pytest -m unit $(ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not cluster and not browser" $(ARGS)
+	$(BIN)/python -m pytest $(PYTEST_SPLIT) -m "not slow and not cluster and not browser" $(ARGS)
 
 # The same tests on Spark Connect: the shared session is a client of a local[2] Connect server
 # in the test process; the tests marked classic (they need a SparkContext) are deselected.
 test-connect: install
-	MNIST_SPARK_TEST_CONNECT=1 $(BIN)/python -m pytest -m "not slow and not cluster and not browser" $(ARGS)
+	MNIST_SPARK_TEST_CONNECT=1 $(BIN)/python -m pytest $(PYTEST_SPLIT) -m "not slow and not cluster and not browser" $(ARGS)
 
 # Style and types, before the tests in CI: ruff's lint and format, mypy against its baseline.
 lint: install
