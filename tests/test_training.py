@@ -218,6 +218,56 @@ def test_replicas_beyond_the_slots_share_tasks_on_a_local_master(spark, train_df
     assert _same(together.weights, apart.weights) and _same(together.optimizer, apart.optimizer)
 
 
+def test_a_round_trains_as_keras_fit_with_the_same_learning_rates():
+    """fit_round runs fit's own compiled step: the same weights, bit for bit, and fit's means of the round.
+
+    The round crosses the warm-up and an epoch's end, so the learning rate changes between steps.
+    """
+    import keras
+
+    rng = np.random.default_rng(5)
+    images, labels = rng.integers(0, 256, (192, 28, 28, 1), np.uint8), rng.integers(0, 10, 192).astype(np.int32)
+    config = replace(CONFIG, partitions=4, batch_size=32, warmup_epochs=0.5)  # peak 2 x, 3 warm-up steps
+    schedule = training.plan_schedule(config, [192] * 4)
+    first_step, steps = 0, 7  # over the end of the first 6-step epoch
+    order = np.random.default_rng(0).permutation(np.resize(np.arange(192), steps * 32))
+    rates = [training.learning_rate_at(config, schedule, first_step + k) for k in range(steps)]
+    assert len(set(rates)) >= 3  # warm-up, the peak, the next epoch's decay
+
+    class Rates(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.model.optimizer.learning_rate = rates[batch]
+
+    def trained(run):
+        model, state = training.initial_state(config)
+        training.load_state(model, state.weights, state.optimizer, seed=11)
+        batches = training._batches(images, labels, np.arange(192), order, config, schedule, first_step)
+        run(model, batches)  # a reused replica: the second round's metrics are that round's alone
+        return model, run(model, batches)
+
+    class Dataset(keras.utils.PyDataset):
+        def __init__(self, batches):
+            super().__init__()
+            self.batches = batches
+
+        def __len__(self):
+            return len(self.batches)
+
+        def __getitem__(self, number):
+            return self.batches[number]
+
+    fitted, history = trained(
+        lambda model, batches: (
+            model.fit(Dataset(batches), epochs=1, shuffle=False, verbose=0, callbacks=[Rates()]).history
+        )
+    )
+    stepped, logs = trained(lambda model, batches: training.fit_round(model, batches, config, schedule, first_step))
+    assert _same(fitted.get_weights(), stepped.get_weights())
+    assert _same(training.optimizer_variables(fitted), training.optimizer_variables(stepped))
+    assert logs == {"loss": history["loss"][-1], "accuracy": history["accuracy"][-1]}
+    assert float(stepped.optimizer.learning_rate) == pytest.approx(rates[-1])
+
+
 def test_a_warmed_up_replica_trains_as_a_fresh_one():
     """The warm-up trains a step on zeros; the round's state, loaded over it, leaves no trace of it."""
     rng = np.random.default_rng(3)
