@@ -42,6 +42,7 @@ import os
 import pickle
 import statistics
 import time
+import weakref
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -827,35 +828,98 @@ def _batches(images, labels, index, order, config: TrainConfig, schedule: Schedu
     return Batches()
 
 
-def fit_round(model, batches, config: TrainConfig, schedule: Schedule, first_step: int) -> dict:
+#: The most local steps that one call into TensorFlow runs (:func:`fit_round`).
+STEPS_PER_CALL = 32
+#: The most bytes of input one such call takes: fewer steps per call for large images.
+CALL_BYTES = 32 * 2**20
+
+#: Each replica model's training loop, per input signature (:func:`_training_loop`).
+_LOOPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def steps_per_call(config: TrainConfig) -> int:
+    """Local steps per call into TensorFlow: :data:`STEPS_PER_CALL`, fewer when their batches exceed :data:`CALL_BYTES`.
+
+    >>> steps_per_call(TrainConfig()), steps_per_call(TrainConfig(input_shape=(224, 224, 3), batch_size=64))
+    (32, 1)
+    """
+    assert config.batch_size is not None  # TrainConfig sets it
+    batch_bytes = config.batch_size * math.prod(config.input_shape) * 4  # float32 after augmentation, at most
+    return max(1, min(STEPS_PER_CALL, CALL_BYTES // batch_bytes))
+
+
+def _training_loop(model, images, labels):
+    """``model``'s compiled loop over stacked batches: Keras's ``train_step`` per batch at its own learning rate.
+
+    Traced once per model and input signature, with the number of steps and
+    the batch size left open, so that the warm-up's trace serves every round.
+    """
+    import tensorflow as tf
+
+    signature = (images.dtype.str, images.shape[2:], labels.dtype.str, labels.shape[2:])
+    loops = _LOOPS.setdefault(model, {})
+    if signature not in loops:
+
+        @tf.autograph.experimental.do_not_convert
+        def step(number, images, labels, rates):
+            model.optimizer.learning_rate.assign(rates[number])
+            model.train_step((images[number], labels[number]))
+            return number + 1, images, labels, rates
+
+        def run_steps(images, labels, rates):
+            tf.while_loop(
+                lambda number, *_: number < tf.shape(rates)[0],
+                step,
+                (tf.constant(0), images, labels, rates),
+            )
+            return model.get_metrics_result()
+
+        loops[signature] = tf.function(
+            run_steps,
+            input_signature=(
+                tf.TensorSpec((None, None, *images.shape[2:]), images.dtype),
+                tf.TensorSpec((None, None, *labels.shape[2:]), labels.dtype),
+                tf.TensorSpec((None,), tf.float32),
+            ),
+        )
+    return loops[signature]
+
+
+def fit_round(
+    model, batches, config: TrainConfig, schedule: Schedule, first_step: int, per_call: int | None = None
+) -> dict:
     """Train ``model`` on ``batches``, local steps ``first_step`` on; the round's mean loss and accuracy.
 
-    Each step runs Keras's own compiled training step, the one ``fit`` runs
-    (``make_train_function``), with the run's learning rate set before it
-    (:func:`learning_rate_at`). ``fit`` also sets up an epoch iterator, a
-    ``tf.data`` pipeline and callbacks on every call, and its pipeline's
-    threads compete with the other task's replica on a busy executor: a
-    round of ``simple_cnn`` fitted 1.5 times faster without them, and
-    ``bn_cnn`` twice as fast (``benchmarks/README.md``). The weights are
-    those of ``fit`` bit for bit for ``simple_cnn``; ``bn_cnn``'s differ
-    from ``fit``'s in rounding, as deterministically. One thread gathers
-    the next batch while a step runs.
+    Each step runs Keras's own training step (``model.train_step``, the one
+    ``fit`` compiles) at the run's learning rate for that step
+    (:func:`learning_rate_at`), so the weights are those of ``fit`` with
+    the same rates, bit for bit. The steps run in a compiled loop over up to
+    ``per_call`` stacked batches (default :func:`steps_per_call`): a call
+    into TensorFlow per step costs more than a small model's step itself
+    takes. ``fit`` also sets up an epoch iterator, a ``tf.data`` pipeline
+    and callbacks on every call, whose threads compete with the other
+    task's replica on a busy executor (``benchmarks/README.md``). One
+    thread gathers the next batches while a call runs.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    model.make_train_function()
+    per_call = per_call or steps_per_call(config)
+    calls = [range(start, min(start + per_call, len(batches))) for start in range(0, len(batches), per_call)]
+
+    def gather(numbers: range):
+        pairs = [batches[number] for number in numbers]
+        rates = [learning_rate_at(config, schedule, first_step + number) for number in numbers]
+        return np.stack([x for x, _ in pairs]), np.stack([y for _, y in pairs]), np.asarray(rates, np.float32)
+
     model.reset_metrics()
-    rate = logs = None
-    with ThreadPoolExecutor(1, thread_name_prefix="next-batch") as prefetch:
-        upcoming = prefetch.submit(batches.__getitem__, 0)
-        for number in range(len(batches)):
-            batch = upcoming.result()
-            if number + 1 < len(batches):
-                upcoming = prefetch.submit(batches.__getitem__, number + 1)
-            step_rate = learning_rate_at(config, schedule, first_step + number)
-            if step_rate != rate:  # constant within an epoch after the warm-up: no assignment per step
-                model.optimizer.learning_rate = rate = step_rate
-            logs = model.train_function([batch])
+    logs = None
+    with ThreadPoolExecutor(1, thread_name_prefix="next-batches") as prefetch:
+        upcoming = prefetch.submit(gather, calls[0])
+        for number in range(len(calls)):
+            images, labels, rates = upcoming.result()
+            if number + 1 < len(calls):
+                upcoming = prefetch.submit(gather, calls[number + 1])
+            logs = _training_loop(model, images, labels)(images, labels, rates)
     assert logs is not None  # a round has steps
     return {name: float(value) for name, value in logs.items()}
 

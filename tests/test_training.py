@@ -218,10 +218,12 @@ def test_replicas_beyond_the_slots_share_tasks_on_a_local_master(spark, train_df
     assert _same(together.weights, apart.weights) and _same(together.optimizer, apart.optimizer)
 
 
-def test_a_round_trains_as_keras_fit_with_the_same_learning_rates():
-    """fit_round runs fit's own compiled step: the same weights, bit for bit, and fit's means of the round.
+@pytest.mark.parametrize("per_call", [3, None])
+def test_a_round_trains_as_keras_fit_with_the_same_learning_rates(per_call):
+    """fit_round runs fit's own training step: the same weights, bit for bit, and fit's means of the round.
 
-    The round crosses the warm-up and an epoch's end, so the learning rate changes between steps.
+    The round crosses the warm-up and an epoch's end, so the learning rate changes between steps,
+    also inside one call of 3 steps and in the call of all 7.
     """
     import keras
 
@@ -261,7 +263,9 @@ def test_a_round_trains_as_keras_fit_with_the_same_learning_rates():
             model.fit(Dataset(batches), epochs=1, shuffle=False, verbose=0, callbacks=[Rates()]).history
         )
     )
-    stepped, logs = trained(lambda model, batches: training.fit_round(model, batches, config, schedule, first_step))
+    stepped, logs = trained(
+        lambda model, batches: training.fit_round(model, batches, config, schedule, first_step, per_call)
+    )
     assert _same(fitted.get_weights(), stepped.get_weights())
     assert _same(training.optimizer_variables(fitted), training.optimizer_variables(stepped))
     assert logs == {"loss": history["loss"][-1], "accuracy": history["accuracy"][-1]}
