@@ -900,8 +900,9 @@ def fit_round(
 
     Each step runs Keras's own training step (``model.train_step``, the one
     ``fit`` compiles) at the run's learning rate for that step
-    (:func:`learning_rate_at`), so the weights are those of ``fit`` with
-    the same rates, bit for bit. The steps run in a compiled loop over up to
+    (:func:`learning_rate_at`): ``simple_cnn``'s weights are those of
+    ``fit`` with the same rates bit for bit, ``bn_cnn``'s differ from them
+    in rounding, as deterministically. The steps run in a compiled loop over up to
     ``per_call`` stacked batches (default :func:`steps_per_call`): a call
     into TensorFlow per step costs more than a small model's step itself
     takes. ``fit`` also sets up an epoch iterator, a ``tf.data`` pipeline
