@@ -272,6 +272,17 @@ def test_a_round_trains_as_keras_fit_with_the_same_learning_rates(per_call):
     assert float(stepped.optimizer.learning_rate) == pytest.approx(rates[-1])
 
 
+def test_loading_a_replica_state_keeps_tensorflows_eager_seed():
+    """Seeding TensorFlow's eager context clears its kernel caches (every replica's loop is instantiated anew)."""
+    import tensorflow as tf
+
+    model, state = training.initial_state(CONFIG)
+    tf.random.set_seed(123)
+    training.load_state(model, state.weights, state.optimizer, seed=7)
+    assert tf.compat.v1.get_seed(None)[0] == 123  # the global seed, as tf.random.set_seed left it
+    assert np.random.get_state()[1][0] == np.random.RandomState(7).get_state()[1][0]  # NumPy's is set
+
+
 def test_a_warmed_up_replica_trains_as_a_fresh_one():
     """The warm-up trains a step on zeros; the round's state, loaded over it, leaves no trace of it."""
     rng = np.random.default_rng(3)
