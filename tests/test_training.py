@@ -323,14 +323,20 @@ def test_the_workers_warm_up_once_before_the_first_round(spark, train_df, monkey
     assert len(waits) == 1
 
 
-@pytest.mark.parametrize("partitions", [4, 8, 16])
-def test_each_partition_holds_its_own_shard(spark, train_df, partitions):
-    # Two shards in one partition train one after the other in one task while another slot idles.
-    shards, sizes = training.make_shards(train_df, partitions)
-    placed = shards.select(F.spark_partition_id().alias("partition"), "shard").distinct().collect()
+@pytest.mark.parametrize(("partitions", "tasks"), [(4, 4), (8, 8), (16, 16), (8, None), (8, 3)])
+def test_each_task_holds_a_run_of_adjacent_shards_in_order(spark, train_df, partitions, tasks):
+    # A shard per partition: on a cluster, where each replica is a task of its own. Fewer
+    # partitions than shards: a task per slot of the local master (None: the session's 2), each
+    # training adjacent shards one after the other, so that it can add them before they leave it.
+    shards, sizes = training.make_shards(train_df, partitions, tasks=tasks)
+    placed = shards.select(F.spark_partition_id().alias("partition"), "shard", "chunk").collect()
     shards.unpersist()
+    tasks = tasks or 2
     assert sizes == [256 // partitions] * partitions
-    assert sorted((r["partition"], r["shard"]) for r in placed) == [(k, k) for k in range(partitions)]
+    assert sorted({(r["partition"], r["shard"]) for r in placed}) == [
+        (k * tasks // partitions, k) for k in range(partitions)
+    ]
+    assert [(r["shard"], r["chunk"]) for r in placed] == sorted((r["shard"], r["chunk"]) for r in placed)
 
 
 def test_a_replica_reads_its_shard_from_a_local_file(tmp_path, monkeypatch):
@@ -455,29 +461,46 @@ def _replica_rows(count: int):
         }
         for k in range(count)
     ]
-    return results, [training._result_row(r) for r in results]
+    return results, [{"lo": k, "size": 1, "part": pickle.dumps(r)} for k, r in enumerate(results)]
 
 
-def test_averaging_adds_one_state_at_a_time_and_leaves_its_inputs_alone():
-    """The running sum is added into in place; the states it adds, replicas' or partial sums, are not."""
-    results, _ = _replica_rows(4)
+def _tasks_nodes(results, groups):
+    """The nodes that tasks training the replicas of each of ``groups`` (partition lists, in order) send."""
+    rows = []
+    for group in groups:
+        tree, nodes = training.TreeSum(len(results)), []
+        for k in group:
+            nodes += tree.push(k, 1, results[k])
+        rows += [{"lo": lo, "size": size, "part": pickle.dumps(part)} for lo, size, part in nodes + tree.finish()]
+    return rows
+
+
+def test_averaging_adds_along_a_fixed_tree_whichever_tasks_add_which_replicas():
+    """Pairs of adjacent nodes up a binary tree, the same bits however tasks split the replicas."""
+    results, _ = _replica_rows(5)
     before = pickle.dumps(results)
     weights, optimizer = training.average_replicas(results)
-    assert pickle.dumps(results) == before
+    assert pickle.dumps(results) == before  # the replicas' states are added into copies
     counts = [r["count"] for r in results]
-    for k, got in enumerate(weights + optimizer[1:]):  # the same additions in the same order, bit for bit
-        arrays = [(r["weights"] + r["optimizer"][1:])[k] for r in results]
-        total = np.asarray(arrays[0], np.float64) * counts[0]
-        for count, array in zip(counts[1:], arrays[1:], strict=True):
-            total = total + np.asarray(array, np.float64) * count
-        np.testing.assert_array_equal(got, (total / sum(counts)).astype(np.float32))
-    # A level above the first adds partial sums (pickled between levels) the same way.
-    low, high = (pickle.loads(pickle.dumps(training._partial_sum(r))) for r in results[:2])
-    kept = pickle.dumps((low, high))
-    total = training._accumulate(training._accumulate(None, low), high)
-    assert pickle.dumps((low, high)) == kept and total["count"] == counts[0] + counts[1]
-    assert [r["partition"] for r in total["replicas"]] == [0, 1]
-    np.testing.assert_array_equal(total["weights"][0], low["weights"][0] + high["weights"][0])
+    for k, got in enumerate(weights + optimizer[1:]):
+        arrays = [
+            np.asarray((r["weights"] + r["optimizer"][1:])[k], np.float64) * c
+            for r, c in zip(results, counts, strict=True)
+        ]
+        by_hand = ((arrays[0] + arrays[1]) + (arrays[2] + arrays[3])) + arrays[4]  # node (4, 1) stands for (4, 4)
+        np.testing.assert_array_equal(got, (by_hand / sum(counts)).astype(np.float32))
+        running = arrays[0] + arrays[1] + arrays[2] + arrays[3] + arrays[4]
+        np.testing.assert_allclose(got, (running / sum(counts)).astype(np.float32), rtol=1e-6)
+    assert optimizer[0] == np.rint(np.dot(counts, [10, 20, 30, 40, 50]) / sum(counts))
+    # Tasks of adjacent replicas send sums; tasks of scattered ones (as coalesce groups them) send
+    # what they could add. Either way the driver's or an averaging task's sum has the same bits.
+    for groups in ([[0, 1, 2, 3, 4]], [[0, 1], [2, 3, 4]], [[0], [1, 2], [3, 4]], [[0, 1, 4], [2, 3]]):
+        rows = _tasks_nodes(results, groups)
+        got_w, got_o, metrics = training._root_mean(training._add_rows(rows, 5), 5)
+        assert _same(got_w, weights) and _same(got_o, optimizer), groups
+        assert sorted(m["partition"] for m in metrics) == [0, 1, 2, 3, 4] and "weights" not in metrics[0]
+    assert [(r["lo"], r["size"]) for r in _tasks_nodes(results, [[0, 1, 2, 3, 4]])] == [(0, 8)]
+    assert [(r["lo"], r["size"]) for r in _tasks_nodes(results, [[0, 1, 4]])] == [(0, 2), (4, 4)]
     with pytest.raises(ValueError, match="states of different structure"):
         training.average_replicas([results[0], {**results[1], "weights": results[1]["weights"][:1]}])
 
@@ -485,22 +508,29 @@ def test_averaging_adds_one_state_at_a_time_and_leaves_its_inputs_alone():
 @pytest.mark.parametrize("fan_in", [2, 4])
 def test_tree_average_in_the_executors_equals_the_plain_mean(spark, fan_in):
     results, rows = _replica_rows(4)
-    df = spark.createDataFrame(rows, training._result_schema()).repartition(4)
+    df = spark.createDataFrame(rows, training.NODE_SCHEMA).repartition(4)
     weights, optimizer, replicas = training.tree_average(df, 4, fan_in=fan_in)
     plain_w, plain_o = training.average_replicas(results)
     counts = np.array([r["count"] for r in results], np.float64)
     by_hand = sum(c * r["weights"][0].astype(np.float64) for c, r in zip(counts, results, strict=True)) / counts.sum()
     np.testing.assert_allclose(weights[0], by_hand.astype(np.float32), rtol=1e-6)
-    for got, want in zip(weights + optimizer, plain_w + plain_o, strict=True):
-        assert got.dtype == want.dtype
-        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert _same(weights, plain_w) and _same(optimizer, plain_o)
+    assert all(got.dtype == want.dtype for got, want in zip(weights + optimizer, plain_w + plain_o, strict=True))
     steps = np.array([10, 20, 30, 40], np.float64)
     assert optimizer[0] == np.rint(counts @ steps / counts.sum()) and optimizer[0].dtype == np.int64
     assert [r["partition"] for r in replicas] == [0, 1, 2, 3]
     assert [r["pid"] for r in replicas] == [100, 101, 102, 103] and "weights" not in replicas[0]
-    # Added in partition order whatever the shuffle's order: the same input gives the same bits.
+    # Whatever order the shuffle delivers them in, and whoever added them: the same bits.
     again, _, _ = training.tree_average(df.repartition(3), 4, fan_in=fan_in)
     assert _same(weights, again)
+    summed = spark.createDataFrame(_tasks_nodes(results, [[0, 1, 2], [3]]), training.NODE_SCHEMA)
+    for on_driver in (False, True):
+        got, _, listed = training.tree_average(summed, 4, fan_in=fan_in, on_driver=on_driver)
+        assert _same(weights, got) and [r["partition"] for r in listed] == [0, 1, 2, 3]
+
+
+def test_tasks_add_their_replicas_while_the_sums_fit():
+    assert training.adds_in_task(16, 7 * 2**20) and not training.adds_in_task(16, 300 * 2**20)
 
 
 def test_the_default_batch_is_64_beyond_two_replicas():
