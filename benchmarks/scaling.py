@@ -145,7 +145,9 @@ def spark_run(model_name: str, epochs: int, partitions: int, output: Path) -> di
     metrics = json.loads((output / "metrics.json").read_text())
     history = metrics["history"]
     curve = [
-        {"epoch": h["epoch"], "accuracy": h["val_accuracy"], "time": round(h["time"] - launched, 2)} for h in history
+        {"epoch": h["epoch"], "accuracy": h["val_accuracy"], "time": round(h["time"] - launched, 2)}
+        for h in history
+        if "val_accuracy" in h  # the first round, each epoch's end and the last
     ]
     overheads: dict = {}
     for h in history:

@@ -228,14 +228,15 @@ FLAGS: dict[str, Flag] = {
     "steps_per_round": Flag(
         {
             "type": positive_int,
-            "help": "steps between averagings; default: one local epoch, after shorter first rounds",
+            "help": "steps between averagings; default: one local epoch up to 8 replicas, (8 / replicas) ** 2.5 "
+            "of one beyond, after a shorter first round",
         }
     ),
     "first_round_steps": Flag(
         {
             "type": positive_int,
             "help": "steps of the first round; each next round doubles up to a full round "
-            "(default: a quarter of a local epoch)",
+            "(default: a quarter of a local epoch, at least 32 steps)",
         }
     ),
     "lr_scaling": Flag(

@@ -331,11 +331,13 @@ class _KerasImageClassifierParams(HasInputCol, HasLabelCol, HasPredictionCol, Ha
     partitions: Param = _param("partitions", "replicas (shards); 0: the cluster's task slots", _whole("partitions", 0))
     stepsPerRound: Param = _param(
         "stepsPerRound",
-        "steps between averagings; 0: short rounds growing to one local epoch",
+        "steps between averagings; 0: a short first round, then one local epoch up to 8 replicas, shorter beyond",
         _whole("stepsPerRound", 0),
     )
     firstRoundSteps: Param = _param(
-        "firstRoundSteps", "steps of the first round; 0: a quarter of a local epoch", _whole("firstRoundSteps", 0)
+        "firstRoundSteps",
+        "steps of the first round; 0: a quarter of a local epoch, at least 32 steps",
+        _whole("firstRoundSteps", 0),
     )
     batchnormSample: Param = _param(
         "batchnormSample",

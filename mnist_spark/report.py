@@ -405,9 +405,11 @@ def learning_curves(history: list, location: str) -> str:
     epochs = [h["epoch"] for h in history]
     loss_axis.plot(epochs, [h["loss"] for h in history], marker="o", label="train")
     accuracy_axis.plot(epochs, [h["accuracy"] for h in history], marker="o", label="train")
-    if history and "val_accuracy" in history[0]:
-        loss_axis.plot(epochs, [h["val_loss"] for h in history], marker="s", label="validation")
-        accuracy_axis.plot(epochs, [h["val_accuracy"] for h in history], marker="s", label="validation")
+    scored = [h for h in history if "val_accuracy" in h]  # rounds shorter than an epoch may not be
+    if scored:
+        scored_epochs = [h["epoch"] for h in scored]
+        loss_axis.plot(scored_epochs, [h["val_loss"] for h in scored], marker="s", label="validation")
+        accuracy_axis.plot(scored_epochs, [h["val_accuracy"] for h in scored], marker="s", label="validation")
     for axis, name in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
         axis.set_xlabel("epoch")
         axis.set_ylabel(name)
