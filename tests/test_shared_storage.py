@@ -94,13 +94,13 @@ def test_train_cnn_reads_and_writes_s3(spark, s3):
         data_dir="s3a://data/small",
         output="s3a://runs/cnn",
         arch="simple_cnn",
-        epochs=2,
+        epochs=3,
         batch_size=32,
         partitions=2,
         limit=200,
         validation_size=0,
     )
-    assert metrics["rounds"] == 3 and metrics["train_rows"] == 200  # a quarter epoch, the rest, an epoch
+    assert metrics["rounds"] == 3 and metrics["train_rows"] == 200  # an epoch each (4 steps)
     keys = _keys(s3, "runs")
     assert {
         "cnn/_SUCCESS",
@@ -111,6 +111,7 @@ def test_train_cnn_reads_and_writes_s3(spark, s3):
         "cnn/checkpoints/round-0002.npz",
         "cnn/checkpoints/round-0003.npz",
     } <= set(keys)  # the two newest checkpoints
+    assert "cnn/checkpoints/round-0001.npz" not in keys
     assert not [key for key in keys if not key.startswith("cnn/")]  # no staging folder left
     model = evaluation.load_model("s3a://runs/cnn/model.keras")
     assert model.count_params() > 0

@@ -20,7 +20,8 @@ from mnist_spark import datasets, evaluation, idx, ingest, ml, models, training
 
 train_job = load_job("train_cnn")
 
-CONFIG = training.TrainConfig(model="simple_cnn", epochs=2, batch_size=32, partitions=2, seed=7)
+# first_round_steps=1: rounds of 1, 3 and 4 steps on these 4-step epochs, averaging mid-epoch too.
+CONFIG = training.TrainConfig(model="simple_cnn", epochs=2, batch_size=32, partitions=2, seed=7, first_round_steps=1)
 
 
 def _same(a, b) -> bool:
@@ -63,7 +64,7 @@ def test_average_is_weighted_by_count():
 
 
 def test_schedule_and_config_validation():
-    schedule = training.plan_schedule(replace(CONFIG, epochs=3, steps_per_round=5), [100, 96])
+    schedule = training.plan_schedule(replace(CONFIG, epochs=3, steps_per_round=5, first_round_steps=None), [100, 96])
     assert (schedule.steps_per_epoch, schedule.steps_per_round, schedule.rounds) == (3, 5, 2)
     with pytest.raises(ValueError, match="'nope' is not a known model; choose one of: mlp"):
         replace(CONFIG, model="nope")
@@ -78,7 +79,12 @@ def test_schedule_and_config_validation():
 def test_rounds_start_short_and_grow_to_an_epoch():
     config = training.TrainConfig(epochs=3, batch_size=128, partitions=8)
     schedule = training.plan_schedule(config, [7500] * 8)  # 59 steps per local epoch
-    assert schedule.starts == (0, 15, 59, 118, 177)
+    # A quarter epoch but at least 32 steps, and no shorter round left before the epoch's end.
+    assert schedule.starts == (0, 59, 118, 177)
+    assert [schedule.scores(r) for r in range(schedule.rounds)] == [True] * 3
+    longer = training.plan_schedule(replace(config, batch_size=32), [7500] * 8)  # 235 steps per local epoch
+    assert longer.starts == (0, 59, 235, 470, 705)
+    assert training.plan_schedule(replace(config, first_round_steps=15), [7500] * 8).starts == (0, 15, 59, 118, 177)
     doubling = training.plan_schedule(replace(config, first_round_steps=1), [7500] * 8)
     assert doubling.starts == (0, 1, 3, 7, 15, 31, 59, 118, 177)
     fixed = training.plan_schedule(replace(config, steps_per_round=50), [7500] * 8)
@@ -89,6 +95,19 @@ def test_rounds_start_short_and_grow_to_an_epoch():
     assert capped.steps_per_round == 30
     # The same inputs give the same schedule; it depends on the smallest shard only.
     assert training.plan_schedule(config, [7600, 7500] * 4) == schedule
+
+
+def test_beyond_eight_replicas_rounds_are_shorter_than_an_epoch():
+    config = training.TrainConfig(epochs=2, partitions=16)  # batch 64
+    schedule = training.plan_schedule(config, [3750] * 16)  # 59 steps per local epoch
+    lengths = [schedule.steps_in(r) for r in range(schedule.rounds)]
+    assert lengths == [32, 9, 9, 9] + [10] * 5 + [9]  # the first, then each epoch's rest in even rounds of <= 11
+    assert schedule.starts[4] == 59 and training.full_round_steps(16, 59) == 11
+    # The driver scores after the first round, at each epoch's end and after the last.
+    assert [r for r in range(schedule.rounds) if schedule.scores(r)] == [0, 3, 9]
+    assert training.full_round_steps(8, 118) == 118 and training.full_round_steps(32, 590) < 590 / 16
+    given = training.plan_schedule(replace(config, steps_per_round=20), [3750] * 16)
+    assert given.starts[:4] == (0, 20, 40, 60)  # --steps-per-round as given: every round of that length
 
 
 def test_learning_rate_warms_up_to_the_scaled_peak_then_decays():
@@ -638,7 +657,7 @@ def test_run_folder(spark, small_idx, train_cnn_run):
         "environment",
     ):
         assert key in saved
-    assert saved["epochs"] == 2 and saved["partitions"] == 2 and len(saved["history"]) == 3
+    assert saved["epochs"] == 2 and saved["partitions"] == 2 and len(saved["history"]) == 2  # an epoch each
     assert set(saved["history"][-1]["overhead_seconds"]) == {"averaging", "broadcast", "task_start", "validation"}
     # Training throughput leaves out each round's scoring of the validation sample, as plain Keras's does.
     for h in saved["history"]:
