@@ -6,8 +6,9 @@ How a run goes:
    ``index % N``), decodes each to numpy once and caches it in Spark as rows
    of at most :data:`CHUNK_BYTES` of pixels, so later rounds reuse it. The
    pixels never pass through the driver.
-2. :func:`plan_schedule` cuts the epochs into rounds: short ones first,
-   doubling to one local epoch. :func:`learning_rate_at` gives each step's
+2. :func:`plan_schedule` cuts the epochs into rounds: a short first one,
+   doubling to a full round (:func:`full_round_steps`: one local epoch up
+   to 8 replicas, shorter beyond). :func:`learning_rate_at` gives each step's
    learning rate: a warm-up to ``learning_rate`` scaled with the batch the
    averaged update stands for (:func:`peak_learning_rate`), then a decay
    per epoch.
@@ -16,11 +17,14 @@ How a run goes:
    partition trains a replica on its own shard for the round's steps, reading
    it from a local file a batch at a time, and returns its weights, optimizer
    variables, sample count and metrics. On a local master, replicas beyond
-   the task slots share tasks (:func:`replica_tasks`).
+   the task slots share tasks (:func:`replica_tasks`), and a task adds its
+   adjacent replicas before they leave it (:class:`TreeSum`).
 4. :func:`tree_average` averages the replicas in the executors, weighted by
-   sample count, optimizer state included (so averaging does not reset Adam);
-   the driver receives the mean and re-estimates BatchNorm's statistics on a
-   training sample (:func:`mnist_spark.models.reestimate_batchnorm`).
+   sample count, optimizer state included (so averaging does not reset Adam),
+   along one fixed binary tree over the partitions; the driver receives the
+   mean and, after the first round and at each epoch's end, re-estimates
+   BatchNorm's statistics on a training sample
+   (:func:`mnist_spark.models.reestimate_batchnorm`) and scores the model.
 
 Before the first round, :class:`WarmUp` has each task slot's Python worker
 import TensorFlow, build its replica and trace the training step while the
@@ -28,9 +32,10 @@ driver builds its own model, so that start-up overlaps the driver's.
 
 Every random choice in a task derives from ``(seed, partition, round)``, and a
 cached replica is fully reset from the broadcast state at the start of each
-task. Replicas are added in partition order. So a task that fails and is
-retried by Spark redoes exactly the same work, and the same seed and
-partitioning give the same model, bit for bit.
+task. Replicas are added along a tree fixed by the partition count. So a
+task that fails and is retried by Spark redoes exactly the same work, and
+the same seed and partitioning give the same model, bit for bit, whichever
+tasks train which replicas.
 """
 
 from __future__ import annotations
