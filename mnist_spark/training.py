@@ -1578,9 +1578,11 @@ def train(
         first_round = state.round
         state_bytes = sum(np.asarray(a).nbytes for a in (*state.weights, *state.optimizer))
         in_task = tasks < config.partitions and adds_in_task(config.partitions, state_bytes)
-        # On a local master (a task per slot, in the driver's machine) a task sends at most a node
-        # per level of the tree: the driver adds them itself while they fit, saving a stage.
-        on_driver = _local_master(spark) and tasks * config.partitions.bit_length() * 2 * state_bytes <= GROUP_BYTES
+        # On a local master (a task per slot, in the driver's machine) the driver adds what the
+        # tasks send itself while it fits, saving a stage: at most a node per level of the tree
+        # from a task that adds its replicas, else each of its replicas.
+        sent = config.partitions.bit_length() if in_task else math.ceil(config.partitions / tasks)
+        on_driver = _local_master(spark) and tasks * sent * 2 * state_bytes <= GROUP_BYTES
         for round_ in range(state.round, schedule.rounds):
             round_started = time.perf_counter()
             overheads: dict = {}
