@@ -279,6 +279,23 @@ class Schedule:
         """Epochs completed at the start of ``round_``."""
         return self.starts[round_] / self.steps_per_epoch
 
+    def continuing(self, history: list[dict]) -> Schedule:
+        """This schedule after the rounds of a checkpoint's ``history``, as they were run.
+
+        A run resumed from a checkpoint that another version wrote (its
+        rounds cut otherwise) goes on from the step where it stopped, to the
+        next round's end of this schedule, and trains no step twice.
+
+        >>> Schedule(10, (0, 5, 10, 20)).continuing([{"steps": 3}, {"steps": 4}]).starts
+        (0, 3, 7, 10, 20)
+        """
+        if not history or any("steps" not in record for record in history):
+            return self  # a history before rounds recorded their steps: this schedule's rounds
+        done = tuple(itertools.accumulate((record["steps"] for record in history), initial=0))
+        if self.starts[: len(done)] == done:
+            return self
+        return Schedule(self.steps_per_epoch, done + tuple(s for s in self.starts if s > done[-1]))
+
     def scores(self, round_: int) -> bool:
         """Whether the driver scores the validation images after ``round_`` (0-based).
 
@@ -1548,6 +1565,8 @@ def train(
             )
     shipped = ship(spark, architecture, "network") if architecture is not None else None
     schedule = plan_schedule(config, sizes)
+    if state is not None:
+        schedule = schedule.continuing(state.history)
     # The executors start up while the driver builds its own model and prepares the run.
     warming = (
         WarmUp(spark, shards, config, schedule, shipped) if state is None or state.round < schedule.rounds else None

@@ -97,6 +97,18 @@ def test_rounds_start_short_and_grow_to_an_epoch():
     assert training.plan_schedule(config, [7600, 7500] * 4) == schedule
 
 
+def test_a_checkpoint_of_other_rounds_resumes_where_it_stopped():
+    """A checkpoint written with other round lengths (an earlier version's) goes on from its step."""
+    schedule = training.plan_schedule(training.TrainConfig(epochs=3, partitions=16), [3750] * 16)
+    earlier = [{"round": 1, "steps": 15}, {"round": 2, "steps": 44}]  # a quarter epoch, then its rest
+    resumed = schedule.continuing(earlier)
+    assert resumed.starts[:4] == (0, 15, 59, 69) and resumed.total_steps == schedule.total_steps
+    assert resumed.starts[3:] == tuple(s for s in schedule.starts if s > 59)
+    own = [{"round": r + 1, "steps": schedule.steps_in(r)} for r in range(3)]
+    assert schedule.continuing(own) is schedule and schedule.continuing([]) is schedule
+    assert schedule.continuing([{"round": 1}]) is schedule  # histories before rounds recorded steps
+
+
 def test_beyond_eight_replicas_rounds_are_shorter_than_an_epoch():
     config = training.TrainConfig(epochs=2, partitions=16)  # batch 64
     schedule = training.plan_schedule(config, [3750] * 16)  # 59 steps per local epoch
