@@ -194,7 +194,9 @@ def _figure(model_name: str, epochs: int, plain: dict, runs: list) -> Path:
         axis.set_ylim(97.0, 99.7)
         axis.grid(alpha=0.3)
         axis.legend(loc="lower right")
-    figure.suptitle(f"{model_name}, {epochs} epochs, full MNIST, 2 cores: test accuracy after the first round and each epoch")
+    figure.suptitle(
+        f"{model_name}, {epochs} epochs, full MNIST, 2 cores: test accuracy after the first round and each epoch"
+    )
     figure.tight_layout()
     path = PROJECT / "docs" / f"scaling_{model_name}.png"
     figure.savefig(path, dpi=90)
