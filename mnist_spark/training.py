@@ -45,7 +45,9 @@ import logging
 import math
 import os
 import pickle
+import shutil
 import statistics
+import tempfile
 import time
 import weakref
 from collections.abc import Callable
@@ -242,8 +244,8 @@ class TrainState:
     """The averaged model after ``round`` rounds: what a checkpoint holds."""
 
     round: int
-    weights: list
-    optimizer: list
+    weights: list | None  # None after a round whose state only the tasks held (train's rounds_per_job)
+    optimizer: list | None
     history: list = field(default_factory=list)
 
 
@@ -308,6 +310,28 @@ class Schedule:
         """
         end = self.starts[round_ + 1]
         return round_ == 0 or end % self.steps_per_epoch == 0 or end == self.total_steps
+
+
+def round_jobs(schedule: Schedule, first: int, rounds_per_job: int | None = None) -> list[tuple[int, int]]:
+    """The rounds each Spark job trains, from round ``first`` on: ``(first, last)``, both included.
+
+    A job trains up to and including the next round the driver scores
+    (:meth:`Schedule.scores`), whose state it needs, and at most
+    ``rounds_per_job`` rounds (all of them when None). Within a job the
+    tasks hand each other the rounds' sums themselves (:class:`RoundExchange`).
+
+    >>> round_jobs(Schedule(10, (0, 4, 7, 10, 14, 17, 20, 23)), 0)
+    [(0, 0), (1, 2), (3, 5), (6, 6)]
+    >>> round_jobs(Schedule(10, (0, 4, 7, 10, 14, 17, 20, 23)), 2, rounds_per_job=2)
+    [(2, 2), (3, 4), (5, 5), (6, 6)]
+    """
+    jobs: list[tuple[int, int]] = []
+    start = first
+    for round_ in range(first, schedule.rounds):
+        if schedule.scores(round_) or round_ + 1 - start == (rounds_per_job or schedule.rounds):
+            jobs.append((start, round_))
+            start = round_ + 1
+    return jobs
 
 
 #: Peak learning rate against the averaged update's batch, in units of :data:`LR_REFERENCE_BATCH`.
@@ -792,6 +816,19 @@ def _local_master(spark) -> bool:
     return (spark.conf.get("spark.master", None) or "").startswith("local")
 
 
+def _tasks_share_this_machine(spark) -> bool:
+    """Whether the session's tasks run on this process's machine: a local master, served by this process.
+
+    A Spark Connect server started elsewhere (``sc://``) may run a local
+    master on another machine.
+    """
+    from pyspark import SparkContext
+
+    from mnist_spark.session import is_connect
+
+    return _local_master(spark) and (not is_connect(spark) or SparkContext._active_spark_context is not None)
+
+
 def _replica(config: TrainConfig, architecture: bytes | None = None):
     """This Python worker's model for ``config``, built once and reused across rounds.
 
@@ -1032,7 +1069,7 @@ def fit_round(
 def train_replica(
     partition: int,
     shard,
-    state_payload: bytes,
+    state: tuple[list, list],
     round_: int,
     config: TrainConfig,
     schedule: Schedule,
@@ -1041,7 +1078,8 @@ def train_replica(
 ) -> dict:
     """One replica's work for one round: runs inside a Spark task.
 
-    ``architecture`` holds the bytes of ``config.model_file`` when the run trains one.
+    ``state`` is the round's starting ``(weights, optimizer)``; ``architecture``
+    holds the bytes of ``config.model_file`` when the run trains one.
 
     Returns the replica's weights, optimizer state, sample count and metrics.
     """
@@ -1052,7 +1090,7 @@ def train_replica(
     _fail_if_asked(partition, round_, attempt)
     started = time.perf_counter()
     images, labels, index = shard
-    weights, optimizer = pickle.loads(state_payload)
+    weights, optimizer = state
     builds = worker_builds()
     model = _replica(config, architecture)
     first_step = schedule.starts[round_]
@@ -1387,6 +1425,78 @@ def tree_average(nodes, replicas: int, fan_in: int | None = None, state_bytes: i
     return weights, optimizer, sorted(metrics, key=lambda r: r["partition"])
 
 
+class RoundExchange:
+    """How the tasks of one job that trains several rounds average each round among themselves.
+
+    After a round each task writes the :class:`TreeSum` nodes it holds to
+    a folder that all of them share, then a marker that it is done, waits
+    for every task's marker, reads all the nodes and adds them up the same
+    tree as :func:`tree_average` does on the driver (:func:`_add_rows`,
+    :func:`_root_mean`): each task starts the next round from the same
+    mean, bit for bit the one the driver would have broadcast. A round
+    costs a write and a read of each task's nodes, not a Spark job (about
+    0.55 s on 2 cores).
+
+    The job is a barrier stage, so its tasks run at once and fail
+    together. They wait for each other's markers themselves, a few
+    milliseconds apart: ``BarrierTaskContext.barrier()`` checks its answer
+    once a second, and a small model's round is shorter than that.
+
+    The folder is one the driver made for the job on its own machine, so
+    only a local master's tasks share it (:func:`train`). Each task deletes
+    its files of a round once every task has read them. A barrier stage
+    that failed runs again as a whole; its tasks write the same nodes bit
+    for bit, so a node left by the failed attempt is as good as a new one.
+    ``attempt`` counts the task's runs in this job (Python's
+    ``TaskContext`` does not say which attempt of the stage runs).
+    """
+
+    #: Seconds between looks for the other tasks' markers.
+    POLL_SECONDS = 0.002
+
+    def __init__(self, folder: str, context, replicas: int):
+        self.folder, self.replicas = folder, replicas
+        self.task, self.tasks = context.partitionId(), len(context.getTaskInfos())
+        self._written: list[str] = []
+        self.attempt = 0
+        while True:  # the first free marker of this task's runs
+            try:
+                os.close(os.open(self._path(f"task-{self.task}-run-{self.attempt}"), os.O_CREAT | os.O_EXCL))
+                break
+            except FileExistsError:
+                self.attempt += 1
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.folder, name)
+
+    def mean(self, round_: int, nodes) -> tuple[list, list, list]:
+        """Every task's nodes of ``round_`` added: the averaged weights, optimizer state and replica metrics."""
+        written = []
+        for lo, size, part in nodes:
+            path = self._path(f"round-{round_}-{lo}-{size}.node")
+            with open(f"{path}.tmp", "wb") as out:
+                pickle.dump(part, out, protocol=5)
+            os.replace(f"{path}.tmp", path)  # whole, or not there for the others to read
+            written.append(path)
+        written.append(self._path(f"round-{round_}-task-{self.task}.done"))
+        os.close(os.open(written[-1], os.O_CREAT | os.O_WRONLY))
+        waiting = [self._path(f"round-{round_}-task-{task}.done") for task in range(self.tasks)]
+        while waiting:
+            waiting = [path for path in waiting if not os.path.exists(path)]
+            if waiting:
+                time.sleep(self.POLL_SECONDS)
+        for path in self._written:  # the last round's: every task read them before this round
+            os.unlink(path)
+        self._written = written
+        rows = []
+        for name in os.listdir(self.folder):
+            if name.startswith(f"round-{round_}-") and name.endswith(".node"):
+                _, _, lo, size = name[: -len(".node")].split("-")
+                with open(self._path(name), "rb") as node:
+                    rows.append({"lo": int(lo), "size": int(size), "part": node.read()})
+        return _root_mean(_add_rows(rows, self.replicas), self.replicas)
+
+
 # --------------------------------------------------------------------------- the driver's loop
 
 
@@ -1501,6 +1611,7 @@ def train(
     chunk_bytes: int | None = None,
     shards=None,
     decode=None,
+    rounds_per_job: int | None = None,
 ):
     """Train ``config.model`` data-parallel over ``config.partitions`` replicas.
 
@@ -1516,6 +1627,8 @@ def train(
         Resume from this state (a checkpoint) instead of fresh weights.
     on_round : callable, optional
         ``on_round(state, schedule)`` after each round, e.g. to checkpoint.
+        ``state.weights`` and ``state.optimizer`` are None after a round
+        whose state the driver does not hold (see ``rounds_per_job``).
     chunk_bytes : int, optional
         Pixel bytes per cached shard row (:func:`make_shards`); the model
         does not depend on it.
@@ -1527,6 +1640,12 @@ def train(
     decode : callable, optional
         How the images are decoded, for the shards and the BatchNorm sample
         (:func:`make_shards`), e.g. resizing them to ``config.input_shape``.
+    rounds_per_job : int, optional
+        On a local master one Spark job trains the rounds up to the next
+        one the driver scores (:func:`round_jobs`), and its tasks average
+        the rounds between among themselves (:class:`RoundExchange`); this
+        caps the rounds of a job (1: a job per round, as on a cluster). The
+        model is the same bit for bit.
 
     Returns
     -------
@@ -1571,6 +1690,7 @@ def train(
     warming = (
         WarmUp(spark, shards, config, schedule, shipped) if state is None or state.round < schedule.rounds else None
     )
+    exchange_root = None
     try:
         model, fresh = initial_state(config, architecture)
         state = state or fresh
@@ -1602,8 +1722,14 @@ def train(
         # from a task that adds its replicas, else each of its replicas.
         sent = config.partitions.bit_length() if in_task else math.ceil(config.partitions / tasks)
         on_driver = _local_master(spark) and tasks * sent * 2 * state_bytes <= GROUP_BYTES
-        for round_ in range(state.round, schedule.rounds):
-            round_started = time.perf_counter()
+        # A local master's tasks share the driver's machine: one job trains the rounds up to the next
+        # one the driver scores, and its tasks average the rounds between among themselves.
+        exchanging = _tasks_share_this_machine(spark) and (in_task or tasks == config.partitions)
+        jobs = round_jobs(schedule, state.round, rounds_per_job if exchanging else 1)
+        if any(first < last for first, last in jobs):  # the tasks' exchange folders, in one the run made
+            exchange_root = tempfile.mkdtemp(prefix="mnist_spark-rounds-")
+        for first, last in jobs:
+            job_started = time.perf_counter()
             overheads: dict = {}
             if warming is not None:  # the first round waits for what the warm-up has left to do
                 with _timed(overheads, "warm_up"):
@@ -1612,119 +1738,160 @@ def train(
                 logger.debug("warmed replicas (Python worker, seconds): %s", [(p, round(t, 2)) for p, t in warmed])
             with _timed(overheads, "broadcast"):
                 payload = ship(spark, pickle.dumps((state.weights, state.optimizer), protocol=5), "model state")
+            folder = os.path.join(exchange_root, f"rounds-{first + 1}-{last + 1}") if first < last else None
+            if folder is not None:
+                os.mkdir(folder)
 
-            def run_round(batches, payload=payload, round_=round_):
-                context = BarrierTaskContext.get() if config.barrier else TaskContext.get()
-                tree = TreeSum(config.partitions)
-                for shard, local in shard_files(batches, chunk_bytes):
-                    try:
-                        result = train_replica(
-                            shard,
-                            (local.images, local.labels, local.index),
-                            payload.value,
-                            round_,
-                            config,
-                            schedule,
-                            attempt=context.attemptNumber() if context else 0,
-                            architecture=shipped.value if shipped is not None else None,
-                        )
-                    finally:
+            def run_rounds(batches, payload=payload, first=first, last=last, folder=folder):
+                context = BarrierTaskContext.get() if config.barrier or folder else TaskContext.get()
+                exchange = RoundExchange(folder, context, config.partitions) if folder else None
+                attempt = exchange.attempt if exchange else context.attemptNumber() if context else 0
+                start = pickle.loads(payload.value)
+                kept: list = []  # the task's shard files, for the job's later rounds
+                earlier: dict = {}  # each replica's metrics of the job's rounds before the last
+                try:
+                    for round_ in range(first, last + 1):
+                        tree, nodes, began = TreeSum(config.partitions), [], time.time()
+                        for shard, local in shard_files(batches, chunk_bytes) if round_ == first else kept:
+                            if exchange is not None and round_ == first:
+                                kept.append((shard, local))
+                            try:
+                                result = train_replica(
+                                    shard,
+                                    (local.images, local.labels, local.index),
+                                    start,
+                                    round_,
+                                    config,
+                                    schedule,
+                                    attempt=attempt,
+                                    architecture=shipped.value if shipped is not None else None,
+                                )
+                            finally:
+                                if exchange is None:
+                                    local.close()
+                            if round_ < last:
+                                earlier.setdefault(shard, []).append(dict(_replica_metrics(result), began=began))
+                            else:
+                                result["earlier"] = earlier.pop(shard, [])
+                            done = tree.push(shard, 1, result) if in_task else [(shard, 1, result)]
+                            if round_ < last:
+                                nodes += done
+                            elif done:
+                                yield node_batch(done)
+                        rest = tree.finish() if in_task else []
+                        if exchange is not None and round_ < last:
+                            weights, optimizer, _ = exchange.mean(round_, nodes + rest)
+                            start, exchanged = (weights, optimizer), time.time()
+                            for records in earlier.values():
+                                records[-1]["exchanged"] = exchanged
+                        elif rest:
+                            yield node_batch(rest)
+                finally:
+                    for _, local in kept:
                         local.close()
-                    done = tree.push(shard, 1, result) if in_task else [(shard, 1, result)]
-                    if done:
-                        yield node_batch(done)
-                if in_task and (done := tree.finish()):
-                    yield node_batch(done)
 
             launched = time.time()
+            name = f"round {first + 1}" if first == last else f"rounds {first + 1}-{last + 1}"
             with (
-                phase(spark, f"training round {round_ + 1}/{schedule.rounds}"),
+                phase(spark, f"training {name}/{schedule.rounds}"),
                 _timed(overheads, "tasks"),
                 _session_conf(spark, _ONE_CHUNK_TO_PYTHON),
             ):
-                replicas = shards.mapInArrow(run_round, NODE_SCHEMA, barrier=config.barrier)
+                barrier = config.barrier or folder is not None
+                replicas = shards.mapInArrow(run_rounds, NODE_SCHEMA, barrier=barrier)
+                # Spark runs a failed barrier stage again only when a shuffle follows it: the averaging stage.
                 weights, optimizer, results = tree_average(
-                    replicas, config.partitions, state_bytes=state_bytes, on_driver=on_driver
+                    replicas, config.partitions, state_bytes=state_bytes, on_driver=on_driver and not barrier
                 )
                 jobs_done = time.time()
             payload.destroy()
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
             load_state(model, weights, optimizer)
-            scored = validation is not None and schedule.scores(round_)
-            if sample is not None and (scored or round_ + 1 == schedule.rounds):
+            scored = validation is not None and schedule.scores(last)
+            if sample is not None and (scored or last + 1 == schedule.rounds):
                 with _timed(overheads, "batchnorm"):
                     models.reestimate_batchnorm(model, sample)
                     weights = model.get_weights()
-            logger.debug(
-                "round %d replicas (partition, Python worker, seconds, finished since the round's start): %s",
-                round_ + 1,
-                [
-                    (r["partition"], r["pid"], round(r["seconds"], 2), round(r["finished"] - launched, 2))
-                    for r in results
-                ],
-            )
-            images = sum(r["count"] for r in results)
-            counts = [r["count"] for r in results]
-            record = {
-                "round": round_ + 1,
-                "epoch": round(schedule.epoch_of(round_ + 1), 4),
-                "steps": schedule.steps_in(round_),
-                "learning_rate": learning_rate_at(config, schedule, schedule.starts[round_]),
-                "loss": float(np.average([r["loss"] for r in results], weights=counts)),
-                "accuracy": float(np.average([r["accuracy"] for r in results], weights=counts)),
-                "images": images,
-                "devices": [r["device"] for r in results],
-                # Replicas whose Python worker had to build the model this round (not warmed up).
-                "cold_replicas": sum(r["cold"] for r in results),
-            }
             if scored:
                 with _timed(overheads, "validation"):
                     val_loss, val_accuracy = model.evaluate(
                         validation[0].astype(np.float32), validation[1], batch_size=512, verbose=0
                     )
-                record.update(val_loss=float(val_loss), val_accuracy=float(val_accuracy))
-            seconds = time.perf_counter() - round_started
-            fitting = sum(r["fit_seconds"] for r in results) / min(config.partitions, slots)
-            # The Spark jobs' time after the last replica finished is the averaging in the
-            # executors; the rest, beyond the replicas' fitting packed into the task slots, is
-            # task start: scheduling, worker start, the shard's local file, loading the state.
-            overheads["averaging"] = max(0.0, jobs_done - max(r["finished"] for r in results))
-            overheads["task_start"] = max(0.0, overheads.pop("tasks") - fitting - overheads["averaging"])
-            # Scoring the model each round is not training, and BatchNorm is re-estimated before
-            # the last round only for it: the training throughput leaves both out.
+            rounds = [[r["earlier"][n] for r in results] for n in range(last - first)] + [results]
+            # Scoring is not training, and BatchNorm is re-estimated before the run's last round only for it.
             scoring = overheads.get("validation", 0.0)
-            if round_ + 1 < schedule.rounds:
+            if last + 1 < schedule.rounds:
                 scoring += overheads.get("batchnorm", 0.0)
-            train_seconds = max(round(seconds - scoring, 3), 0.001)
-            record.update(
-                time=round(time.time(), 3),
-                seconds=round(seconds, 3),
-                train_seconds=train_seconds,
-                images_per_second=round(images / train_seconds, 1),  # the rate of the record's own numbers
-                fit_seconds=round(fitting, 3),
-                overhead_seconds={k: round(v, 3) for k, v in sorted(overheads.items())},
+            timing = _job_timing(
+                rounds,
+                (launched, jobs_done, time.perf_counter() - job_started),
+                overheads,
+                scoring,
+                min(config.partitions, slots),
             )
-            state = TrainState(round_ + 1, weights, optimizer, state.history + [record])
-            elapsed = time.perf_counter() - loop_started
-            eta = (
-                elapsed
-                / (schedule.starts[round_ + 1] - schedule.starts[first_round])
-                * (schedule.total_steps - schedule.starts[round_ + 1])
-            )
-            logger.info(
-                "round %d/%d (epoch %.2f/%d): loss %.4f, accuracy %.4f%s | %.0f img/s | elapsed %s, ETA %s",
-                round_ + 1,
-                schedule.rounds,
-                record["epoch"],
-                config.epochs,
-                record["loss"],
-                record["accuracy"],
-                f", val accuracy {record['val_accuracy']:.4f}" if scored else "",
-                record["images_per_second"],
-                _format_seconds(elapsed),
-                _format_seconds(eta),
-            )
-            if on_round is not None:
-                on_round(state, schedule)
+            for round_, results, times in zip(range(first, last + 1), rounds, timing, strict=True):
+                logger.debug(
+                    "round %d replicas (partition, Python worker, seconds, finished since the round's start): %s",
+                    round_ + 1,
+                    [
+                        (r["partition"], r["pid"], round(r["seconds"], 2), round(r["finished"] - times["began"], 2))
+                        for r in results
+                    ],
+                )
+                images = sum(r["count"] for r in results)
+                counts = [r["count"] for r in results]
+                record = {
+                    "round": round_ + 1,
+                    "epoch": round(schedule.epoch_of(round_ + 1), 4),
+                    "steps": schedule.steps_in(round_),
+                    "learning_rate": learning_rate_at(config, schedule, schedule.starts[round_]),
+                    "loss": float(np.average([r["loss"] for r in results], weights=counts)),
+                    "accuracy": float(np.average([r["accuracy"] for r in results], weights=counts)),
+                    "images": images,
+                    "devices": [r["device"] for r in results],
+                    # Replicas whose Python worker had to build the model this round (not warmed up).
+                    "cold_replicas": sum(r["cold"] for r in results),
+                }
+                if scored and round_ == last:
+                    record.update(val_loss=float(val_loss), val_accuracy=float(val_accuracy))
+                train_seconds = max(round(times["train_seconds"], 3), 0.001)
+                record.update(
+                    time=round(time.time(), 3),
+                    seconds=round(times["seconds"], 3),
+                    train_seconds=train_seconds,
+                    images_per_second=round(images / train_seconds, 1),  # the rate of the record's own numbers
+                    fit_seconds=round(times["fitting"], 3),
+                    overhead_seconds={k: round(v, 3) for k, v in sorted(times["overheads"].items())},
+                )
+                held = round_ == last  # the driver holds the state of a job's last round only
+                state = TrainState(
+                    round_ + 1,
+                    weights if held else None,
+                    optimizer if held else None,
+                    state.history + [record],
+                )
+                elapsed = time.perf_counter() - loop_started
+                eta = (
+                    elapsed
+                    / (schedule.starts[round_ + 1] - schedule.starts[first_round])
+                    * (schedule.total_steps - schedule.starts[round_ + 1])
+                )
+                logger.info(
+                    "round %d/%d (epoch %.2f/%d): loss %.4f, accuracy %.4f%s | %.0f img/s | elapsed %s, ETA %s",
+                    round_ + 1,
+                    schedule.rounds,
+                    record["epoch"],
+                    config.epochs,
+                    record["loss"],
+                    record["accuracy"],
+                    f", val accuracy {record['val_accuracy']:.4f}" if "val_accuracy" in record else "",
+                    record["images_per_second"],
+                    _format_seconds(elapsed),
+                    _format_seconds(eta),
+                )
+                if on_round is not None:
+                    on_round(state, schedule)
     finally:
         if warming is not None:  # the run stopped before its first round: let the warm-up end first
             warming.wait(raise_error=False)
@@ -1732,6 +1899,8 @@ def train(
             shards.unpersist()
         if shipped is not None:
             shipped.destroy()
+        if exchange_root is not None:
+            shutil.rmtree(exchange_root, ignore_errors=True)
     logger.info(
         "trained %d rounds in %.1f s (%.1f s preparing shards)",
         schedule.rounds - first_round,
@@ -1739,6 +1908,49 @@ def train(
         loop_started - started,
     )
     return model, state
+
+
+def _job_timing(rounds: list, times: tuple, overheads: dict, scoring: float, slots: int) -> list[dict]:
+    """Where a Spark job's time went, per round it trained.
+
+    ``rounds`` holds each round's replica metrics, ``times`` the job's launch
+    and end (``time.time()``) and all its seconds in the driver's loop,
+    ``overheads`` the driver's timed parts (warm-up, broadcast, validation,
+    BatchNorm) and ``scoring`` the seconds of them that were not training.
+
+    A round's window runs from the last round's exchange (the job's launch,
+    for its first) to its own (the job's end, for its last). The replicas'
+    fitting in it, packed into the task ``slots``, is the round's; the time
+    after its last replica finished is averaging, and the rest task start:
+    scheduling, worker start, the shard's local file, loading the state. A
+    job's costs beyond fitting and scoring are shared equally among its
+    rounds, as are its overheads; scoring belongs to the last.
+    """
+    launched, ended, seconds = times
+    ends = [max(r["exchanged"] for r in results) for results in rounds[:-1]] + [ended]
+    begins = [launched, *ends[:-1]]
+    fitting = [sum(r["fit_seconds"] for r in results) / slots for results in rounds]
+    averaging = [max(0.0, end - max(r["finished"] for r in results)) for end, results in zip(ends, rounds, strict=True)]
+    shared = {name: overheads[name] for name in ("warm_up", "broadcast") if name in overheads}
+    shared["averaging"] = sum(averaging)
+    shared["task_start"] = sum(
+        max(0.0, end - begin - fit - wait)
+        for begin, end, fit, wait in zip(begins, ends, fitting, averaging, strict=True)
+    )
+    count, rest = len(rounds), seconds - sum(fitting) - scoring
+    timing = [
+        {
+            "began": begins[n],
+            "fitting": fitting[n],
+            "train_seconds": fitting[n] + rest / count,
+            "seconds": fitting[n] + rest / count,
+            "overheads": {name: value / count for name, value in shared.items()},
+        }
+        for n in range(count)
+    ]
+    timing[-1]["seconds"] += scoring
+    timing[-1]["overheads"].update({name: overheads[name] for name in ("validation", "batchnorm") if name in overheads})
+    return timing
 
 
 def _round_lengths(schedule: Schedule) -> str:
@@ -1798,13 +2010,23 @@ def spread(rates: list) -> float | None:
 def checkpointer(folder: str, every: int, extra: dict, *, also: Callable | None = None) -> Callable:
     """An ``on_round(state, schedule, config)`` that saves a checkpoint every ``every`` rounds and after the last.
 
-    ``every=0`` saves none. ``also(record)`` gets the round's history record first.
+    A checkpoint needs the state the driver holds: where a Spark job trains
+    several rounds (:func:`round_jobs`), the one due in them is saved after
+    the job's last. ``every=0`` saves none. ``also(record)`` gets each
+    round's history record first.
     """
 
+    pending = 0  # rounds since the last whose state the driver held
+
     def on_round(state: TrainState, schedule, config: TrainConfig) -> None:
+        nonlocal pending
         if also is not None:
             also(state.history[-1])
-        if every and (state.round % every == 0 or state.round == schedule.rounds):
+        if state.weights is None:
+            pending += 1
+            return
+        passed, pending = range(state.round - pending, state.round + 1), 0
+        if every and (any(r % every == 0 for r in passed) or state.round == schedule.rounds):
             save_checkpoint(folder, state, config, extra=extra)
 
     return on_round

@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -321,12 +322,12 @@ def test_a_warmed_up_replica_trains_as_a_fresh_one():
     config = replace(CONFIG, augment={"rotate_probability": 1.0, "max_left_rotation": 20.0, "max_right_rotation": 20.0})
     schedule = training.plan_schedule(config, [96, 96])
     _, state = training.initial_state(config)
-    payload = pickle.dumps((state.weights, state.optimizer), protocol=5)
+    start = (state.weights, state.optimizer)
     evaluation._MODELS.clear()
-    fresh = training.train_replica(1, shard, payload, 1, config, schedule)
+    fresh = training.train_replica(1, shard, start, 1, config, schedule)
     evaluation._MODELS.clear()
     warmed = training.warm_replica(config, schedule)
-    after = training.train_replica(1, shard, payload, 1, config, schedule)
+    after = training.train_replica(1, shard, start, 1, config, schedule)
     assert fresh["cold"] == 1 and after["cold"] == 0 and warmed["pid"] == os.getpid()
     assert _same(fresh["weights"], after["weights"]) and _same(fresh["optimizer"], after["optimizer"])
 
@@ -431,6 +432,29 @@ def test_barrier_mode_gives_the_same_model(spark, train_df, trained):
     assert _same(trained.weights, barrier.weights)
     with pytest.raises(ValueError, match="barrier mode runs all 3 replicas at once"):
         training.train(spark, train_df, replace(CONFIG, barrier=True, partitions=3))
+
+
+def test_rounds_averaged_by_the_tasks_give_the_same_model_as_a_job_per_round(spark, train_df):
+    """4 replicas in 2 tasks, 1-step rounds of 4-step epochs: jobs of rounds (1), (2-4), (5-8)."""
+    config = replace(CONFIG, partitions=4, batch_size=16, steps_per_round=1)
+    held = []
+    _, jobs = training.train(spark, train_df, config, on_round=lambda state, _: held.append(state.weights is not None))
+    _, single = training.train(spark, train_df, config, rounds_per_job=1)
+    assert held == [True, False, False, True, False, False, False, True]
+    assert _same(jobs.weights, single.weights) and _same(jobs.optimizer, single.optimizer)
+    assert [h["loss"] for h in jobs.history] == [h["loss"] for h in single.history]
+    assert [h["images"] for h in jobs.history] == [4 * 16] * 8  # 4 replicas, a step of 16 images
+    assert not [name for name in os.listdir(tempfile.gettempdir()) if name.startswith("mnist_spark-rounds-")]
+
+
+def test_round_jobs_end_where_the_driver_scores():
+    config = replace(CONFIG, partitions=16, epochs=2, batch_size=64, first_round_steps=None)
+    schedule = training.plan_schedule(config, [3750] * 16)  # 59 steps an epoch: 32, then rounds of 9 or 10
+    jobs = training.round_jobs(schedule, 0)
+    assert jobs == [(0, 0), (1, 3), (4, 9)]
+    assert [schedule.scores(r) for r in range(schedule.rounds)] == [r in (0, 3, 9) for r in range(10)]
+    assert training.round_jobs(schedule, 2) == [(2, 3), (4, 9)]  # resumed after round 2
+    assert training.round_jobs(schedule, 0, rounds_per_job=4) == [(0, 0), (1, 3), (4, 7), (8, 9)]
 
 
 def test_on_the_fly_augmentation_is_deterministic_and_changes_training(spark, train_df, trained):
@@ -698,6 +722,9 @@ JOB = dict(
     limit=128,
     validation_size=0,
     checkpoint_every=1,
+    # 1-step rounds of 2-step epochs: Spark jobs of rounds (1), (2), (3-4), (5-6).
+    first_round_steps=1,
+    steps_per_round=1,
 )
 
 
@@ -750,11 +777,12 @@ def test_resume_auto_needs_an_output(capsys):
 
 @pytest.mark.slow
 def test_retried_task_gives_identical_weights(small_idx, whole_run, tmp_path):
-    """A task that fails once (local[2,2] allows one retry) redoes exactly the same work."""
+    """A task that fails once redoes exactly the same work: here in round 4 (0-based 3), the
+    second of a job whose tasks average its rounds, so the whole job (a barrier stage) runs again."""
     reference_out, reference = whole_run
     flags = [f"--{name.replace('_', '-')}={value}" for name, value in JOB.items()]
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_CONF_DIR=str(PROJECT / "conf"))
-    env[training.ENV_INJECT_FAILURE] = "1:1"
+    env[training.ENV_INJECT_FAILURE] = "1:3"
     submit = Path(sys.executable).parent / "spark-submit"
     result = subprocess.run(
         [
@@ -774,7 +802,7 @@ def test_retried_task_gives_identical_weights(small_idx, whole_run, tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "injected failure in partition 1, round 1" in result.stderr
+    assert "injected failure in partition 1, round 3" in result.stderr
     retried = json.loads((tmp_path / "retried" / "metrics.json").read_text())
     assert "inject_failure" not in retried["params"]
     assert [h["loss"] for h in retried["history"]] == [h["loss"] for h in reference["history"]]
