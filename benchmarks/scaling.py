@@ -9,7 +9,7 @@ on the same cores and data:
   every epoch;
 * ``spark``: ``spark-submit jobs/train_cnn.py --partitions N`` with the
   job's defaults and ``--validation-size 10000``, so the driver scores the
-  whole test split after every round.
+  whole test split after the first round, each epoch and the last.
 
 Times are wall-clock from the launch of each process, as a user sees the
 job: Python, TensorFlow and Spark start-up included. Reported per run: the

@@ -257,10 +257,17 @@ FLAGS: dict[str, Flag] = {
     ),
     "barrier": Flag({"action": "store_true", "help": "schedule all replicas of a round together (rdd.barrier())"}),
     "validation_size": Flag(
-        {"type": non_negative_int, "help": "test images the driver scores after each round (0: none)"}
+        {
+            "type": non_negative_int,
+            "help": "test images the driver scores after the first round, each epoch and the last (0: none)",
+        }
     ),
     "checkpoint_every": Flag(
-        {"type": non_negative_int, "help": "save the averaged model and optimizer every K rounds (0: never)"}
+        {
+            "type": non_negative_int,
+            "help": "save the averaged model and optimizer every K rounds, after the Spark job that "
+            "trains the K-th (0: never)",
+        }
     ),
     "resume": Flag(
         {

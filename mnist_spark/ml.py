@@ -856,11 +856,13 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
         Parameters
         ----------
         validation : (images, labels), optional
-            Scored by the driver after each round (the history's ``val_accuracy``).
+            Scored by the driver after the first round, each epoch and the last (the history's ``val_accuracy``).
         state : TrainState, optional
             A checkpoint to continue from.
         on_round : callable, optional
-            ``on_round(state, schedule, config)`` after each round, e.g. to save a checkpoint.
+            ``on_round(state, schedule, config)`` after each round, e.g. to save a checkpoint
+            (see :func:`mnist_spark.training.train`: the state's weights are None after a round
+            whose state only the tasks held).
         augment : dict, optional
             On-the-fly augmentation (:class:`mnist_spark.augment.AugmentParams` as a dict).
         """

@@ -19,6 +19,9 @@ How a run goes:
    variables, sample count and metrics. On a local master, replicas beyond
    the task slots share tasks (:func:`replica_tasks`), and a task adds its
    adjacent replicas before they leave it (:class:`TreeSum`).
+   On a local master one Spark job trains the rounds up to the next one
+   the driver scores (:func:`round_jobs`), and its tasks average the rounds
+   between among themselves (:class:`RoundExchange`).
 4. :func:`tree_average` averages the replicas in the executors, weighted by
    sample count, optimizer state included (so averaging does not reset Adam),
    along one fixed binary tree over the partitions; the driver receives the
@@ -1622,7 +1625,8 @@ def train(
         Columns ``index``, ``label``, ``image``.
     config : TrainConfig
     validation : (images, labels), optional
-        A small numpy validation set the driver scores after each round.
+        A small numpy validation set the driver scores after the rounds that
+        :meth:`Schedule.scores` names (the first, each epoch's last, the last).
     state : TrainState, optional
         Resume from this state (a checkpoint) instead of fresh weights.
     on_round : callable, optional
@@ -1715,6 +1719,7 @@ def train(
         )
         loop_started = time.perf_counter()
         first_round = state.round
+        assert state.weights is not None and state.optimizer is not None  # a checkpoint or round 0 holds them
         state_bytes = sum(np.asarray(a).nbytes for a in (*state.weights, *state.optimizer))
         in_task = tasks < config.partitions and adds_in_task(config.partitions, state_bytes)
         # On a local master (a task per slot, in the driver's machine) the driver adds what the
@@ -1738,7 +1743,9 @@ def train(
                 logger.debug("warmed replicas (Python worker, seconds): %s", [(p, round(t, 2)) for p, t in warmed])
             with _timed(overheads, "broadcast"):
                 payload = ship(spark, pickle.dumps((state.weights, state.optimizer), protocol=5), "model state")
-            folder = os.path.join(exchange_root, f"rounds-{first + 1}-{last + 1}") if first < last else None
+            folder = (
+                None if first == last or exchange_root is None else f"{exchange_root}/rounds-{first + 1}-{last + 1}"
+            )
             if folder is not None:
                 os.mkdir(folder)
 
@@ -1747,8 +1754,8 @@ def train(
                 exchange = RoundExchange(folder, context, config.partitions) if folder else None
                 attempt = exchange.attempt if exchange else context.attemptNumber() if context else 0
                 start = pickle.loads(payload.value)
-                kept: list = []  # the task's shard files, for the job's later rounds
-                earlier: dict = {}  # each replica's metrics of the job's rounds before the last
+                kept = []  # the task's shard files, for the job's later rounds
+                earlier = {}  # each replica's metrics of the job's rounds before the last
                 try:
                     for round_ in range(first, last + 1):
                         tree, nodes, began = TreeSum(config.partitions), [], time.time()
@@ -2083,6 +2090,8 @@ def save_checkpoint(folder: str, state: TrainState, config: TrainConfig, extra: 
     import io
     import json
 
+    if state.weights is None or state.optimizer is None:
+        raise ValueError(f"round {state.round}'s state stayed in the tasks (train's rounds_per_job); no checkpoint")
     path = storage.join(folder, f"round-{state.round:04d}.npz")
     arrays = {f"w{i}": w for i, w in enumerate(state.weights)}
     arrays.update({f"o{i}": o for i, o in enumerate(state.optimizer)})
