@@ -1428,75 +1428,76 @@ def tree_average(nodes, replicas: int, fan_in: int | None = None, state_bytes: i
     return weights, optimizer, sorted(metrics, key=lambda r: r["partition"])
 
 
+#: The most bytes of nodes that one job's tasks leave in their exchange folder (:class:`RoundExchange`).
+EXCHANGE_BYTES = 2 * 2**30
+
+
 class RoundExchange:
     """How the tasks of one job that trains several rounds average each round among themselves.
 
     After a round each task writes the :class:`TreeSum` nodes it holds to
-    a folder that all of them share, then a marker that it is done, waits
-    for every task's marker, reads all the nodes and adds them up the same
-    tree as :func:`tree_average` does on the driver (:func:`_add_rows`,
+    a folder that all of them share, waits until the round's nodes there
+    cover every partition, reads them and adds them up the same tree as
+    :func:`tree_average` does on the driver (:func:`_add_rows`,
     :func:`_root_mean`): each task starts the next round from the same
     mean, bit for bit the one the driver would have broadcast. A round
     costs a write and a read of each task's nodes, not a Spark job (about
     0.55 s on 2 cores).
 
     The job is a barrier stage, so its tasks run at once and fail
-    together. They wait for each other's markers themselves, a few
+    together. They wait for each other's nodes themselves, a few
     milliseconds apart: ``BarrierTaskContext.barrier()`` checks its answer
     once a second, and a small model's round is shorter than that.
 
     The folder is one the driver made for the job on its own machine, so
-    only a local master's tasks share it (:func:`train`). Each task deletes
-    its files of a round once every task has read them. A barrier stage
-    that failed runs again as a whole; its tasks write the same nodes bit
-    for bit, so a node left by the failed attempt is as good as a new one.
-    ``attempt`` counts the task's runs in this job (Python's
-    ``TaskContext`` does not say which attempt of the stage runs).
+    only a local master's tasks share it (:func:`train`), and the driver
+    deletes it after the job. Nothing in it is deleted before: when Spark
+    runs a failed job again, its tasks write the same nodes bit for bit, so
+    a node that the failed attempt left is as good as the new one, and a
+    task never waits for a node that another task deleted. ``attempt``
+    counts the task's runs in this job (Python's ``TaskContext`` does not
+    say which attempt of the stage runs).
     """
 
-    #: Seconds between looks for the other tasks' markers.
+    #: Seconds between looks for the other tasks' nodes.
     POLL_SECONDS = 0.002
 
     def __init__(self, folder: str, context, replicas: int):
         self.folder, self.replicas = folder, replicas
-        self.task, self.tasks = context.partitionId(), len(context.getTaskInfos())
-        self._written: list[str] = []
         self.attempt = 0
         while True:  # the first free marker of this task's runs
             try:
-                os.close(os.open(self._path(f"task-{self.task}-run-{self.attempt}"), os.O_CREAT | os.O_EXCL))
+                path = os.path.join(folder, f"task-{context.partitionId()}-run-{self.attempt}")
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL))
                 break
             except FileExistsError:
                 self.attempt += 1
 
-    def _path(self, name: str) -> str:
-        return os.path.join(self.folder, name)
+    def _nodes(self, round_: int) -> dict[tuple[int, int], str]:
+        """The round's nodes in the folder so far: ``{(lo, size): file name}``."""
+        prefix, nodes = f"round-{round_}-", {}
+        for name in os.listdir(self.folder):
+            if name.startswith(prefix) and name.endswith(".node"):
+                lo, size = name[len(prefix) : -len(".node")].split("-")
+                nodes[int(lo), int(size)] = name
+        return nodes
 
     def mean(self, round_: int, nodes) -> tuple[list, list, list]:
         """Every task's nodes of ``round_`` added: the averaged weights, optimizer state and replica metrics."""
-        written = []
         for lo, size, part in nodes:
-            path = self._path(f"round-{round_}-{lo}-{size}.node")
+            path = os.path.join(self.folder, f"round-{round_}-{lo}-{size}.node")
             with open(f"{path}.tmp", "wb") as out:
                 pickle.dump(part, out, protocol=5)
             os.replace(f"{path}.tmp", path)  # whole, or not there for the others to read
-            written.append(path)
-        written.append(self._path(f"round-{round_}-task-{self.task}.done"))
-        os.close(os.open(written[-1], os.O_CREAT | os.O_WRONLY))
-        waiting = [self._path(f"round-{round_}-task-{task}.done") for task in range(self.tasks)]
-        while waiting:
-            waiting = [path for path in waiting if not os.path.exists(path)]
-            if waiting:
-                time.sleep(self.POLL_SECONDS)
-        for path in self._written:  # the last round's: every task read them before this round
-            os.unlink(path)
-        self._written = written
+        while True:  # until the round's nodes cover every partition (the tasks' nodes never overlap)
+            found = self._nodes(round_)
+            if sum(min(size, self.replicas - lo) for lo, size in found) >= self.replicas:
+                break
+            time.sleep(self.POLL_SECONDS)
         rows = []
-        for name in os.listdir(self.folder):
-            if name.startswith(f"round-{round_}-") and name.endswith(".node"):
-                _, _, lo, size = name[: -len(".node")].split("-")
-                with open(self._path(name), "rb") as node:
-                    rows.append({"lo": int(lo), "size": int(size), "part": node.read()})
+        for (lo, size), name in sorted(found.items()):
+            with open(os.path.join(self.folder, name), "rb") as node:
+                rows.append({"lo": lo, "size": size, "part": node.read()})
         return _root_mean(_add_rows(rows, self.replicas), self.replicas)
 
 
@@ -1730,7 +1731,9 @@ def train(
         # A local master's tasks share the driver's machine: one job trains the rounds up to the next
         # one the driver scores, and its tasks average the rounds between among themselves.
         exchanging = _tasks_share_this_machine(spark) and (in_task or tasks == config.partitions)
-        jobs = round_jobs(schedule, state.round, rounds_per_job if exchanging else 1)
+        # A job's rounds stay in its exchange folder until it ends: at most EXCHANGE_BYTES of them.
+        fit = max(1, EXCHANGE_BYTES // (tasks * sent * 2 * state_bytes))
+        jobs = round_jobs(schedule, state.round, min(rounds_per_job or fit, fit) if exchanging else 1)
         if any(first < last for first, last in jobs):  # the tasks' exchange folders, in one the run made
             exchange_root = tempfile.mkdtemp(prefix="mnist_spark-rounds-")
         for first, last in jobs:

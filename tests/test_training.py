@@ -584,6 +584,69 @@ def test_tree_average_in_the_executors_equals_the_plain_mean(spark, fan_in):
         assert _same(weights, got) and [r["partition"] for r in listed] == [0, 1, 2, 3]
 
 
+class _Task:
+    """What RoundExchange asks of a BarrierTaskContext: the task's partition."""
+
+    def __init__(self, partition: int):
+        self.partition = partition
+
+    def partitionId(self):
+        return self.partition
+
+
+def test_tasks_average_a_round_among_themselves_as_the_driver_would(tmp_path):
+    """3 tasks of 5 replicas ({0, 1}, {2, 3}, {4}), in threads, each waiting for the others' nodes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    results, _ = _replica_rows(5)
+    weights, optimizer = training.average_replicas(results)
+    groups = [[0, 1], [2, 3], [4]]
+
+    def task(number):
+        exchange = training.RoundExchange(str(tmp_path), _Task(number), 5)
+        means = []
+        for round_ in range(2):
+            tree, nodes = training.TreeSum(5), []
+            for k in groups[number]:
+                nodes += tree.push(k, 1, results[k])
+            means.append(exchange.mean(round_, nodes + tree.finish()))
+        return exchange.attempt, means
+
+    with ThreadPoolExecutor(len(groups)) as pool:
+        ran = list(pool.map(task, range(len(groups))))
+    for attempt, means in ran:
+        assert attempt == 0
+        for got_w, got_o, metrics in means:
+            assert _same(got_w, weights) and _same(got_o, optimizer)
+            assert sorted(m["partition"] for m in metrics) == [0, 1, 2, 3, 4]
+    assert sorted(name for name in os.listdir(tmp_path) if name.startswith("round-1-")) == [
+        "round-1-0-2.node",
+        "round-1-2-2.node",
+        "round-1-4-4.node",
+    ]
+    # A task that runs again in the job (its stage failed) knows it, and finds the failed run's
+    # nodes as good as new: the same bits. Its own it writes again.
+    again = training.RoundExchange(str(tmp_path), _Task(1), 5)
+    assert again.attempt == 1
+    tree, nodes = training.TreeSum(5), []
+    for k in groups[1]:
+        nodes += tree.push(k, 1, results[k])
+    got_w, got_o, _ = again.mean(1, nodes + tree.finish())
+    assert _same(got_w, weights) and _same(got_o, optimizer)
+
+
+def test_a_jobs_time_is_shared_among_its_rounds():
+    """Two rounds of one job: each keeps its fitting; the job's start, averaging and broadcast are shared."""
+    replica = {"fit_seconds": 1.0, "finished": 0.0}
+    rounds = [[dict(replica, finished=11.0, exchanged=11.5)] * 2, [dict(replica, finished=13.0)] * 2]
+    timing = training._job_timing(rounds, (10.0, 14.0, 5.0), {"broadcast": 0.2, "validation": 0.6}, 0.6, 2)
+    assert [t["fitting"] for t in timing] == [1.0, 1.0]
+    assert sum(t["seconds"] for t in timing) == pytest.approx(5.0)
+    assert [t["train_seconds"] for t in timing] == pytest.approx([2.2, 2.2])  # (5.0 - 2.0 - 0.6) / 2 each
+    assert timing[0]["overheads"] == pytest.approx({"broadcast": 0.1, "averaging": 0.75, "task_start": 0.25})
+    assert timing[1]["overheads"] == pytest.approx({**timing[0]["overheads"], "validation": 0.6})
+
+
 def test_tasks_add_their_replicas_while_the_sums_fit():
     assert training.adds_in_task(16, 7 * 2**20) and not training.adds_in_task(16, 300 * 2**20)
 
