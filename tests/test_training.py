@@ -434,8 +434,9 @@ def test_barrier_mode_gives_the_same_model(spark, train_df, trained):
         training.train(spark, train_df, replace(CONFIG, barrier=True, partitions=3))
 
 
-def test_rounds_averaged_by_the_tasks_give_the_same_model_as_a_job_per_round(spark, train_df):
+def test_rounds_averaged_by_the_tasks_give_the_same_model_as_a_job_per_round(spark, train_df, tmp_path, monkeypatch):
     """4 replicas in 2 tasks, 1-step rounds of 4-step epochs: jobs of rounds (1), (2-4), (5-8)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this run's exchange folders, not other tests'
     config = replace(CONFIG, partitions=4, batch_size=16, steps_per_round=1)
     held = []
     _, jobs = training.train(spark, train_df, config, on_round=lambda state, _: held.append(state.weights is not None))
@@ -444,7 +445,7 @@ def test_rounds_averaged_by_the_tasks_give_the_same_model_as_a_job_per_round(spa
     assert _same(jobs.weights, single.weights) and _same(jobs.optimizer, single.optimizer)
     assert [h["loss"] for h in jobs.history] == [h["loss"] for h in single.history]
     assert [h["images"] for h in jobs.history] == [4 * 16] * 8  # 4 replicas, a step of 16 images
-    assert not [name for name in os.listdir(tempfile.gettempdir()) if name.startswith("mnist_spark-rounds-")]
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("mnist_spark-rounds-")]
 
 
 def test_round_jobs_end_where_the_driver_scores():
