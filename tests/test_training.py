@@ -315,6 +315,28 @@ def test_loading_a_replica_state_keeps_tensorflows_eager_seed():
     assert np.random.get_state()[1][0] == np.random.RandomState(7).get_state()[1][0]  # NumPy's is set
 
 
+def test_a_replica_state_loads_and_reads_back_bit_for_bit():
+    """The compiled transfer sets and reads the very bits Keras's own would, whichever state was staged last."""
+    model, state = training.initial_state(CONFIG)
+    other = (
+        [w + np.float32(0.5) for w in state.weights],
+        [np.full_like(o, 3) for o in state.optimizer],  # the step count, an integer, among them
+    )
+    transfer = training.state_transfer(model)
+    for weights, optimizer in (state.weights, state.optimizer), other, (state.weights, state.optimizer):
+        training.load_state(model, weights, optimizer)
+        read_weights, read_optimizer = transfer.read()
+        assert _same(read_weights, weights) and _same(read_optimizer, optimizer)
+        assert [a.dtype for a in read_optimizer] == [a.dtype for a in optimizer]
+        assert _same(model.get_weights(), weights) and _same(training.optimizer_variables(model), optimizer)
+    model.get_weights()[0][...] = 7  # the replica trains on: what was loaded again is the staged state
+    model.layers[0].set_weights([w + 1 for w in model.layers[0].get_weights()])
+    training.load_state(model, state.weights, state.optimizer)
+    assert _same(model.get_weights(), state.weights)
+    with pytest.raises(ValueError, match="does not fit a model"):
+        training.load_state(model, state.weights[:-1], state.optimizer)
+
+
 def test_a_warmed_up_replica_trains_as_a_fresh_one():
     """The warm-up trains a step on zeros; the round's state, loaded over it, leaves no trace of it."""
     rng = np.random.default_rng(3)
