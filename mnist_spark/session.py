@@ -702,6 +702,33 @@ def _named(spark, text: str):
 
 
 @contextlib.contextmanager
+def cancellable(spark, tag: str):
+    """Tag the Spark jobs that this thread starts in the block, so that :func:`cancel_jobs` stops them.
+
+    A job tag on classic Spark (``SparkContext.addJobTag``), an operation tag
+    on Spark Connect (``SparkSession.addTag``); either belongs to the thread.
+    """
+    if is_connect(spark):
+        spark.addTag(tag)
+        remove = spark.removeTag
+    else:
+        spark.sparkContext.addJobTag(tag)
+        remove = spark.sparkContext.removeJobTag
+    try:
+        yield
+    finally:
+        remove(tag)
+
+
+def cancel_jobs(spark, tag: str) -> None:
+    """Cancel the running Spark jobs tagged ``tag`` by :func:`cancellable`, from any thread."""
+    if is_connect(spark):
+        spark.interruptTag(tag)
+    else:
+        spark.sparkContext.cancelJobsWithTag(tag)
+
+
+@contextlib.contextmanager
 def _tagged(spark, tag: str):
     """Tag this thread's Spark Connect queries ``tag`` instead of the enclosing phase's tag, in the block."""
     previous = getattr(_connect_tag, "value", None)

@@ -19,9 +19,10 @@ How a run goes:
    variables, sample count and metrics. On a local master, replicas beyond
    the task slots share tasks (:func:`replica_tasks`), and a task adds its
    adjacent replicas before they leave it (:class:`TreeSum`).
-   On a local master one Spark job trains the rounds up to the next one
-   the driver scores (:func:`round_jobs`), and its tasks average the rounds
-   between among themselves (:class:`RoundExchange`).
+   On a local master one Spark job trains all the rounds (:func:`round_jobs`):
+   its tasks average each round among themselves (:class:`RoundExchange`),
+   and the driver reads each round's mean from them as it ends
+   (:class:`RoundFollower`), holding the tasks while it scores one.
 4. :func:`tree_average` averages the replicas in the executors, weighted by
    sample count, optimizer state included (so averaging does not reset Adam),
    along one fixed binary tree over the partitions; the driver receives the
@@ -43,6 +44,7 @@ tasks train which replicas.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -247,8 +249,8 @@ class TrainState:
     """The averaged model after ``round`` rounds: what a checkpoint holds."""
 
     round: int
-    weights: list | None  # None after a round whose state only the tasks held (train's rounds_per_job)
-    optimizer: list | None
+    weights: list
+    optimizer: list
     history: list = field(default_factory=list)
 
 
@@ -318,23 +320,18 @@ class Schedule:
 def round_jobs(schedule: Schedule, first: int, rounds_per_job: int | None = None) -> list[tuple[int, int]]:
     """The rounds each Spark job trains, from round ``first`` on: ``(first, last)``, both included.
 
-    A job trains up to and including the next round the driver scores
-    (:meth:`Schedule.scores`), whose state it needs, and at most
-    ``rounds_per_job`` rounds (all of them when None). Within a job the
-    tasks hand each other the rounds' sums themselves (:class:`RoundExchange`).
+    ``rounds_per_job`` rounds each (all of them in one job when None). Within
+    a job the tasks hand each other the rounds' sums themselves
+    (:class:`RoundExchange`), and the driver follows them
+    (:class:`RoundFollower`).
 
     >>> round_jobs(Schedule(10, (0, 4, 7, 10, 14, 17, 20, 23)), 0)
-    [(0, 0), (1, 2), (3, 5), (6, 6)]
+    [(0, 6)]
     >>> round_jobs(Schedule(10, (0, 4, 7, 10, 14, 17, 20, 23)), 2, rounds_per_job=2)
-    [(2, 2), (3, 4), (5, 5), (6, 6)]
+    [(2, 3), (4, 5), (6, 6)]
     """
-    jobs: list[tuple[int, int]] = []
-    start = first
-    for round_ in range(first, schedule.rounds):
-        if schedule.scores(round_) or round_ + 1 - start == (rounds_per_job or schedule.rounds):
-            jobs.append((start, round_))
-            start = round_ + 1
-    return jobs
+    size = rounds_per_job or schedule.rounds
+    return [(start, min(start + size, schedule.rounds) - 1) for start in range(first, schedule.rounds, size)]
 
 
 #: Peak learning rate against the averaged update's batch, in units of :data:`LR_REFERENCE_BATCH`.
@@ -1503,17 +1500,51 @@ def tree_average(nodes, replicas: int, fan_in: int | None = None, state_bytes: i
 EXCHANGE_BYTES = 2 * 2**30
 
 
+def _round_files(folder: str, round_: int, replicas: int) -> dict[tuple[int, int], str] | None:
+    """The files of ``round_``'s nodes in ``folder``, ``{(lo, size): path}``, once they cover every partition."""
+    prefix, found = f"round-{round_}-", {}
+    for name in os.listdir(folder):
+        if name.startswith(prefix) and name.endswith(".node"):
+            lo, size = name[len(prefix) : -len(".node")].split("-")
+            found[int(lo), int(size)] = os.path.join(folder, name)
+    # The tasks' nodes never overlap: they cover the replicas when their sizes add up.
+    return found if sum(min(size, replicas - lo) for lo, size in found) >= replicas else None
+
+
+def _read_round(files: dict[tuple[int, int], str], replicas: int) -> tuple[list, list, list]:
+    """A round's nodes read and added up the tree (:func:`_add_rows`, :func:`_root_mean`)."""
+    rows = []
+    for (lo, size), path in sorted(files.items()):
+        with open(path, "rb") as node:
+            rows.append({"lo": lo, "size": size, "part": node.read()})
+    return _root_mean(_add_rows(rows, replicas), replicas)
+
+
+def _write_whole(path: str, value) -> None:
+    """``value`` pickled to ``path`` whole, or not at all: written aside, then renamed."""
+    with open(f"{path}.tmp", "wb") as out:
+        pickle.dump(value, out, protocol=5)
+    os.replace(f"{path}.tmp", path)
+
+
+def _release_path(folder: str, round_: int) -> str:
+    return os.path.join(folder, f"release-{round_}.state")
+
+
 class RoundExchange:
     """How the tasks of one job that trains several rounds average each round among themselves.
 
     After a round each task writes the :class:`TreeSum` nodes it holds to
-    a folder that all of them share, waits until the round's nodes there
-    cover every partition, reads them and adds them up the same tree as
-    :func:`tree_average` does on the driver (:func:`_add_rows`,
-    :func:`_root_mean`): each task starts the next round from the same
-    mean, bit for bit the one the driver would have broadcast. A round
-    costs a write and a read of each task's nodes, not a Spark job (about
-    0.55 s on 2 cores).
+    a folder that all of them share (:meth:`publish`), waits until the
+    round's nodes there cover every partition, reads them and adds them up
+    the same tree as :func:`tree_average` does on the driver
+    (:meth:`mean`): each task starts the next round from the same mean, bit
+    for bit the one the driver would have broadcast. A round costs a write
+    and a read of each task's nodes, not a Spark job (about 0.55 s on 2
+    cores). The driver follows the same folder (:class:`RoundFollower`).
+    After a round the driver scores, the tasks wait instead for the state
+    that the driver releases (:meth:`released`): the mean, or the mean with
+    BatchNorm statistics re-estimated.
 
     The job is a barrier stage, so its tasks run at once and fail
     together. They wait for each other's nodes themselves, a few
@@ -1544,32 +1575,87 @@ class RoundExchange:
             except FileExistsError:
                 self.attempt += 1
 
-    def _nodes(self, round_: int) -> dict[tuple[int, int], str]:
-        """The round's nodes in the folder so far: ``{(lo, size): file name}``."""
-        prefix, nodes = f"round-{round_}-", {}
-        for name in os.listdir(self.folder):
-            if name.startswith(prefix) and name.endswith(".node"):
-                lo, size = name[len(prefix) : -len(".node")].split("-")
-                nodes[int(lo), int(size)] = name
-        return nodes
+    def publish(self, round_: int, nodes) -> None:
+        """This task's nodes of ``round_``, for the other tasks and the driver."""
+        for lo, size, part in nodes:
+            _write_whole(os.path.join(self.folder, f"round-{round_}-{lo}-{size}.node"), part)
 
     def mean(self, round_: int, nodes) -> tuple[list, list, list]:
         """Every task's nodes of ``round_`` added: the averaged weights, optimizer state and replica metrics."""
-        for lo, size, part in nodes:
-            path = os.path.join(self.folder, f"round-{round_}-{lo}-{size}.node")
-            with open(f"{path}.tmp", "wb") as out:
-                pickle.dump(part, out, protocol=5)
-            os.replace(f"{path}.tmp", path)  # whole, or not there for the others to read
-        while True:  # until the round's nodes cover every partition (the tasks' nodes never overlap)
-            found = self._nodes(round_)
-            if sum(min(size, self.replicas - lo) for lo, size in found) >= self.replicas:
-                break
+        self.publish(round_, nodes)
+        while (files := _round_files(self.folder, round_, self.replicas)) is None:
             time.sleep(self.POLL_SECONDS)
-        rows = []
-        for (lo, size), name in sorted(found.items()):
-            with open(os.path.join(self.folder, name), "rb") as node:
-                rows.append({"lo": lo, "size": size, "part": node.read()})
-        return _root_mean(_add_rows(rows, self.replicas), self.replicas)
+        return _read_round(files, self.replicas)
+
+    def released(self, round_: int, nodes) -> tuple[list, list]:
+        """This task's nodes of ``round_`` published; the state the driver releases after scoring it."""
+        self.publish(round_, nodes)
+        path = _release_path(self.folder, round_)
+        while not os.path.exists(path):
+            time.sleep(self.POLL_SECONDS)
+        with open(path, "rb") as state:
+            return pickle.load(state)
+
+
+class RoundFollower:
+    """The driver's side of a job's :class:`RoundExchange`: each round's mean as the tasks finish it.
+
+    :meth:`wait` returns a round once its nodes cover every partition, with
+    the time the last of them was written; :meth:`release` lets the tasks go
+    on after a round the driver scored, from the state it gives them. While
+    it waits it watches the Spark job (a future), and raises the job's error
+    if the job ends first.
+    """
+
+    #: Seconds between looks for the tasks' nodes.
+    POLL_SECONDS = 0.005
+
+    def __init__(self, folder: str, replicas: int):
+        self.folder, self.replicas = folder, replicas
+
+    def wait(self, round_: int, job) -> tuple[float, list, list, list]:
+        """``(written, weights, optimizer, replica metrics)`` of ``round_``, metrics sorted by partition."""
+        while True:
+            ended = job.done()
+            files = _round_files(self.folder, round_, self.replicas)
+            if files is not None:
+                break
+            if ended:
+                job.result()  # its error
+                raise RuntimeError(f"the Spark job ended before round {round_ + 1}'s nodes were all written")
+            time.sleep(self.POLL_SECONDS)
+        written = max(os.stat(path).st_mtime for path in files.values())
+        weights, optimizer, metrics = _read_round(files, self.replicas)
+        return written, weights, optimizer, sorted(metrics, key=lambda r: r["partition"])
+
+    def release(self, round_: int, weights: list, optimizer: list) -> float:
+        """Let the tasks train on after ``round_``, from ``(weights, optimizer)``; returns the time."""
+        _write_whole(_release_path(self.folder, round_), (weights, optimizer))
+        return time.time()
+
+
+def _round_nodes(partitions: int, tasks: int, in_task: bool) -> int:
+    """How many nodes a round's tasks send at most: each task's adjacent partitions in aligned blocks.
+
+    A task that adds its replicas (``in_task``) sends the largest aligned
+    blocks of :class:`TreeSum`'s tree that its partitions fill (the shards
+    of a task are adjacent: :func:`make_shards`), else each replica.
+
+    >>> _round_nodes(16, 2, True), _round_nodes(6, 4, True), _round_nodes(16, 2, False)
+    (2, 5, 16)
+    """
+    if not in_task:
+        return partitions
+    count = 0
+    for task in range(tasks):
+        members = [shard for shard in range(partitions) if shard * tasks // partitions == task]
+        lo, end = members[0], members[-1] + 1
+        while lo < end:
+            size = 1
+            while lo % (2 * size) == 0 and lo + 2 * size <= end:
+                size *= 2
+            count, lo = count + 1, lo + size
+    return count
 
 
 # --------------------------------------------------------------------------- the driver's loop
@@ -1703,8 +1789,6 @@ def train(
         Resume from this state (a checkpoint) instead of fresh weights.
     on_round : callable, optional
         ``on_round(state, schedule)`` after each round, e.g. to checkpoint.
-        ``state.weights`` and ``state.optimizer`` are None after a round
-        whose state the driver does not hold (see ``rounds_per_job``).
     chunk_bytes : int, optional
         Pixel bytes per cached shard row (:func:`make_shards`); the model
         does not depend on it.
@@ -1717,11 +1801,12 @@ def train(
         How the images are decoded, for the shards and the BatchNorm sample
         (:func:`make_shards`), e.g. resizing them to ``config.input_shape``.
     rounds_per_job : int, optional
-        On a local master one Spark job trains the rounds up to the next
-        one the driver scores (:func:`round_jobs`), and its tasks average
-        the rounds between among themselves (:class:`RoundExchange`); this
-        caps the rounds of a job (1: a job per round, as on a cluster). The
-        model is the same bit for bit.
+        On a local master one Spark job trains all the rounds
+        (:func:`round_jobs`): its tasks average each round among themselves
+        (:class:`RoundExchange`) and the driver follows them
+        (:class:`RoundFollower`), holding the tasks after the rounds it
+        scores. This caps the rounds of a job (1: a job per round, as on a
+        cluster). The model is the same bit for bit.
 
     Returns
     -------
@@ -1730,10 +1815,12 @@ def train(
         Its BatchNorm statistics are re-estimated on training images
         (``config.batchnorm_sample``).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from pyspark import BarrierTaskContext, TaskContext
 
     from mnist_spark.payloads import ship
-    from mnist_spark.session import phase, task_slots
+    from mnist_spark.session import cancel_jobs, cancellable, phase, task_slots
 
     architecture = storage.read_bytes(config.model_file) if config.model_file else None
     slots = task_slots(spark)
@@ -1791,7 +1878,6 @@ def train(
         )
         loop_started = time.perf_counter()
         first_round = state.round
-        assert state.weights is not None and state.optimizer is not None  # a checkpoint or round 0 holds them
         state_bytes = sum(np.asarray(a).nbytes for a in (*state.weights, *state.optimizer))
         in_task = tasks < config.partitions and adds_in_task(config.partitions, state_bytes)
         # On a local master (a task per slot, in the driver's machine) the driver adds what the
@@ -1799,40 +1885,119 @@ def train(
         # from a task that adds its replicas, else each of its replicas.
         sent = config.partitions.bit_length() if in_task else math.ceil(config.partitions / tasks)
         on_driver = _local_master(spark) and tasks * sent * 2 * state_bytes <= GROUP_BYTES
-        # A local master's tasks share the driver's machine: one job trains the rounds up to the next
-        # one the driver scores, and its tasks average the rounds between among themselves.
-        exchanging = _tasks_share_this_machine(spark) and (in_task or tasks == config.partitions)
-        # A job's rounds stay in its exchange folder until it ends: at most EXCHANGE_BYTES of them.
-        fit = max(1, EXCHANGE_BYTES // (tasks * sent * 2 * state_bytes))
+        # A local master's tasks share the driver's machine: one job trains the run's rounds, its tasks
+        # average each round among themselves and the driver follows them through a folder that keeps
+        # a job's rounds until it ends, at most EXCHANGE_BYTES of them.
+        exchanging = _tasks_share_this_machine(spark) and tasks <= slots and (in_task or tasks == config.partitions)
+        fit = max(1, EXCHANGE_BYTES // (_round_nodes(config.partitions, tasks, in_task) * 2 * state_bytes))
         jobs = round_jobs(schedule, state.round, min(rounds_per_job or fit, fit) if exchanging else 1)
-        if any(first < last for first, last in jobs):  # the tasks' exchange folders, in one the run made
+        if any(first < last for first, last in jobs):  # the jobs' exchange folders, in one the run made
             exchange_root = tempfile.mkdtemp(prefix="mnist_spark-rounds-")
+        slots_used = min(config.partitions, slots)
+
+        def scores(round_: int) -> bool:
+            return validation is not None and schedule.scores(round_)
+
+        def after_round(round_: int, weights: list, optimizer: list) -> tuple[list, tuple | None, dict]:
+            """The driver's work on a round's mean: BatchNorm re-estimated and validation, where due."""
+            done: dict = {}
+            load_state(model, weights, optimizer)
+            if sample is not None and (scores(round_) or round_ + 1 == schedule.rounds):
+                with _timed(done, "batchnorm"):
+                    models.reestimate_batchnorm(model, sample)
+                    weights = model.get_weights()
+            scored = None
+            if scores(round_):
+                with _timed(done, "validation"):
+                    scored = model.evaluate(validation[0].astype(np.float32), validation[1], batch_size=512, verbose=0)
+            return weights, scored, done
+
+        def record_round(round_: int, results: list, times: dict, weights, optimizer, scored) -> None:
+            """A round's history record, its log line and ``on_round``."""
+            nonlocal state
+            logger.debug(
+                "round %d replicas (partition, Python worker, seconds, finished since the round's start): %s",
+                round_ + 1,
+                [
+                    (r["partition"], r["pid"], round(r["seconds"], 2), round(r["finished"] - times["began"], 2))
+                    for r in results
+                ],
+            )
+            images = sum(r["count"] for r in results)
+            counts = [r["count"] for r in results]
+            record = {
+                "round": round_ + 1,
+                "epoch": round(schedule.epoch_of(round_ + 1), 4),
+                "steps": schedule.steps_in(round_),
+                "learning_rate": learning_rate_at(config, schedule, schedule.starts[round_]),
+                "loss": float(np.average([r["loss"] for r in results], weights=counts)),
+                "accuracy": float(np.average([r["accuracy"] for r in results], weights=counts)),
+                "images": images,
+                "devices": [r["device"] for r in results],
+                # Replicas whose Python worker had to build the model this round (not warmed up).
+                "cold_replicas": sum(r["cold"] for r in results),
+            }
+            if scored is not None:
+                record.update(val_loss=float(scored[0]), val_accuracy=float(scored[1]))
+            train_seconds = max(round(times["train_seconds"], 3), 0.001)
+            record.update(
+                time=round(time.time(), 3),
+                seconds=round(times["seconds"], 3),
+                train_seconds=train_seconds,
+                images_per_second=round(images / train_seconds, 1),  # the rate of the record's own numbers
+                fit_seconds=round(times["fitting"], 3),
+                overhead_seconds={k: round(v, 3) for k, v in sorted(times["overheads"].items())},
+            )
+            state = TrainState(round_ + 1, weights, optimizer, state.history + [record])
+            elapsed = time.perf_counter() - loop_started
+            eta = (
+                elapsed
+                / (schedule.starts[round_ + 1] - schedule.starts[first_round])
+                * (schedule.total_steps - schedule.starts[round_ + 1])
+            )
+            logger.info(
+                "round %d/%d (epoch %.2f/%d): loss %.4f, accuracy %.4f%s | %.0f img/s | elapsed %s, ETA %s",
+                round_ + 1,
+                schedule.rounds,
+                record["epoch"],
+                config.epochs,
+                record["loss"],
+                record["accuracy"],
+                f", val accuracy {record['val_accuracy']:.4f}" if "val_accuracy" in record else "",
+                record["images_per_second"],
+                _format_seconds(elapsed),
+                _format_seconds(eta),
+            )
+            if on_round is not None:
+                on_round(state, schedule)
+
         for first, last in jobs:
-            job_started = time.perf_counter()
-            overheads: dict = {}
+            began = time.time()  # the job's first round: from here, its warm-up and broadcast included
+            before: dict = {}
             if warming is not None:  # the first round waits for what the warm-up has left to do
-                with _timed(overheads, "warm_up"):
+                with _timed(before, "warm_up"):
                     warmed = warming.wait()
                 warming = None
                 logger.debug("warmed replicas (Python worker, seconds): %s", [(p, round(t, 2)) for p, t in warmed])
-            with _timed(overheads, "broadcast"):
+            with _timed(before, "broadcast"):
                 payload = ship(spark, pickle.dumps((state.weights, state.optimizer), protocol=5), "model state")
             folder = (
                 None if first == last or exchange_root is None else f"{exchange_root}/rounds-{first + 1}-{last + 1}"
             )
             if folder is not None:
                 os.mkdir(folder)
+            # After a round the driver scores, the tasks go on from the state it releases.
+            held = frozenset(r for r in range(first, last) if scores(r))
 
-            def run_rounds(batches, payload=payload, first=first, last=last, folder=folder):
+            def run_rounds(batches, payload=payload, first=first, last=last, folder=folder, held=held):
                 context = BarrierTaskContext.get() if config.barrier or folder else TaskContext.get()
                 exchange = RoundExchange(folder, context, config.partitions) if folder else None
                 attempt = exchange.attempt if exchange else context.attemptNumber() if context else 0
                 start = pickle.loads(payload.value)
                 kept = []  # the task's shard files, for the job's later rounds
-                earlier = {}  # each replica's metrics of the job's rounds before the last
                 try:
                     for round_ in range(first, last + 1):
-                        tree, nodes, began = TreeSum(config.partitions), [], time.time()
+                        tree, nodes = TreeSum(config.partitions), []
                         for shard, local in shard_files(batches, chunk_bytes) if round_ == first else kept:
                             if exchange is not None and round_ == first:
                                 kept.append((shard, local))
@@ -1850,10 +2015,6 @@ def train(
                             finally:
                                 if exchange is None:
                                     local.close()
-                            if round_ < last:
-                                earlier.setdefault(shard, []).append(dict(_replica_metrics(result), began=began))
-                            else:
-                                result["earlier"] = earlier.pop(shard, [])
                             done = tree.push(shard, 1, result) if in_task else [(shard, 1, result)]
                             if round_ < last:
                                 nodes += done
@@ -1861,118 +2022,61 @@ def train(
                                 yield node_batch(done)
                         rest = tree.finish() if in_task else []
                         if exchange is not None and round_ < last:
-                            weights, optimizer, _ = exchange.mean(round_, nodes + rest)
-                            start, exchanged = (weights, optimizer), time.time()
-                            for records in earlier.values():
-                                records[-1]["exchanged"] = exchanged
+                            if round_ in held:
+                                start = exchange.released(round_, nodes + rest)
+                            else:
+                                weights, optimizer, _ = exchange.mean(round_, nodes + rest)
+                                start = (weights, optimizer)
                         elif rest:
                             yield node_batch(rest)
                 finally:
                     for _, local in kept:
                         local.close()
 
-            launched = time.time()
             name = f"round {first + 1}" if first == last else f"rounds {first + 1}-{last + 1}"
+            tag = f"mnist_spark-{os.getpid()}-{time.time_ns()}"
+            barrier = config.barrier or folder is not None
+
+            def run_job(name=name, tag=tag, barrier=barrier, run_rounds=run_rounds):
+                with cancellable(spark, tag), phase(spark, f"training {name}/{schedule.rounds}"):
+                    replicas = shards.mapInArrow(run_rounds, NODE_SCHEMA, barrier=barrier)
+                    # Spark runs a failed barrier stage again only when a shuffle follows it: the averaging stage.
+                    averaged = tree_average(
+                        replicas, config.partitions, state_bytes=state_bytes, on_driver=on_driver and not barrier
+                    )
+                return averaged, time.time()
+
             with (
-                phase(spark, f"training {name}/{schedule.rounds}"),
-                _timed(overheads, "tasks"),
                 _session_conf(spark, _ONE_CHUNK_TO_PYTHON),
+                ThreadPoolExecutor(1, thread_name_prefix="round-job") as pool,
             ):
-                barrier = config.barrier or folder is not None
-                replicas = shards.mapInArrow(run_rounds, NODE_SCHEMA, barrier=barrier)
-                # Spark runs a failed barrier stage again only when a shuffle follows it: the averaging stage.
-                weights, optimizer, results = tree_average(
-                    replicas, config.partitions, state_bytes=state_bytes, on_driver=on_driver and not barrier
-                )
-                jobs_done = time.time()
+                job = pool.submit(run_job)
+                try:
+                    follower = RoundFollower(folder, config.partitions) if folder is not None else None
+                    for round_ in range(first, last):
+                        assert follower is not None  # a job of several rounds has its folder
+                        written, weights, optimizer, results = follower.wait(round_, job)
+                        weights, scored, done = after_round(round_, weights, optimizer)
+                        # Scoring is not training, nor is BatchNorm re-estimated before the run's last round.
+                        times = _round_timing(results, (began, written), before, done, {}, slots_used)
+                        began = follower.release(round_, weights, optimizer) if round_ in held else written
+                        before = {}
+                        record_round(round_, results, times, weights, optimizer, scored)
+                    (weights, optimizer, results), ended = job.result()
+                except BaseException:
+                    if not job.done():  # the run stops: so does its job, and the pool's thread with it
+                        with contextlib.suppress(Exception):
+                            cancel_jobs(spark, tag)
+                    raise
             payload.destroy()
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
-            load_state(model, weights, optimizer)
-            scored = validation is not None and schedule.scores(last)
-            if sample is not None and (scored or last + 1 == schedule.rounds):
-                with _timed(overheads, "batchnorm"):
-                    models.reestimate_batchnorm(model, sample)
-                    weights = model.get_weights()
-            if scored:
-                with _timed(overheads, "validation"):
-                    val_loss, val_accuracy = model.evaluate(
-                        validation[0].astype(np.float32), validation[1], batch_size=512, verbose=0
-                    )
-            rounds = [[r["earlier"][n] for r in results] for n in range(last - first)] + [results]
-            # Scoring is not training, and BatchNorm is re-estimated before the run's last round only for it.
-            scoring = overheads.get("validation", 0.0)
-            if last + 1 < schedule.rounds:
-                scoring += overheads.get("batchnorm", 0.0)
-            timing = _job_timing(
-                rounds,
-                (launched, jobs_done, time.perf_counter() - job_started),
-                overheads,
-                scoring,
-                min(config.partitions, slots),
-            )
-            for round_, results, times in zip(range(first, last + 1), rounds, timing, strict=True):
-                logger.debug(
-                    "round %d replicas (partition, Python worker, seconds, finished since the round's start): %s",
-                    round_ + 1,
-                    [
-                        (r["partition"], r["pid"], round(r["seconds"], 2), round(r["finished"] - times["began"], 2))
-                        for r in results
-                    ],
-                )
-                images = sum(r["count"] for r in results)
-                counts = [r["count"] for r in results]
-                record = {
-                    "round": round_ + 1,
-                    "epoch": round(schedule.epoch_of(round_ + 1), 4),
-                    "steps": schedule.steps_in(round_),
-                    "learning_rate": learning_rate_at(config, schedule, schedule.starts[round_]),
-                    "loss": float(np.average([r["loss"] for r in results], weights=counts)),
-                    "accuracy": float(np.average([r["accuracy"] for r in results], weights=counts)),
-                    "images": images,
-                    "devices": [r["device"] for r in results],
-                    # Replicas whose Python worker had to build the model this round (not warmed up).
-                    "cold_replicas": sum(r["cold"] for r in results),
-                }
-                if scored and round_ == last:
-                    record.update(val_loss=float(val_loss), val_accuracy=float(val_accuracy))
-                train_seconds = max(round(times["train_seconds"], 3), 0.001)
-                record.update(
-                    time=round(time.time(), 3),
-                    seconds=round(times["seconds"], 3),
-                    train_seconds=train_seconds,
-                    images_per_second=round(images / train_seconds, 1),  # the rate of the record's own numbers
-                    fit_seconds=round(times["fitting"], 3),
-                    overhead_seconds={k: round(v, 3) for k, v in sorted(times["overheads"].items())},
-                )
-                held = round_ == last  # the driver holds the state of a job's last round only
-                state = TrainState(
-                    round_ + 1,
-                    weights if held else None,
-                    optimizer if held else None,
-                    state.history + [record],
-                )
-                elapsed = time.perf_counter() - loop_started
-                eta = (
-                    elapsed
-                    / (schedule.starts[round_ + 1] - schedule.starts[first_round])
-                    * (schedule.total_steps - schedule.starts[round_ + 1])
-                )
-                logger.info(
-                    "round %d/%d (epoch %.2f/%d): loss %.4f, accuracy %.4f%s | %.0f img/s | elapsed %s, ETA %s",
-                    round_ + 1,
-                    schedule.rounds,
-                    record["epoch"],
-                    config.epochs,
-                    record["loss"],
-                    record["accuracy"],
-                    f", val accuracy {record['val_accuracy']:.4f}" if "val_accuracy" in record else "",
-                    record["images_per_second"],
-                    _format_seconds(elapsed),
-                    _format_seconds(eta),
-                )
-                if on_round is not None:
-                    on_round(state, schedule)
+            weights, scored, done = after_round(last, weights, optimizer)
+            # BatchNorm's re-estimation after the run's last round makes the model: training.
+            trained = {k: v for k, v in done.items() if k == "batchnorm" and last + 1 == schedule.rounds}
+            scoring = {k: v for k, v in done.items() if k not in trained}
+            times = _round_timing(results, (began, ended), before, scoring, trained, slots_used)
+            record_round(last, results, times, weights, optimizer, scored)
     finally:
         if warming is not None:  # the run stopped before its first round: let the warm-up end first
             warming.wait(raise_error=False)
@@ -1991,47 +2095,40 @@ def train(
     return model, state
 
 
-def _job_timing(rounds: list, times: tuple, overheads: dict, scoring: float, slots: int) -> list[dict]:
-    """Where a Spark job's time went, per round it trained.
+def _round_timing(results: list, window: tuple, before: dict, scoring: dict, trained: dict, slots: int) -> dict:
+    """Where a round's time went.
 
-    ``rounds`` holds each round's replica metrics, ``times`` the job's launch
-    and end (``time.time()``) and all its seconds in the driver's loop,
-    ``overheads`` the driver's timed parts (warm-up, broadcast, validation,
-    BatchNorm) and ``scoring`` the seconds of them that were not training.
-
-    A round's window runs from the last round's exchange (the job's launch,
-    for its first) to its own (the job's end, for its last). The replicas'
-    fitting in it, packed into the task ``slots``, is the round's; the time
-    after its last replica finished is averaging, and the rest task start:
-    scheduling, worker start, the shard's local file, loading the state. A
-    job's costs beyond fitting and scoring are shared equally among its
-    rounds, as are its overheads; scoring belongs to the last.
+    ``window`` is the round's ``(began, ended)`` (``time.time()``): from the
+    end of the round before (the job's start, for a job's first) to when
+    its last node was written (the job's end, for a job's last). The
+    replicas' fitting (``results``), packed into the task ``slots``, is the
+    round's; the time after its last replica finished is averaging; the
+    driver's parts before the tasks started (``before``: warm-up,
+    broadcast) are named; the rest is task start: scheduling, the shards'
+    local files, loading the state. ``scoring`` (validation, BatchNorm
+    re-estimation) and ``trained`` (the final BatchNorm re-estimation) are
+    the driver's after the window; the first is not training time.
     """
-    launched, ended, seconds = times
-    ends = [max(r["exchanged"] for r in results) for results in rounds[:-1]] + [ended]
-    begins = [launched, *ends[:-1]]
-    fitting = [sum(r["fit_seconds"] for r in results) / slots for results in rounds]
-    averaging = [max(0.0, end - max(r["finished"] for r in results)) for end, results in zip(ends, rounds, strict=True)]
-    shared = {name: overheads[name] for name in ("warm_up", "broadcast") if name in overheads}
-    shared["averaging"] = sum(averaging)
-    shared["task_start"] = sum(
-        max(0.0, end - begin - fit - wait)
-        for begin, end, fit, wait in zip(begins, ends, fitting, averaging, strict=True)
-    )
-    count, rest = len(rounds), seconds - sum(fitting) - scoring
-    timing = [
-        {
-            "began": begins[n],
-            "fitting": fitting[n],
-            "train_seconds": fitting[n] + rest / count,
-            "seconds": fitting[n] + rest / count,
-            "overheads": {name: value / count for name, value in shared.items()},
-        }
-        for n in range(count)
-    ]
-    timing[-1]["seconds"] += scoring
-    timing[-1]["overheads"].update({name: overheads[name] for name in ("validation", "batchnorm") if name in overheads})
-    return timing
+    began, ended = window
+    fitting = sum(r["fit_seconds"] for r in results) / slots
+    averaging = max(0.0, ended - max(r["finished"] for r in results))
+    task_start = max(0.0, ended - began - fitting - averaging - sum(before.values()))
+    train_seconds = ended - began + sum(trained.values())
+    return {
+        "began": began,
+        "fitting": fitting,
+        "train_seconds": train_seconds,
+        "seconds": train_seconds + sum(scoring.values()),
+        # A round after a job's first broadcast nothing: the tasks hand each other its state.
+        "overheads": {
+            "broadcast": 0.0,
+            **before,
+            "averaging": averaging,
+            "task_start": task_start,
+            **scoring,
+            **trained,
+        },
+    }
 
 
 def _round_lengths(schedule: Schedule) -> str:
@@ -2091,23 +2188,13 @@ def spread(rates: list) -> float | None:
 def checkpointer(folder: str, every: int, extra: dict, *, also: Callable | None = None) -> Callable:
     """An ``on_round(state, schedule, config)`` that saves a checkpoint every ``every`` rounds and after the last.
 
-    A checkpoint needs the state the driver holds: where a Spark job trains
-    several rounds (:func:`round_jobs`), the one due in them is saved after
-    the job's last. ``every=0`` saves none. ``also(record)`` gets each
-    round's history record first.
+    ``every=0`` saves none. ``also(record)`` gets each round's history record first.
     """
 
-    pending = 0  # rounds since the last whose state the driver held
-
     def on_round(state: TrainState, schedule, config: TrainConfig) -> None:
-        nonlocal pending
         if also is not None:
             also(state.history[-1])
-        if state.weights is None:
-            pending += 1
-            return
-        passed, pending = range(state.round - pending, state.round + 1), 0
-        if every and (any(r % every == 0 for r in passed) or state.round == schedule.rounds):
+        if every and (state.round % every == 0 or state.round == schedule.rounds):
             save_checkpoint(folder, state, config, extra=extra)
 
     return on_round
@@ -2164,8 +2251,6 @@ def save_checkpoint(folder: str, state: TrainState, config: TrainConfig, extra: 
     import io
     import json
 
-    if state.weights is None or state.optimizer is None:
-        raise ValueError(f"round {state.round}'s state stayed in the tasks (train's rounds_per_job); no checkpoint")
     path = storage.join(folder, f"round-{state.round:04d}.npz")
     arrays = {f"w{i}": w for i, w in enumerate(state.weights)}
     arrays.update({f"o{i}": o for i, o in enumerate(state.optimizer)})

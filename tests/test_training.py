@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from conftest import PROJECT, load_job, write_idx_dataset
-from mnist_spark import datasets, evaluation, idx, ingest, ml, models, training
+from mnist_spark import datasets, evaluation, idx, ingest, ml, models, session, training
 
 train_job = load_job("train_cnn")
 
@@ -456,28 +457,54 @@ def test_barrier_mode_gives_the_same_model(spark, train_df, trained):
         training.train(spark, train_df, replace(CONFIG, barrier=True, partitions=3))
 
 
-def test_rounds_averaged_by_the_tasks_give_the_same_model_as_a_job_per_round(spark, train_df, tmp_path, monkeypatch):
-    """4 replicas in 2 tasks, 1-step rounds of 4-step epochs: jobs of rounds (1), (2-4), (5-8)."""
+@pytest.mark.parametrize("model", ["simple_cnn", "bn_cnn"])
+def test_one_job_of_rounds_gives_the_same_model_as_a_job_per_round(spark, train_df, tmp_path, monkeypatch, model):
+    """4 replicas in 2 tasks, 1-step rounds of 4-step epochs, validation after rounds 1, 4 and 8.
+
+    One job trains the 8 rounds; the driver follows them, and holds the tasks
+    after the rounds it scores (``bn_cnn``: with its BatchNorm statistics
+    re-estimated, which the next round starts from).
+    """
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this run's exchange folders, not other tests'
-    config = replace(CONFIG, partitions=4, batch_size=16, steps_per_round=1)
-    held = []
-    _, jobs = training.train(spark, train_df, config, on_round=lambda state, _: held.append(state.weights is not None))
-    _, single = training.train(spark, train_df, config, rounds_per_job=1)
-    assert held == [True, False, False, True, False, False, False, True]
-    assert _same(jobs.weights, single.weights) and _same(jobs.optimizer, single.optimizer)
-    assert [h["loss"] for h in jobs.history] == [h["loss"] for h in single.history]
-    assert [h["images"] for h in jobs.history] == [4 * 16] * 8  # 4 replicas, a step of 16 images
+    config = replace(CONFIG, model=model, partitions=4, batch_size=16, steps_per_round=1, batchnorm_sample=64)
+    rng = np.random.default_rng(5)
+    validation = (rng.integers(0, 255, (40, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 40).astype(np.int32))
+    seen = []
+
+    def on_round(state, _):
+        seen.append((state.round, state.history[-1].get("val_accuracy"), [w.copy() for w in state.weights]))
+
+    phases, named = [], session.phase
+
+    def phase(spark, name):
+        phases.append(name)
+        return named(spark, name)
+
+    monkeypatch.setattr(session, "phase", phase)
+    _, whole = training.train(spark, train_df, config, validation=validation, on_round=on_round)
+    assert [name for name in phases if name.startswith("training")] == ["training rounds 1-8/8"]  # one Spark job
+    monkeypatch.setattr(session, "phase", named)
+    _, single = training.train(spark, train_df, config, validation=validation, rounds_per_job=1)
+    assert _same(whole.weights, single.weights) and _same(whole.optimizer, single.optimizer)
+    assert [h["loss"] for h in whole.history] == [h["loss"] for h in single.history]
+    assert [h.get("val_accuracy") for h in whole.history] == [h.get("val_accuracy") for h in single.history]
+    assert [round_ for round_, val, _ in seen if val is not None] == [1, 4, 8]
+    assert [h["images"] for h in whole.history] == [4 * 16] * 8  # 4 replicas, a step of 16 images
+    # The driver held every round's state as the round ended, as a job per round gives it.
+    assert _same(seen[-1][2], single.weights)
+    _, through_3 = training.train(spark, train_df, replace(config, epochs=1), validation=validation, rounds_per_job=1)
+    assert _same(seen[3][2], through_3.weights)  # round 4, the end of the first epoch
+    assert all(h["train_seconds"] <= h["seconds"] for h in whole.history)
     assert not [name for name in os.listdir(tmp_path) if name.startswith("mnist_spark-rounds-")]
 
 
-def test_round_jobs_end_where_the_driver_scores():
+def test_round_jobs_split_a_run_only_at_their_cap():
     config = replace(CONFIG, partitions=16, epochs=2, batch_size=64, first_round_steps=None)
     schedule = training.plan_schedule(config, [3750] * 16)  # 59 steps an epoch: 32, then rounds of 9 or 10
-    jobs = training.round_jobs(schedule, 0)
-    assert jobs == [(0, 0), (1, 3), (4, 9)]
-    assert [schedule.scores(r) for r in range(schedule.rounds)] == [r in (0, 3, 9) for r in range(10)]
-    assert training.round_jobs(schedule, 2) == [(2, 3), (4, 9)]  # resumed after round 2
-    assert training.round_jobs(schedule, 0, rounds_per_job=4) == [(0, 0), (1, 3), (4, 7), (8, 9)]
+    assert training.round_jobs(schedule, 0) == [(0, 9)]
+    assert training.round_jobs(schedule, 2) == [(2, 9)]  # resumed after round 2
+    assert training.round_jobs(schedule, 0, rounds_per_job=4) == [(0, 3), (4, 7), (8, 9)]
+    assert training.round_jobs(schedule, 0, rounds_per_job=1) == [(r, r) for r in range(10)]
 
 
 def test_on_the_fly_augmentation_is_deterministic_and_changes_training(spark, train_df, trained):
@@ -658,16 +685,49 @@ def test_tasks_average_a_round_among_themselves_as_the_driver_would(tmp_path):
     assert _same(got_w, weights) and _same(got_o, optimizer)
 
 
-def test_a_jobs_time_is_shared_among_its_rounds():
-    """Two rounds of one job: each keeps its fitting; the job's start, averaging and broadcast are shared."""
-    replica = {"fit_seconds": 1.0, "finished": 0.0}
-    rounds = [[dict(replica, finished=11.0, exchanged=11.5)] * 2, [dict(replica, finished=13.0)] * 2]
-    timing = training._job_timing(rounds, (10.0, 14.0, 5.0), {"broadcast": 0.2, "validation": 0.6}, 0.6, 2)
-    assert [t["fitting"] for t in timing] == [1.0, 1.0]
-    assert sum(t["seconds"] for t in timing) == pytest.approx(5.0)
-    assert [t["train_seconds"] for t in timing] == pytest.approx([2.2, 2.2])  # (5.0 - 2.0 - 0.6) / 2 each
-    assert timing[0]["overheads"] == pytest.approx({"broadcast": 0.1, "averaging": 0.75, "task_start": 0.25})
-    assert timing[1]["overheads"] == pytest.approx({**timing[0]["overheads"], "validation": 0.6})
+def test_the_driver_follows_the_tasks_rounds_and_holds_them_where_it_scores(tmp_path):
+    """2 tasks of 4 replicas in threads; the driver reads round 0's mean and releases a state of its own."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    results, _ = _replica_rows(4)
+    weights, optimizer = training.average_replicas(results)
+    groups = [[0, 1], [2, 3]]
+
+    def task(number):
+        exchange = training.RoundExchange(str(tmp_path), _Task(number), 4)
+        tree, nodes = training.TreeSum(4), []
+        for k in groups[number]:
+            nodes += tree.push(k, 1, results[k])
+        return exchange.released(0, nodes + tree.finish())
+
+    running = Future()  # the Spark job, still running
+    follower = training.RoundFollower(str(tmp_path), 4)
+    with ThreadPoolExecutor(len(groups)) as pool:
+        tasks = [pool.submit(task, number) for number in range(len(groups))]
+        written, got_w, got_o, metrics = follower.wait(0, running)
+        assert _same(got_w, weights) and _same(got_o, optimizer)
+        assert [m["partition"] for m in metrics] == [0, 1, 2, 3]
+        assert written <= time.time() and not any(t.done() for t in tasks)  # held until released
+        changed = [w + 1 for w in got_w]
+        follower.release(0, changed, got_o)
+        for released in (t.result(timeout=60) for t in tasks):
+            assert _same(released[0], changed) and _same(released[1], got_o)
+    failed = Future()
+    failed.set_exception(RuntimeError("a task failed 4 times"))
+    with pytest.raises(RuntimeError, match="a task failed 4 times"):
+        follower.wait(1, failed)  # no task wrote round 1: the job's error, not a wait without end
+
+
+def test_a_rounds_time_is_its_window_with_scoring_apart():
+    replica = {"fit_seconds": 1.0, "finished": 12.5}
+    times = training._round_timing([replica] * 2, (10.0, 13.0), {"warm_up": 0.3}, {"validation": 0.6}, {}, 2)
+    assert times["fitting"] == 1.0 and times["began"] == 10.0
+    assert times["train_seconds"] == pytest.approx(3.0) and times["seconds"] == pytest.approx(3.6)
+    assert times["overheads"] == pytest.approx(
+        {"broadcast": 0.0, "warm_up": 0.3, "averaging": 0.5, "task_start": 1.2, "validation": 0.6}  # 3 - 1 - 0.5 - 0.3
+    )
+    last = training._round_timing([replica] * 2, (10.0, 13.0), {}, {}, {"batchnorm": 0.4}, 2)
+    assert last["train_seconds"] == pytest.approx(3.4) == last["seconds"]  # the final model's BatchNorm: training
 
 
 def test_tasks_add_their_replicas_while_the_sums_fit():
