@@ -898,7 +898,7 @@ class StateTransfer:
     values are the same bits either way.
     """
 
-    def __init__(self, model):
+    def __init__(self, model) -> None:
         import tensorflow as tf
 
         if not model.optimizer.built:
@@ -1915,6 +1915,7 @@ def train(
         def record_round(round_: int, results: list, times: dict, weights, optimizer, scored) -> None:
             """A round's history record, its log line and ``on_round``."""
             nonlocal state
+            assert state is not None  # the run's state from round 0 or a checkpoint on
             logger.debug(
                 "round %d replicas (partition, Python worker, seconds, finished since the round's start): %s",
                 round_ + 1,
@@ -2016,19 +2017,21 @@ def train(
                                 if exchange is None:
                                     local.close()
                             done = tree.push(shard, 1, result) if in_task else [(shard, 1, result)]
-                            if round_ < last:
+                            if exchange is not None:
                                 nodes += done
                             elif done:
                                 yield node_batch(done)
-                        rest = tree.finish() if in_task else []
-                        if exchange is not None and round_ < last:
-                            if round_ in held:
-                                start = exchange.released(round_, nodes + rest)
-                            else:
-                                weights, optimizer, _ = exchange.mean(round_, nodes + rest)
-                                start = (weights, optimizer)
-                        elif rest:
-                            yield node_batch(rest)
+                        nodes += tree.finish() if in_task else []
+                        if exchange is None:
+                            if nodes:
+                                yield node_batch(nodes)
+                        elif round_ == last:  # for the driver, which follows the job's rounds
+                            exchange.publish(round_, nodes)
+                        elif round_ in held:
+                            start = exchange.released(round_, nodes)
+                        else:
+                            weights, optimizer, _ = exchange.mean(round_, nodes)
+                            start = (weights, optimizer)
                 finally:
                     for _, local in kept:
                         local.close()
@@ -2037,10 +2040,14 @@ def train(
             tag = f"mnist_spark-{os.getpid()}-{time.time_ns()}"
             barrier = config.barrier or folder is not None
 
-            def run_job(name=name, tag=tag, barrier=barrier, run_rounds=run_rounds):
+            def run_job(name=name, tag=tag, barrier=barrier, run_rounds=run_rounds, folder=folder):
                 with cancellable(spark, tag), phase(spark, f"training {name}/{schedule.rounds}"):
                     replicas = shards.mapInArrow(run_rounds, NODE_SCHEMA, barrier=barrier)
-                    # Spark runs a failed barrier stage again only when a shuffle follows it: the averaging stage.
+                    if folder is not None:
+                        # The tasks leave every round in the folder and return nothing. Spark runs a
+                        # failed barrier stage again only when a shuffle follows it: count()'s.
+                        replicas.count()
+                        return None, time.time()
                     averaged = tree_average(
                         replicas, config.partitions, state_bytes=state_bytes, on_driver=on_driver and not barrier
                     )
@@ -2053,16 +2060,21 @@ def train(
                 job = pool.submit(run_job)
                 try:
                     follower = RoundFollower(folder, config.partitions) if folder is not None else None
-                    for round_ in range(first, last):
-                        assert follower is not None  # a job of several rounds has its folder
+                    for round_ in range(first, last + 1):
+                        if follower is None:
+                            break
                         written, weights, optimizer, results = follower.wait(round_, job)
+                        if round_ == last:
+                            break  # recorded once the job has ended
                         weights, scored, done = after_round(round_, weights, optimizer)
                         # Scoring is not training, nor is BatchNorm re-estimated before the run's last round.
                         times = _round_timing(results, (began, written), before, done, {}, slots_used)
                         began = follower.release(round_, weights, optimizer) if round_ in held else written
                         before = {}
                         record_round(round_, results, times, weights, optimizer, scored)
-                    (weights, optimizer, results), ended = job.result()
+                    averaged, ended = job.result()
+                    if averaged is not None:  # else the follower read the last round
+                        weights, optimizer, results = averaged
                 except BaseException:
                     if not job.done():  # the run stops: so does its job, and the pool's thread with it
                         with contextlib.suppress(Exception):
