@@ -11,6 +11,13 @@ on the same cores and data:
   job's defaults and ``--validation-size 10000``, so the driver scores the
   whole test split after the first round, each epoch and the last.
 
+The machine's speed drifts over a run (plain Keras's epochs alone swing up
+to 2x on 2 cores), so right before each Spark run a shorter plain Keras run
+(``--probe-epochs``) measures the machine as that run finds it: ``to
+adjacent plain`` divides the Spark run's images per second by that probe's
+median epoch after its first (which traces the model), the steady rate a
+user's ``fit`` gets at that moment.
+
 Times are wall-clock from the launch of each process, as a user sees the
 job: Python, TensorFlow and Spark start-up included. Reported per run: the
 final test accuracy, the time at which test accuracy first reached 99.0% and
@@ -171,6 +178,20 @@ def spark_run(model_name: str, epochs: int, partitions: int, output: Path) -> di
     }
 
 
+def _plain_process(model_name: str, epochs: int) -> dict:
+    """:func:`plain_keras` in a process of its own, as a user runs it."""
+    launched = time.time()
+    command = [sys.executable, __file__, "--plain", model_name, str(epochs), str(launched)]
+    printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(printed.strip().splitlines()[-1])
+
+
+def _adjacent_ratio(run: dict) -> str:
+    """The run's images per second over the median epoch after the first of the plain run just before it."""
+    rates = run.get("adjacent_plain_epoch_images_per_second") or []
+    return f"{run['images_per_second'] / statistics.median(rates[1:]):.2f}" if len(rates) > 1 else ""
+
+
 def _time_to(curve: list, threshold: float):
     return next((point["time"] for point in curve if point["accuracy"] >= threshold), None)
 
@@ -208,6 +229,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="bn_cnn:8,simple_cnn:3", help="MODEL:EPOCHS, comma-separated")
     parser.add_argument("--replicas", default="2,4,8,16")
+    parser.add_argument(
+        "--probe-epochs",
+        type=int,
+        default=3,
+        help="epochs of the plain Keras run before each Spark run (below 2: none), at most the run's own",
+    )
     parser.add_argument("--plain", nargs=3, metavar=("MODEL", "EPOCHS", "LAUNCHED"), help=argparse.SUPPRESS)
     parser.add_argument("--table", metavar="JSON", help="print the table of a saved scaling.json and stop")
     args = parser.parse_args()
@@ -220,21 +247,14 @@ def main() -> None:
     results = []
     for item in args.runs.split(","):
         model_name, epochs = item.split(":")
-        launched = time.time()
-        plain = json.loads(
-            subprocess.run(
-                [sys.executable, __file__, "--plain", model_name, epochs, str(launched)],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+        plain = _plain_process(model_name, int(epochs))
         runs = []
         for partitions in map(int, args.replicas.split(",")):
+            probe = _plain_process(model_name, min(args.probe_epochs, int(epochs))) if args.probe_epochs > 1 else None
             with tempfile.TemporaryDirectory() as tmp:
                 runs.append(spark_run(model_name, int(epochs), partitions, Path(tmp) / "run"))
+            if probe is not None:
+                runs[-1]["adjacent_plain_epoch_images_per_second"] = probe["epoch_images_per_second"]
             print(json.dumps({"model": model_name, **{k: v for k, v in runs[-1].items() if k != "curve"}}), flush=True)
         for run in runs:
             run["accuracy_gap_points"] = round(100 * (run["test_accuracy"] - plain["test_accuracy"]), 2)
@@ -270,9 +290,9 @@ def print_table(results: list[dict]) -> None:
     """
     print(
         "| model | replicas | batch | test accuracy | plain Keras | gap (points) | round-1 val | to 99.0% | "
-        "to 99.3% | img/s | ratio | to median epoch | spread | driver peak |"
+        "to 99.3% | img/s | ratio | to median epoch | to adjacent plain | spread | driver peak |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for result in results:
         plain = result["plain_keras"]
         median_epoch = statistics.median(plain["epoch_images_per_second"])
@@ -280,7 +300,7 @@ def print_table(results: list[dict]) -> None:
             f"| {result['model']} ({result['epochs']} ep) | plain | {plain['batch_size']} | | "
             f"{100 * plain['test_accuracy']:.2f}% | | | "
             f"{plain['seconds_to_0.99']} s | {plain['seconds_to_0.993']} s | {plain['images_per_second']:.0f} | "
-            f"1 | {plain['images_per_second'] / median_epoch:.2f} | {plain['spread_epochs']} | |"
+            f"1 | {plain['images_per_second'] / median_epoch:.2f} | | {plain['spread_epochs']} | |"
         )
         for run in result["spark"]:
             print(
@@ -288,7 +308,7 @@ def print_table(results: list[dict]) -> None:
                 f"{run['accuracy_gap_points']:+.2f} | "
                 f"{run['round1_val_accuracy']:.3f} | {run['seconds_to_0.99']} s | {run['seconds_to_0.993']} s | "
                 f"{run['images_per_second']:.0f} | {run['throughput_ratio']:.2f} | "
-                f"{run['images_per_second'] / median_epoch:.2f} | "
+                f"{run['images_per_second'] / median_epoch:.2f} | {_adjacent_ratio(run)} | "
                 f"{run['spread_full_rounds']:.2f} | {run['driver_peak_rss_gib']:.2f} GiB |"
             )
 

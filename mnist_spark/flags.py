@@ -265,8 +265,7 @@ FLAGS: dict[str, Flag] = {
     "checkpoint_every": Flag(
         {
             "type": non_negative_int,
-            "help": "save the averaged model and optimizer every K rounds, after the Spark job that "
-            "trains the K-th (0: never)",
+            "help": "save the averaged model and optimizer every K rounds (0: never)",
         }
     ),
     "resume": Flag(

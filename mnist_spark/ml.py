@@ -860,9 +860,7 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
         state : TrainState, optional
             A checkpoint to continue from.
         on_round : callable, optional
-            ``on_round(state, schedule, config)`` after each round, e.g. to save a checkpoint
-            (see :func:`mnist_spark.training.train`: the state's weights are None after a round
-            whose state only the tasks held).
+            ``on_round(state, schedule, config)`` after each round, e.g. to save a checkpoint.
         augment : dict, optional
             On-the-fly augmentation (:class:`mnist_spark.augment.AugmentParams` as a dict).
         """
