@@ -469,10 +469,10 @@ def test_one_job_of_rounds_gives_the_same_model_as_a_job_per_round(spark, train_
     config = replace(CONFIG, model=model, partitions=4, batch_size=16, steps_per_round=1, batchnorm_sample=64)
     rng = np.random.default_rng(5)
     validation = (rng.integers(0, 255, (40, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 40).astype(np.int32))
-    seen = []
+    seen: dict = {"whole": [], "single": []}
 
-    def on_round(state, _):
-        seen.append((state.round, state.history[-1].get("val_accuracy"), [w.copy() for w in state.weights]))
+    def on_round(run):
+        return lambda state, _: seen[run].append((state.history[-1].get("val_accuracy"), state.weights))
 
     phases, named = [], session.phase
 
@@ -481,19 +481,20 @@ def test_one_job_of_rounds_gives_the_same_model_as_a_job_per_round(spark, train_
         return named(spark, name)
 
     monkeypatch.setattr(session, "phase", phase)
-    _, whole = training.train(spark, train_df, config, validation=validation, on_round=on_round)
+    _, whole = training.train(spark, train_df, config, validation=validation, on_round=on_round("whole"))
     assert [name for name in phases if name.startswith("training")] == ["training rounds 1-8/8"]  # one Spark job
     monkeypatch.setattr(session, "phase", named)
-    _, single = training.train(spark, train_df, config, validation=validation, rounds_per_job=1)
+    _, single = training.train(
+        spark, train_df, config, validation=validation, on_round=on_round("single"), rounds_per_job=1
+    )
     assert _same(whole.weights, single.weights) and _same(whole.optimizer, single.optimizer)
     assert [h["loss"] for h in whole.history] == [h["loss"] for h in single.history]
-    assert [h.get("val_accuracy") for h in whole.history] == [h.get("val_accuracy") for h in single.history]
-    assert [round_ for round_, val, _ in seen if val is not None] == [1, 4, 8]
+    # The driver held every round's state as the round ended, as a job per round gives it, and scored the same.
+    assert len(seen["whole"]) == len(seen["single"]) == 8
+    for (val, weights), (val_single, weights_single) in zip(seen["whole"], seen["single"], strict=True):
+        assert val == val_single and _same(weights, weights_single)
+    assert [n + 1 for n, (val, _) in enumerate(seen["whole"]) if val is not None] == [1, 4, 8]
     assert [h["images"] for h in whole.history] == [4 * 16] * 8  # 4 replicas, a step of 16 images
-    # The driver held every round's state as the round ended, as a job per round gives it.
-    assert _same(seen[-1][2], single.weights)
-    _, through_3 = training.train(spark, train_df, replace(config, epochs=1), validation=validation, rounds_per_job=1)
-    assert _same(seen[3][2], through_3.weights)  # round 4, the end of the first epoch
     assert all(h["train_seconds"] <= h["seconds"] for h in whole.history)
     assert not [name for name in os.listdir(tmp_path) if name.startswith("mnist_spark-rounds-")]
 
