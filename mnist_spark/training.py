@@ -663,6 +663,11 @@ _ONE_CHUNK_CACHED = {"spark.sql.inMemoryColumnarStorage.batchSize": "1"}
 _ONE_CHUNK_TO_PYTHON = {"spark.sql.execution.arrow.maxRecordsPerBatch": "1"}
 
 
+def task_of_shard(shard: int, partitions: int, tasks: int) -> int:
+    """The task whose partition holds ``shard`` (:func:`make_shards`): each task holds adjacent shards."""
+    return shard * tasks // partitions
+
+
 def make_shards(df, partitions: int, *, chunk_bytes: int | None = None, decode=None, tasks: int | None = None):
     """Split an image DataFrame into ``partitions`` cached numpy shards, in the partitions that train them.
 
@@ -714,7 +719,7 @@ def make_shards(df, partitions: int, *, chunk_bytes: int | None = None, decode=N
 
     tasks = tasks or replica_tasks(df.sparkSession, partitions, task_slots(df.sparkSession))
     task_keys = partition_keys(df.sparkSession, tasks)
-    keys = [task_keys[shard * tasks // partitions] for shard in range(partitions)]
+    keys = [task_keys[task_of_shard(shard, partitions, tasks)] for shard in range(partitions)]
     chunk_bytes = chunk_bytes or CHUNK_BYTES
 
     def assemble(batches):
@@ -1648,7 +1653,7 @@ def _round_nodes(partitions: int, tasks: int, in_task: bool) -> int:
         return partitions
     count = 0
     for task in range(tasks):
-        members = [shard for shard in range(partitions) if shard * tasks // partitions == task]
+        members = [shard for shard in range(partitions) if task_of_shard(shard, partitions, tasks) == task]
         lo, end = members[0], members[-1] + 1
         while lo < end:
             size = 1
@@ -1898,8 +1903,13 @@ def train(
         def scores(round_: int) -> bool:
             return validation is not None and schedule.scores(round_)
 
-        def after_round(round_: int, weights: list, optimizer: list) -> tuple[list, tuple | None, dict]:
-            """The driver's work on a round's mean: BatchNorm re-estimated and validation, where due."""
+        def after_round(round_: int, weights: list, optimizer: list) -> tuple[list, tuple | None, dict, dict]:
+            """The driver's work on a round's mean: BatchNorm re-estimated and validation, where due.
+
+            Returns the weights, the validation loss and accuracy (or None), and the seconds of that
+            work that are scoring and that are training: BatchNorm's re-estimation after the run's
+            last round makes the model, before any other only scores it.
+            """
             done: dict = {}
             load_state(model, weights, optimizer)
             if sample is not None and (scores(round_) or round_ + 1 == schedule.rounds):
@@ -1910,7 +1920,8 @@ def train(
             if scores(round_):
                 with _timed(done, "validation"):
                     scored = model.evaluate(validation[0].astype(np.float32), validation[1], batch_size=512, verbose=0)
-            return weights, scored, done
+            trained = {k: v for k, v in done.items() if k == "batchnorm" and round_ + 1 == schedule.rounds}
+            return weights, scored, {k: v for k, v in done.items() if k not in trained}, trained
 
         def record_round(round_: int, results: list, times: dict, weights, optimizer, scored) -> None:
             """A round's history record, its log line and ``on_round``."""
@@ -2059,19 +2070,17 @@ def train(
             ):
                 job = pool.submit(run_job)
                 try:
-                    follower = RoundFollower(folder, config.partitions) if folder is not None else None
-                    for round_ in range(first, last + 1):
-                        if follower is None:
-                            break
-                        written, weights, optimizer, results = follower.wait(round_, job)
-                        if round_ == last:
-                            break  # recorded once the job has ended
-                        weights, scored, done = after_round(round_, weights, optimizer)
-                        # Scoring is not training, nor is BatchNorm re-estimated before the run's last round.
-                        times = _round_timing(results, (began, written), before, done, {}, slots_used)
-                        began = follower.release(round_, weights, optimizer) if round_ in held else written
-                        before = {}
-                        record_round(round_, results, times, weights, optimizer, scored)
+                    if folder is not None:
+                        follower = RoundFollower(folder, config.partitions)
+                        for round_ in range(first, last + 1):
+                            written, weights, optimizer, results = follower.wait(round_, job)
+                            if round_ == last:
+                                break  # recorded once the job has ended
+                            weights, scored, scoring, trained = after_round(round_, weights, optimizer)
+                            times = _round_timing(results, (began, written), before, scoring, trained, slots_used)
+                            began = follower.release(round_, weights, optimizer) if round_ in held else written
+                            before = {}
+                            record_round(round_, results, times, weights, optimizer, scored)
                     averaged, ended = job.result()
                     if averaged is not None:  # else the follower read the last round
                         weights, optimizer, results = averaged
@@ -2083,10 +2092,7 @@ def train(
             payload.destroy()
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
-            weights, scored, done = after_round(last, weights, optimizer)
-            # BatchNorm's re-estimation after the run's last round makes the model: training.
-            trained = {k: v for k, v in done.items() if k == "batchnorm" and last + 1 == schedule.rounds}
-            scoring = {k: v for k, v in done.items() if k not in trained}
+            weights, scored, scoring, trained = after_round(last, weights, optimizer)
             times = _round_timing(results, (began, ended), before, scoring, trained, slots_used)
             record_round(last, results, times, weights, optimizer, scored)
     finally:
