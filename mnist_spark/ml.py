@@ -468,8 +468,11 @@ class _Prepared:
     input_shape: tuple
     num_classes: int
     decode: object  #: Arrow image structs -> the model's input size
+    warm_up: training.WarmUp | None = None  #: the workers' warm-up, started before the shards
 
     def release(self) -> None:
+        if self.warm_up is not None:  # no Spark job of the fit outlives it
+            self.warm_up.wait(raise_error=False)
         self.shards.unpersist()
 
 
@@ -793,8 +796,20 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
         )
         if chosen:  # the rows of those labels, each label replaced by its class (its position)
             frame = label_subset.select_labels(frame, chosen, index=True)
+        # The workers import TensorFlow and build the replica while the shards are made (a model
+        # file's replicas warm up in the run, which ships the file).
+        warm_up = (
+            None
+            if source is not None
+            else training.WarmUp(dataset.sparkSession, self.trainConfig(partitions, shape, num_classes))
+        )
         started = time.perf_counter()
-        shards, sizes = training.make_shards(frame, partitions, decode=decode)
+        try:
+            shards, sizes = training.make_shards(frame, partitions, decode=decode)
+        except BaseException:
+            if warm_up is not None:
+                warm_up.wait(raise_error=False)
+            raise
         logger.info(
             "%s: %d training images of %s in %d shards (%s), %d classes, decoded in %.1f s",
             stage,
@@ -805,7 +820,7 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
             num_classes,
             time.perf_counter() - started,
         )
-        return _Prepared(frame, shards, sizes, partitions, tuple(shape), num_classes, decode)
+        return _Prepared(frame, shards, sizes, partitions, tuple(shape), num_classes, decode, warm_up)
 
     def trainConfig(self, partitions: int, input_shape, num_classes: int, augment=None) -> training.TrainConfig:
         """The :class:`~mnist_spark.training.TrainConfig` of a fit with these params."""
@@ -855,8 +870,10 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
 
         Parameters
         ----------
-        validation : (images, labels), optional
+        validation : (images, labels), or a callable that returns them, optional
             Scored by the driver after the first round, each epoch and the last (the history's ``val_accuracy``).
+            A callable is called once the training images are prepared and the workers warm up, so that
+            collecting the images overlaps their warm-up.
         state : TrainState, optional
             A checkpoint to continue from.
         on_round : callable, optional
@@ -867,7 +884,12 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
         prepared = self._prepare(dataset)
         try:
             return self._train(
-                dataset, prepared, validation=validation, state=state, on_round=on_round, augment=augment
+                dataset,
+                prepared,
+                validation=validation() if callable(validation) else validation,
+                state=state,
+                on_round=on_round,
+                augment=augment,
             )
         finally:
             prepared.release()
@@ -887,6 +909,7 @@ class KerasImageClassifier(Estimator, _KerasImageClassifierParams, persistence.S
             validation=validation,
             state=state,
             on_round=None if on_round is None else (lambda done, schedule: on_round(done, schedule, config)),
+            warm_up=prepared.warm_up,
         )
         trained.compile(optimizer=trained.optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         model = KerasImageClassificationModel._of(evaluation.model_bytes(trained), prepared.input_shape, final.history)

@@ -31,8 +31,9 @@ How a run goes:
    (:func:`mnist_spark.models.reestimate_batchnorm`) and scores the model.
 
 Before the first round, :class:`WarmUp` has each task slot's Python worker
-import TensorFlow, build its replica and trace the training step while the
-driver builds its own model, so that start-up overlaps the driver's.
+import TensorFlow, build its replica and trace the training step in a thread
+of its own, while the run makes its shards and the driver builds its own
+model, so that start-up overlaps the run's other work.
 
 Every random choice in a task derives from ``(seed, partition, round)``, and a
 cached replica is fully reset from the broadcast state at the start of each
@@ -53,6 +54,7 @@ import pickle
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -1164,6 +1166,7 @@ def train_replica(
     _hold_if_asked(partition, round_, attempt)
     _fail_if_asked(partition, round_, attempt)
     started = time.perf_counter()
+    wait_for_warm_up()  # the worker's own warm-up, if it is still running: then the replica is ready
     images, labels, index = shard
     weights, optimizer = state
     builds = worker_builds()
@@ -1198,19 +1201,21 @@ def train_replica(
     }
 
 
-def warm_replica(config: TrainConfig, schedule: Schedule, architecture: bytes | None = None) -> dict:
+def warm_replica(config: TrainConfig, schedule: Schedule | None = None, architecture: bytes | None = None) -> dict:
     """Build this Python worker's replica and trace its training step, before the first round.
 
-    Runs in a Spark task of :class:`WarmUp`. Importing TensorFlow, building
-    and compiling the model and tracing its step cost a worker some seconds
+    Runs in a Spark task of :class:`WarmUp` (in a thread of its own:
+    :func:`warm_in_background`). Importing TensorFlow, building and
+    compiling the model and tracing its step cost a worker some seconds
     once; done here, while the driver prepares the run, the first round
     starts on a model that is ready. The step trains on a batch of zeros:
     every round loads the broadcast state over it (:func:`load_state`), so
-    the model does not depend on it.
+    the model does not depend on it, nor on ``schedule`` (default: one step).
     """
     from mnist_spark.session import device_scope
 
     started = time.perf_counter()
+    schedule = schedule or Schedule(1, (0, 1))
     model = _replica(config, architecture)
     size = config.batch_size
     assert size is not None  # TrainConfig sets it
@@ -1220,6 +1225,53 @@ def warm_replica(config: TrainConfig, schedule: Schedule, architecture: bytes | 
     with device_scope():
         fit_round(model, batches, config, schedule, 0)
     return {"pid": os.getpid(), "seconds": time.perf_counter() - started}
+
+
+#: This Python worker's warm-ups still running in threads of their own (:func:`warm_in_background`).
+_WARMING: list = []
+
+
+def warm_in_background(config: TrainConfig | None, architecture: bytes | None = None) -> dict:
+    """:func:`warm_replica` in a thread of this Python worker; returns at once, in a :class:`WarmUp` task.
+
+    The task ends before the warm-up does, so its slot and worker serve the
+    run's other Spark jobs meanwhile (the validation images, the shards):
+    with Python worker reuse, the thread goes on in the worker that later
+    trains. A replica's first round waits for it (:func:`wait_for_warm_up`).
+    Without ``config`` the thread imports TensorFlow and Keras only, for a
+    run whose model is not known yet. A warm-up starts after the worker's
+    earlier ones end. A task given a GPU warms up in the task itself, where
+    it knows its device. A failed warm-up is silent: the first round builds
+    the replica again and raises the error there.
+    """
+    from mnist_spark.session import configure_tensorflow_threads, task_device
+
+    if task_device() is not None:
+        return warm_replica(config, None, architecture) if config is not None else {"pid": os.getpid(), "seconds": 0.0}
+    earlier = list(_WARMING)
+
+    def warm():
+        for thread in earlier:
+            thread.join()
+        with contextlib.suppress(Exception):
+            if config is None:
+                configure_tensorflow_threads()  # and TensorFlow imported; Keras with it
+                import keras  # noqa: F401
+            else:
+                warm_replica(config, None, architecture)
+
+    thread = threading.Thread(target=warm, name="warm-replica", daemon=True)
+    thread.start()
+    _WARMING.append(thread)
+    return {"pid": os.getpid(), "seconds": 0.0}
+
+
+def wait_for_warm_up() -> float:
+    """Wait for this Python worker's warm-ups (:func:`warm_in_background`) to end; the seconds waited."""
+    started = time.perf_counter()
+    while _WARMING:
+        _WARMING.pop().join()
+    return time.perf_counter() - started
 
 
 # --------------------------------------------------------------------------- averaging
@@ -1667,30 +1719,32 @@ def _round_nodes(partitions: int, tasks: int, in_task: bool) -> int:
 
 
 class WarmUp:
-    """:func:`warm_replica` in one Spark task per partition of ``source``, in a background thread.
+    """Each task slot's Python worker warms up a replica (:func:`warm_in_background`): a Spark job in a thread.
 
-    Started before the driver builds its own model and prepares the run,
-    so the executors' one-time start-up (TensorFlow, the model, its traced
-    step) overlaps the driver's instead of delaying the first round. With
-    Python worker reuse (Spark's default), the workers that warmed up run
-    the rounds. :meth:`wait` returns each task's ``(Python worker, seconds)``,
-    or raises what the job raised.
+    Started as soon as the run's model is known, before the shards are
+    made, so the executors' one-time start-up (TensorFlow, the model, its
+    traced step) overlaps the run's other work instead of delaying the first
+    round. The job is a barrier stage of a task per slot that trains
+    (``config.partitions``, at most the slots), so each lands in a worker
+    of its own; each starts its worker's warm-up and ends. With Python
+    worker reuse (Spark's default) those workers run the rounds.
+    :meth:`wait` returns each task's ``(Python worker, seconds)`` (0.0 for
+    a warm-up still running in its worker), or raises what the job raised.
     """
 
-    def __init__(self, spark, source, config: TrainConfig, schedule: Schedule, shipped=None):
-        import threading
-
-        from mnist_spark.session import phase
+    def __init__(self, spark, config: TrainConfig | None = None, shipped=None):
+        from mnist_spark.session import phase, task_slots
 
         self._rows: list = []
         self._error: BaseException | None = None
+        tasks = min(config.partitions, task_slots(spark)) if config is not None else task_slots(spark)
 
         def warm(batches):
             import pyarrow as pa
 
             for _ in batches:
                 pass
-            result = warm_replica(config, schedule, shipped.value if shipped is not None else None)
+            result = warm_in_background(config, shipped.value if shipped is not None else None)
             yield pa.RecordBatch.from_pylist(
                 [result], schema=pa.schema([("pid", pa.int64()), ("seconds", pa.float64())])
             )
@@ -1698,7 +1752,8 @@ class WarmUp:
         def run():
             try:
                 with phase(spark, "warming up replicas"):
-                    self._rows = source.select("shard").mapInArrow(warm, "pid long, seconds double").collect()
+                    slots = spark.range(tasks, numPartitions=tasks)
+                    self._rows = slots.mapInArrow(warm, "pid long, seconds double", barrier=True).collect()
             except BaseException as error:  # raised again in wait()
                 self._error = error
 
@@ -1778,6 +1833,7 @@ def train(
     shards=None,
     decode=None,
     rounds_per_job: int | None = None,
+    warm_up: WarmUp | None = None,
 ):
     """Train ``config.model`` data-parallel over ``config.partitions`` replicas.
 
@@ -1838,28 +1894,26 @@ def train(
     chunk_bytes = chunk_bytes or CHUNK_BYTES
     # Each task trains the shards its partition holds one after the other: fewer tasks, the same model.
     tasks = config.partitions if config.barrier else replica_tasks(spark, config.partitions, slots)
-    own_shards = shards is None
-    with phase(spark, "shards"):
-        shards, sizes = (
-            make_shards(train_df, config.partitions, chunk_bytes=chunk_bytes, decode=decode, tasks=tasks)
-            if own_shards
-            else shards
-        )
-        if len(sizes) != config.partitions:
-            raise ValueError(
-                f"{len(sizes)} shards were given for {config.partitions} partitions; make them "
-                "with make_shards(train_df, config.partitions)"
-            )
+    made = None  # the run's own shards, when it was given none
     shipped = ship(spark, architecture, "network") if architecture is not None else None
-    schedule = plan_schedule(config, sizes)
-    if state is not None:
-        schedule = schedule.continuing(state.history)
-    # The executors start up while the driver builds its own model and prepares the run.
-    warming = (
-        WarmUp(spark, shards, config, schedule, shipped) if state is None or state.round < schedule.rounds else None
-    )
+    # The executors start up while the run makes its shards and the driver builds its own model.
+    warming = warm_up or (WarmUp(spark, config, shipped) if state is None else None)
     exchange_root = None
     try:
+        with phase(spark, "shards"):
+            if shards is None:
+                made = make_shards(train_df, config.partitions, chunk_bytes=chunk_bytes, decode=decode, tasks=tasks)
+            shards, sizes = made or shards
+            if len(sizes) != config.partitions:
+                raise ValueError(
+                    f"{len(sizes)} shards were given for {config.partitions} partitions; make them "
+                    "with make_shards(train_df, config.partitions)"
+                )
+        schedule = plan_schedule(config, sizes)
+        if state is not None:
+            schedule = schedule.continuing(state.history)
+            if warming is None and state.round < schedule.rounds:  # a resumed run with rounds left
+                warming = WarmUp(spark, config, shipped)
         model, fresh = initial_state(config, architecture)
         state = state or fresh
         load_state(model, state.weights, state.optimizer)
@@ -2098,8 +2152,8 @@ def train(
     finally:
         if warming is not None:  # the run stopped before its first round: let the warm-up end first
             warming.wait(raise_error=False)
-        if own_shards:
-            shards.unpersist()
+        if made is not None:
+            made[0].unpersist()
         if shipped is not None:
             shipped.destroy()
         if exchange_root is not None:

@@ -353,6 +353,13 @@ def test_a_warmed_up_replica_trains_as_a_fresh_one():
     after = training.train_replica(1, shard, start, 1, config, schedule)
     assert fresh["cold"] == 1 and after["cold"] == 0 and warmed["pid"] == os.getpid()
     assert _same(fresh["weights"], after["weights"]) and _same(fresh["optimizer"], after["optimizer"])
+    # In a Spark task the warm-up runs in a thread of the worker; the replica's round waits for it.
+    evaluation._MODELS.clear()
+    assert training.warm_in_background(None) == {"pid": os.getpid(), "seconds": 0.0}  # TensorFlow alone
+    assert training.warm_in_background(config) == {"pid": os.getpid(), "seconds": 0.0}
+    background = training.train_replica(1, shard, start, 1, config, schedule)
+    assert background["cold"] == 0 and not training._WARMING
+    assert _same(fresh["weights"], background["weights"]) and _same(fresh["optimizer"], background["optimizer"])
 
 
 def test_the_workers_warm_up_once_before_the_first_round(spark, train_df, monkeypatch, caplog):
@@ -367,10 +374,10 @@ def test_the_workers_warm_up_once_before_the_first_round(spark, train_df, monkey
     config = replace(CONFIG, epochs=1)
     with caplog.at_level(logging.INFO, logger="mnist_spark.training"):
         _, state = training.train(spark, train_df, config)
-    assert len(waits) == 1 and len(waits[0]) == 2  # a task per partition of the rounds' source
+    assert len(waits) == 1 and len(waits[0]) == 2  # a task per slot that trains, each in a worker of its own
     # The run's first line names the peak rate, not the decayed rate of the step after the warm-up.
     assert f"peak learning rate {training.peak_learning_rate(config):.4g}" in caplog.text
-    assert all(seconds > 0 for _, seconds in waits[0])
+    assert len({pid for pid, _ in waits[0]}) == 2 and all(seconds == 0.0 for _, seconds in waits[0])  # in threads
     first, *later = state.history
     assert "warm_up" in first["overhead_seconds"] and not any("warm_up" in r["overhead_seconds"] for r in later)
     assert all(0 <= r["cold_replicas"] <= 2 for r in state.history)

@@ -24,7 +24,7 @@ import logging
 import sys
 import time
 
-from mnist_spark import cli, flags, ingest, ml, report, sources, storage, tracking, training
+from mnist_spark import cli, flags, ingest, ml, models, report, sources, storage, tracking, training
 from mnist_spark.session import task_slots
 
 logger = logging.getLogger("train_cnn")
@@ -70,6 +70,10 @@ def run(
 ):
     """Train (ml.KerasImageClassifier), evaluate and write the run folder; return the metrics."""
     options, started = flags.run_params(locals()), time.perf_counter()
+    # TensorFlow starts up in the driver and the executors' Python workers while the data's Spark
+    # jobs run: the model, known once the data is, comes later (ml.KerasImageClassifier warms it up).
+    models.start_keras_import()
+    starting = training.WarmUp(spark)
     resume = cli.resume_target(resume, output)
     output = resume or output or storage.default_output("train_cnn")
     target = storage.AtomicOutput(output, overwrite=overwrite, resumable=True, resume=bool(resume), job="train_cnn")
@@ -86,12 +90,15 @@ def run(
     estimator = ml.KerasImageClassifier.fromTrainConfig(config, **ml.image_params(settings, data.num_classes))
     if data.train_rows is not None:  # from the IDX headers, before any work (else the estimator counts)
         training.check_partitions(config.partitions, data.train_rows, given=bool(partitions or resume))
-    validation = data.validation(settings["validation_size"])
     with target as staging:
         scalars = tracking.TensorBoardScalars(storage.join(staging, "tensorboard"))
         on_round = training.checkpointer(checkpoints, settings["checkpoint_every"], settings, also=scalars.add)
         model, state, config = estimator.fitRun(
-            data.train, validation=validation, state=state, on_round=on_round, augment=config.augment
+            data.train,
+            validation=lambda: data.validation(settings["validation_size"]),  # while the workers warm up
+            state=state,
+            on_round=on_round,
+            augment=config.augment,
         )
         scalars.close()
         train_seconds = time.perf_counter() - started
@@ -106,6 +113,7 @@ def run(
         }
         report.write_training_report(staging, metrics, data.test)
         report.write_metrics(staging, metrics)
+    starting.wait(raise_error=False)
     logger.info("test accuracy %.4f, loss %.4f; run folder %s", scores["accuracy"], scores["loss"], output)
     return metrics
 
