@@ -214,6 +214,41 @@ def batchnorm_layers(model) -> list:
     ]
 
 
+#: Each model's compiled scoring step (:func:`score`).
+_SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def score(model, images, labels, *, batch_size: int = 1000) -> tuple[float, float]:
+    """``model``'s mean loss (its compiled loss) and accuracy on ``images``, in inference mode.
+
+    What ``model.evaluate`` returns for a model compiled with a sparse loss
+    and ``"accuracy"``, from one compiled step per batch made once per
+    model: on 2 cores ``evaluate`` scores 10,000 MNIST images in 0.75 s or
+    1.3 s from one call to the next (its input pipeline's threads), this in
+    a steady 0.7 s. Images go in as they are (the model casts them).
+    """
+    if model not in _SCORERS:
+        import keras
+        import tensorflow as tf
+
+        loss = keras.losses.get(model.loss)
+
+        @tf.function(reduce_retracing=True)
+        def step(x, y):
+            probabilities = model(x, training=False)
+            predicted = tf.argmax(probabilities, axis=-1, output_type=y.dtype)
+            return tf.reduce_sum(loss(y, probabilities)), tf.reduce_sum(tf.cast(predicted == y, tf.float32))
+
+        _SCORERS[model] = step
+    step = _SCORERS[model]
+    labels = np.asarray(labels).astype(np.int32)
+    total_loss = total_right = 0.0
+    for start in range(0, len(labels), batch_size):
+        batch_loss, right = step(images[start : start + batch_size], labels[start : start + batch_size])
+        total_loss, total_right = total_loss + float(batch_loss), total_right + float(right)
+    return total_loss / len(labels), total_right / len(labels)
+
+
 #: Each model's compiled BatchNorm probes (:func:`reestimate_batchnorm`).
 _PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 

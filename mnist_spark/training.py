@@ -463,26 +463,48 @@ def task_seed(seed: int, partition: int, round_: int) -> int:
 # --------------------------------------------------------------------------- shards
 
 
-def partition_keys(spark, partitions: int) -> list[int]:
+def spark_hash(value: int) -> int:
+    """Spark SQL's ``hash()`` of a long: Murmur3 x86 32-bit, seed 42, as ``Murmur3_x86_32.hashLong``.
+
+    Written out because no Spark API computes it without a job, and the
+    library's ``mmh3`` would be a dependency for eight lines; a test checks
+    it against Spark's own ``hash`` (``tests/test_training.py``).
+
+    >>> spark_hash(0), spark_hash(1), spark_hash(-7)
+    (-1670924195, -1712319331, 222034016)
+    """
+    mask = 0xFFFFFFFF
+
+    def rotate(x: int, r: int) -> int:
+        return ((x << r) | (x >> (32 - r))) & mask
+
+    h = 42
+    for word in (value & mask, (value >> 32) & mask):  # the long's low, then high, 32 bits
+        k = rotate((word * 0xCC9E2D51) & mask, 15) * 0x1B873593 & mask
+        h = (rotate(h ^ k, 13) * 5 + 0xE6546B64) & mask
+    h ^= 8  # the input's length in bytes
+    h = ((h ^ (h >> 16)) * 0x85EBCA6B) & mask
+    h = ((h ^ (h >> 13)) * 0xC2B2AE35) & mask
+    h ^= h >> 16
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def partition_keys(partitions: int) -> list[int]:
     """Keys ``k_0 .. k_{N-1}`` that Spark's hash partitioning sends to partitions ``0 .. N-1``.
 
     ``repartition(N, key)`` places rows by ``pmod(hash(key), N)``; hashing the
     shard numbers themselves can send two shards to one partition and leave
-    another empty. Asking Spark's own ``hash`` for one key per partition makes
-    the placement exact.
-    """
-    from pyspark.sql import functions as F
+    another empty. The smallest key that Spark's own ``hash`` (:func:`spark_hash`)
+    sends to each partition makes the placement exact, with no Spark job.
 
-    rows = (
-        spark.range(0, 64 * partitions)
-        .select("id", F.expr(f"pmod(hash(id), {partitions})").alias("partition"))
-        .groupBy("partition")
-        .agg(F.min("id").alias("key"))
-        .collect()
-    )
-    keys = {row["partition"]: row["key"] for row in rows}
-    if len(keys) != partitions:  # pragma: no cover - 64 candidates per partition always suffice
-        raise RuntimeError(f"found keys for {len(keys)} of {partitions} partitions")
+    >>> partition_keys(4)
+    [2, 0, 14, 3]
+    """
+    keys: dict[int, int] = {}
+    candidate = 0
+    while len(keys) < partitions:
+        keys.setdefault(spark_hash(candidate) % partitions, candidate)  # Python's % is Spark's pmod
+        candidate += 1
     return [keys[k] for k in range(partitions)]
 
 
@@ -720,7 +742,7 @@ def make_shards(df, partitions: int, *, chunk_bytes: int | None = None, decode=N
     from mnist_spark.session import task_slots
 
     tasks = tasks or replica_tasks(df.sparkSession, partitions, task_slots(df.sparkSession))
-    task_keys = partition_keys(df.sparkSession, tasks)
+    task_keys = partition_keys(tasks)
     keys = [task_keys[task_of_shard(shard, partitions, tasks)] for shard in range(partitions)]
     chunk_bytes = chunk_bytes or CHUNK_BYTES
 
@@ -1973,7 +1995,7 @@ def train(
             scored = None
             if scores(round_):
                 with _timed(done, "validation"):
-                    scored = model.evaluate(validation[0].astype(np.float32), validation[1], batch_size=512, verbose=0)
+                    scored = models.score(model, *validation)
             trained = {k: v for k, v in done.items() if k == "batchnorm" and round_ + 1 == schedule.rounds}
             return weights, scored, {k: v for k, v in done.items() if k not in trained}, trained
 

@@ -385,6 +385,17 @@ def test_the_workers_warm_up_once_before_the_first_round(spark, train_df, monkey
     assert len(waits) == 1
 
 
+def test_the_shard_keys_hash_as_spark_hashes_them(spark):
+    """The keys that place the shards come from Spark's own ``hash``, computed without a Spark job."""
+    values = [*range(-300, 300), 2**31 - 1, 2**31, -(2**31) - 1, 2**40 + 3, 2**63 - 1, -(2**63)]
+    rows = spark.createDataFrame([(v,) for v in values], "id long").select("id", F.hash("id").alias("h")).collect()
+    assert [training.spark_hash(r["id"]) for r in rows] == [r["h"] for r in rows]
+    for partitions in (1, 2, 3, 8, 16, 64):
+        keys = training.partition_keys(partitions)
+        assert [training.spark_hash(k) % partitions for k in keys] == list(range(partitions))
+        assert all(training.spark_hash(k) % partitions != p for p, key in enumerate(keys) for k in range(key))
+
+
 @pytest.mark.parametrize(("partitions", "tasks"), [(4, 4), (8, 8), (16, 16), (8, None), (8, 3)])
 def test_each_task_holds_a_run_of_adjacent_shards_in_order(spark, train_df, partitions, tasks):
     # A shard per partition: on a cluster, where each replica is a task of its own. Fewer
