@@ -1746,9 +1746,9 @@ class WarmUp:
     Started as soon as the run's model is known, before the shards are
     made, so the executors' one-time start-up (TensorFlow, the model, its
     traced step) overlaps the run's other work instead of delaying the first
-    round. The job is a barrier stage of a task per slot that trains
-    (``config.partitions``, at most the slots), so each lands in a worker
-    of its own; each starts its worker's warm-up and ends. With Python
+    round. The job has a task per slot that trains (``config.partitions``,
+    at most the slots), a barrier stage on a local master so that each lands
+    in a worker of its own; each starts its worker's warm-up and ends. With Python
     worker reuse (Spark's default) those workers run the rounds.
     :meth:`wait` returns each task's ``(Python worker, seconds)`` (0.0 for
     a warm-up still running in its worker), or raises what the job raised.
@@ -1760,6 +1760,9 @@ class WarmUp:
         self._rows: list = []
         self._error: BaseException | None = None
         tasks = min(config.partitions, task_slots(spark)) if config is not None else task_slots(spark)
+        # A barrier stage puts each task in a worker of its own. A cluster's executors may still be
+        # registering, and a barrier stage with more tasks than the slots there fails: not there.
+        gang = _local_master(spark)
 
         def warm(batches):
             import pyarrow as pa
@@ -1775,7 +1778,7 @@ class WarmUp:
             try:
                 with phase(spark, "warming up replicas"):
                     slots = spark.range(tasks, numPartitions=tasks)
-                    self._rows = slots.mapInArrow(warm, "pid long, seconds double", barrier=True).collect()
+                    self._rows = slots.mapInArrow(warm, "pid long, seconds double", barrier=gang).collect()
             except BaseException as error:  # raised again in wait()
                 self._error = error
 

@@ -70,9 +70,9 @@ def run(
 ):
     """Train (ml.KerasImageClassifier), evaluate and write the run folder; return the metrics."""
     options, started = flags.run_params(locals()), time.perf_counter()
-    # TensorFlow starts up in the driver and the executors' Python workers while the data's Spark
-    # jobs run: the model, known once the data is, comes later (ml.KerasImageClassifier warms it up).
-    models.start_keras_import()
+    # TensorFlow starts up in the executors' Python workers, then in the driver, while the data's
+    # Spark jobs run: the model, known once the data is, comes later (ml.KerasImageClassifier warms
+    # it up). The driver's import waits for the input's checks, whose Python it would slow down.
     starting = training.WarmUp(spark)
     resume = cli.resume_target(resume, output)
     output = resume or output or storage.default_output("train_cnn")
@@ -87,6 +87,7 @@ def run(
         slots = partitions or task_slots(spark)
         config = training.TrainConfig.from_options(options, model=arch, partitions=slots, augment=augment)
     data, labels = ingest.train_test_frames(spark, settings), settings["labels"]
+    models.start_keras_import()
     estimator = ml.KerasImageClassifier.fromTrainConfig(config, **ml.image_params(settings, data.num_classes))
     if data.train_rows is not None:  # from the IDX headers, before any work (else the estimator counts)
         training.check_partitions(config.partitions, data.train_rows, given=bool(partitions or resume))
