@@ -1188,7 +1188,7 @@ def train_replica(
     _hold_if_asked(partition, round_, attempt)
     _fail_if_asked(partition, round_, attempt)
     started = time.perf_counter()
-    wait_for_warm_up()  # the worker's own warm-up, if it is still running: then the replica is ready
+    warming = wait_for_warm_up()  # the worker's own warm-up, if it is still running: then the replica is ready
     images, labels, index = shard
     weights, optimizer = state
     builds = worker_builds()
@@ -1217,6 +1217,7 @@ def train_replica(
         "fit_seconds": time.perf_counter() - loaded,
         "finished": time.time(),
         "cold": int(worker_builds() > builds),
+        "warming": warming,
         "weights": weights,
         "optimizer": optimizer,
         "pid": os.getpid(),
@@ -1747,9 +1748,9 @@ class WarmUp:
     made, so the executors' one-time start-up (TensorFlow, the model, its
     traced step) overlaps the run's other work instead of delaying the first
     round. The job has a task per slot that trains (``config.partitions``,
-    at most the slots), a barrier stage on a local master so that each lands
-    in a worker of its own; each starts its worker's warm-up and ends. With Python
-    worker reuse (Spark's default) those workers run the rounds.
+    at most the slots), a barrier stage on a local master so that each
+    lands in a worker of its own; each starts its worker's warm-up and ends.
+    With Python worker reuse (Spark's default) those workers run the rounds.
     :meth:`wait` returns each task's ``(Python worker, seconds)`` (0.0 for
     a warm-up still running in its worker), or raises what the job raised.
     """
@@ -2201,14 +2202,19 @@ def _round_timing(results: list, window: tuple, before: dict, scoring: dict, tra
     replicas' fitting (``results``), packed into the task ``slots``, is the
     round's; the time after its last replica finished is averaging; the
     driver's parts before the tasks started (``before``: warm-up,
-    broadcast) are named; the rest is task start: scheduling, the shards'
-    local files, loading the state. ``scoring`` (validation, BatchNorm
+    broadcast) are named, with the longest wait of a replica for its
+    worker's warm-up added to the warm-up; the rest is task start:
+    scheduling, the shards' local files, loading the state. ``scoring`` (validation, BatchNorm
     re-estimation) and ``trained`` (the final BatchNorm re-estimation) are
     the driver's after the window; the first is not training time.
     """
     began, ended = window
     fitting = sum(r["fit_seconds"] for r in results) / slots
     averaging = max(0.0, ended - max(r["finished"] for r in results))
+    # The first round's tasks may wait for their workers' warm-up still running (warm_in_background).
+    warming = max(r.get("warming", 0.0) for r in results)
+    if warming or "warm_up" in before:
+        before = {**before, "warm_up": before.get("warm_up", 0.0) + warming}
     task_start = max(0.0, ended - began - fitting - averaging - sum(before.values()))
     train_seconds = ended - began + sum(trained.values())
     return {

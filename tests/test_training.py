@@ -747,6 +747,10 @@ def test_a_rounds_time_is_its_window_with_scoring_apart():
     )
     last = training._round_timing([replica] * 2, (10.0, 13.0), {}, {}, {"batchnorm": 0.4}, 2)
     assert last["train_seconds"] == pytest.approx(3.4) == last["seconds"]  # the final model's BatchNorm: training
+    # A replica that waited for its worker's warm-up: the longest wait goes to the warm-up, not task start.
+    waited = training._round_timing([replica, {**replica, "warming": 0.7}], (10.0, 13.0), {"warm_up": 0.3}, {}, {}, 2)
+    overheads = waited["overheads"]
+    assert overheads["warm_up"] == pytest.approx(1.0) and overheads["task_start"] == pytest.approx(0.5)
 
 
 def test_tasks_add_their_replicas_while_the_sums_fit():
