@@ -1752,7 +1752,8 @@ class WarmUp:
     lands in a worker of its own; each starts its worker's warm-up and ends.
     With Python worker reuse (Spark's default) those workers run the rounds.
     :meth:`wait` returns each task's ``(Python worker, seconds)`` (0.0 for
-    a warm-up still running in its worker), or raises what the job raised.
+    a warm-up still running in its worker), or raises what the job raised;
+    as a context manager it waits on leaving, whatever the job raised.
     """
 
     def __init__(self, spark, config: TrainConfig | None = None, shipped=None):
@@ -1791,6 +1792,13 @@ class WarmUp:
         if self._error is not None and raise_error:
             raise self._error
         return [(row["pid"], row["seconds"]) for row in self._rows]
+
+    def __enter__(self) -> WarmUp:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """The block ends after the job: no Spark job of a run outlives it."""
+        self.wait(raise_error=False)
 
 
 def initial_state(config: TrainConfig, architecture: bytes | None = None):

@@ -70,10 +70,6 @@ def run(
 ):
     """Train (ml.KerasImageClassifier), evaluate and write the run folder; return the metrics."""
     options, started = flags.run_params(locals()), time.perf_counter()
-    # TensorFlow starts up in the executors' Python workers, then in the driver, while the data's
-    # Spark jobs run: the model, known once the data is, comes later (ml.KerasImageClassifier warms
-    # it up). The driver's import waits for the input's checks, whose Python it would slow down.
-    starting = training.WarmUp(spark)
     resume = cli.resume_target(resume, output)
     output = resume or output or storage.default_output("train_cnn")
     target = storage.AtomicOutput(output, overwrite=overwrite, resumable=True, resume=bool(resume), job="train_cnn")
@@ -87,11 +83,14 @@ def run(
         slots = partitions or task_slots(spark)
         config = training.TrainConfig.from_options(options, model=arch, partitions=slots, augment=augment)
     data, labels = ingest.train_test_frames(spark, settings), settings["labels"]
-    models.start_keras_import()
     estimator = ml.KerasImageClassifier.fromTrainConfig(config, **ml.image_params(settings, data.num_classes))
     if data.train_rows is not None:  # from the IDX headers, before any work (else the estimator counts)
         training.check_partitions(config.partitions, data.train_rows, given=bool(partitions or resume))
-    with target as staging:
+    # Once the input is checked, TensorFlow starts up in the executors' Python workers and in the driver
+    # while the data's Spark jobs run; the model, known once the data is, warms up later
+    # (ml.KerasImageClassifier). The run waits for the workers' job before it ends.
+    models.start_keras_import()
+    with training.WarmUp(spark), target as staging:
         scalars = tracking.TensorBoardScalars(storage.join(staging, "tensorboard"))
         on_round = training.checkpointer(checkpoints, settings["checkpoint_every"], settings, also=scalars.add)
         model, state, config = estimator.fitRun(
@@ -114,7 +113,6 @@ def run(
         }
         report.write_training_report(staging, metrics, data.test)
         report.write_metrics(staging, metrics)
-    starting.wait(raise_error=False)
     logger.info("test accuracy %.4f, loss %.4f; run folder %s", scores["accuracy"], scores["loss"], output)
     return metrics
 
