@@ -1291,6 +1291,8 @@ def warm_in_background(config: TrainConfig | None, architecture: bytes | None = 
 
 def wait_for_warm_up() -> float:
     """Wait for this Python worker's warm-ups (:func:`warm_in_background`) to end; the seconds waited."""
+    if not _WARMING:
+        return 0.0
     started = time.perf_counter()
     while _WARMING:
         _WARMING.pop().join()

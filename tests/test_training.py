@@ -358,7 +358,8 @@ def test_a_warmed_up_replica_trains_as_a_fresh_one():
     assert training.warm_in_background(None) == {"pid": os.getpid(), "seconds": 0.0}  # TensorFlow alone
     assert training.warm_in_background(config) == {"pid": os.getpid(), "seconds": 0.0}
     background = training.train_replica(1, shard, start, 1, config, schedule)
-    assert background["cold"] == 0 and not training._WARMING
+    assert background["cold"] == 0 and background["warming"] > 0 and not training._WARMING
+    assert training.wait_for_warm_up() == 0.0  # none running: no wait to count
     assert _same(fresh["weights"], background["weights"]) and _same(fresh["optimizer"], background["optimizer"])
 
 
