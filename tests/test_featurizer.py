@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import PROJECT
-from mnist_spark import datasets, featurizer, idx, images, ingest, pngset
+from mnist_spark import datasets, featurizer, idx, images, ingest
 from mnist_spark import weights as weight_files
 from mnist_spark.featurizer import DeepImageFeaturizer
 
@@ -173,20 +173,6 @@ def test_matches_plain_keras(spark, test_df, test_images, plain_model):
     vectors = np.stack([got[("test", i)] for i in range(40)])
     assert np.abs(want).max() > 0
     np.testing.assert_allclose(vectors, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-
-
-def test_png_set_gives_the_same_vectors(spark, tiny_idx, tmp_path):
-    df, _ = ingest.idx_dataframe(spark, datasets.locate(tiny_idx))
-    df = df.cache()
-    df.count()
-    pngset.write_png_set(df, str(tmp_path / "pngs"))
-    back, bad = pngset.read_png_set(spark, str(tmp_path / "pngs"))
-    assert bad == []
-    stage = DeepImageFeaturizer(imageSize=SIZE, weights="none")
-    from_idx, from_png = _features(df, stage), _features(back, stage)
-    assert len(from_idx) == 35 and from_idx.keys() == from_png.keys()
-    for key, vector in from_idx.items():
-        np.testing.assert_allclose(from_png[key], vector, rtol=1e-5, atol=1e-7)
 
 
 def test_colour_structs_are_bgr(spark, plain_model):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import load_job, run_main
-from mnist_spark import datasets, featurizer, idx, ingest, labels, persistence
+from mnist_spark import datasets, featurizer, idx, ingest, labels, persistence, pngset
 from mnist_spark.featurizer import DeepImageFeaturizer
 
 
@@ -102,6 +102,26 @@ def test_colour_images_are_converted_and_resized_for_the_model(spark, tmp_path):
             for p in bgr
         ]
         np.testing.assert_array_equal(got, np.stack(expected))
+
+
+def test_png_set_gives_the_same_vectors_as_its_idx_files(spark, tiny_idx, model_file, tmp_path):
+    df, _ = ingest.idx_dataframe(spark, datasets.locate(tiny_idx))
+    df = df.cache()
+    df.count()
+    pngset.write_png_set(df, str(tmp_path / "pngs"))
+    back, bad = pngset.read_png_set(spark, str(tmp_path / "pngs"))
+    assert bad == []
+    stage = DeepImageFeaturizer(modelFile=str(model_file), outputLayer="conv", pooling="none")
+
+    def vectors(frame) -> dict:
+        rows = stage.transform(frame).select("split", "index", "features").collect()
+        return {(r["split"], r["index"]): r["features"].toArray() for r in rows}
+
+    from_idx, from_png = vectors(df), vectors(back)
+    assert len(from_idx) == 35 and from_idx.keys() == from_png.keys()
+    assert any(vector.any() for vector in from_idx.values())
+    for name, vector in from_idx.items():
+        np.testing.assert_allclose(from_png[name], vector, rtol=1e-5, atol=1e-7)
 
 
 def test_pipeline_carries_the_model_inside_its_folder(spark, test_df, model_file, tmp_path):
