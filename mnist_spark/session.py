@@ -745,21 +745,43 @@ def _tagged(spark, tag: str):
             spark.addTag(previous)
 
 
+#: The thread count this process's TensorFlow pools were given (:func:`configure_tensorflow_threads`), once set.
+_TENSORFLOW_THREADS: list[int] = []
+
+
+def task_cpus() -> int | None:
+    """The running Spark task's ``spark.task.cpus``; None outside a task.
+
+    A Python worker clears its task context when the task ends: a thread the
+    task started, still running after it, has none.
+    """
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    return context.cpus() if context is not None else None
+
+
 def configure_tensorflow_threads(threads: int | None = None) -> int:
     """Bound TensorFlow's thread pools in this process; call before building a model.
 
     In a Spark task the default is the task's ``spark.task.cpus``; elsewhere
-    the ``TF_NUM_INTRAOP_THREADS`` variable, else every core. Returns the
-    number used. Safe to call more than once in a reused Python worker.
+    the count the pools were given before in this process, else the
+    ``TF_NUM_INTRAOP_THREADS`` variable, else every core. Returns the number
+    used. Safe to call more than once in a reused Python worker.
+
+    The pools' size changes the order in which some kernels add up their
+    parts, so a replica's bits depend on it: a worker's warm-up, which runs
+    in a thread after its task has ended, passes the task's count
+    (:func:`mnist_spark.training.warm_in_background`).
     """
     if threads is None:
-        from pyspark import TaskContext
-
-        context = TaskContext.get()
-        if context is not None:
-            threads = context.cpus()
-        else:
-            threads = int(os.environ.get("TF_NUM_INTRAOP_THREADS", "0")) or os.cpu_count() or 1
+        threads = (
+            task_cpus()
+            or (_TENSORFLOW_THREADS[0] if _TENSORFLOW_THREADS else None)
+            or int(os.environ.get("TF_NUM_INTRAOP_THREADS", "0"))
+            or os.cpu_count()
+            or 1
+        )
     for var in TF_THREAD_VARS:
         os.environ[var] = str(threads)
     quiet_native_logs()
@@ -771,6 +793,7 @@ def configure_tensorflow_threads(threads: int | None = None) -> int:
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
+        _TENSORFLOW_THREADS[:] = [threads]
     except RuntimeError:
         # TensorFlow was initialised earlier in this worker; its pools are fixed.
         pass

@@ -1267,18 +1267,18 @@ def warm_in_background(config: TrainConfig | None, architecture: bytes | None = 
     it knows its device. A failed warm-up is silent: the first round builds
     the replica again and raises the error there.
     """
-    from mnist_spark.session import configure_tensorflow_threads, task_device
+    from mnist_spark.session import configure_tensorflow_threads, task_cpus, task_device
 
     if task_device() is not None:
         return warm_replica(config, None, architecture) if config is not None else {"pid": os.getpid(), "seconds": 0.0}
-    earlier = list(_WARMING)
+    earlier, threads = list(_WARMING), task_cpus()  # the thread outlives the task and its context
 
     def warm():
         for thread in earlier:
             thread.join()
         with contextlib.suppress(Exception):
+            configure_tensorflow_threads(threads)  # the task's cores, as a round's task would set them
             if config is None:
-                configure_tensorflow_threads()  # and TensorFlow imported; Keras with it
                 import keras  # noqa: F401
             else:
                 warm_replica(config, None, architecture)

@@ -363,6 +363,37 @@ def test_a_warmed_up_replica_trains_as_a_fresh_one():
     assert _same(fresh["weights"], background["weights"]) and _same(fresh["optimizer"], background["optimizer"])
 
 
+def test_a_warm_up_thread_gives_tensorflow_its_tasks_cores(monkeypatch):
+    """A worker's warm-up runs on after its task has ended, when the worker has cleared the task's
+    context: it still sizes TensorFlow's pools by the task's cores, as a round's task does. With
+    every core instead, which worker warmed up decided a replica's bits (the pools' size changes
+    the order in which kernels add up their parts)."""
+    import threading
+
+    import tensorflow as tf
+    from pyspark import TaskContext
+
+    sizes: list = []
+    monkeypatch.setattr(tf.config.threading, "set_intra_op_parallelism_threads", sizes.append)
+    monkeypatch.setattr(tf.config.threading, "set_inter_op_parallelism_threads", lambda threads: None)
+    monkeypatch.setattr(session, "_TENSORFLOW_THREADS", [])
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    for name in session.TF_THREAD_VARS:  # the test process's own settings come back afterwards
+        monkeypatch.delenv(name, raising=False)
+    task = TaskContext(cpus=3, resources={})  # a task given 3 cores and no GPU
+    release = threading.Event()
+    earlier = threading.Thread(target=release.wait)  # holds the warm-up until the task has ended
+    earlier.start()
+    monkeypatch.setattr(training, "_WARMING", [earlier])
+    monkeypatch.setattr(TaskContext, "_taskContext", task)
+    assert training.warm_in_background(None)["seconds"] == 0.0  # in the task
+    TaskContext._setTaskContext(None)  # the task ends
+    release.set()
+    training.wait_for_warm_up()
+    assert sizes == [3]
+    assert session.configure_tensorflow_threads() == 3  # later calls outside a task keep the pools' size
+
+
 def test_the_workers_warm_up_once_before_the_first_round(spark, train_df, monkeypatch, caplog):
     waits = []
 
