@@ -380,6 +380,7 @@ def test_a_warm_up_thread_gives_tensorflow_its_tasks_cores(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     for name in session.TF_THREAD_VARS:  # the test process's own settings come back afterwards
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(TaskContext, "_taskContext", None)  # a TaskContext made below registers itself
     task = TaskContext(cpus=3, resources={})  # a task given 3 cores and no GPU
     release = threading.Event()
     earlier = threading.Thread(target=release.wait)  # holds the warm-up until the task has ended
