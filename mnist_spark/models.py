@@ -116,11 +116,10 @@ def start_keras_import():
     import threading
 
     def load():
-        from mnist_spark.session import quiet_native_logs
+        from mnist_spark.session import import_keras
 
-        quiet_native_logs()
         with contextlib.suppress(Exception):
-            import keras  # noqa: F401  (TensorFlow with it)
+            import_keras()
 
     thread = threading.Thread(target=load, name="import-keras", daemon=True)
     thread.start()

@@ -156,3 +156,43 @@ def test_task_device_is_the_first_gpu_spark_gave_the_task(monkeypatch):
     )
     with pytest.raises(ValueError, match="GPU address 'GPU-1f2e', expected a GPU index"):
         session.task_device()
+
+
+@pytest.mark.parametrize("keras_first", [False, True], ids=["import_keras", "keras imported before"])
+def test_keras_objects_are_frozen_out_of_garbage_collection(keras_first):
+    """After :func:`session.import_keras` a full collection skips TensorFlow's and Keras' objects,
+    whether it imported them (collection paused) or other code had (collected once, then frozen)."""
+    probe = textwrap.dedent(f"""
+        import gc
+        if {keras_first}:
+            import keras
+        from mnist_spark import session
+        before = gc.get_freeze_count()
+        session.import_keras()
+        session.import_keras()  # a second call freezes nothing more
+        frozen = gc.get_freeze_count()
+        session.import_keras()
+        print(before, frozen, gc.get_freeze_count(), gc.isenabled())
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    before, frozen, again, enabled = done.stdout.split()
+    assert int(before) == 0 and int(frozen) > 100_000 and int(again) == int(frozen) and enabled == "True"
+
+
+def test_a_spark_worker_freezes_keras_before_its_first_model(spark):
+    """A Python worker's model cache imports Keras through :func:`session.import_keras`: pyspark's
+    daemon collects garbage after every task of a reused worker, which then skips Keras' objects."""
+    import pyarrow as pa
+
+    def frozen(batches):
+        import gc
+
+        from mnist_spark import evaluation, models
+
+        for _ in batches:
+            evaluation.worker_model(("freeze-probe",), lambda: models.build_model("mlp", seed=0))
+            yield pa.RecordBatch.from_pydict({"frozen": [gc.get_freeze_count()]})
+
+    rows = spark.range(2, numPartitions=2).mapInArrow(frozen, "frozen long").collect()
+    assert len(rows) == 2 and all(row["frozen"] > 100_000 for row in rows), rows
