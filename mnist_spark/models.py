@@ -160,9 +160,9 @@ def build_model(
     >>> model.output_shape  # doctest: +SKIP
     (None, 10)
     """
-    from mnist_spark.session import require_tensorflow
+    from mnist_spark.session import import_keras
 
-    require_tensorflow()
+    import_keras()
     import keras
 
     check_model_name(name)

@@ -804,7 +804,7 @@ def configure_tensorflow_threads(threads: int | None = None) -> int:
     return threads
 
 
-#: Whether this process's Keras objects are frozen out of garbage collection (:func:`import_keras`).
+#: Whether :func:`import_keras` imported Keras in this process (and froze its objects).
 _KERAS_FROZEN: list = []
 
 
@@ -817,24 +817,19 @@ def import_keras() -> None:
     task (``gc.collect()`` in ``pyspark.daemon``), and the import alone set
     off a dozen. So the import runs with automatic collection paused, and
     its objects are then frozen (``gc.freeze``): later collections skip
-    them, and take milliseconds. When other code imported Keras first, the
-    first call collects once and freezes what is left. A call while another
+    them, and take milliseconds. When other code imported Keras first,
+    nothing is frozen: the process may by then hold that code's objects (a
+    model, say), and frozen cycles are never freed. A call while another
     thread imports waits for that import (Python's import lock). A failed
     import raises as a plain ``import keras`` would.
     """
     quiet_native_logs()
     require_tensorflow()
-    if _KERAS_FROZEN:
+    if _KERAS_FROZEN or "keras" in sys.modules:
         import keras  # noqa: F401  (waits for an import under way in another thread)
 
         return
     _KERAS_FROZEN.append(True)
-    if "keras" in sys.modules:
-        import keras  # noqa: F401,F811
-
-        gc.collect()
-        gc.freeze()
-        return
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -160,8 +160,10 @@ def test_task_device_is_the_first_gpu_spark_gave_the_task(monkeypatch):
 
 @pytest.mark.parametrize("keras_first", [False, True], ids=["import_keras", "keras imported before"])
 def test_keras_objects_are_frozen_out_of_garbage_collection(keras_first):
-    """After :func:`session.import_keras` a full collection skips TensorFlow's and Keras' objects,
-    whether it imported them (collection paused) or other code had (collected once, then frozen)."""
+    """After :func:`session.import_keras` a full collection skips TensorFlow's and Keras' objects.
+
+    Only when it imported them itself: once other code has imported Keras, the
+    process may hold that code's objects, and freezing them would keep them forever."""
     probe = textwrap.dedent(f"""
         import gc
         if {keras_first}:
@@ -169,15 +171,15 @@ def test_keras_objects_are_frozen_out_of_garbage_collection(keras_first):
         from mnist_spark import session
         before = gc.get_freeze_count()
         session.import_keras()
-        session.import_keras()  # a second call freezes nothing more
         frozen = gc.get_freeze_count()
-        session.import_keras()
+        session.import_keras()  # a second call freezes nothing more
         print(before, frozen, gc.get_freeze_count(), gc.isenabled())
     """)
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    before, frozen, again, enabled = done.stdout.split()
-    assert int(before) == 0 and int(frozen) > 100_000 and int(again) == int(frozen) and enabled == "True"
+    before, frozen, again, enabled = (int(value) if value.isdigit() else value for value in done.stdout.split())
+    assert before == 0 and again == frozen and enabled == "True"
+    assert frozen == 0 if keras_first else frozen > 100_000
 
 
 def test_a_spark_worker_freezes_keras_before_its_first_model(spark):
