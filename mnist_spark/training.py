@@ -1277,10 +1277,9 @@ def warm_in_background(config: TrainConfig | None, architecture: bytes | None = 
         for thread in earlier:
             thread.join()
         with contextlib.suppress(Exception):
-            configure_tensorflow_threads(threads)  # the task's cores, as a round's task would set them
-            if config is None:
-                import keras  # noqa: F401
-            else:
+            # TensorFlow and Keras imported, their pools given the task's cores as a round's task gives them.
+            configure_tensorflow_threads(threads)
+            if config is not None:
                 warm_replica(config, None, architecture)
 
     thread = threading.Thread(target=warm, name="warm-replica", daemon=True)
