@@ -55,7 +55,7 @@ sys.path.insert(0, str(PROJECT))
 THRESHOLDS = (0.990, 0.993)
 
 
-def plain_keras(model_name: str, epochs: int, launched: float) -> dict:
+def plain_keras(model_name: str, epochs: int, launched: float, seed: int = 0) -> dict:
     """Runs in its own process (``--plain``): the single-machine program a user would write."""
     import keras
     import numpy as np
@@ -67,7 +67,7 @@ def plain_keras(model_name: str, epochs: int, launched: float) -> dict:
     y = idx.read_idx(data / "train-labels-idx1-ubyte.gz").astype(np.int32)
     xt = idx.read_idx(data / "t10k-images-idx3-ubyte.gz")[..., None].astype(np.float32)
     yt = idx.read_idx(data / "t10k-labels-idx1-ubyte.gz").astype(np.int32)
-    config = training.TrainConfig(model=model_name, epochs=epochs)
+    config = training.TrainConfig(model=model_name, epochs=epochs, seed=seed)
     model = models.build_model(model_name, seed=config.seed, learning_rate=config.learning_rate)
     curve, scoring, epoch_rates = [], [0.0], []
 
@@ -118,7 +118,7 @@ def _peak_rss(pattern: str, stop: threading.Event, peak: list) -> None:
         stop.wait(0.5)
 
 
-def spark_run(model_name: str, epochs: int, partitions: int, output: Path) -> dict:
+def spark_run(model_name: str, epochs: int, partitions: int, output: Path, seed: int = 0) -> dict:
     env = dict(os.environ)
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.setdefault("SPARK_CONF_DIR", str(PROJECT / "conf"))
@@ -136,6 +136,8 @@ def spark_run(model_name: str, epochs: int, partitions: int, output: Path) -> di
         "10000",
         "--checkpoint-every",
         "0",
+        "--seed",
+        str(seed),
         "--output",
         str(output),
     ]
@@ -178,10 +180,10 @@ def spark_run(model_name: str, epochs: int, partitions: int, output: Path) -> di
     }
 
 
-def _plain_process(model_name: str, epochs: int) -> dict:
+def _plain_process(model_name: str, epochs: int, seed: int = 0) -> dict:
     """:func:`plain_keras` in a process of its own, as a user runs it."""
     launched = time.time()
-    command = [sys.executable, __file__, "--plain", model_name, str(epochs), str(launched)]
+    command = [sys.executable, __file__, "--plain", model_name, str(epochs), str(launched), str(seed)]
     printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(printed.strip().splitlines()[-1])
 
@@ -235,24 +237,31 @@ def main() -> None:
         default=3,
         help="epochs of the plain Keras run before each Spark run (below 2: none), at most the run's own",
     )
-    parser.add_argument("--plain", nargs=3, metavar=("MODEL", "EPOCHS", "LAUNCHED"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of plain Keras's model and of every job (--seed)"
+    )
+    parser.add_argument("--plain", nargs=4, metavar=("MODEL", "EPOCHS", "LAUNCHED", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--table", metavar="JSON", help="print the table of a saved scaling.json and stop")
     args = parser.parse_args()
     if args.table:
         print_table(json.loads(Path(args.table).read_text())["results"])
         return
     if args.plain:
-        print(json.dumps(plain_keras(args.plain[0], int(args.plain[1]), float(args.plain[2]))))
+        print(json.dumps(plain_keras(args.plain[0], int(args.plain[1]), float(args.plain[2]), int(args.plain[3]))))
         return
     results = []
     for item in args.runs.split(","):
         model_name, epochs = item.split(":")
-        plain = _plain_process(model_name, int(epochs))
+        plain = _plain_process(model_name, int(epochs), args.seed)
         runs = []
         for partitions in map(int, args.replicas.split(",")):
-            probe = _plain_process(model_name, min(args.probe_epochs, int(epochs))) if args.probe_epochs > 1 else None
+            probe = (
+                _plain_process(model_name, min(args.probe_epochs, int(epochs)), args.seed)
+                if args.probe_epochs > 1
+                else None
+            )
             with tempfile.TemporaryDirectory() as tmp:
-                runs.append(spark_run(model_name, int(epochs), partitions, Path(tmp) / "run"))
+                runs.append(spark_run(model_name, int(epochs), partitions, Path(tmp) / "run", args.seed))
             if probe is not None:
                 runs[-1]["adjacent_plain_epoch_images_per_second"] = probe["epoch_images_per_second"]
             print(json.dumps({"model": model_name, **{k: v for k, v in runs[-1].items() if k != "curve"}}), flush=True)
@@ -275,7 +284,8 @@ def main() -> None:
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "scaling.json").write_text(
-        json.dumps({"benchmark": "scaling", "cores": os.cpu_count(), "results": results}, indent=2) + "\n"
+        json.dumps({"benchmark": "scaling", "cores": os.cpu_count(), "seed": args.seed, "results": results}, indent=2)
+        + "\n"
     )
     print_table(results)
 
