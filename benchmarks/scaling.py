@@ -237,9 +237,7 @@ def main() -> None:
         default=3,
         help="epochs of the plain Keras run before each Spark run (below 2: none), at most the run's own",
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of plain Keras's model and of every job (--seed)"
-    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of plain Keras's model and of every job (--seed)")
     parser.add_argument("--plain", nargs=4, metavar=("MODEL", "EPOCHS", "LAUNCHED", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--table", metavar="JSON", help="print the table of a saved scaling.json and stop")
     args = parser.parse_args()
