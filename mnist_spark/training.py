@@ -625,6 +625,16 @@ class ShardFile:
             os.unlink(self.path)
 
 
+def chunk_rows(batches):
+    """The cached shard rows of Arrow ``batches`` as dicts: ``key``, ``shard`` and ``chunk``, and the
+    binary columns as buffers, not copied."""
+    for batch in batches:
+        for position in range(batch.num_rows):
+            row = {name: batch.column(name)[position].as_buffer() for name in ("shape", "index", "label", "pixels")}
+            row.update({name: batch.column(name)[position].as_py() for name in ("key", "shard", "chunk")})
+            yield row
+
+
 def shard_files(batches, chunk_bytes: int):
     """A task's cached chunk rows written to one :class:`ShardFile` per shard, as they stream in.
 
@@ -642,20 +652,17 @@ def shard_files(batches, chunk_bytes: int):
     local: ShardFile | None = None
     shard, seen = None, set()
     try:
-        for batch in batches:
-            for position in range(batch.num_rows):
-                row = {name: batch.column(name)[position].as_buffer() for name in ("shape", "index", "label", "pixels")}
-                row["chunk"] = batch.column("chunk")[position].as_py()
-                number = batch.column("shard")[position].as_py()
-                if local is None or number != shard:
-                    if local is not None:
-                        finished, local = local.finish(), None
-                        yield shard, finished
-                    if number in seen:
-                        raise ValueError(f"the rows of shard {number} arrived apart, after another shard's")
-                    seen.add(number)
-                    shard, local = number, ShardFile(chunk_bytes)
-                local.add(row)
+        for row in chunk_rows(batches):
+            number = row["shard"]
+            if local is None or number != shard:
+                if local is not None:
+                    finished, local = local.finish(), None
+                    yield shard, finished
+                if number in seen:
+                    raise ValueError(f"the rows of shard {number} arrived apart, after another shard's")
+                seen.add(number)
+                shard, local = number, ShardFile(chunk_bytes)
+            local.add(row)
         if local is not None:
             finished, local = local.finish(), None
             yield shard, finished
@@ -1827,23 +1834,91 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def training_sample(train_df, count: int, seed: int, total: int | None = None, decode=None):
-    """About ``count`` training images (and labels) as numpy, the same for the same seed.
+#: XXH64's primes, as Spark's ``XXH64`` uses them.
+_XXH_PRIME_1 = np.uint64(0x9E3779B185EBCA87)
+_XXH_PRIME_2 = np.uint64(0xC2B2AE3D27D4EB4F)
+_XXH_PRIME_3 = np.uint64(0x165667B19E3779F9)
+_XXH_PRIME_4 = np.uint64(0x85EBCA77C2B2AE63)
+_XXH_PRIME_5 = np.uint64(0x27D4EB2F165667C5)
 
-    Rows are picked by a hash of ``(index, seed)`` against the number of rows
-    ``total`` (counted when not given), so the sample does not depend on how
-    the DataFrame is partitioned. ``decode`` as in :func:`make_shards`.
+
+def _rotl64(x: np.ndarray, r: int) -> np.ndarray:
+    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
+
+
+def _xxh64_finish(h: np.ndarray) -> np.ndarray:
+    h = (h ^ (h >> np.uint64(33))) * _XXH_PRIME_2
+    h = (h ^ (h >> np.uint64(29))) * _XXH_PRIME_3
+    return h ^ (h >> np.uint64(32))
+
+
+def spark_xxhash64(values, second: int) -> np.ndarray:
+    """Spark SQL's ``xxhash64(long_column, F.lit(second))`` of each of ``values``, as int64.
+
+    Spark hashes the long (``XXH64.hashLong``, seed 42) and then the
+    literal with that hash as the seed: ``hashInt`` for a literal that fits
+    an int, as ``F.lit`` types it, else ``hashLong``. Written out with numpy
+    so that a task can pick rows by it without a Spark job (:func:`training_sample`);
+    a test checks it against Spark's own ``xxhash64`` (``tests/test_training.py``).
+
+    >>> spark_xxhash64([0, 1, -7], 0).tolist()
+    [8050503502868583368, -2888108625965644557, -3901765767377479435]
     """
-    from pyspark.sql import functions as F
+    with np.errstate(over="ignore"):
+        h = np.full(len(values), 42, np.uint64) + _XXH_PRIME_5 + np.uint64(8)
+        h ^= _rotl64(np.asarray(values, np.int64).view(np.uint64) * _XXH_PRIME_2, 31) * _XXH_PRIME_1
+        h = _xxh64_finish(_rotl64(h, 27) * _XXH_PRIME_1 + _XXH_PRIME_4)
+        if -(2**31) <= second < 2**31:
+            h = h + _XXH_PRIME_5 + np.uint64(4)
+            h ^= np.uint64(second & 0xFFFFFFFF) * _XXH_PRIME_1
+            h = _xxh64_finish(_rotl64(h, 23) * _XXH_PRIME_2 + _XXH_PRIME_3)
+        else:
+            h = h + _XXH_PRIME_5 + np.uint64(8)
+            h ^= _rotl64(np.uint64(second & 0xFFFFFFFFFFFFFFFF) * _XXH_PRIME_2, 31) * _XXH_PRIME_1
+            h = _xxh64_finish(_rotl64(h, 27) * _XXH_PRIME_1 + _XXH_PRIME_4)
+    return h.view(np.int64)
 
-    from mnist_spark.images import struct_array_to_numpy
 
-    total = train_df.count() if total is None else total
-    keep = F.pmod(F.xxhash64("index", F.lit(seed)), F.lit(max(total, 1))) < F.lit(count)
-    table = train_df.where(keep).select("index", "label", "image").orderBy("index").toArrow()
-    column = table.column("image").combine_chunks()
-    images = decode(column) if decode is not None else struct_array_to_numpy(column, "training image")
-    return images, table.column("label").to_numpy().astype(np.int32)
+def sampled(index, count: int, seed: int, total: int) -> np.ndarray:
+    """Which of the rows of ``index`` a sample of about ``count`` of ``total`` rows takes (a boolean mask).
+
+    A row is taken when ``pmod(xxhash64(index, seed), total) < count``: the
+    same rows for the same seed however the rows are partitioned or chunked.
+    """
+    return spark_xxhash64(index, seed) % max(total, 1) < count  # numpy's % is Spark's pmod for total > 0
+
+
+def training_sample(shards, count: int, seed: int, total: int):
+    """About ``count`` training images (and labels) as numpy, from the cached shards of :func:`make_shards`.
+
+    Rows are picked by :func:`sampled` against the number of rows ``total``,
+    so the sample depends on neither the partitioning nor the chunks, and
+    comes in index order. The shards hold the images decoded, so the sample
+    costs a pass over the cache, not over the source.
+    """
+
+    def pick(batches):
+        for row in chunk_rows(batches):
+            index = np.frombuffer(row["index"], np.int64)
+            keep = sampled(index, count, seed, total)
+            if keep.any():
+                shape = tuple(int(n) for n in np.frombuffer(row["shape"], np.int32))
+                images = np.frombuffer(row["pixels"], np.uint8).reshape(-1, *shape)
+                labels = np.frombuffer(row["label"], np.int32)
+                # The kept images of a chunk fit in one row of the chunk's own size.
+                kept = (index[keep], labels[keep], images[keep])
+                yield from _shard_rows(row["shard"], row["key"], shape, *kept, chunk_bytes=images.nbytes)
+
+    table = shards.mapInArrow(pick, _shard_schema()).toArrow()
+    if table.num_rows == 0:
+        return np.zeros(0, np.uint8), np.zeros(0, np.int32)
+    rows = table.to_pylist()
+    shape = tuple(int(n) for n in np.frombuffer(rows[0]["shape"], np.int32))
+    index = np.concatenate([np.frombuffer(r["index"], np.int64) for r in rows])
+    labels = np.concatenate([np.frombuffer(r["label"], np.int32) for r in rows])
+    images = np.concatenate([np.frombuffer(r["pixels"], np.uint8).reshape(-1, *shape) for r in rows])
+    order = np.argsort(index, kind="stable")
+    return images[order], labels[order]
 
 
 @contextmanager
@@ -1894,8 +1969,9 @@ def train(
         same data decode it once; the caller unpersists them. By default the
         run makes its own and unpersists them at the end.
     decode : callable, optional
-        How the images are decoded, for the shards and the BatchNorm sample
-        (:func:`make_shards`), e.g. resizing them to ``config.input_shape``.
+        How the images are decoded for the shards (:func:`make_shards`), e.g.
+        resizing them to ``config.input_shape``. The BatchNorm sample comes
+        from the shards (:func:`training_sample`).
     rounds_per_job : int, optional
         On a local master one Spark job trains all the rounds
         (:func:`round_jobs`): its tasks average each round among themselves
@@ -1955,9 +2031,7 @@ def train(
         with phase(spark, "shards"):
             sample = None
             if config.batchnorm_sample and models.batchnorm_layers(model):
-                picked, _ = training_sample(
-                    train_df, config.batchnorm_sample, config.seed, total=sum(sizes), decode=decode
-                )
+                picked, _ = training_sample(shards, config.batchnorm_sample, config.seed, sum(sizes))
                 sample = picked.reshape(-1, *config.input_shape)
         logger.info(
             "training %s on %d images in %d partitions (%s): %d rounds of %s steps, batch %d, peak learning rate %.4g",

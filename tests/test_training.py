@@ -429,6 +429,37 @@ def test_the_shard_keys_hash_as_spark_hashes_them(spark):
         assert all(training.spark_hash(k) % partitions != p for p, key in enumerate(keys) for k in range(key))
 
 
+@pytest.mark.parametrize("second", [0, 7, -3, 2**31 - 1, -(2**31), 2**40, -(2**40)])
+def test_the_sample_hash_is_sparks_xxhash64(spark, second):
+    """The rows a sample takes are picked in the tasks by Spark's own ``xxhash64``, computed with numpy."""
+    values = [*range(-300, 300), 2**31 - 1, 2**31, -(2**31) - 1, 2**40 + 3, 2**63 - 1, -(2**63)]
+    rows = (
+        spark.createDataFrame([(v,) for v in values], "id long")
+        .select("id", F.xxhash64("id", F.lit(second)).alias("h"))
+        .collect()
+    )
+    assert training.spark_xxhash64([r["id"] for r in rows], second).tolist() == [r["h"] for r in rows]
+
+
+@pytest.mark.parametrize(("partitions", "chunk_bytes"), [(2, None), (5, 3 * 784), (8, 784)])
+def test_the_batchnorm_sample_is_the_rows_sparks_filter_picks(spark, train_df, partitions, chunk_bytes):
+    """The sample read from the cached shards equals Spark's filter of the frame, in index order,
+    whatever the partitioning and the chunks."""
+    count, seed = 40, 3
+    total = train_df.count()
+    keep = F.pmod(F.xxhash64("index", F.lit(seed)), F.lit(total)) < F.lit(count)
+    expected = train_df.where(keep).orderBy("index").collect()
+    shards, sizes = training.make_shards(train_df, partitions, chunk_bytes=chunk_bytes)
+    try:
+        images, labels = training.training_sample(shards, count, seed, sum(sizes))
+    finally:
+        shards.unpersist()
+    assert 20 <= len(expected) <= 60  # about count of the 256 rows
+    assert labels.tolist() == [r["label"] for r in expected]
+    want = np.stack([np.frombuffer(r["image"]["data"], np.uint8).reshape(28, 28, 1) for r in expected])
+    assert np.array_equal(images, want)
+
+
 @pytest.mark.parametrize(("partitions", "tasks"), [(4, 4), (8, 8), (16, 16), (8, None), (8, 3)])
 def test_each_task_holds_a_run_of_adjacent_shards_in_order(spark, train_df, partitions, tasks):
     # A shard per partition: on a cluster, where each replica is a task of its own. Fewer
