@@ -1870,11 +1870,11 @@ def spark_xxhash64(values, second: int) -> np.ndarray:
         h = _xxh64_finish(_rotl64(h, 27) * _XXH_PRIME_1 + _XXH_PRIME_4)
         if -(2**31) <= second < 2**31:
             h = h + _XXH_PRIME_5 + np.uint64(4)
-            h ^= np.uint64(second & 0xFFFFFFFF) * _XXH_PRIME_1
+            h ^= np.full(h.shape, second & 0xFFFFFFFF, np.uint64) * _XXH_PRIME_1
             h = _xxh64_finish(_rotl64(h, 23) * _XXH_PRIME_2 + _XXH_PRIME_3)
         else:
             h = h + _XXH_PRIME_5 + np.uint64(8)
-            h ^= _rotl64(np.uint64(second & 0xFFFFFFFFFFFFFFFF) * _XXH_PRIME_2, 31) * _XXH_PRIME_1
+            h ^= _rotl64(np.full(h.shape, second & 0xFFFFFFFFFFFFFFFF, np.uint64) * _XXH_PRIME_2, 31) * _XXH_PRIME_1
             h = _xxh64_finish(_rotl64(h, 27) * _XXH_PRIME_1 + _XXH_PRIME_4)
     return h.view(np.int64)
 
