@@ -1852,6 +1852,18 @@ def _xxh64_finish(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(32))
 
 
+def _xxh64_long(value: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """XXH64 of 8-byte values (Spark's ``XXH64.hashLong``), each with its seed; uint64 in and out."""
+    h = (seed + _XXH_PRIME_5 + np.uint64(8)) ^ (_rotl64(value * _XXH_PRIME_2, 31) * _XXH_PRIME_1)
+    return _xxh64_finish(_rotl64(h, 27) * _XXH_PRIME_1 + _XXH_PRIME_4)
+
+
+def _xxh64_int(value: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """XXH64 of 4-byte values (Spark's ``XXH64.hashInt``), each with its seed; uint64 in and out."""
+    h = (seed + _XXH_PRIME_5 + np.uint64(4)) ^ (value * _XXH_PRIME_1)
+    return _xxh64_finish(_rotl64(h, 23) * _XXH_PRIME_2 + _XXH_PRIME_3)
+
+
 def spark_xxhash64(values, second: int) -> np.ndarray:
     """Spark SQL's ``xxhash64(long_column, F.lit(second))`` of each of ``values``, as int64.
 
@@ -1865,18 +1877,11 @@ def spark_xxhash64(values, second: int) -> np.ndarray:
     [8050503502868583368, -2888108625965644557, -3901765767377479435]
     """
     with np.errstate(over="ignore"):
-        h = np.full(len(values), 42, np.uint64) + _XXH_PRIME_5 + np.uint64(8)
-        h ^= _rotl64(np.asarray(values, np.int64).view(np.uint64) * _XXH_PRIME_2, 31) * _XXH_PRIME_1
-        h = _xxh64_finish(_rotl64(h, 27) * _XXH_PRIME_1 + _XXH_PRIME_4)
+        longs = np.asarray(values, np.int64).view(np.uint64)
+        h = _xxh64_long(longs, np.full(longs.shape, 42, np.uint64))
         if -(2**31) <= second < 2**31:
-            h = h + _XXH_PRIME_5 + np.uint64(4)
-            h ^= np.full(h.shape, second & 0xFFFFFFFF, np.uint64) * _XXH_PRIME_1
-            h = _xxh64_finish(_rotl64(h, 23) * _XXH_PRIME_2 + _XXH_PRIME_3)
-        else:
-            h = h + _XXH_PRIME_5 + np.uint64(8)
-            h ^= _rotl64(np.full(h.shape, second & 0xFFFFFFFFFFFFFFFF, np.uint64) * _XXH_PRIME_2, 31) * _XXH_PRIME_1
-            h = _xxh64_finish(_rotl64(h, 27) * _XXH_PRIME_1 + _XXH_PRIME_4)
-    return h.view(np.int64)
+            return _xxh64_int(np.full(h.shape, second & 0xFFFFFFFF, np.uint64), h).view(np.int64)
+        return _xxh64_long(np.full(h.shape, second & 0xFFFFFFFFFFFFFFFF, np.uint64), h).view(np.int64)
 
 
 def sampled(index, count: int, seed: int, total: int) -> np.ndarray:
